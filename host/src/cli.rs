@@ -1,0 +1,194 @@
+//! The command line: every subcommand, flag and environment variable, with the help text users read.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::duration::{self, BareUnit};
+use crate::settings::{DEFAULT_NAME, DEFAULT_PID_ROOT, DEFAULT_STATUS_ROOT, DEFAULT_TITLE_PREFIX};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the operation failed (the message says why)
+  2  invalid command line
+  3  no master runs under that name
+  4  a master already runs under that name
+  5  status --check: the master runs but not every worker slot is ready";
+
+/// pmhost runs background jobs written as Rust plugins in supervised worker processes.
+///
+/// A master process forks workers; each worker loads the plugin, runs its `init` once and its `work` in a loop
+/// within limits. The master respawns workers that exit or crash, and stops, restarts and reports on request.
+#[derive(Debug, Parser)]
+#[command(name = "pmhost", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a master and its workers (in the foreground unless -d).
+    #[command(after_help = EXIT_CODES)]
+    Start(Box<StartArgs>),
+    /// Stop a running master gracefully: workers finish their call and shut down.
+    #[command(after_help = EXIT_CODES)]
+    Stop(StopArgs),
+    /// Show a running master and its workers.
+    #[command(after_help = EXIT_CODES)]
+    Status(StatusArgs),
+}
+
+/// Which master, and where its files live.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Name of the master (the original's baseTitle): pid file, status directory and titles derive from it.
+    #[arg(long, default_value = DEFAULT_NAME, value_parser = parse_name)]
+    pub name: String,
+    /// Directory of pid files (created 0700).
+    #[arg(long, env = "PMHOST_PID_ROOT", default_value = DEFAULT_PID_ROOT, value_name = "DIR")]
+    pub pid_root: PathBuf,
+    /// Directory of status directories (created 0700).
+    #[arg(long, env = "PMHOST_STATUS_ROOT", default_value = DEFAULT_STATUS_ROOT, value_name = "DIR")]
+    pub status_root: PathBuf,
+    /// Directory of log files (none: foreground runs log to stderr only).
+    #[arg(long, env = "PMHOST_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// `pmhost start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The plugin: a shared library built from a crate that calls pmhost_plugin_api::export_job!.
+    #[arg(long, value_name = "PATH")]
+    pub plugin: PathBuf,
+    /// Worker processes (maxWorkerNum).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// `work` calls per worker before it retires and is replaced (0 = unlimited).
+    #[arg(long, default_value_t = 1)]
+    pub execute_times: u64,
+    /// Pause after each `work` call: microseconds, or with a unit ("100ms"). 0 = no pause.
+    #[arg(long, default_value = "200000", value_parser = parse_micros, value_name = "USEC")]
+    pub execute_usleep: Duration,
+    /// Life of a worker before it retires and is replaced: seconds or with a unit (0 = unlimited).
+    #[arg(long, default_value = "0", value_parser = parse_seconds, value_name = "SECS")]
+    pub limit_seconds: Duration,
+    /// Check tick in seconds (status refresh and health checks). 0 or less: batch mode, no respawn, the master
+    /// exits when its workers are done.
+    #[arg(long, default_value = "300", value_parser = parse_check_interval, allow_hyphen_values = true, value_name = "SECS")]
+    pub check_interval: CheckInterval,
+    /// Grace period of a graceful stop before remaining workers are killed.
+    #[arg(long, default_value = "10s", value_parser = parse_seconds, value_name = "SECS")]
+    pub stop_timeout: Duration,
+    /// Longest `init` before a worker counts as failed and is killed.
+    #[arg(long, default_value = "60s", value_parser = parse_seconds, value_name = "SECS")]
+    pub init_timeout: Duration,
+    /// Delay before the first respawn after a crash (doubles per consecutive crash).
+    #[arg(long, default_value = "100ms", value_parser = parse_seconds, value_name = "SECS")]
+    pub backoff_initial: Duration,
+    /// Longest delay between crash respawns.
+    #[arg(long, default_value = "30s", value_parser = parse_seconds, value_name = "SECS")]
+    pub backoff_max: Duration,
+    /// A worker that ran this long before it crashed starts the backoff afresh.
+    #[arg(long, default_value = "10s", value_parser = parse_seconds, value_name = "SECS")]
+    pub backoff_reset: Duration,
+    /// Prefix of process titles: {prefix}:Master:{name}, {prefix}:Worker:{name}.
+    #[arg(long, default_value = DEFAULT_TITLE_PREFIX)]
+    pub title_prefix: String,
+    /// The task's settings as a JSON object, handed to the plugin's init (the one-plugin form of [task.config]).
+    #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
+    pub task_config: Option<String>,
+    /// Run in the background. Returns once every worker is ready (exit 0) or the start failed (non-zero).
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+}
+
+/// The check tick, or batch mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckInterval(pub Option<Duration>);
+
+/// `pmhost stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// How long to wait for a graceful stop before stopping at once.
+    #[arg(long, default_value = "10s", value_parser = parse_seconds, value_name = "SECS")]
+    pub timeout: Duration,
+    /// Stop at once (workers are killed) instead of gracefully.
+    #[arg(long)]
+    pub now: bool,
+}
+
+/// `pmhost status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print one JSON object (schema in the README) instead of the table.
+    #[arg(long, conflicts_with = "check")]
+    pub json: bool,
+    /// Print nothing; exit 0 if the master runs and every worker slot is ready, 5 if not, 3 if not running.
+    #[arg(long)]
+    pub check: bool,
+    /// How long to wait for the master's fresh snapshot.
+    #[arg(long, default_value = "5s", value_parser = parse_seconds, value_name = "SECS")]
+    pub timeout: Duration,
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    crate::names::validate("name", text).map(|()| text.to_owned()).map_err(|e| e.to_string())
+}
+
+fn parse_micros(text: &str) -> Result<Duration, String> {
+    duration::parse(text, BareUnit::Micros).map_err(|e| e.to_string())
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    duration::parse(text, BareUnit::Seconds).map_err(|e| e.to_string())
+}
+
+fn parse_check_interval(text: &str) -> Result<CheckInterval, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') && trimmed[1..].parse::<f64>().is_ok() {
+        return Ok(CheckInterval(None));
+    }
+    let interval = parse_seconds(trimmed)?;
+    Ok(CheckInterval((!interval.is_zero()).then_some(interval)))
+}
+
+fn parse_json_object(text: &str) -> Result<String, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => Ok(text.to_owned()),
+        Ok(_) => Err("the task config must be a JSON object, e.g. '{\"queue\": \"mail\"}'".to_owned()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_interval_of_zero_or_less_is_batch_mode() {
+        assert_eq!(parse_check_interval("0").unwrap(), CheckInterval(None));
+        assert_eq!(parse_check_interval("-1").unwrap(), CheckInterval(None));
+        assert_eq!(parse_check_interval("300").unwrap(), CheckInterval(Some(Duration::from_secs(300))));
+    }
+}

@@ -1,0 +1,60 @@
+//! Errors of the CLI commands, each mapped to a documented exit code.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::exit::cli as code;
+use crate::master::MasterError;
+use crate::pidfile::PidFileError;
+use crate::plugin::StageError;
+use crate::rundir::RunDirError;
+
+/// A command failed.
+#[derive(Debug, Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Plugin(#[from] StageError),
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    #[error(transparent)]
+    Master(#[from] MasterError),
+    #[error("no master named {name} is running (no locked pid file at {path})")]
+    NotRunning { name: String, path: PathBuf },
+    #[error("cannot {what}")]
+    System {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("master {name} (pid {pid}) did not write a status snapshot within {waited_ms} ms")]
+    NoSnapshot { name: String, pid: i32, waited_ms: u64 },
+    #[error("cannot read status file {path}")]
+    BadStatus {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("start of {name} failed: {reason}")]
+    DaemonStart { name: String, reason: String },
+    #[error("master {name} (pid {pid}) is still running after SIGKILL")]
+    Unkillable { name: String, pid: i32 },
+}
+
+impl CommandError {
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CommandError::NotRunning { .. } => code::NOT_RUNNING,
+            CommandError::PidFile(PidFileError::AlreadyRunning { .. }) => code::ALREADY_RUNNING,
+            _ => code::FAILED,
+        }
+    }
+
+    /// Wraps an OS error with what was being done.
+    pub fn system(what: impl Into<String>, source: impl Into<std::io::Error>) -> CommandError {
+        CommandError::System { what: what.into(), source: source.into() }
+    }
+}

@@ -1,0 +1,20 @@
+//! The CLI side of each subcommand: what `pmhost start|stop|status` do in the calling process.
+
+mod error;
+mod process;
+mod start;
+mod status;
+mod stop;
+
+pub use error::CommandError;
+
+use crate::cli::{Cli, Command};
+
+/// Runs a parsed command line; `Ok` carries the exit code of a command that ran (0, or `status --check`'s 5).
+pub fn run(cli: Cli) -> Result<i32, CommandError> {
+    match cli.command {
+        Command::Start(args) => start::start(args),
+        Command::Stop(args) => stop::stop(args),
+        Command::Status(args) => status::status(args),
+    }
+}

@@ -1,0 +1,79 @@
+//! Reaching a running master from the CLI: find it by its locked pid file, hold it by a pidfd (so a reused pid is
+//! never signalled), signal it and wait for it to exit.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::CommandError;
+use crate::cli::Target;
+use crate::pidfile;
+
+/// A running master, held by a pidfd.
+pub struct MasterHandle {
+    /// Its pid.
+    pub pid: Pid,
+    pidfd: OwnedFd,
+}
+
+/// Finds the master named by `target`: its pid file must be locked.
+pub fn find_master(target: &Target) -> Result<MasterHandle, CommandError> {
+    let path = target.pid_root.join(format!("{}.pid", target.name));
+    let not_running = || CommandError::NotRunning { name: target.name.clone(), path: path.clone() };
+    let pid = pidfile::running_master(&path)?.ok_or_else(not_running)?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if raw < 0 {
+        return Err(not_running());
+    }
+    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    // The pid was read from a locked file, but the master may have exited (and the pid been reused) between that
+    // read and pidfd_open: if the file is still locked by the same pid now, the pidfd refers to the master.
+    if pidfile::running_master(&path)? != Some(pid) {
+        return Err(not_running());
+    }
+    Ok(MasterHandle { pid, pidfd })
+}
+
+impl MasterHandle {
+    /// Sends `signal` through the pidfd (never to a process that merely reuses the pid).
+    pub fn signal(&self, signal: Signal) -> Result<(), CommandError> {
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo and no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                std::os::fd::AsRawFd::as_raw_fd(&self.pidfd),
+                signal as i32,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(CommandError::system(
+                format!("send {} to master pid {}", signal.as_str(), self.pid),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until the master has exited, at most `timeout`; returns whether it did.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) => return false,
+                Ok(_) => return true,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}

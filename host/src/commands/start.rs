@@ -1,0 +1,176 @@
+//! `pmhost start`: check everything a start needs, take the pid file, detach if asked, then become the master.
+//!
+//! Every check that can fail on bad input (directories, plugin file, name) runs before the pid file is taken and
+//! before anything forks, so a refused start leaves nothing behind.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigmaskHow, sigprocmask};
+use nix::unistd::{ForkResult, fork, pipe2, setsid};
+use tracing::{info, warn};
+
+use super::CommandError;
+use crate::cli::StartArgs;
+use crate::exit::cli as code;
+use crate::master::{Master, MasterParts, ReadyNotifier, signals};
+use crate::pidfile::PidFile;
+use crate::plugin::{self, StagedPlugin};
+use crate::settings::{Backoff, HostSettings, Limits, TaskSettings};
+use crate::{logging, rundir, title};
+
+/// Runs `pmhost start`.
+pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
+    let (host, task) = settings_from(&args);
+    for dir in [&host.pid_root, &host.status_root, &host.status_dir(), &host.plugins_dir()] {
+        rundir::ensure_private_dir(dir)?;
+    }
+    let mut pid_file = PidFile::acquire(&host.pid_file(), &host.name)?;
+    let staged = match plugin::stage(&task.plugin, &host.plugins_dir()) {
+        Ok(staged) => staged,
+        Err(e) => {
+            pid_file.remove();
+            return Err(e.into());
+        }
+    };
+    prune_staged(&host.plugins_dir(), &staged);
+
+    let ready = if args.daemon {
+        match daemonize(&host.name)? {
+            Detached::Parent(code) => return Ok(code),
+            Detached::Daemon(ready) => {
+                pid_file
+                    .record_pid()
+                    .map_err(|e| CommandError::system(format!("write pid file {}", host.pid_file().display()), e))?;
+                Some(ready)
+            }
+        }
+    } else {
+        None
+    };
+
+    // From here on this process is the master: signals are read from a signalfd, not delivered.
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
+        .map_err(|e| CommandError::system("block signals", e))?;
+    let master_title = host.master_title();
+    title::set(&master_title);
+    logging::set_title(&master_title);
+    info!(plugin = %staged.original.display(), build = staged.short_sha(), "starting {}", host.name);
+    let parts =
+        MasterParts { host, tasks: vec![(task, staged)], pid_file, ready, plugin_log_level: logging::plugin_level() };
+    let master = Master::new(parts).map_err(|e| CommandError::system("set up the master's event loop", e))?;
+    master.run()?;
+    Ok(code::OK)
+}
+
+fn settings_from(args: &StartArgs) -> (HostSettings, TaskSettings) {
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let host = HostSettings {
+        name: args.target.name.clone(),
+        title_prefix: args.title_prefix.clone(),
+        pid_root: absolute(&args.target.pid_root),
+        status_root: absolute(&args.target.status_root),
+        check_interval: args.check_interval.0,
+        stop_timeout: args.stop_timeout,
+    };
+    let task = TaskSettings {
+        name: args.target.name.clone(),
+        plugin: absolute(&args.plugin),
+        workers: args.workers,
+        limits: Limits {
+            execute_times: args.execute_times,
+            execute_usleep: args.execute_usleep,
+            limit_seconds: (!args.limit_seconds.is_zero()).then_some(args.limit_seconds),
+        },
+        init_timeout: args.init_timeout,
+        backoff: Backoff { initial: args.backoff_initial, max: args.backoff_max, reset: args.backoff_reset },
+        config_json: args.task_config.clone().unwrap_or_else(|| "{}".to_owned()),
+    };
+    (host, task)
+}
+
+/// Removes staged copies other than `keep`: no master of this name runs (we hold its pid file), so no worker
+/// maps them.
+fn prune_staged(dir: &Path, keep: &StagedPlugin) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != keep.staged && path.extension().is_some_and(|ext| ext == "so") {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+enum Detached {
+    /// In the calling process: the exit code to return.
+    Parent(i32),
+    /// In the daemon: the pipe to report readiness on.
+    Daemon(ReadyNotifier),
+}
+
+/// Detaches: the caller waits on a pipe until the daemon reports ready or failed; the daemon (a grandchild in
+/// its own session) gets the write end.
+fn daemonize(name: &str) -> Result<Detached, CommandError> {
+    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).map_err(|e| CommandError::system("create a pipe", e))?;
+    // SAFETY: the CLI is single-threaded here; the children continue with the same code.
+    match unsafe { fork() }.map_err(|e| CommandError::system("fork", e))? {
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            let outcome = wait_for_daemon(read_end);
+            let _ = nix::sys::wait::waitpid(child, None);
+            match outcome {
+                Ok(pid) => {
+                    println!("started {name} (master pid {pid})");
+                    Ok(Detached::Parent(code::OK))
+                }
+                Err(reason) => Err(CommandError::DaemonStart { name: name.to_owned(), reason }),
+            }
+        }
+        ForkResult::Child => {
+            drop(read_end);
+            let _ = setsid();
+            // SAFETY: as above; the intermediate child exits at once, so the daemon is not a session leader and can
+            // never acquire a controlling terminal.
+            match unsafe { fork() } {
+                Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+                Ok(ForkResult::Child) => {}
+                Err(e) => {
+                    ReadyNotifier::new(write_end).send(Err(&format!("fork failed: {e}")));
+                    std::process::exit(code::FAILED);
+                }
+            }
+            detach_stdio();
+            Ok(Detached::Daemon(ReadyNotifier::new(write_end)))
+        }
+    }
+}
+
+/// Reads the daemon's verdict: `ready PID` or `error` and the reason; EOF without a verdict means it died.
+fn wait_for_daemon(read_end: OwnedFd) -> Result<String, String> {
+    let mut text = String::new();
+    let mut file = std::fs::File::from(read_end);
+    if let Err(e) = file.read_to_string(&mut text) {
+        return Err(format!("cannot read the master's start report: {e}"));
+    }
+    let mut lines = text.splitn(2, '\n');
+    match (lines.next().unwrap_or(""), lines.next()) {
+        (first, _) if first.starts_with("ready") => Ok(first.trim_start_matches("ready").trim().to_owned()),
+        ("error", Some(reason)) => Err(reason.trim().to_owned()),
+        _ => Err("the master exited before its workers were ready (see its log)".to_owned()),
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+fn detach_stdio() {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        Ok(null) => {
+            for fd in 0..=2 {
+                // SAFETY: dup2 onto the standard descriptors, which this process owns.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+        Err(e) => warn!("cannot open /dev/null: {e}"),
+    }
+}

@@ -1,0 +1,44 @@
+//! `pmhost stop`: ask the master to stop, wait until it (and so every worker) is gone, escalate if it takes too
+//! long, and say what happened.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::CommandError;
+use super::process::find_master;
+use crate::cli::StopArgs;
+use crate::exit::cli as code;
+use crate::master::signals::{Action, signal_for};
+
+/// How long an immediate stop may take before the master itself is killed.
+const IMMEDIATE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `pmhost stop`.
+pub fn stop(args: StopArgs) -> Result<i32, CommandError> {
+    let name = &args.target.name;
+    let master = find_master(&args.target)?;
+    let started = Instant::now();
+    if !args.now {
+        master.signal(signal_for(Action::Stop))?;
+        println!("stopping {name} (master pid {}): graceful, waiting up to {:?}", master.pid, args.timeout);
+        if master.wait_exit(args.timeout) {
+            println!("stopped {name} in {} ms", started.elapsed().as_millis());
+            return Ok(code::OK);
+        }
+        println!("{name} did not stop within {:?}: stopping at once (workers are killed)", args.timeout);
+    }
+    master.signal(signal_for(Action::StopNow))?;
+    if master.wait_exit(IMMEDIATE_GRACE) {
+        println!("stopped {name} in {} ms", started.elapsed().as_millis());
+        return Ok(code::OK);
+    }
+    println!("{name} master did not exit within {IMMEDIATE_GRACE:?} of an immediate stop: killing it");
+    master.signal(Signal::SIGKILL)?;
+    if master.wait_exit(IMMEDIATE_GRACE) {
+        println!("killed {name} master (pid {}); its workers end on their own within a second", master.pid);
+        Ok(code::OK)
+    } else {
+        Err(CommandError::Unkillable { name: name.clone(), pid: master.pid.as_raw() })
+    }
+}

@@ -1,0 +1,23 @@
+//! pmhost: a multi-process task host. The `pmhost` binary is a thin shell around this library.
+//!
+//! Layout: [`cli`] defines the command line and [`commands`] runs it in the calling process; [`master`] is the
+//! supervising event loop and [`worker`] the life of a worker process; [`plugin`] stages and loads plugins;
+//! [`scoreboard`], [`report`], [`pidfile`], [`rundir`] and [`status`] are the shared state and files between them.
+
+pub mod cli;
+pub mod commands;
+pub mod duration;
+pub mod exit;
+pub mod logging;
+pub mod master;
+pub mod names;
+pub mod pidfile;
+pub mod plugin;
+pub mod report;
+pub mod rundir;
+pub mod scoreboard;
+pub mod settings;
+pub mod status;
+pub mod sysinfo;
+pub mod title;
+pub mod worker;

@@ -1,0 +1,273 @@
+//! The master's hands on its children: spawn into a slot, reap, stop, kill, and keep slots filled.
+
+use std::os::fd::AsRawFd;
+use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, setpgid};
+use tracing::{debug, info, warn};
+
+use super::core::{HostPhase, Master, Slot, Worker};
+use crate::exit::worker as worker_code;
+use crate::status::ExitStatus;
+use crate::sysinfo::{self, Mono};
+use crate::worker::{self, WorkerSpec};
+
+/// How a child ended, from `waitpid`.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl Master {
+    /// Fills every empty slot whose backoff is over and asks workers above the wanted count to stop.
+    pub(super) fn manage_workers(&mut self) {
+        if matches!(self.phase, HostPhase::Stopping { .. }) {
+            return;
+        }
+        let now = Mono::now();
+        let batch = self.host.check_interval.is_none();
+        for task in 0..self.tasks.len() {
+            let wanted = self.tasks[task].settings.workers;
+            if self.tasks[task].slots.len() < wanted as usize {
+                self.tasks[task].slots.resize_with(wanted as usize, Slot::default);
+            }
+            for slot in 0..wanted {
+                let occupied = self.workers.values().any(|w| w.task == task && w.slot == slot && !w.stop_sent);
+                let state = &self.tasks[task].slots[slot as usize];
+                let waiting = state.respawn_at.is_some_and(|at| at > now);
+                let done = batch && state.spawned > 0;
+                if !occupied && !waiting && !done {
+                    self.spawn_worker(task, slot);
+                }
+            }
+            let surplus: Vec<Pid> = self
+                .workers
+                .values()
+                .filter(|w| w.task == task && w.slot >= wanted && !w.stop_sent)
+                .map(|w| w.pid)
+                .collect();
+            for pid in surplus {
+                info!(pid = pid.as_raw(), slot = self.workers[&pid].slot, "scaling down: stopping worker");
+                self.stop_worker(pid);
+            }
+        }
+    }
+
+    /// Forks a worker for `slot` of `task`.
+    fn spawn_worker(&mut self, task: usize, slot: u32) {
+        let cell = match self.board.claim() {
+            Ok(cell) => cell,
+            Err(e) => {
+                warn!(slot, "cannot start a worker: {e}");
+                return;
+            }
+        };
+        let settings = &self.tasks[task].settings;
+        let mut close_fds = vec![self.reports.raw_fd()];
+        close_fds.extend(self.events.raw_fds());
+        close_fds.extend(self.pid_file.as_ref().map(|p| p.raw_fd()));
+        close_fds.extend(self.ready.as_ref().map(|r| r.raw_fd()));
+        let spec = WorkerSpec {
+            task: settings.name.clone(),
+            slot,
+            generation: self.generation,
+            plugin: self.tasks[task].plugin.clone(),
+            limits: settings.limits,
+            config_json: settings.config_json.clone(),
+            title: self.host.worker_title(&settings.name),
+            master: Pid::this(),
+            report_fd: self.report_tx.as_raw_fd(),
+            close_fds,
+            plugin_log_level: self.plugin_log_level,
+        };
+        // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
+        // `worker::run`, which never returns into the master's code.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                let cell_ptr: *const crate::scoreboard::Cell = self.board.cell(cell);
+                // SAFETY: the scoreboard mapping stays mapped for the child's whole life: `worker::run` never
+                // returns, so no destructor of the master's state (which would unmap it) runs in the child.
+                worker::run(spec, unsafe { &*cell_ptr })
+            }
+            Ok(ForkResult::Parent { child }) => {
+                // Also set in the child: whichever runs first, the group exists before anyone signals it.
+                let _ = setpgid(child, child);
+                let now = Mono::now();
+                let state = &mut self.tasks[task].slots[slot as usize];
+                state.spawned += 1;
+                state.respawn_at = None;
+                debug!(slot, pid = child.as_raw(), generation = self.generation, "worker spawned");
+                self.workers.insert(
+                    child,
+                    Worker {
+                        pid: child,
+                        task,
+                        slot,
+                        generation: self.generation,
+                        cell,
+                        plugin_sha256: self.tasks[task].plugin.sha256.clone(),
+                        started: now,
+                        started_wall: SystemTime::now(),
+                        ready: false,
+                        stop_sent: false,
+                        kill_sent: false,
+                        killed_for: None,
+                        rss: None,
+                    },
+                );
+                if let Some(startup) = &mut self.startup {
+                    startup.pending.insert(child);
+                }
+                self.dirty = true;
+            }
+            Err(e) => {
+                self.board.release(cell);
+                let backoff = self.tasks[task].settings.backoff;
+                let state = &mut self.tasks[task].slots[slot as usize];
+                state.crashes += 1;
+                let delay = backoff.delay(state.crashes);
+                state.respawn_at = Some(Mono::now() + delay);
+                warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {e}");
+            }
+        }
+    }
+
+    /// Reaps every exited child.
+    pub(super) fn reap_workers(&mut self) {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_worker_exit(pid, Ended::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _core)) => self.on_worker_exit(pid, Ended::Signal(signal)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("waitpid failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Records a worker's end, logs it, and schedules the slot's refill (at once, or after a crash backoff).
+    fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
+        let Some(worker) = self.workers.remove(&pid) else {
+            debug!(pid = pid.as_raw(), "reaped a process that was not a worker");
+            return;
+        };
+        let executions = self.board.cell(worker.cell).executions();
+        self.board.release(worker.cell);
+        let now = Mono::now();
+        let lived = now.since(worker.started);
+        let (code, signal, mut reason, crash) = match ended {
+            Ended::Code(code) => (Some(code), None, worker_code::describe(code).to_owned(), code != worker_code::OK),
+            Ended::Signal(signal) => {
+                let asked = worker.stop_sent && worker.killed_for.is_none();
+                (None, Some(signal.as_str().to_owned()), format!("killed by {}", signal.as_str()), !asked)
+            }
+        };
+        if let Some(why) = &worker.killed_for {
+            // A worker that reported why it failed knows best; a kill by the master adds the master's reason.
+            reason = match ended {
+                Ended::Code(_) => why.clone(),
+                Ended::Signal(_) => format!("{reason}: {why}"),
+            };
+        }
+        let task = &mut self.tasks[worker.task];
+        task.executions_done += executions;
+        let fields = (worker.slot, pid.as_raw(), executions, lived.as_millis() as u64);
+        match (code, &signal) {
+            (Some(code), _) if crash => warn!(
+                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
+                lived_ms = fields.3, code, "worker crashed: {reason}"
+            ),
+            (Some(code), _) => info!(
+                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
+                lived_ms = fields.3, code, "worker exited: {reason}"
+            ),
+            (None, Some(signal)) if crash => warn!(
+                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
+                lived_ms = fields.3, signal = %signal, "worker crashed: {reason}"
+            ),
+            (None, signal) => info!(
+                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
+                lived_ms = fields.3, signal = ?signal, "worker ended: {reason}"
+            ),
+        }
+        if let Some(startup) = &mut self.startup
+            && startup.pending.remove(&pid)
+        {
+            startup.first_error.get_or_insert_with(|| format!("worker {} ended during start: {reason}", pid));
+        }
+        let backoff = task.settings.backoff;
+        if let Some(slot) = task.slots.get_mut(worker.slot as usize) {
+            slot.last_exit = Some(ExitStatus {
+                pid: pid.as_raw(),
+                code,
+                signal,
+                reason,
+                crash,
+                at: sysinfo::unix_seconds(SystemTime::now()),
+            });
+            if crash {
+                slot.crashes = if lived >= backoff.reset { 1 } else { slot.crashes + 1 };
+                let delay = backoff.delay(slot.crashes);
+                slot.respawn_at = Some(now + delay);
+                if matches!(self.phase, HostPhase::Running) && self.host.check_interval.is_some() {
+                    info!(
+                        slot = worker.slot,
+                        crashes = slot.crashes,
+                        delay_ms = delay.as_millis() as u64,
+                        "respawn after backoff"
+                    );
+                }
+            } else {
+                if lived >= backoff.reset {
+                    slot.crashes = 0;
+                }
+                slot.respawn_at = None;
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Asks a worker (and the processes of its group) to stop gracefully.
+    pub(super) fn stop_worker(&mut self, pid: Pid) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            worker.stop_sent = true;
+            signal_group(pid, Signal::SIGTERM);
+            self.dirty = true;
+        }
+    }
+
+    /// Kills a worker for a fault (the reason is recorded with its exit).
+    pub(super) fn kill_worker(&mut self, pid: Pid, reason: String) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            worker.killed_for = Some(reason);
+            worker.kill_sent = true;
+            signal_group(pid, Signal::SIGKILL);
+            self.dirty = true;
+        }
+    }
+
+    /// Kills every worker and its processes now.
+    pub(super) fn kill_all(&mut self) {
+        for worker in self.workers.values_mut().filter(|w| !w.kill_sent) {
+            worker.stop_sent = true;
+            worker.kill_sent = true;
+            signal_group(worker.pid, Signal::SIGKILL);
+        }
+        self.dirty = true;
+    }
+}
+
+/// Signals a worker's process group, falling back to the worker alone.
+fn signal_group(pid: Pid, signal: Signal) {
+    if killpg(pid, signal).is_err() {
+        let _ = kill(pid, signal);
+    }
+}

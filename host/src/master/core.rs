@@ -1,0 +1,544 @@
+//! The master's state and its loop. `run()` is the algorithm; the `handle_*` methods are the reactions.
+//!
+//! After every wake-up the master works in one fixed order:
+//!
+//! 1. read worker reports (ready / failed to start),
+//! 2. reap exited workers (every one, until `waitpid` has nothing left),
+//! 3. handle signals in arrival order (stop, stop now, restart, snapshot, scale),
+//! 4. handle deadlines (stop grace over, `init` too slow, check tick),
+//! 5. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count),
+//! 6. publish status (only if something changed or a snapshot was asked for).
+//!
+//! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
+//! its own message, not just its exit code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+use super::events::Events;
+use super::signals::{self, Action};
+use crate::pidfile::PidFile;
+use crate::plugin::StagedPlugin;
+use crate::report::{Report, ReportReader};
+use crate::rundir;
+use crate::scoreboard::{CellIndex, Scoreboard};
+use crate::settings::{HostSettings, TaskSettings};
+use crate::status::{ExitStatus, Snapshot};
+use crate::sysinfo::{self, Mono};
+
+/// The master could not run or its start failed.
+#[derive(Debug, Error)]
+pub enum MasterError {
+    /// No worker of a fresh start completed `init`.
+    #[error("{0}")]
+    StartFailed(String),
+    /// The event loop itself failed.
+    #[error("master event loop failed")]
+    EventLoop(#[source] std::io::Error),
+}
+
+/// Tells a waiting `pmhost start -d` whether the start succeeded, through a pipe.
+pub struct ReadyNotifier(OwnedFd);
+
+impl ReadyNotifier {
+    /// Wraps the write end of the readiness pipe.
+    pub fn new(fd: OwnedFd) -> ReadyNotifier {
+        ReadyNotifier(fd)
+    }
+
+    /// Sends the outcome and closes the pipe.
+    pub fn send(self, outcome: Result<(), &str>) {
+        let message = match outcome {
+            Ok(()) => format!("ready {}\n", std::process::id()),
+            Err(reason) => format!("error\n{reason}"),
+        };
+        let _ = nix::unistd::write(&self.0, message.as_bytes());
+    }
+
+    /// The raw descriptor (for closing in a forked worker).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// What the master is doing as a whole.
+#[derive(Debug)]
+pub(super) enum HostPhase {
+    Running,
+    Stopping {
+        /// When stragglers get SIGKILL.
+        kill_at: Mono,
+        /// What `run()` returns once every worker is gone.
+        outcome: Result<(), String>,
+    },
+}
+
+/// One task: its settings, its staged plugin and its worker slots.
+pub(super) struct Task {
+    pub(super) settings: TaskSettings,
+    pub(super) plugin: StagedPlugin,
+    pub(super) slots: Vec<Slot>,
+    /// `work` calls finished by workers of this task that have exited.
+    pub(super) executions_done: u64,
+}
+
+/// The history of one worker slot.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    /// Workers started in this slot so far.
+    pub(super) spawned: u32,
+    /// Consecutive crashes (reset by a normal exit or by a long enough run).
+    pub(super) crashes: u32,
+    /// No respawn before this (crash backoff).
+    pub(super) respawn_at: Option<Mono>,
+    /// How the last worker of this slot ended.
+    pub(super) last_exit: Option<ExitStatus>,
+}
+
+/// A live worker process.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) pid: Pid,
+    pub(super) task: usize,
+    pub(super) slot: u32,
+    pub(super) generation: u32,
+    pub(super) cell: CellIndex,
+    pub(super) plugin_sha256: String,
+    pub(super) started: Mono,
+    pub(super) started_wall: SystemTime,
+    /// `init` succeeded.
+    pub(super) ready: bool,
+    /// The master asked it to stop (its exit is then not a crash).
+    pub(super) stop_sent: bool,
+    /// The master sent SIGKILL.
+    pub(super) kill_sent: bool,
+    /// Why the master killed it, when it did so for a fault.
+    pub(super) killed_for: Option<String>,
+    pub(super) rss: Option<u64>,
+}
+
+/// Tracks the first wave of workers: the start succeeds once one of them is ready and fails if none gets there.
+#[derive(Debug, Default)]
+pub(super) struct Startup {
+    pub(super) pending: BTreeSet<Pid>,
+    pub(super) ready: usize,
+    pub(super) first_error: Option<String>,
+}
+
+/// Everything the master is built from (prepared by the CLI).
+pub struct MasterParts {
+    /// Host settings.
+    pub host: HostSettings,
+    /// Tasks with their staged plugins.
+    pub tasks: Vec<(TaskSettings, StagedPlugin)>,
+    /// The locked pid file.
+    pub pid_file: PidFile,
+    /// Readiness pipe of a daemonized start.
+    pub ready: Option<ReadyNotifier>,
+    /// Level the plugins forward their logs at (0 off .. 5 trace).
+    pub plugin_log_level: u8,
+}
+
+/// The master.
+pub struct Master {
+    pub(super) host: HostSettings,
+    pub(super) tasks: Vec<Task>,
+    pub(super) workers: BTreeMap<Pid, Worker>,
+    pub(super) board: Scoreboard,
+    pub(super) events: Events,
+    pub(super) reports: ReportReader,
+    pub(super) report_tx: OwnedFd,
+    pub(super) pid_file: Option<PidFile>,
+    pub(super) ready: Option<ReadyNotifier>,
+    pub(super) phase: HostPhase,
+    pub(super) startup: Option<Startup>,
+    pub(super) generation: u32,
+    pub(super) started_wall: SystemTime,
+    pub(super) next_tick: Option<Mono>,
+    pub(super) dirty: bool,
+    pub(super) snapshot_wanted: bool,
+    pub(super) plugin_log_level: u8,
+    pub(super) status_write_failed: bool,
+}
+
+impl Master {
+    /// Builds the master. The caller has blocked the handled signals (see [`signals::handled`]).
+    pub fn new(parts: MasterParts) -> std::io::Result<Master> {
+        let events = Events::new(&signals::handled())?;
+        let (reports, report_tx) = crate::report::channel()?;
+        let board = Scoreboard::new().map_err(std::io::Error::other)?;
+        let started = Mono::now();
+        let tasks = parts
+            .tasks
+            .into_iter()
+            .map(|(settings, plugin)| Task { settings, plugin, slots: Vec::new(), executions_done: 0 })
+            .collect();
+        Ok(Master {
+            next_tick: parts.host.check_interval.map(|interval| started + interval),
+            host: parts.host,
+            tasks,
+            workers: BTreeMap::new(),
+            board,
+            events,
+            reports,
+            report_tx,
+            pid_file: Some(parts.pid_file),
+            ready: parts.ready,
+            phase: HostPhase::Running,
+            startup: Some(Startup::default()),
+            generation: 1,
+            started_wall: SystemTime::now(),
+            dirty: true,
+            snapshot_wanted: true,
+            plugin_log_level: parts.plugin_log_level,
+            status_write_failed: false,
+        })
+    }
+
+    /// Runs until the host is stopped (Ok) or its start failed (Err).
+    pub fn run(mut self) -> Result<(), MasterError> {
+        info!(pid = std::process::id(), workers = self.wanted_workers(), "master started");
+        self.manage_workers();
+        self.resolve_startup();
+        loop {
+            self.publish_status();
+            if let Some(outcome) = self.finished() {
+                return self.exit(outcome);
+            }
+            let deadline = self.next_deadline();
+            let woken = match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports)) {
+                Ok(woken) => woken,
+                Err(e) => {
+                    error!("event loop failed: {e}; killing workers");
+                    self.kill_all();
+                    return Err(MasterError::EventLoop(e));
+                }
+            };
+            self.read_reports();
+            self.reap_workers();
+            for signal in woken.signals {
+                self.handle_signal(signal);
+            }
+            self.handle_deadlines();
+            self.manage_workers();
+            self.resolve_startup();
+        }
+    }
+
+    fn handle_signal(&mut self, signal: Signal) {
+        let Some(action) = signals::action_of(signal) else { return };
+        match action {
+            Action::Reap => {} // done on every wake-up
+            Action::Stop => self.handle_stop(signal),
+            Action::StopNow => self.handle_stop_now(signal),
+            Action::Restart => self.handle_restart(),
+            Action::Snapshot => self.snapshot_wanted = true,
+            Action::ScaleUp => self.handle_scale(1),
+            Action::ScaleDown => self.handle_scale(-1),
+        }
+    }
+
+    /// TERM/INT: graceful stop; the second request stops at once.
+    fn handle_stop(&mut self, signal: Signal) {
+        if matches!(self.phase, HostPhase::Stopping { .. }) {
+            info!(signal = signal.as_str(), "second stop request: stopping at once");
+            self.kill_all();
+            return;
+        }
+        info!(
+            signal = signal.as_str(),
+            workers = self.workers.len(),
+            timeout_ms = self.host.stop_timeout.as_millis() as u64,
+            "graceful stop"
+        );
+        self.begin_stop(Ok(()));
+    }
+
+    /// QUIT: immediate stop.
+    fn handle_stop_now(&mut self, signal: Signal) {
+        info!(signal = signal.as_str(), workers = self.workers.len(), "immediate stop");
+        if !matches!(self.phase, HostPhase::Stopping { .. }) {
+            self.phase = HostPhase::Stopping { kill_at: Mono::now(), outcome: Ok(()) };
+        }
+        self.kill_all();
+    }
+
+    /// HUP: rolling restart.
+    fn handle_restart(&mut self) {
+        warn!("restart requested, but rolling restarts are not available in this build; ignoring SIGHUP");
+    }
+
+    /// TTIN/TTOU: one worker more or fewer (never below one) for every task.
+    fn handle_scale(&mut self, delta: i32) {
+        if matches!(self.phase, HostPhase::Stopping { .. }) {
+            return;
+        }
+        for task in &mut self.tasks {
+            let wanted = task.settings.workers.saturating_add_signed(delta).max(1);
+            if wanted != task.settings.workers {
+                info!(task = %task.settings.name, from = task.settings.workers, to = wanted, "scaling");
+                task.settings.workers = wanted;
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Starts a graceful stop: every worker gets SIGTERM; stragglers get SIGKILL after `stop_timeout`.
+    pub(super) fn begin_stop(&mut self, outcome: Result<(), String>) {
+        let kill_at = Mono::now() + self.host.stop_timeout;
+        self.phase = HostPhase::Stopping { kill_at, outcome };
+        let pids: Vec<Pid> = self.workers.keys().copied().collect();
+        for pid in pids {
+            self.stop_worker(pid);
+        }
+        self.dirty = true;
+    }
+
+    fn handle_deadlines(&mut self) {
+        let now = Mono::now();
+        if let HostPhase::Stopping { kill_at, .. } = self.phase
+            && now >= kill_at
+            && self.workers.values().any(|w| !w.kill_sent)
+        {
+            warn!(
+                workers = self.workers.len(),
+                timeout_ms = self.host.stop_timeout.as_millis() as u64,
+                "stop timeout reached: killing the remaining workers"
+            );
+            self.kill_all();
+        }
+        let slow: Vec<Pid> = self
+            .workers
+            .values()
+            .filter(|w| !w.ready && w.killed_for.is_none())
+            .filter(|w| now.since(w.started) >= self.tasks[w.task].settings.init_timeout)
+            .map(|w| w.pid)
+            .collect();
+        for pid in slow {
+            let timeout = self.tasks[self.workers[&pid].task].settings.init_timeout;
+            let reason = format!("plugin init did not finish within {} ms", timeout.as_millis());
+            warn!(pid = pid.as_raw(), "{reason}: killing the worker");
+            self.kill_worker(pid, reason);
+        }
+        if let (Some(tick), Some(interval)) = (self.next_tick, self.host.check_interval)
+            && now >= tick
+        {
+            self.next_tick = Some(now + interval);
+            self.snapshot_wanted = true;
+        }
+    }
+
+    /// The earliest moment the master must wake up without an event.
+    fn next_deadline(&self) -> Option<Mono> {
+        let mut deadlines: Vec<Mono> = Vec::new();
+        match &self.phase {
+            HostPhase::Stopping { kill_at, .. } => deadlines.push(*kill_at),
+            HostPhase::Running => {
+                deadlines.extend(self.next_tick);
+                for task in &self.tasks {
+                    deadlines.extend(task.slots.iter().filter_map(|slot| slot.respawn_at));
+                }
+            }
+        }
+        for worker in self.workers.values().filter(|w| !w.ready && w.killed_for.is_none()) {
+            deadlines.push(worker.started + self.tasks[worker.task].settings.init_timeout);
+        }
+        deadlines.into_iter().min()
+    }
+
+    /// Some(outcome) once the master has nothing left to supervise.
+    fn finished(&mut self) -> Option<Result<(), String>> {
+        if !self.workers.is_empty() {
+            return None;
+        }
+        match &mut self.phase {
+            HostPhase::Stopping { outcome, .. } => Some(std::mem::replace(outcome, Ok(()))),
+            HostPhase::Running if self.host.check_interval.is_none() && self.startup.is_none() => {
+                info!("batch mode: every worker is done");
+                Some(Ok(()))
+            }
+            HostPhase::Running => None,
+        }
+    }
+
+    /// Records worker reports: readiness and start failures.
+    fn read_reports(&mut self) {
+        for report in self.reports.drain() {
+            match report {
+                Report::Ready { pid } => {
+                    let pid = Pid::from_raw(pid);
+                    if let Some(worker) = self.workers.get_mut(&pid) {
+                        worker.ready = true;
+                        self.dirty = true;
+                    }
+                    if let Some(startup) = &mut self.startup
+                        && startup.pending.remove(&pid)
+                    {
+                        startup.ready += 1;
+                    }
+                }
+                Report::Failed { pid, message } => {
+                    let pid = Pid::from_raw(pid);
+                    if let Some(worker) = self.workers.get_mut(&pid) {
+                        worker.killed_for.get_or_insert(message.clone());
+                    }
+                    if let Some(startup) = &mut self.startup
+                        && startup.pending.remove(&pid)
+                    {
+                        startup.first_error.get_or_insert(message);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides the fresh start once every first-wave worker has reported or ended.
+    fn resolve_startup(&mut self) {
+        let Some(startup) = &self.startup else { return };
+        if !startup.pending.is_empty() {
+            return;
+        }
+        let startup = self.startup.take().expect("checked above");
+        if startup.ready > 0 || self.wanted_workers() == 0 {
+            info!(ready = startup.ready, "start complete: workers ready");
+            if let Some(ready) = self.ready.take() {
+                ready.send(Ok(()));
+            }
+            return;
+        }
+        let reason = startup.first_error.unwrap_or_else(|| "no worker became ready".to_owned());
+        error!("start failed: {reason}");
+        if let Some(ready) = self.ready.take() {
+            ready.send(Err(&reason));
+        }
+        self.phase = HostPhase::Stopping { kill_at: Mono::now(), outcome: Err(reason) };
+        self.kill_all();
+    }
+
+    fn wanted_workers(&self) -> u32 {
+        self.tasks.iter().map(|t| t.settings.workers).sum()
+    }
+
+    /// Leaves: removes the status file and the pid file (the pid file last: it is the "running" marker).
+    fn exit(mut self, outcome: Result<(), String>) -> Result<(), MasterError> {
+        let _ = std::fs::remove_file(self.host.status_file());
+        if let Some(pid_file) = self.pid_file.take() {
+            pid_file.remove();
+        }
+        match outcome {
+            Ok(()) => {
+                info!("master stopped");
+                Ok(())
+            }
+            Err(reason) => Err(MasterError::StartFailed(reason)),
+        }
+    }
+
+    /// Writes `status.json` if anything changed or a snapshot was asked for (then with fresh memory figures).
+    fn publish_status(&mut self) {
+        if !self.dirty && !self.snapshot_wanted {
+            return;
+        }
+        if self.snapshot_wanted {
+            for worker in self.workers.values_mut() {
+                worker.rss = sysinfo::rss_bytes(worker.pid.as_raw());
+            }
+        }
+        let snapshot = self.snapshot();
+        let json = serde_json::to_vec_pretty(&snapshot).expect("status serializes");
+        match rundir::write_atomic(&self.host.status_file(), &json) {
+            Ok(()) => self.status_write_failed = false,
+            Err(e) if !self.status_write_failed => {
+                warn!("{e}: status stays stale until the directory is writable again");
+                self.status_write_failed = true;
+            }
+            Err(_) => {}
+        }
+        self.dirty = false;
+        self.snapshot_wanted = false;
+    }
+
+    /// The current state as a status snapshot.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        use crate::status::{MasterStatus, TaskStatus, WorkerStatus};
+        let now = SystemTime::now();
+        let state = match (&self.phase, &self.startup) {
+            (HostPhase::Stopping { .. }, _) => "stopping",
+            (HostPhase::Running, Some(_)) => "starting",
+            (HostPhase::Running, None) => "running",
+        };
+        let tasks = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let workers: Vec<WorkerStatus> = self
+                    .workers
+                    .values()
+                    .filter(|w| w.task == index)
+                    .map(|w| {
+                        let cell = self.board.cell(w.cell);
+                        let slot = task.slots.get(w.slot as usize);
+                        WorkerStatus {
+                            slot: w.slot,
+                            pid: w.pid.as_raw(),
+                            title: self.host.worker_title(&task.settings.name),
+                            state: worker_state(w, cell).to_owned(),
+                            executions: cell.executions(),
+                            generation: w.generation,
+                            plugin_sha256: w.plugin_sha256.clone(),
+                            rss_bytes: w.rss,
+                            started_at: sysinfo::unix_seconds(w.started_wall),
+                            restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
+                            last_exit: slot.and_then(|s| s.last_exit.clone()),
+                        }
+                    })
+                    .collect();
+                let live: u64 = workers.iter().map(|w| w.executions).sum();
+                TaskStatus {
+                    name: task.settings.name.clone(),
+                    plugin: task.plugin.original.display().to_string(),
+                    plugin_sha256: task.plugin.sha256.clone(),
+                    workers_wanted: task.settings.workers,
+                    executions_total: task.executions_done + live,
+                    workers,
+                }
+            })
+            .collect();
+        Snapshot {
+            name: self.host.name.clone(),
+            state: state.to_owned(),
+            master: MasterStatus {
+                pid: std::process::id() as i32,
+                title: self.host.master_title(),
+                rss_bytes: sysinfo::rss_bytes(std::process::id() as i32),
+                started_at: sysinfo::unix_seconds(self.started_wall),
+                uptime_s: now.duration_since(self.started_wall).unwrap_or(Duration::ZERO).as_secs(),
+            },
+            generation: self.generation,
+            written_at_mono_ns: sysinfo::monotonic_ns(),
+            written_at: sysinfo::unix_seconds(now),
+            tasks,
+        }
+    }
+}
+
+fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str {
+    use crate::scoreboard::Phase;
+    if worker.stop_sent {
+        return "stopping";
+    }
+    match cell.phase() {
+        Phase::Loading => "loading",
+        Phase::Initializing => "initializing",
+        Phase::Stopping => "stopping",
+        Phase::Running if cell.busy() => "busy",
+        Phase::Running => "idle",
+    }
+}

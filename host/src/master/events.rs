@@ -1,0 +1,93 @@
+//! The master's only wait: one `poll` on the signalfd, the timerfd and the worker report pipe.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+
+use crate::report::ReportReader;
+use crate::sysinfo::Mono;
+
+/// What woke the master.
+#[derive(Debug, Default)]
+pub struct Woken {
+    /// Signals received, in arrival order.
+    pub signals: Vec<Signal>,
+    /// The deadline timer fired.
+    pub timer: bool,
+}
+
+/// The master's event sources.
+pub struct Events {
+    signals: SignalFd,
+    timer: TimerFd,
+    armed: Option<Mono>,
+}
+
+impl Events {
+    /// Creates the signalfd for `mask` (which the caller has already blocked) and the deadline timer.
+    pub fn new(mask: &SigSet) -> io::Result<Events> {
+        let signals = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)?;
+        Ok(Events { signals, timer, armed: None })
+    }
+
+    /// Sets the timer to fire at `at` (or disarms it). Re-arming to the same deadline costs nothing.
+    pub fn arm(&mut self, at: Option<Mono>) -> io::Result<()> {
+        if at == self.armed {
+            return Ok(());
+        }
+        match at {
+            // An absolute deadline of zero would disarm the timer: one nanosecond later is "now" as well.
+            Some(at) => self.timer.set(
+                Expiration::OneShot(TimeSpec::from_duration(at.0.max(std::time::Duration::from_nanos(1)))),
+                TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+            )?,
+            None => self.timer.unset()?,
+        }
+        self.armed = at;
+        Ok(())
+    }
+
+    /// Blocks until a signal, the timer or a worker report; returns the signals and whether the timer fired.
+    pub fn wait(&mut self, reports: &ReportReader) -> io::Result<Woken> {
+        let mut fds = [
+            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
+            PollFd::new(reports.as_fd(), PollFlags::POLLIN),
+        ];
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut woken = Woken::default();
+        let readable = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| r.intersects(PollFlags::POLLIN));
+        if readable(&fds[1]) {
+            // Reading clears the expiry count; the timer is one-shot, so it is disarmed now.
+            let _ = self.timer.wait();
+            self.armed = None;
+            woken.timer = true;
+        }
+        if readable(&fds[0]) {
+            while let Ok(Some(info)) = self.signals.read_signal() {
+                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                    woken.signals.push(signal);
+                }
+            }
+        }
+        Ok(woken)
+    }
+
+    /// Descriptors a forked worker must close.
+    pub fn raw_fds(&self) -> [RawFd; 2] {
+        [self.signals.as_raw_fd(), self.timer.as_fd().as_raw_fd()]
+    }
+}

@@ -1,0 +1,114 @@
+//! Worker → master reports over one shared pipe: "ready" after `init`, or why the worker could not start.
+//!
+//! Every record is one `write` of at most `PIPE_BUF` bytes, which the kernel never interleaves with another
+//! worker's, so a single pipe serves all workers. A record is a little-endian `u32` length and a JSON body.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::unistd::pipe2;
+use serde::{Deserialize, Serialize};
+
+/// Largest message kept in a report (the rest is cut), so a record always fits in one atomic pipe write.
+const MAX_MESSAGE: usize = 3000;
+
+/// What a worker tells the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    /// `init` succeeded: the worker is in its work loop.
+    Ready { pid: i32 },
+    /// The worker could not start; it exits right after sending this.
+    Failed { pid: i32, message: String },
+}
+
+/// Creates the report pipe: the master's non-blocking read end and the workers' blocking write end.
+pub fn channel() -> io::Result<(ReportReader, OwnedFd)> {
+    let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+    let flags = OFlag::from_bits_truncate(fcntl(&read, FcntlArg::F_GETFL)?);
+    fcntl(&read, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok((ReportReader { fd: read, pending: Vec::new() }, write))
+}
+
+/// Sends one report (worker side). A failure is ignored: the master learns the outcome from the exit code.
+pub fn send(fd: RawFd, report: &Report) {
+    let report = match report {
+        Report::Failed { pid, message } if message.len() > MAX_MESSAGE => {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            Report::Failed { pid: *pid, message: format!("{}…", &message[..cut]) }
+        }
+        other => other.clone(),
+    };
+    let body = serde_json::to_vec(&report).expect("reports serialize");
+    let mut record = (body.len() as u32).to_le_bytes().to_vec();
+    record.extend_from_slice(&body);
+    // SAFETY: `fd` is the inherited write end of the report pipe, open for the worker's whole life.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = nix::unistd::write(fd, &record);
+}
+
+/// The master's end: collects whole records from what the pipe delivers.
+pub struct ReportReader {
+    fd: OwnedFd,
+    pending: Vec<u8>,
+}
+
+impl ReportReader {
+    /// Reads everything available and returns the complete reports.
+    pub fn drain(&mut self) -> Vec<Report> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break, // EAGAIN: nothing more now
+            }
+        }
+        let mut reports = Vec::new();
+        while self.pending.len() >= 4 {
+            let len = u32::from_le_bytes(self.pending[..4].try_into().expect("4 bytes")) as usize;
+            if self.pending.len() < 4 + len {
+                break;
+            }
+            if let Ok(report) = serde_json::from_slice(&self.pending[4..4 + len]) {
+                reports.push(report);
+            }
+            self.pending.drain(..4 + len);
+        }
+        reports
+    }
+
+    /// The raw descriptor (for closing in a forked worker).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for ReportReader {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_long_messages_are_cut() {
+        let (mut reader, writer) = channel().unwrap();
+        send(writer.as_raw_fd(), &Report::Ready { pid: 7 });
+        send(writer.as_raw_fd(), &Report::Failed { pid: 8, message: "é".repeat(4000) });
+        let reports = reader.drain();
+        assert_eq!(reports[0], Report::Ready { pid: 7 });
+        match &reports[1] {
+            Report::Failed { pid: 8, message } => assert!(message.len() <= MAX_MESSAGE + 3),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(reader.drain().is_empty());
+    }
+}

@@ -1,0 +1,158 @@
+//! The status snapshot: what the master writes to `{status_root}/{name}/status.json` and what `pmhost status`
+//! prints, as a table or as JSON. The JSON schema is documented in the README.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sysinfo;
+
+/// The whole snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// Host name.
+    pub name: String,
+    /// `starting`, `running`, `stopping`.
+    pub state: String,
+    /// The master process.
+    pub master: MasterStatus,
+    /// The newest rollout generation (1 after start).
+    pub generation: u32,
+    /// When the master wrote this, in `CLOCK_MONOTONIC` nanoseconds (lets a reader tell a fresh snapshot).
+    pub written_at_mono_ns: u64,
+    /// When the master wrote this, Unix seconds.
+    pub written_at: u64,
+    /// The tasks and their workers.
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// The master's line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MasterStatus {
+    pub pid: i32,
+    pub title: String,
+    pub rss_bytes: Option<u64>,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub uptime_s: u64,
+}
+
+/// One task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskStatus {
+    pub name: String,
+    /// The plugin file as configured.
+    pub plugin: String,
+    /// Hash of the build the task is configured to run.
+    pub plugin_sha256: String,
+    /// Worker slots wanted.
+    pub workers_wanted: u32,
+    /// `work` calls finished by all workers of this task since the master started.
+    pub executions_total: u64,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    pub slot: u32,
+    pub pid: i32,
+    pub title: String,
+    /// `loading`, `initializing`, `idle`, `busy`, `stopping`.
+    pub state: String,
+    /// `work` calls finished by this worker.
+    pub executions: u64,
+    pub generation: u32,
+    pub plugin_sha256: String,
+    pub rss_bytes: Option<u64>,
+    /// Unix seconds.
+    pub started_at: u64,
+    /// Workers that ran in this slot before this one.
+    pub restarts: u32,
+    /// How the previous worker of this slot ended, if one did.
+    pub last_exit: Option<ExitStatus>,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub pid: i32,
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal name, when a signal ended it.
+    pub signal: Option<String>,
+    /// `normal exit`, `plugin panicked`, `killed by SIGKILL`...
+    pub reason: String,
+    /// Whether it counts as a crash (feeds the backoff).
+    pub crash: bool,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_owned(), |b| format!("{:.2}", b as f64 / (1024.0 * 1024.0)))
+}
+
+fn start_text(unix: u64) -> String {
+    sysinfo::local_time_text(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
+}
+
+const MASTER_HEADER: &str =
+    "type          pid title                             memory(m) start                 run(s)      count";
+const WORKER_HEADER: &str = "type          pid title                             memory(m) start                 run(s)       \
+     work slot state         gen build        restarts last exit";
+
+/// Renders the table `pmhost status` prints: the original's Master and Worker sections plus pmhost's columns.
+pub fn render_table(snapshot: &Snapshot) -> String {
+    let now = sysinfo::unix_seconds(SystemTime::now());
+    let mut out = String::new();
+    let m = &snapshot.master;
+    let total: u64 = snapshot.tasks.iter().map(|t| t.executions_total).sum();
+    let _ = writeln!(out, "Master  state: {}  generation: {}", snapshot.state, snapshot.generation);
+    let _ = writeln!(out, "{MASTER_HEADER}");
+    let _ = writeln!(
+        out,
+        "{:<8} {:>8} {:<32} {:>10} {:<19} {:>8} {:>10}",
+        "Master",
+        m.pid,
+        m.title,
+        mib(m.rss_bytes),
+        start_text(m.started_at),
+        m.uptime_s,
+        total
+    );
+    for task in &snapshot.tasks {
+        let _ = writeln!(
+            out,
+            "\nWorker  task: {}  workers: {}/{}  plugin: {} ({})",
+            task.name,
+            task.workers.len(),
+            task.workers_wanted,
+            task.plugin,
+            &task.plugin_sha256[..task.plugin_sha256.len().min(12)]
+        );
+        let _ = writeln!(out, "{WORKER_HEADER}");
+        for w in &task.workers {
+            let last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
+            let _ = writeln!(
+                out,
+                "{:<8} {:>8} {:<32} {:>10} {:<19} {:>8} {:>10} {:>4} {:<12} {:>4} {:<12} {:>8} {}",
+                "Worker",
+                w.pid,
+                w.title,
+                mib(w.rss_bytes),
+                start_text(w.started_at),
+                now.saturating_sub(w.started_at),
+                w.executions,
+                w.slot,
+                w.state,
+                w.generation,
+                &w.plugin_sha256[..w.plugin_sha256.len().min(12)],
+                w.restarts,
+                last_exit
+            );
+        }
+    }
+    out
+}

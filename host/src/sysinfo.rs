@@ -1,0 +1,87 @@
+//! Facts about processes and time read from the system: memory from `/proc`, local wall-clock text, the
+//! monotonic clock shared by every process on the machine.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::time::{ClockId, clock_gettime};
+
+/// Resident set size of `pid` in bytes, from `/proc/PID/statm`; `None` if the process is gone.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |size| size as u64)
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC`, comparable between processes on this machine.
+pub fn monotonic_ns() -> u64 {
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in local time (the format of the original's logs and status table).
+pub fn local_time_text(at: SystemTime) -> String {
+    let secs = unix_seconds(at) as libc::time_t;
+    // SAFETY: `tm` is plain data; localtime_r writes only into it and reads the time zone.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&secs, &mut tm);
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_rss_is_positive() {
+        assert!(super::rss_bytes(std::process::id() as i32).unwrap() > 0);
+    }
+
+    #[test]
+    fn local_time_has_the_documented_shape() {
+        let text = super::local_time_text(std::time::SystemTime::now());
+        assert_eq!(text.len(), 19);
+        assert_eq!(&text[4..5], "-");
+        assert_eq!(&text[13..14], ":");
+    }
+}
+
+/// A point on `CLOCK_MONOTONIC` (the clock timerfd deadlines use), as time since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mono(pub Duration);
+
+impl Mono {
+    /// Now.
+    pub fn now() -> Mono {
+        Mono(Duration::from_nanos(monotonic_ns()))
+    }
+
+    /// Time from `earlier` to `self` (zero if `earlier` is later).
+    pub fn since(self, earlier: Mono) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::ops::Add<Duration> for Mono {
+    type Output = Mono;
+    fn add(self, rhs: Duration) -> Mono {
+        Mono(self.0 + rhs)
+    }
+}

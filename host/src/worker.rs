@@ -1,0 +1,236 @@
+//! A worker process, from the moment after `fork` to its exit: set up the process, load the staged plugin,
+//! `init`, then the work loop within the task's limits.
+//!
+//! Stop requests arrive as SIGTERM (or SIGINT) from the master. The handler only sets a flag: a `work` call in
+//! flight is never interrupted, the sleep between calls is (it waits in `ppoll` with the signal unblocked), and
+//! the plugin sees the flag through `stop_requested()`.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RSome, RStr};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
+use nix::unistd::Pid;
+use pmhost_plugin_api::ffi::{HostLogger, InitFailure, WorkResult};
+use pmhost_plugin_api::{InitContext, WorkContext};
+use tracing::{debug, error, warn};
+
+use crate::exit::worker as code;
+use crate::plugin::{self, StagedPlugin};
+use crate::report::{self, Report};
+use crate::scoreboard::{Cell, Phase};
+use crate::settings::Limits;
+use crate::title;
+
+/// Set by the stop-signal handler. A process-wide static because a signal handler can reach nothing else;
+/// each worker process has its own copy.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The master's pid, for the handler to tell a stop request from the master's death (see `on_stop_signal`).
+static MASTER_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Seconds an orphaned worker gets to finish its call and shut down before SIGALRM ends it.
+const ORPHAN_GRACE_SECS: u32 = 1;
+
+/// Everything a worker needs, prepared by the master before the fork.
+pub struct WorkerSpec {
+    /// Task name.
+    pub task: String,
+    /// Worker slot.
+    pub slot: u32,
+    /// Rollout generation.
+    pub generation: u32,
+    /// The staged plugin to load.
+    pub plugin: StagedPlugin,
+    /// Pacing and retirement.
+    pub limits: Limits,
+    /// The task's config as JSON.
+    pub config_json: String,
+    /// Process title.
+    pub title: String,
+    /// The master's pid.
+    pub master: Pid,
+    /// Write end of the report pipe.
+    pub report_fd: RawFd,
+    /// Master-only descriptors to close (never unlock: see `pidfile`).
+    pub close_fds: Vec<RawFd>,
+    /// The most verbose level the plugin should forward (0 off .. 5 trace).
+    pub plugin_log_level: u8,
+}
+
+/// Why the work loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopEnd {
+    Stopped,
+    ExecuteTimes,
+    LimitSeconds,
+    Retired,
+}
+
+/// Runs the worker; never returns.
+pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
+    let pid = std::process::id() as i32;
+    let span = tracing::info_span!("worker", task = %spec.task, slot = spec.slot, pid, generation = spec.generation);
+    let _entered = span.enter();
+    if let Err(e) = prepare_process(&spec) {
+        error!("worker setup failed: {e}");
+        report::send(spec.report_fd, &Report::Failed { pid, message: format!("worker setup failed: {e}") });
+        exit(code::SETUP_FAILED);
+    }
+    title::set(&spec.title);
+    crate::logging::set_title(&spec.title);
+
+    let module = match plugin::load(&spec.plugin.staged, &spec.plugin.original) {
+        Ok(module) => module,
+        Err(e) => {
+            error!("{e}");
+            report::send(spec.report_fd, &Report::Failed { pid, message: e.to_string() });
+            exit(code::LOAD_FAILED);
+        }
+    };
+
+    cell.set_phase(Phase::Initializing);
+    let logger = HostLogger { max_level: spec.plugin_log_level, log: host_log };
+    let init_ctx = InitContext::new(&spec.task, &spec.config_json, spec.slot, spec.generation, pid, &STOP, logger);
+    let mut job = match (module.init())(&init_ctx).into_result() {
+        Ok(job) => job,
+        Err(failure) => {
+            let message = match failure {
+                InitFailure::Failed(message) => format!("plugin init failed: {message}"),
+                InitFailure::Panicked(message) => format!("plugin init panicked: {message}"),
+            };
+            error!("{message}");
+            report::send(spec.report_fd, &Report::Failed { pid, message });
+            exit(code::INIT_FAILED);
+        }
+    };
+    cell.set_phase(Phase::Running);
+    report::send(spec.report_fd, &Report::Ready { pid });
+    debug!("worker ready");
+
+    let mut ctx = WorkContext::new(spec.slot, spec.generation, &STOP);
+    let deadline = spec.limits.limit_seconds.map(|limit| Instant::now() + limit);
+    let mut finished: u64 = 0;
+    let end = loop {
+        if STOP.load(Ordering::Relaxed) {
+            break LoopEnd::Stopped;
+        }
+        ctx.set_execution(finished + 1);
+        cell.begin_work(finished);
+        let result = job.work(&ctx);
+        finished += 1;
+        cell.end_work(finished);
+        match result {
+            WorkResult::Continue => {}
+            WorkResult::Retire => break LoopEnd::Retired,
+            WorkResult::Failed(message) => error!(call = finished, "work failed: {message}"),
+            WorkResult::Panicked(message) => {
+                error!(call = finished, "plugin panicked in work: {message}");
+                exit(code::PANICKED);
+            }
+        }
+        if spec.limits.execute_times != 0 && finished >= spec.limits.execute_times {
+            break LoopEnd::ExecuteTimes;
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            break LoopEnd::LimitSeconds;
+        }
+        if !spec.limits.execute_usleep.is_zero() && !pause(spec.limits.execute_usleep) {
+            break LoopEnd::Stopped;
+        }
+    };
+    cell.set_phase(Phase::Stopping);
+    debug!(calls = finished, reason = ?end, "work loop ended");
+    if let RSome(message) = job.shutdown() {
+        error!("plugin panicked in shutdown: {message}");
+        exit(code::PANICKED);
+    }
+    // Keep the task's rhythm across the respawn: a worker that retires after its last call still waits
+    // `execute_usleep` (interruptibly), so `execute_times = 1` means one call per pause, not a fork loop.
+    if matches!(end, LoopEnd::ExecuteTimes | LoopEnd::LimitSeconds) && !spec.limits.execute_usleep.is_zero() {
+        pause(spec.limits.execute_usleep);
+    }
+    exit(code::OK)
+}
+
+/// Process setup after fork, before any plugin code runs.
+fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
+    for fd in &spec.close_fds {
+        // SAFETY: these descriptors belong to the master's event loop and pid file; this process never uses them.
+        unsafe { libc::close(*fd) };
+    }
+    // Own process group (the master sets it too, whichever runs first): stopping the worker reaches the
+    // processes its plugin spawned, and the terminal's Ctrl-C reaches only the master.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    MASTER_PID.store(spec.master.as_raw(), Ordering::Relaxed);
+    let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only touches atomics and calls async-signal-safe getppid/alarm.
+    unsafe {
+        sigaction(Signal::SIGTERM, &handler)?;
+        sigaction(Signal::SIGINT, &handler)?;
+    }
+    // The master blocks its signals to read them from a signalfd; the mask survives fork and must not leak
+    // into plugin code (or into processes the plugin spawns).
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    // The master may have died between fork and prctl: then no signal will ever come.
+    if nix::unistd::getppid() != spec.master {
+        warn!("master exited before the worker started");
+        exit(code::ORPHANED);
+    }
+    Ok(())
+}
+
+extern "C" fn on_stop_signal(_signal: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+    // A stop signal while our parent is no longer the master is PR_SET_PDEATHSIG: the master died. Nobody will
+    // escalate, so give the call in flight a short grace and let SIGALRM's default action end the process.
+    // SAFETY: getppid and alarm are async-signal-safe.
+    unsafe {
+        if libc::getppid() != MASTER_PID.load(Ordering::Relaxed) {
+            libc::alarm(ORPHAN_GRACE_SECS);
+        }
+    }
+}
+
+/// Sleeps for `length` unless a stop is requested; returns false when it was.
+fn pause(length: Duration) -> bool {
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    // Block the stop signals, check the flag, then wait with them unblocked atomically (ppoll): a signal that
+    // arrives between the check and the wait still ends the wait at once.
+    let mut previous = SigSet::empty();
+    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals), Some(&mut previous)).is_err() {
+        std::thread::sleep(length);
+        return !STOP.load(Ordering::Relaxed);
+    }
+    let deadline = Instant::now() + length;
+    while !STOP.load(Ordering::Relaxed) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let timeout = nix::sys::time::TimeSpec::from_duration(left);
+        let _ = nix::poll::ppoll(&mut [], Some(timeout), Some(previous));
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
+    !STOP.load(Ordering::Relaxed)
+}
+
+fn exit(code: i32) -> ! {
+    std::process::exit(code)
+}
+
+/// Receives the plugin's `tracing` events (through the bridge) and records them in the host's subscriber, under
+/// the worker span, with target `pmhost::run` so they land in the run log.
+extern "C" fn host_log(level: u8, target: RStr<'_>, message: RStr<'_>) {
+    let (target, message) = (target.as_str(), message.as_str());
+    match level {
+        1 => tracing::error!(target: "pmhost::run", plugin = target, "{message}"),
+        2 => tracing::warn!(target: "pmhost::run", plugin = target, "{message}"),
+        3 => tracing::info!(target: "pmhost::run", plugin = target, "{message}"),
+        4 => tracing::debug!(target: "pmhost::run", plugin = target, "{message}"),
+        _ => tracing::trace!(target: "pmhost::run", plugin = target, "{message}"),
+    }
+}

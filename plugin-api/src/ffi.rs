@@ -1,0 +1,90 @@
+//! The binary interface between host and plugin: the root module and every type that crosses the boundary.
+//!
+//! Plugin authors never use this module; `export_job!` and the host do. The root module is an abi_stable
+//! *prefix type*: fields may be appended in later versions (mark the new last field `last_prefix_field`), and
+//! a host reading a field an old plugin lacks panics with a clear message (`missing_field(panic)`), which the
+//! host avoids by checking `api_version` first.
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString};
+use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
+
+use crate::context::{InitContext, WorkContext};
+
+/// The plugin's root module, exported by `export_job!`.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// The `pmhost-plugin-api` version the plugin was built against.
+    pub api_version: RStr<'static>,
+    /// Builds the job: installs the log bridge and panic capture, then runs `Job::init`.
+    #[sabi(last_prefix_field)]
+    pub init: extern "C" fn(&InitContext<'_>) -> RResult<JobBox, InitFailure>,
+}
+
+impl RootModule for PluginModuleRef {
+    declare_root_module_statics! {PluginModuleRef}
+    const BASE_NAME: &'static str = "pmhost_plugin";
+    const NAME: &'static str = "pmhost plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+pub use job_object::{RawJob, RawJob_TO};
+
+#[expect(
+    non_local_definitions,
+    reason = "abi_stable 0.11's sabi_trait expansion puts trait impls inside a const block"
+)]
+mod job_object {
+    use super::*;
+
+    /// A job instance behind the boundary.
+    #[sabi_trait]
+    pub trait RawJob {
+        /// One `work` call, panics caught.
+        fn work(&mut self, ctx: &WorkContext<'_>) -> WorkResult;
+        /// `Job::shutdown`; `RSome(message)` if it panicked.
+        #[sabi(last_prefix_field)]
+        fn shutdown(&mut self) -> ROption<RString>;
+    }
+}
+
+/// The owned, type-erased job the host holds.
+pub type JobBox = RawJob_TO<'static, RBox<()>>;
+
+/// Why `init` produced no job.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum InitFailure {
+    /// `init` returned an error.
+    Failed(RString),
+    /// `init` panicked (message and location).
+    Panicked(RString),
+}
+
+/// The result of one `work` call as it crosses the boundary.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum WorkResult {
+    /// `Outcome::Continue`.
+    Continue,
+    /// `Outcome::Retire`.
+    Retire,
+    /// `Outcome::Failed`.
+    Failed(RString),
+    /// `work` panicked (message and location).
+    Panicked(RString),
+}
+
+/// How the plugin's `tracing` events reach the host's subscriber.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct HostLogger {
+    /// The most verbose level the host records: 0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    pub max_level: u8,
+    /// Records one event: level (as above), the event's target, the formatted message and fields.
+    pub log: extern "C" fn(level: u8, target: RStr<'_>, message: RStr<'_>),
+}

@@ -1,0 +1,153 @@
+//! # pmhost-plugin-api: write a background job that pmhost runs
+//!
+//! A pmhost *plugin* is a Rust library built as a `cdylib`. pmhost forks workers; each worker loads the plugin,
+//! calls [`Job::init`] once and then [`Job::work`] in a loop, within the task's limits (`execute_times` calls,
+//! `limit_seconds` of life, `execute_usleep` between calls). This crate is the only one a plugin depends on.
+//!
+//! ## The whole plugin
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "mailer"
+//! version = "0.1.0"
+//! edition = "2024"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! pmhost-plugin-api = "0.1"
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```
+//! use pmhost_plugin_api::{InitContext, Job, JobError, Outcome, WorkContext, export_job};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Settings {
+//!     #[serde(default = "default_batch")]
+//!     batch: usize,
+//! }
+//! fn default_batch() -> usize { 10 }
+//!
+//! struct Mailer {
+//!     settings: Settings,
+//!     sent: u64,
+//! }
+//!
+//! impl Job for Mailer {
+//!     fn init(ctx: &InitContext<'_>) -> Result<Self, JobError> {
+//!         // Open connections here: init runs once per worker, in the worker process.
+//!         let settings: Settings = ctx.config()?;
+//!         pmhost_plugin_api::tracing::info!(slot = ctx.slot(), batch = settings.batch, "mailer ready");
+//!         Ok(Mailer { settings, sent: 0 })
+//!     }
+//!
+//!     fn work(&mut self, ctx: &WorkContext<'_>) -> Outcome {
+//!         for _ in 0..self.settings.batch {
+//!             if ctx.stop_requested() {
+//!                 break; // pmhost is stopping: return soon, the rest waits for the next worker
+//!             }
+//!             self.sent += 1;
+//!         }
+//!         Outcome::Continue
+//!     }
+//!
+//!     fn shutdown(&mut self) {
+//!         pmhost_plugin_api::tracing::info!(sent = self.sent, "mailer done");
+//!     }
+//! }
+//!
+//! export_job!(Mailer);
+//! # fn main() {}
+//! ```
+//!
+//! Build and run it:
+//!
+//! ```text
+//! cargo build --release
+//! pmhost start --plugin target/release/libmailer.so --name mailer --workers 4 --execute-times 0
+//! ```
+//!
+//! ## What the host promises
+//!
+//! - **`init`** runs once per worker, after the fork, so connections and threads you open there belong to that
+//!   worker. Return an error to refuse to start: on a fresh `pmhost start` the start fails with your message; on a
+//!   `pmhost restart` the rollout is rolled back and the old workers keep running.
+//! - **`work`** is never interrupted by the host. When pmhost stops or replaces a worker it sets
+//!   [`WorkContext::stop_requested`]; a call in flight finishes, then [`Job::shutdown`] runs and the worker exits.
+//!   A long call should check the flag and return early.
+//! - **[`Outcome`]** says what happens next: `Continue`, `Retire` (exit cleanly now; a fresh worker takes the slot)
+//!   or `Failed(message)` (logged at error level; the loop goes on).
+//! - **Panics** never cross into the host: a panic in `init` fails the worker like an error (with the panic message
+//!   and location), a panic in `work` or `shutdown` ends the worker as a crash, which pmhost logs and replaces
+//!   with backoff.
+//! - **Logging**: use `tracing` (re-exported as [`tracing`]). Events reach the host's run log with the task, slot and
+//!   pid of the worker. Events above the host's level are filtered inside the plugin and cost next to nothing.
+//! - **Config**: the task's `[task.config]` table in `pmhost.toml` reaches `init` through [`InitContext::config`].
+//!
+//! ## Compatibility
+//!
+//! The host checks, when it loads a plugin, that the plugin was built against a compatible version of this crate
+//! (same `0.y` while the version is below 1.0) and that every type crossing the boundary has the layout it expects.
+//! A plugin built against another version is refused with one sentence naming both versions: rebuild it against the
+//! host's version.
+
+#![warn(missing_docs)]
+
+mod bridge;
+mod context;
+mod export;
+pub mod ffi;
+mod outcome;
+
+pub use context::{InitContext, WorkContext};
+pub use outcome::{JobError, Outcome};
+pub use tracing;
+
+/// The version of this crate, which is the plugin interface version.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A background job: the one trait a plugin implements.
+///
+/// The type is created in every worker by [`init`](Job::init) and lives until the worker ends.
+pub trait Job: Sized + 'static {
+    /// Prepares the job in a fresh worker (connections, caches). An error refuses to start this worker.
+    fn init(ctx: &InitContext<'_>) -> Result<Self, JobError>;
+
+    /// Does one unit of work. Called in a loop, `execute_usleep` apart, until a limit or a stop request.
+    fn work(&mut self, ctx: &WorkContext<'_>) -> Outcome;
+
+    /// Releases what `init` acquired. Runs when the worker ends normally: limits reached, `Retire`, or a graceful
+    /// stop or restart (not after a crash or a forced kill).
+    fn shutdown(&mut self) {}
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::export::{API_VERSION_CSTR, API_VERSION_LEN, root_module};
+    pub use crate::ffi::PluginModuleRef;
+    pub use abi_stable::library::{
+        __call_root_module_loader, CheckTypeLayout, LibHeader, ROOT_MODULE_LOADER_NAME, RootModuleResult,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn export_job_exports_the_symbol_the_loader_looks_up() {
+        // export_job! hard-codes abi_stable's mangled loader symbol name; it must be the one abi_stable looks up.
+        assert_eq!(crate::__private::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
+    }
+
+    #[test]
+    fn api_version_c_string_is_nul_terminated_version() {
+        let bytes = crate::__private::API_VERSION_CSTR;
+        assert_eq!(bytes.last(), Some(&0));
+        assert_eq!(std::str::from_utf8(&bytes[..bytes.len() - 1]).unwrap(), crate::API_VERSION);
+    }
+}

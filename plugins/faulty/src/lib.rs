@@ -1,0 +1,175 @@
+//! Test fixture: a plugin that misbehaves on request. Its `[task.config]` (or `--task-config` JSON) picks what
+//! `init`, `work` and `shutdown` do, so each fault pmhost must survive is one config away.
+//!
+//! Every `work` call can append a marker line `pid slot generation call monotonic_ns` to `marker_file`, and
+//! `shutdown` appends `shutdown pid calls` to `shutdown_file`, so tests observe the worker from outside.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use pmhost_plugin_api::tracing::{error, info};
+use pmhost_plugin_api::{InitContext, Job, JobError, Outcome, WorkContext, export_job};
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    /// `ok`, `fail`, `panic`, `abort`.
+    init: Option<String>,
+    /// Message of `init = "fail"` and of panics.
+    message: Option<String>,
+    /// Time `init` takes.
+    init_ms: u64,
+    /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`.
+    work: Option<String>,
+    /// The misbehaviour starts at this call (1 = the first).
+    from_call: u64,
+    /// Only this slot misbehaves (others behave).
+    only_slot: Option<u32>,
+    /// Exit code of `work = "exit"`.
+    exit_code: i32,
+    /// Time each `work` call takes (a sleep that ignores stop requests, unless `stop_aware`).
+    work_ms: u64,
+    /// A long `work` call returns early when a stop is requested.
+    stop_aware: bool,
+    /// Memory added per call by `work = "grow"`, in MiB.
+    grow_mib: u64,
+    /// Command run in the background by `work = "spawn"` (once per worker).
+    spawn: Option<String>,
+    /// File that receives a line per `work` call.
+    marker_file: Option<String>,
+    /// File that receives a line when `shutdown` runs.
+    shutdown_file: Option<String>,
+    /// `shutdown` panics.
+    shutdown_panics: bool,
+    /// A build label written into marker lines (tells builds apart in restart tests).
+    label: Option<String>,
+}
+
+struct Faulty {
+    config: Config,
+    slot: u32,
+    generation: u32,
+    calls: u64,
+    hoard: Vec<Vec<u8>>,
+    spawned: bool,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+fn append(path: &str, line: &str) {
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+impl Faulty {
+    fn message(&self, default: &str) -> String {
+        self.config.message.clone().unwrap_or_else(|| default.to_owned())
+    }
+
+    fn misbehaves(&self) -> bool {
+        self.calls >= self.config.from_call.max(1) && self.config.only_slot.is_none_or(|slot| slot == self.slot)
+    }
+}
+
+impl Job for Faulty {
+    fn init(ctx: &InitContext<'_>) -> Result<Self, JobError> {
+        let config: Config = ctx.config()?;
+        let me = Faulty {
+            config,
+            slot: ctx.slot(),
+            generation: ctx.generation(),
+            calls: 0,
+            hoard: Vec::new(),
+            spawned: false,
+        };
+        let applies = me.config.only_slot.is_none_or(|slot| slot == ctx.slot());
+        if me.config.init_ms > 0 {
+            std::thread::sleep(Duration::from_millis(me.config.init_ms));
+        }
+        match me.config.init.as_deref() {
+            Some("fail") if applies => return Err(JobError::msg(me.message("database unreachable"))),
+            Some("panic") if applies => panic!("{}", me.message("init exploded")),
+            Some("abort") if applies => std::process::abort(),
+            _ => {}
+        }
+        info!(slot = ctx.slot(), "faulty ready");
+        Ok(me)
+    }
+
+    fn work(&mut self, ctx: &WorkContext<'_>) -> Outcome {
+        self.calls += 1;
+        if let Some(path) = &self.config.marker_file {
+            let label = self.config.label.as_deref().unwrap_or("-");
+            let line = format!(
+                "{} {} {} {} {} {}\n",
+                std::process::id(),
+                self.slot,
+                self.generation,
+                ctx.execution(),
+                monotonic_ns(),
+                label
+            );
+            append(path, &line);
+        }
+        if self.config.work_ms > 0 {
+            let until = Instant::now() + Duration::from_millis(self.config.work_ms);
+            while Instant::now() < until && !(self.config.stop_aware && ctx.stop_requested()) {
+                std::thread::sleep(Duration::from_millis(5).min(until - Instant::now()));
+            }
+        }
+        if !self.misbehaves() {
+            return Outcome::Continue;
+        }
+        match self.config.work.as_deref() {
+            Some("panic") => panic!("{}", self.message("work exploded")),
+            Some("abort") => std::process::abort(),
+            Some("segfault") => {
+                // SAFETY: deliberately not: this fixture crashes with SIGSEGV on request.
+                unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+                Outcome::Continue
+            }
+            Some("exit") => std::process::exit(self.config.exit_code),
+            Some("hang") => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            Some("retire") => Outcome::Retire,
+            Some("fail") => Outcome::failed(self.message("work failed")),
+            Some("grow") => {
+                let mut block = vec![0u8; (self.config.grow_mib.max(1) * 1024 * 1024) as usize];
+                // Touch every page so the memory is resident.
+                for page in block.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                self.hoard.push(block);
+                Outcome::Continue
+            }
+            Some("spawn") if !self.spawned => {
+                self.spawned = true;
+                let command = self.config.spawn.clone().unwrap_or_else(|| "sleep 1000".to_owned());
+                match std::process::Command::new("sh").arg("-c").arg(&command).spawn() {
+                    Ok(child) => info!(child = child.id(), "spawned helper"),
+                    Err(e) => error!("cannot spawn helper: {e}"),
+                }
+                Outcome::Continue
+            }
+            _ => Outcome::Continue,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(path) = &self.config.shutdown_file {
+            append(path, &format!("shutdown {} {}\n", std::process::id(), self.calls));
+        }
+        if self.config.shutdown_panics {
+            panic!("shutdown exploded");
+        }
+    }
+}
+
+export_job!(Faulty);

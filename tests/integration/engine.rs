@@ -1,0 +1,421 @@
+//! The engine: workers run with the requested limits, are replaced when they exit or crash, stop gracefully,
+//! and never outlive their master.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use crate::harness::{
+    Marker, ProcessWaiter, SOON, Sandbox, cmdline, fixtures, read_markers, signal, stderr_of, task_config, wait_exit,
+};
+
+fn by_pid(markers: &[Marker]) -> BTreeMap<i32, Vec<Marker>> {
+    let mut out: BTreeMap<i32, Vec<Marker>> = BTreeMap::new();
+    for m in markers {
+        out.entry(m.pid).or_default().push(m.clone());
+    }
+    out
+}
+
+#[test]
+fn runs_the_requested_workers_under_their_titles_and_logs_plugin_lines() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("hello");
+    let plugin = f.hello.to_str().unwrap();
+    let mut fg = sb.start_foreground(["--plugin", plugin, "--workers", "3", "--execute-times", "0"]);
+    let workers = sb.wait_for("3 ready workers", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 3));
+    let master_pid = fg.child.id() as i32;
+    assert_eq!(cmdline(master_pid), format!("process_m:Master:{}", sb.name));
+    for pid in workers.values() {
+        assert_eq!(cmdline(*pid), format!("process_m:Worker:{}", sb.name));
+    }
+    // Plugin `tracing` lines reach the host's log with the worker's slot and pid.
+    let line = sb.wait_for("a plugin log line", SOON, || {
+        stderr_of(&fg).lines().find(|l| l.contains("hello from slot") && l.contains("pid=")).map(str::to_owned)
+    });
+    assert!(line.starts_with("[Info][process_m:Worker:"), "{line}");
+    assert!(line.contains("slot="), "{line}");
+    signal(master_pid, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    for pid in workers.values() {
+        assert!(ProcessWaiter::new(*pid).wait(SOON), "worker {pid} outlived the master");
+    }
+}
+
+#[test]
+fn execute_times_retires_each_worker_after_that_many_calls() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("times");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "1",
+        "--execute-times",
+        "3",
+        "--execute-usleep",
+        "10ms",
+        "--task-config",
+        &config,
+    ]);
+    let markers = sb.wait_for("three workers' worth of calls", SOON, || {
+        let m = read_markers(&marker);
+        (by_pid(&m).len() >= 4).then_some(m)
+    });
+    let groups = by_pid(&markers);
+    // Every worker but the newest has finished: exactly calls 1, 2, 3.
+    let finished: Vec<_> = groups.values().filter(|calls| calls.len() == 3 || calls.len() > 3).collect();
+    assert!(finished.len() >= 3, "{groups:?}");
+    for calls in groups.values().take(groups.len() - 1) {
+        let numbers: Vec<u64> = calls.iter().map(|m| m.call).collect();
+        assert_eq!(numbers, vec![1, 2, 3], "{groups:?}");
+    }
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+}
+
+#[test]
+fn execute_usleep_paces_the_calls() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("usleep");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "200000",
+        "--task-config",
+        &config,
+    ]);
+    let markers = sb.wait_for("5 calls", SOON, || Some(read_markers(&marker)).filter(|m| m.len() >= 5));
+    for pair in markers.windows(2) {
+        let gap = Duration::from_nanos(pair[1].mono_ns - pair[0].mono_ns);
+        assert!(gap >= Duration::from_millis(195), "calls only {gap:?} apart: {markers:?}");
+    }
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+}
+
+#[test]
+fn execute_usleep_zero_runs_calls_back_to_back() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("nosleep");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "0",
+        "--task-config",
+        &config,
+    ]);
+    // With the default pause (200 ms) 2,000 calls would take over six minutes.
+    let markers = sb.wait_for("2000 calls", SOON, || Some(read_markers(&marker)).filter(|m| m.len() >= 2000));
+    assert_eq!(by_pid(&markers).len(), 1, "one worker did them all");
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+}
+
+#[test]
+fn limit_seconds_retires_workers_after_their_lifetime() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("lifetime");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "100ms",
+        "--limit-seconds",
+        "1",
+        "--task-config",
+        &config,
+    ]);
+    let markers = sb.wait_for("a second worker", SOON, || {
+        let m = read_markers(&marker);
+        (by_pid(&m).len() >= 2).then_some(m)
+    });
+    let groups = by_pid(&markers);
+    let first = &groups[&markers[0].pid];
+    let span = Duration::from_nanos(first.last().unwrap().mono_ns - first[0].mono_ns);
+    // It lived about a second: not retired early (9 pauses of 100 ms at least), not kept for long.
+    assert!(span >= Duration::from_millis(850), "first worker retired after {span:?}");
+    assert!(span < Duration::from_secs(10), "first worker kept for {span:?}");
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_at_once() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("respawn");
+    let plugin = f.hello.to_str().unwrap();
+    // The check tick is five minutes: a replacement within the deadline did not wait for it.
+    let mut fg = sb.start_foreground(["--plugin", plugin, "--workers", "2", "--execute-times", "0"]);
+    let before = sb.wait_for("2 ready workers", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 2));
+    let victim = before[&0];
+    signal(victim, Signal::SIGKILL);
+    let after =
+        sb.wait_for("slot 0 refilled", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 2 && w[&0] != victim));
+    assert_eq!(after[&1], before[&1], "the other worker was left alone");
+    let status = sb.status().unwrap();
+    let slot0 = status["tasks"][0]["workers"].as_array().unwrap().iter().find(|w| w["slot"] == 0).unwrap().clone();
+    assert_eq!(slot0["last_exit"]["signal"], "SIGKILL", "{slot0}");
+    assert_eq!(slot0["restarts"], 1, "{slot0}");
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+}
+
+#[test]
+fn a_crash_looping_plugin_backs_off() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("crashloop");
+    let config = task_config(json!({"work": "panic"}));
+    let plugin = f.faulty.to_str().unwrap();
+    let started = Instant::now();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "0",
+        "--backoff-initial",
+        "100ms",
+        "--task-config",
+        &config,
+    ]);
+    // Backoff 100, 200, 400, 800 ms: the fifth worker cannot start before 1.5 s have passed.
+    let restarts = sb.wait_for("4 restarts", SOON, || {
+        let status = sb.status()?;
+        let w = status["tasks"][0]["workers"].as_array()?.first()?.clone();
+        let restarts = w["restarts"].as_u64()?;
+        (restarts >= 4).then_some(restarts)
+    });
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1500), "{restarts} restarts in {elapsed:?}: no backoff");
+    let log = stderr_of(&fg);
+    assert!(log.contains("plugin panicked in work: work exploded"), "{log}");
+    assert!(log.contains("respawn after backoff"), "{log}");
+    assert!(!log.contains("Attempted to panic across the ffi boundary"), "{log}");
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+}
+
+#[test]
+fn graceful_stop_finishes_the_call_in_flight_and_runs_shutdown() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("graceful");
+    let marker = sb.path("marks");
+    let shutdown = sb.path("shutdown");
+    let config = task_config(json!({"marker_file": marker, "shutdown_file": shutdown, "work_ms": 1500}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg =
+        sb.start_foreground(["--plugin", plugin, "--workers", "1", "--execute-times", "0", "--task-config", &config]);
+    // The marker is written at the start of the call; the call then takes 1.5 s.
+    let first = sb.wait_for("a call in flight", SOON, || read_markers(&marker).first().cloned());
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    let lines = std::fs::read_to_string(&shutdown).unwrap_or_default();
+    assert_eq!(lines.trim(), format!("shutdown {} 1", first.pid), "shutdown ran after the call completed");
+    let log = stderr_of(&fg);
+    assert!(log.contains("worker exited: normal exit"), "{log}");
+}
+
+#[test]
+fn a_stop_during_a_long_pause_is_prompt() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("longpause");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "2",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "120s",
+        "--task-config",
+        &config,
+    ]);
+    sb.wait_for("both workers in their pause", SOON, || (read_markers(&marker).len() >= 2).then_some(()));
+    let asked = Instant::now();
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert!(asked.elapsed() < Duration::from_secs(20), "stop waited for the pause");
+}
+
+#[test]
+fn a_second_stop_request_stops_at_once() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("secondstop");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker, "work": "hang"}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--stop-timeout",
+        "300s",
+        "--task-config",
+        &config,
+    ]);
+    let hung = sb.wait_for("a hung call", SOON, || read_markers(&marker).first().cloned());
+    let master = fg.child.id() as i32;
+    signal(master, Signal::SIGTERM);
+    sb.wait_for("the graceful stop to begin", SOON, || stderr_of(&fg).contains("graceful stop").then_some(()));
+    signal(master, Signal::SIGINT);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert!(ProcessWaiter::new(hung.pid).wait(SOON));
+    assert!(stderr_of(&fg).contains("second stop request"), "{}", stderr_of(&fg));
+}
+
+#[test]
+fn stragglers_are_killed_after_the_stop_timeout() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("straggler");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker, "work": "hang"}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--stop-timeout",
+        "1s",
+        "--task-config",
+        &config,
+    ]);
+    let hung = sb.wait_for("a hung call", SOON, || read_markers(&marker).first().cloned());
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert!(ProcessWaiter::new(hung.pid).wait(SOON), "hung worker survived");
+    assert!(stderr_of(&fg).contains("stop timeout reached"), "{}", stderr_of(&fg));
+}
+
+#[test]
+fn workers_end_when_the_master_is_killed() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("orphans");
+    let plugin = f.hello.to_str().unwrap();
+    let mut fg = sb.start_foreground(["--plugin", plugin, "--workers", "3", "--execute-times", "0"]);
+    let workers = sb.wait_for("3 ready workers", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 3));
+    fg.child.kill().unwrap();
+    let _ = fg.child.wait();
+    for pid in workers.values() {
+        assert!(ProcessWaiter::new(*pid).wait(SOON), "worker {pid} survived its master");
+    }
+}
+
+#[test]
+fn hung_orphans_end_too() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("hungorphan");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker, "work": "hang"}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg =
+        sb.start_foreground(["--plugin", plugin, "--workers", "1", "--execute-times", "0", "--task-config", &config]);
+    let hung = sb.wait_for("a hung call", SOON, || read_markers(&marker).first().cloned());
+    fg.child.kill().unwrap();
+    let _ = fg.child.wait();
+    assert!(ProcessWaiter::new(hung.pid).wait(SOON), "a hung worker survived its master");
+}
+
+#[test]
+fn overwriting_the_plugin_file_does_not_disturb_running_workers() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("overwrite");
+    let marker = sb.path("marks");
+    let copy = sb.path("libjob.so");
+    std::fs::copy(&f.faulty, &copy).unwrap();
+    let config = task_config(json!({"marker_file": marker}));
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        copy.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "20ms",
+        "--task-config",
+        &config,
+    ]);
+    let workers = sb.wait_for("2 ready workers", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 2));
+    // Overwrite in place (same inode), as a careless deploy or a linker would: a process that mapped this very
+    // file would die of SIGBUS.
+    let other = std::fs::read(&f.hello).unwrap();
+    std::fs::write(&copy, &other).unwrap();
+    let seen = read_markers(&marker).len();
+    sb.wait_for("50 more calls", SOON, || (read_markers(&marker).len() >= seen + 50).then_some(()));
+    assert_eq!(sb.ready_workers(), workers, "workers were replaced");
+    let status = sb.status().unwrap();
+    for w in status["tasks"][0]["workers"].as_array().unwrap() {
+        assert!(w["last_exit"].is_null(), "a worker ended: {w}");
+    }
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+}
+
+#[test]
+fn batch_mode_exits_when_the_workers_are_done() {
+    let f = fixtures();
+    let mut sb = Sandbox::new("batch");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"marker_file": marker}));
+    let plugin = f.faulty.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        plugin,
+        "--workers",
+        "2",
+        "--execute-times",
+        "2",
+        "--execute-usleep",
+        "10ms",
+        "--check-interval",
+        "0",
+        "--task-config",
+        &config,
+    ]);
+    assert_eq!(wait_exit(&mut fg, SOON), 0, "{}", stderr_of(&fg));
+    let markers = read_markers(&marker);
+    assert_eq!(markers.len(), 4, "{markers:?}");
+    assert_eq!(by_pid(&markers).len(), 2, "no worker was respawned");
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `pmhost` binary, real plugins, real signals, one private sandbox per test.
+
+mod harness;
+
+mod bad_plugins;
+mod engine;
