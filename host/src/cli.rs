@@ -55,9 +55,9 @@ pub struct Target {
     /// Directory of status directories (created 0700).
     #[arg(long, env = "PMHOST_STATUS_ROOT", default_value = DEFAULT_STATUS_ROOT, value_name = "DIR")]
     pub status_root: PathBuf,
-    /// Directory of log files (none: foreground runs log to stderr only).
-    #[arg(long, env = "PMHOST_LOG_DIR", value_name = "DIR")]
-    pub log_dir: Option<PathBuf>,
+    /// Directory of log files (created 0700): process, run, error_ and fatal_ logs.
+    #[arg(long, env = "PMHOST_LOG_DIR", default_value = crate::logging::DEFAULT_LOG_DIR, value_name = "DIR")]
+    pub log_dir: PathBuf,
 }
 
 /// `pmhost start`.
@@ -108,9 +108,38 @@ pub struct StartArgs {
     /// Run in the background. Returns once every worker is ready (exit 0) or the start failed (non-zero).
     #[arg(short = 'd', long)]
     pub daemon: bool,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    /// Log level (error, warn, info, debug, trace, or RUST_LOG syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
+    /// Log line format: text (the original's lines) or json (one object per line).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormatArg,
+    /// When log files start afresh: daily, hourly or never.
+    #[arg(long, value_enum, default_value = "daily")]
+    pub log_rotation: LogRotationArg,
+    /// Do not write log files (foreground runs still log to stderr).
+    #[arg(long)]
+    pub no_log_files: bool,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// `[Info][title pid time]: message key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--log-rotation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogRotationArg {
+    /// A file per day.
+    Daily,
+    /// A file per hour.
+    Hourly,
+    /// One file.
+    Never,
 }
 
 /// The check tick, or batch mode.

@@ -7,11 +7,10 @@ use pmhost::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match &cli.command {
-        Command::Start(args) => args.log_level.clone(),
-        _ => "warn".to_owned(),
-    };
-    pmhost::logging::init(&level);
+    if !matches!(cli.command, Command::Start(_)) {
+        // `start` sets up its own logging once it knows where its files go.
+        pmhost::logging::init_cli();
+    }
     match pmhost::commands::run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(error) => {

@@ -227,10 +227,10 @@ fn exit(code: i32) -> ! {
 extern "C" fn host_log(level: u8, target: RStr<'_>, message: RStr<'_>) {
     let (target, message) = (target.as_str(), message.as_str());
     match level {
-        1 => tracing::error!(target: "pmhost::run", plugin = target, "{message}"),
-        2 => tracing::warn!(target: "pmhost::run", plugin = target, "{message}"),
-        3 => tracing::info!(target: "pmhost::run", plugin = target, "{message}"),
-        4 => tracing::debug!(target: "pmhost::run", plugin = target, "{message}"),
-        _ => tracing::trace!(target: "pmhost::run", plugin = target, "{message}"),
+        1 => tracing::error!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
+        2 => tracing::warn!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
+        3 => tracing::info!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
+        4 => tracing::debug!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
+        _ => tracing::trace!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
     }
 }

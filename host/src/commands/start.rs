@@ -13,8 +13,9 @@ use nix::unistd::{ForkResult, fork, pipe2, setsid};
 use tracing::{info, warn};
 
 use super::CommandError;
-use crate::cli::StartArgs;
+use crate::cli::{LogFormatArg, LogRotationArg, StartArgs};
 use crate::exit::cli as code;
+use crate::logging::{Format, LogSettings, Rotation};
 use crate::master::{Master, MasterParts, ReadyNotifier, signals};
 use crate::pidfile::PidFile;
 use crate::plugin::{self, StagedPlugin};
@@ -23,9 +24,12 @@ use crate::{logging, rundir, title};
 
 /// Runs `pmhost start`.
 pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
-    let (host, task) = settings_from(&args);
+    let (host, task, mut log) = settings_from(&args);
     for dir in [&host.pid_root, &host.status_root, &host.status_dir(), &host.plugins_dir()] {
         rundir::ensure_private_dir(dir)?;
+    }
+    if log.enabled {
+        rundir::ensure_private_dir(&log.dir)?;
     }
     let mut pid_file = PidFile::acquire(&host.pid_file(), &host.name)?;
     let staged = match plugin::stage(&task.plugin, &host.plugins_dir()) {
@@ -51,6 +55,10 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
         None
     };
 
+    // A daemon's stderr is /dev/null: it logs to files only.
+    log.stderr = !args.daemon;
+    logging::init_host(&log);
+
     // From here on this process is the master: signals are read from a signalfd, not delivered.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
         .map_err(|e| CommandError::system("block signals", e))?;
@@ -65,7 +73,7 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     Ok(code::OK)
 }
 
-fn settings_from(args: &StartArgs) -> (HostSettings, TaskSettings) {
+fn settings_from(args: &StartArgs) -> (HostSettings, TaskSettings, LogSettings) {
     let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let host = HostSettings {
         name: args.target.name.clone(),
@@ -88,7 +96,22 @@ fn settings_from(args: &StartArgs) -> (HostSettings, TaskSettings) {
         backoff: Backoff { initial: args.backoff_initial, max: args.backoff_max, reset: args.backoff_reset },
         config_json: args.task_config.clone().unwrap_or_else(|| "{}".to_owned()),
     };
-    (host, task)
+    let log = LogSettings {
+        enabled: !args.no_log_files,
+        dir: absolute(&args.target.log_dir),
+        format: match args.log_format {
+            LogFormatArg::Text => Format::Text,
+            LogFormatArg::Json => Format::Json,
+        },
+        rotation: match args.log_rotation {
+            LogRotationArg::Daily => Rotation::Daily,
+            LogRotationArg::Hourly => Rotation::Hourly,
+            LogRotationArg::Never => Rotation::Never,
+        },
+        level: args.log_level.clone(),
+        ..LogSettings::default()
+    };
+    (host, task, log)
 }
 
 /// Removes staged copies other than `keep`: no master of this name runs (we hold its pid file), so no worker

@@ -215,7 +215,7 @@ impl Master {
             let woken = match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports)) {
                 Ok(woken) => woken,
                 Err(e) => {
-                    error!("event loop failed: {e}; killing workers");
+                    error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
                     self.kill_all();
                     return Err(MasterError::EventLoop(e));
                 }
@@ -413,7 +413,7 @@ impl Master {
             return;
         }
         let reason = startup.first_error.unwrap_or_else(|| "no worker became ready".to_owned());
-        error!("start failed: {reason}");
+        error!(target: crate::logging::FATAL_TARGET, "start failed: {reason}");
         if let Some(ready) = self.ready.take() {
             ready.send(Err(&reason));
         }
