@@ -59,14 +59,18 @@ pub fn set(title: &str) {
 }
 
 fn set_short_name(title: &str) {
-    // `comm` holds 15 bytes: keep the most telling end of the title (the role and name).
-    let short: String = title.rsplit(':').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(":");
-    let mut cut = short.len().saturating_sub(15);
+    // `comm` holds 15 bytes: the role's initial and the name (`M:mailer`, `W:mailer`), cut to fit.
+    let mut parts = title.rsplitn(3, ':');
+    let name = parts.next().unwrap_or(title);
+    let short = match parts.next() {
+        Some(role) => format!("{}:{name}", role.chars().next().unwrap_or('?')),
+        None => name.to_owned(),
+    };
+    let mut cut = short.len().min(15);
     while !short.is_char_boundary(cut) {
-        cut += 1;
+        cut -= 1;
     }
-    let short = &short[cut..];
-    if let Ok(name) = CString::new(short.replace('\0', "")) {
+    if let Ok(name) = CString::new(short[..cut].replace('\0', "")) {
         let _ = nix::sys::prctl::set_name(&name);
     }
 }

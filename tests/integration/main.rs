@@ -3,4 +3,5 @@
 mod harness;
 
 mod bad_plugins;
+mod control;
 mod engine;

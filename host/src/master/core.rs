@@ -407,6 +407,9 @@ impl Master {
         let startup = self.startup.take().expect("checked above");
         if startup.ready > 0 || self.wanted_workers() == 0 {
             info!(ready = startup.ready, "start complete: workers ready");
+            // Publish first: whoever was waiting for the start may read the status right away.
+            self.dirty = true;
+            self.publish_status();
             if let Some(ready) = self.ready.take() {
                 ready.send(Ok(()));
             }

@@ -17,7 +17,7 @@ struct Config {
     init: Option<String>,
     /// Message of `init = "fail"` and of panics.
     message: Option<String>,
-    /// Time `init` takes.
+    /// Time `init` takes (in the slots that misbehave).
     init_ms: u64,
     /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`.
     work: Option<String>,
@@ -89,7 +89,7 @@ impl Job for Faulty {
             spawned: false,
         };
         let applies = me.config.only_slot.is_none_or(|slot| slot == ctx.slot());
-        if me.config.init_ms > 0 {
+        if me.config.init_ms > 0 && applies {
             std::thread::sleep(Duration::from_millis(me.config.init_ms));
         }
         match me.config.init.as_deref() {

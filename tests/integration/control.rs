@@ -1,0 +1,358 @@
+//! The control plane: names, run directories, pid files, daemon mode, stop, status and titles.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, describe, fixtures, processes_mentioning, task_config};
+
+/// `start -d` of the hello plugin with `workers` workers; asserts success.
+fn start_daemon(sb: &Sandbox, workers: &str, extra: &[&str]) {
+    let plugin = fixtures().hello.to_str().unwrap().to_owned();
+    let mut args = vec!["start", "-d", "--name", &sb.name, "--plugin", &plugin, "--workers", workers];
+    args.extend_from_slice(&["--execute-times", "0", "--execute-usleep", "50ms"]);
+    args.extend_from_slice(extra);
+    let out = sb.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+fn stop(sb: &Sandbox) {
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(sb.live_processes().is_empty(), "left running: {:?}", sb.live_processes());
+}
+
+fn master_pid(sb: &Sandbox) -> i32 {
+    let text = std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap();
+    text.trim().parse().unwrap()
+}
+
+#[test]
+fn names_outside_the_allowed_alphabet_are_refused() {
+    let sb = Sandbox::new("badname");
+    let plugin = fixtures().hello.to_str().unwrap();
+    for name in ["a/b", "..", "", "x y", &"n".repeat(65)] {
+        let out = sb.run(["start", "--name", name, "--plugin", plugin]);
+        assert_eq!(out.status.code(), Some(2), "{name:?}: {}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid name"), "{}", describe(&out));
+    }
+    assert!(!sb.pid_root().exists(), "a refused start created run directories");
+}
+
+#[test]
+fn run_directories_open_to_others_or_owned_by_another_user_are_refused() {
+    let sb = Sandbox::new("opendir");
+    let plugin = fixtures().hello.to_str().unwrap();
+    std::fs::create_dir_all(sb.pid_root()).unwrap();
+    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = sb.run(["start", "--name", &sb.name, "--plugin", plugin]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("writable by group or others") && stderr.contains("chmod 700"), "{stderr}");
+
+    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        // Root can hand the directory to another user and must then be refused too.
+        std::os::unix::fs::chown(sb.pid_root(), Some(65534), Some(65534)).unwrap();
+        let out = sb.run(["start", "--name", &sb.name, "--plugin", plugin]);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("owned by uid 65534"), "{}", describe(&out));
+    }
+    assert!(sb.live_processes().is_empty());
+}
+
+#[test]
+fn a_second_start_is_refused_naming_the_running_pid() {
+    let sb = Sandbox::new("twice");
+    start_daemon(&sb, "1", &[]);
+    let pid = master_pid(&sb);
+    let plugin = fixtures().hello.to_str().unwrap();
+    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", plugin]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("already running (pid {pid}")),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(master_pid(&sb), pid, "the refused start touched the pid file");
+    stop(&sb);
+}
+
+#[test]
+fn concurrent_starts_exactly_one_wins() {
+    let sb = Sandbox::new("race");
+    let plugin = fixtures().hello.to_str().unwrap();
+    let spawn = || {
+        let mut cmd = sb.pmhost(["start", "-d", "--name", &sb.name, "--plugin", plugin, "--workers", "2"]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    assert_eq!(codes, [Some(0), Some(4)], "{}\n{}", describe(&a), describe(&b));
+    let masters: Vec<i32> = processes_mentioning(&format!("Master:{}", sb.name));
+    assert_eq!(masters.len(), 1, "masters: {masters:?}");
+    stop(&sb);
+}
+
+#[test]
+fn a_stale_pid_file_never_blocks_a_start_nor_misdirects_a_stop() {
+    let sb = Sandbox::new("stale");
+    std::fs::create_dir_all(sb.pid_root()).unwrap();
+    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut bystander = Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid_file = sb.pid_root().join(format!("{}.pid", sb.name));
+    std::fs::write(&pid_file, format!("{}\n", bystander.id())).unwrap();
+
+    // Nothing holds the file: stop and status say so and signal nobody.
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(bystander.try_wait().unwrap().is_none(), "the bystander was signalled");
+
+    start_daemon(&sb, "1", &[]);
+    assert_ne!(master_pid(&sb), bystander.id() as i32);
+    stop(&sb);
+    assert!(bystander.try_wait().unwrap().is_none(), "the bystander was signalled");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
+#[test]
+fn planted_symlinks_are_never_followed() {
+    let sb = Sandbox::new("symlink");
+    let victim = sb.path("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let status_dir = sb.status_root().join(&sb.name);
+    std::fs::create_dir_all(&status_dir).unwrap();
+    for dir in [sb.status_root(), status_dir.clone()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, status_dir.join("status.json")).unwrap();
+    start_daemon(&sb, "1", &[]);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let meta = std::fs::symlink_metadata(status_dir.join("status.json")).unwrap();
+    assert!(meta.file_type().is_file(), "status.json is still a symlink");
+    stop(&sb);
+
+    // A symlink where the pid file goes: refused, victim untouched.
+    std::os::unix::fs::symlink(&victim, sb.pid_root().join(format!("{}.pid", sb.name))).unwrap();
+    let plugin = fixtures().hello.to_str().unwrap();
+    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", plugin]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pid file"), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(sb.live_processes().is_empty());
+}
+
+#[test]
+fn daemon_start_returns_once_every_worker_is_ready() {
+    let sb = Sandbox::new("daemon");
+    // A slow init: the command must not return before it is done.
+    let plugin = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"init_ms": 700}));
+    let out = sb.run([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        plugin,
+        "--workers",
+        "3",
+        "--execute-times",
+        "0",
+        "--task-config",
+        &config,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started"), "{}", describe(&out));
+    let status: Value = serde_json::from_slice(&std::fs::read(sb.status_file()).unwrap()).unwrap();
+    let workers = status["tasks"][0]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3, "{status}");
+    assert!(workers.iter().all(|w| matches!(w["state"].as_str(), Some("idle" | "busy"))), "{status}");
+    let check = sb.run(["status", "--name", &sb.name, "--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+    stop(&sb);
+}
+
+#[test]
+fn daemon_start_with_a_failing_init_reports_the_plugins_message() {
+    let sb = Sandbox::new("daemonfail");
+    let plugin = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"init": "fail", "message": "queue credentials rejected"}));
+    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", plugin, "--task-config", &config]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue credentials rejected"), "{}", describe(&out));
+    let waiter_deadline = std::time::Instant::now() + SOON;
+    while !sb.live_processes().is_empty() && std::time::Instant::now() < waiter_deadline {
+        for pid in sb.live_processes() {
+            ProcessWaiter::new(pid).wait(Duration::from_secs(1));
+        }
+    }
+    assert!(sb.live_processes().is_empty(), "left running: {:?}", sb.live_processes());
+}
+
+#[test]
+fn daemon_start_with_relative_paths() {
+    let sb = Sandbox::new("relative");
+    let plugin = sb.path("libjob.so");
+    std::fs::copy(&fixtures().hello, &plugin).unwrap();
+    let mut cmd = sb.pmhost([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        "libjob.so",
+        "--pid-root",
+        "pid",
+        "--status-root",
+        "status",
+        "--log-dir",
+        "log",
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+    ]);
+    cmd.current_dir(sb.dir.path()).env_remove("PMHOST_PID_ROOT").env_remove("PMHOST_STATUS_ROOT");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(sb.status_file().exists());
+    assert!(sb.path("log").read_dir().unwrap().next().is_some(), "no log file in the relative log dir");
+    stop(&sb);
+}
+
+#[test]
+fn stop_waits_for_everything_and_escalates_after_its_timeout() {
+    let sb = Sandbox::new("escalate");
+    let plugin = fixtures().faulty.to_str().unwrap();
+    let marker = sb.path("marks");
+    let config = task_config(json!({"work": "hang", "marker_file": marker}));
+    let out = sb.run([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        plugin,
+        "--workers",
+        "2",
+        "--execute-times",
+        "0",
+        "--stop-timeout",
+        "300s",
+        "--task-config",
+        &config,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.wait_for("both workers hung", SOON, || (crate::harness::read_markers(&marker).len() >= 2).then_some(()));
+    let out = sb.run(["stop", "--name", &sb.name, "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("did not stop within") && stdout.contains("stopping at once"), "{stdout}");
+    assert!(sb.live_processes().is_empty(), "left running: {:?}", sb.live_processes());
+}
+
+#[test]
+fn stop_and_status_of_nothing_say_so() {
+    let sb = Sandbox::new("nothing");
+    for args in [
+        vec!["stop", "--name", &sb.name],
+        vec!["status", "--name", &sb.name],
+        vec!["status", "--check", "--name", &sb.name],
+    ] {
+        let out = sb.run(&args);
+        assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+        if !args.contains(&"--check") {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("is running"), "{}", describe(&out));
+        }
+    }
+}
+
+#[test]
+fn status_json_follows_the_schema_with_real_pids() {
+    let sb = Sandbox::new("schema");
+    start_daemon(&sb, "2", &[]);
+    let out = sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["name"], sb.name.as_str());
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["generation"], 1);
+    let master = &s["master"];
+    assert_eq!(master["pid"], master_pid(&sb));
+    assert_eq!(master["title"], format!("process_m:Master:{}", sb.name));
+    assert_eq!(cmdline(master_pid(&sb)), format!("process_m:Master:{}", sb.name));
+    for key in ["rss_bytes", "started_at", "uptime_s"] {
+        assert!(master[key].is_u64(), "master.{key}: {s}");
+    }
+    let task = &s["tasks"][0];
+    assert_eq!(task["name"], sb.name.as_str());
+    assert_eq!(task["workers_wanted"], 2);
+    let workers = task["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    let mut slots: Vec<u64> = workers.iter().map(|w| w["slot"].as_u64().unwrap()).collect();
+    slots.sort();
+    assert_eq!(slots, [0, 1]);
+    for w in workers {
+        let pid = w["pid"].as_i64().unwrap() as i32;
+        assert_eq!(cmdline(pid), format!("process_m:Worker:{}", sb.name), "worker {pid}");
+        assert_eq!(w["title"], format!("process_m:Worker:{}", sb.name));
+        assert!(matches!(w["state"].as_str(), Some("idle" | "busy")), "{w}");
+        assert_eq!(w["generation"], 1);
+        assert_eq!(w["plugin_sha256"].as_str().unwrap().len(), 64);
+        for key in ["executions", "rss_bytes", "started_at", "restarts"] {
+            assert!(w[key].is_u64(), "worker.{key}: {w}");
+        }
+        assert!(w.get("last_exit").is_some(), "{w}");
+    }
+    stop(&sb);
+}
+
+#[test]
+fn status_table_shows_master_and_worker_sections() {
+    let sb = Sandbox::new("table");
+    start_daemon(&sb, "2", &[]);
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in ["memory(m)", "run(s)", "count", "work", "restarts", &format!("process_m:Master:{}", sb.name)] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
+    assert_eq!(table.matches(&format!("process_m:Worker:{}", sb.name)).count(), 2, "{table}");
+    stop(&sb);
+}
+
+#[test]
+fn status_check_fails_while_a_slot_has_no_ready_worker() {
+    let mut sb = Sandbox::new("unhealthy");
+    let plugin = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"init_ms": 120000, "only_slot": 1}));
+    let _fg =
+        sb.start_foreground(["--plugin", plugin, "--workers", "2", "--execute-times", "0", "--task-config", &config]);
+    sb.wait_for("slot 0 ready", SOON, || sb.ready_workers().contains_key(&0).then_some(()));
+    let out = sb.run(["status", "--name", &sb.name, "--check"]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn ps_and_pgrep_see_the_titles() {
+    let sb = Sandbox::new("ps");
+    start_daemon(&sb, "2", &["--title-prefix", "jobs"]);
+    let master = master_pid(&sb);
+    let ps = Command::new("ps").args(["-o", "args=", "-p", &master.to_string()]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), format!("jobs:Master:{}", sb.name));
+    let pgrep = Command::new("pgrep").args(["-f", &format!("jobs:Worker:{}", sb.name)]).output().unwrap();
+    let workers = String::from_utf8_lossy(&pgrep.stdout).lines().count();
+    assert_eq!(workers, 2, "pgrep found: {}", String::from_utf8_lossy(&pgrep.stdout));
+    let comm = std::fs::read_to_string(format!("/proc/{master}/comm")).unwrap();
+    assert!(comm.trim().starts_with("M:t"), "short name {comm:?}");
+    stop(&sb);
+}
