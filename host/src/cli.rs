@@ -15,7 +15,8 @@ Exit codes:
   2  invalid command line
   3  no master runs under that name
   4  a master already runs under that name
-  5  status --check: the master runs but not every worker slot is ready";
+  5  status --check: the master runs but not every worker slot is ready
+  6  restart: the new build was refused or rolled back; the old workers keep running";
 
 /// pmhost runs background jobs written as Rust plugins in supervised worker processes.
 ///
@@ -41,6 +42,17 @@ pub enum Command {
     /// Show a running master and its workers.
     #[command(after_help = EXIT_CODES)]
     Status(StatusArgs),
+    /// Hot-swap the plugin: roll new workers out slot by slot, rolling back if the new build fails.
+    ///
+    /// The new plugin (--plugin, or the file the master runs, rebuilt) is checked for loadability first; then
+    /// each slot gets a new worker, and its old worker stops only once the new one finished `init`. If a new
+    /// worker fails, the old workers keep running and the command exits 6 with the reason. When no master runs
+    /// under the name, restart starts one in the background, taking the same flags as start.
+    #[command(after_help = EXIT_CODES)]
+    Restart(Box<RestartArgs>),
+    /// Change the number of workers of a running master (surplus workers stop gracefully, highest slots first).
+    #[command(after_help = EXIT_CODES)]
+    Scale(ScaleArgs),
 }
 
 /// Which master, and where its files live.
@@ -67,7 +79,7 @@ pub struct StartArgs {
     pub target: Target,
     /// The plugin: a shared library built from a crate that calls pmhost_plugin_api::export_job!.
     #[arg(long, value_name = "PATH")]
-    pub plugin: PathBuf,
+    pub plugin: Option<PathBuf>,
     /// Worker processes (maxWorkerNum).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
@@ -145,6 +157,38 @@ pub enum LogRotationArg {
 /// The check tick, or batch mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckInterval(pub Option<Duration>);
+
+/// `pmhost restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// Roll only this task (hosts with several tasks).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// New workers started at a time during the rollout.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub surge: u32,
+    /// How long to wait for the rollout to finish.
+    #[arg(long, default_value = "5m", value_parser = parse_seconds, value_name = "SECS")]
+    pub timeout: Duration,
+}
+
+/// `pmhost scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The number of workers wanted.
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Scale only this task (default: every task).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// How long to wait until the workers are ready (or gone).
+    #[arg(long, default_value = "60s", value_parser = parse_seconds, value_name = "SECS")]
+    pub timeout: Duration,
+}
 
 /// `pmhost stop`.
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ pub mod names;
 pub mod pidfile;
 pub mod plugin;
 pub mod report;
+pub mod requests;
 pub mod rundir;
 pub mod scoreboard;
 pub mod settings;

@@ -66,15 +66,7 @@ pub fn open_read_nofollow(path: &Path) -> io::Result<File> {
 /// `path` is replaced, never followed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
     let fail = |source| RunDirError::Write { path: path.to_owned(), source };
-    let tmp = temp_path_for(path);
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(fail)?;
+    let (mut file, tmp) = create_temp_for(path).map_err(fail)?;
     let written = file.write_all(bytes);
     drop(file);
     if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
@@ -82,6 +74,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
         return Err(fail(e));
     }
     Ok(())
+}
+
+/// Creates the private temp file that [`write_atomic`] would use for `path`, for callers that stream into it and
+/// rename it themselves.
+pub fn create_temp_for(path: &Path) -> io::Result<(File, PathBuf)> {
+    let tmp = temp_path_for(path);
+    let _ = fs::remove_file(&tmp);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    Ok((file, tmp))
 }
 
 /// `dir/.name.tmp.PID`: unique per process, so two writers never share a temp file.

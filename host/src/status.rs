@@ -23,8 +23,44 @@ pub struct Snapshot {
     pub written_at_mono_ns: u64,
     /// When the master wrote this, Unix seconds.
     pub written_at: u64,
+    /// The most recent restart (rollout), if any.
+    pub last_restart: Option<RestartStatus>,
+    /// The most recent scale request handled, if any.
+    pub last_scale: Option<ScaleStatus>,
     /// The tasks and their workers.
     pub tasks: Vec<TaskStatus>,
+}
+
+/// A rollout of a new generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestartStatus {
+    /// The generation rolled out.
+    pub generation: u32,
+    /// Still rolling.
+    pub in_progress: bool,
+    /// Finished with every slot on the new generation.
+    pub ok: bool,
+    /// Why it was rolled back.
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub started_at: u64,
+    /// Unix seconds; `None` while in progress.
+    pub finished_at: Option<u64>,
+    /// The CLI request that asked for it (`None` for SIGHUP).
+    pub request_id: Option<String>,
+    /// Slots on the new generation so far.
+    pub slots_done: u32,
+    /// Slots to roll.
+    pub slots_total: u32,
+}
+
+/// A scale request the master applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScaleStatus {
+    /// The CLI request.
+    pub request_id: String,
+    /// Why it was refused, if it was.
+    pub error: Option<String>,
 }
 
 /// The master's line.
@@ -110,6 +146,15 @@ pub fn render_table(snapshot: &Snapshot) -> String {
     let m = &snapshot.master;
     let total: u64 = snapshot.tasks.iter().map(|t| t.executions_total).sum();
     let _ = writeln!(out, "Master  state: {}  generation: {}", snapshot.state, snapshot.generation);
+    if let Some(restart) = &snapshot.last_restart {
+        let outcome = match (restart.in_progress, restart.ok, &restart.error) {
+            (true, _, _) => format!("in progress ({}/{} slots)", restart.slots_done, restart.slots_total),
+            (false, true, _) => "ok".to_owned(),
+            (false, false, Some(error)) => format!("rolled back: {error}"),
+            (false, false, None) => "rolled back".to_owned(),
+        };
+        let _ = writeln!(out, "Last restart  generation {}: {outcome}", restart.generation);
+    }
     let _ = writeln!(out, "{MASTER_HEADER}");
     let _ = writeln!(
         out,

@@ -5,3 +5,4 @@ mod harness;
 mod bad_plugins;
 mod control;
 mod engine;
+mod restart;

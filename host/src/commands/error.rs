@@ -39,6 +39,12 @@ pub enum CommandError {
     },
     #[error("start of {name} failed: {reason}")]
     DaemonStart { name: String, reason: String },
+    #[error("restart of {name} rolled back, the old workers keep running: {reason}")]
+    RolledBack { name: String, reason: String },
+    #[error("{name} refused the request: {reason}")]
+    Refused { name: String, reason: String },
+    #[error("no plugin given: pass --plugin PATH")]
+    NoPlugin,
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]
     Unkillable { name: String, pid: i32 },
 }
@@ -49,6 +55,8 @@ impl CommandError {
         match self {
             CommandError::NotRunning { .. } => code::NOT_RUNNING,
             CommandError::PidFile(PidFileError::AlreadyRunning { .. }) => code::ALREADY_RUNNING,
+            CommandError::RolledBack { .. } => code::ROLLED_BACK,
+            CommandError::NoPlugin => code::USAGE,
             _ => code::FAILED,
         }
     }

@@ -2,9 +2,12 @@
 
 mod error;
 mod process;
+mod restart;
+mod scale;
 mod start;
 mod status;
 mod stop;
+mod watch;
 
 pub use error::CommandError;
 
@@ -16,5 +19,7 @@ pub fn run(cli: Cli) -> Result<i32, CommandError> {
         Command::Start(args) => start::start(args),
         Command::Stop(args) => stop::stop(args),
         Command::Status(args) => status::status(args),
+        Command::Restart(args) => restart::restart(args),
+        Command::Scale(args) => scale::scale(args),
     }
 }

@@ -24,7 +24,7 @@ use crate::{logging, rundir, title};
 
 /// Runs `pmhost start`.
 pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
-    let (host, task, mut log) = settings_from(&args);
+    let (host, task, mut log) = settings_from(&args)?;
     for dir in [&host.pid_root, &host.status_root, &host.status_dir(), &host.plugins_dir()] {
         rundir::ensure_private_dir(dir)?;
     }
@@ -73,7 +73,7 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     Ok(code::OK)
 }
 
-fn settings_from(args: &StartArgs) -> (HostSettings, TaskSettings, LogSettings) {
+fn settings_from(args: &StartArgs) -> Result<(HostSettings, TaskSettings, LogSettings), CommandError> {
     let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let host = HostSettings {
         name: args.target.name.clone(),
@@ -85,7 +85,7 @@ fn settings_from(args: &StartArgs) -> (HostSettings, TaskSettings, LogSettings) 
     };
     let task = TaskSettings {
         name: args.target.name.clone(),
-        plugin: absolute(&args.plugin),
+        plugin: absolute(args.plugin.as_ref().ok_or(CommandError::NoPlugin)?),
         workers: args.workers,
         limits: Limits {
             execute_times: args.execute_times,
@@ -111,7 +111,7 @@ fn settings_from(args: &StartArgs) -> (HostSettings, TaskSettings, LogSettings) 
         level: args.log_level.clone(),
         ..LogSettings::default()
     };
-    (host, task, log)
+    Ok((host, task, log))
 }
 
 /// Removes staged copies other than `keep`: no master of this name runs (we hold its pid file), so no worker

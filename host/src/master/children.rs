@@ -1,7 +1,7 @@
 //! The master's hands on its children: spawn into a slot, reap, stop, kill, and keep slots filled.
 
 use std::os::fd::AsRawFd;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -9,7 +9,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, setpgid};
 use tracing::{debug, info, warn};
 
-use super::core::{HostPhase, Master, Slot, Worker};
+use super::core::{Build, HostPhase, Master, Slot, Worker};
 use crate::exit::worker as worker_code;
 use crate::status::ExitStatus;
 use crate::sysinfo::{self, Mono};
@@ -41,7 +41,9 @@ impl Master {
                 let waiting = state.respawn_at.is_some_and(|at| at > now);
                 let done = batch && state.spawned > 0;
                 if !occupied && !waiting && !done {
-                    self.spawn_worker(task, slot);
+                    let build = self.slot_build(task, slot);
+                    let init_timeout = self.tasks[task].settings.init_timeout;
+                    self.spawn_worker(task, slot, &build, init_timeout);
                 }
             }
             let surplus: Vec<Pid> = self
@@ -57,13 +59,25 @@ impl Master {
         }
     }
 
-    /// Forks a worker for `slot` of `task`.
-    fn spawn_worker(&mut self, task: usize, slot: u32) {
+    /// The build a slot runs: its own during a rollout, else the task's.
+    pub(super) fn slot_build(&self, task: usize, slot: u32) -> Build {
+        let task = &self.tasks[task];
+        task.slots.get(slot as usize).and_then(|s| s.build.clone()).unwrap_or_else(|| task.build.clone())
+    }
+
+    /// Forks a worker running `build` for `slot` of `task`; `None` if the fork failed (the slot then backs off).
+    pub(super) fn spawn_worker(
+        &mut self,
+        task: usize,
+        slot: u32,
+        build: &Build,
+        init_timeout: Duration,
+    ) -> Option<Pid> {
         let cell = match self.board.claim() {
             Ok(cell) => cell,
             Err(e) => {
                 warn!(slot, "cannot start a worker: {e}");
-                return;
+                return None;
             }
         };
         let settings = &self.tasks[task].settings;
@@ -74,8 +88,8 @@ impl Master {
         let spec = WorkerSpec {
             task: settings.name.clone(),
             slot,
-            generation: self.generation,
-            plugin: self.tasks[task].plugin.clone(),
+            generation: build.generation,
+            plugin: build.plugin.clone(),
             limits: settings.limits,
             config_json: settings.config_json.clone(),
             title: self.host.worker_title(&settings.name),
@@ -100,17 +114,18 @@ impl Master {
                 let state = &mut self.tasks[task].slots[slot as usize];
                 state.spawned += 1;
                 state.respawn_at = None;
-                debug!(slot, pid = child.as_raw(), generation = self.generation, "worker spawned");
+                debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned");
                 self.workers.insert(
                     child,
                     Worker {
                         pid: child,
                         task,
                         slot,
-                        generation: self.generation,
+                        generation: build.generation,
                         cell,
-                        plugin_sha256: self.tasks[task].plugin.sha256.clone(),
+                        plugin_sha256: build.plugin.sha256.clone(),
                         started: now,
+                        init_deadline: now + init_timeout,
                         started_wall: SystemTime::now(),
                         ready: false,
                         stop_sent: false,
@@ -123,6 +138,7 @@ impl Master {
                     startup.pending.insert(child);
                 }
                 self.dirty = true;
+                Some(child)
             }
             Err(e) => {
                 self.board.release(cell);
@@ -132,6 +148,7 @@ impl Master {
                 let delay = backoff.delay(state.crashes);
                 state.respawn_at = Some(Mono::now() + delay);
                 warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {e}");
+                None
             }
         }
     }
@@ -203,6 +220,12 @@ impl Master {
         {
             startup.first_error.get_or_insert_with(|| format!("worker {} ended during start: {reason}", pid));
         }
+        self.dirty = true;
+        if self.on_rollout_worker_exit(pid, &reason) {
+            // A new-generation worker that never became ready: the rollout's failure, not the slot's crash.
+            return;
+        }
+        let task = &mut self.tasks[worker.task];
         let backoff = task.settings.backoff;
         if let Some(slot) = task.slots.get_mut(worker.slot as usize) {
             slot.last_exit = Some(ExitStatus {
@@ -248,6 +271,16 @@ impl Master {
     pub(super) fn kill_worker(&mut self, pid: Pid, reason: String) {
         if let Some(worker) = self.workers.get_mut(&pid) {
             worker.killed_for = Some(reason);
+            worker.kill_sent = true;
+            signal_group(pid, Signal::SIGKILL);
+            self.dirty = true;
+        }
+    }
+
+    /// Kills a worker that is no longer wanted (a new worker of a rolled-back restart); not a crash.
+    pub(super) fn discard_worker(&mut self, pid: Pid) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            worker.stop_sent = true;
             worker.kill_sent = true;
             signal_group(pid, Signal::SIGKILL);
             self.dirty = true;

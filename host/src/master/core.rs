@@ -32,6 +32,9 @@ use crate::settings::{HostSettings, TaskSettings};
 use crate::status::{ExitStatus, Snapshot};
 use crate::sysinfo::{self, Mono};
 
+/// The most workers a task may have.
+pub const MAX_WORKERS: u32 = 1024;
+
 /// The master could not run or its start failed.
 #[derive(Debug, Error)]
 pub enum MasterError {
@@ -79,10 +82,18 @@ pub(super) enum HostPhase {
     },
 }
 
-/// One task: its settings, its staged plugin and its worker slots.
+/// A plugin build and the generation it was rolled out as.
+#[derive(Debug, Clone)]
+pub(super) struct Build {
+    pub(super) generation: u32,
+    pub(super) plugin: StagedPlugin,
+}
+
+/// One task: its settings, the build its slots run, and its worker slots.
 pub(super) struct Task {
     pub(super) settings: TaskSettings,
-    pub(super) plugin: StagedPlugin,
+    /// The committed build: what new slots and respawns run (a slot may differ during a rollout).
+    pub(super) build: Build,
     pub(super) slots: Vec<Slot>,
     /// `work` calls finished by workers of this task that have exited.
     pub(super) executions_done: u64,
@@ -91,6 +102,8 @@ pub(super) struct Task {
 /// The history of one worker slot.
 #[derive(Debug, Default)]
 pub(super) struct Slot {
+    /// The build this slot runs, when a rollout has moved it off the task's build.
+    pub(super) build: Option<Build>,
     /// Workers started in this slot so far.
     pub(super) spawned: u32,
     /// Consecutive crashes (reset by a normal exit or by a long enough run).
@@ -112,6 +125,8 @@ pub(super) struct Worker {
     pub(super) plugin_sha256: String,
     pub(super) started: Mono,
     pub(super) started_wall: SystemTime,
+    /// When a worker still not ready is killed.
+    pub(super) init_deadline: Mono,
     /// `init` succeeded.
     pub(super) ready: bool,
     /// The master asked it to stop (its exit is then not a crash).
@@ -158,7 +173,14 @@ pub struct Master {
     pub(super) ready: Option<ReadyNotifier>,
     pub(super) phase: HostPhase,
     pub(super) startup: Option<Startup>,
+    /// The newest generation every slot was moved to (1 after start).
     pub(super) generation: u32,
+    /// The number the next rollout gets.
+    pub(super) next_generation: u32,
+    pub(super) rollout: Option<super::rollout::Rollout>,
+    pub(super) restart_queue: std::collections::VecDeque<super::rollout::RestartOrder>,
+    pub(super) last_restart: Option<crate::status::RestartStatus>,
+    pub(super) last_scale: Option<crate::status::ScaleStatus>,
     pub(super) started_wall: SystemTime,
     pub(super) next_tick: Option<Mono>,
     pub(super) dirty: bool,
@@ -177,7 +199,12 @@ impl Master {
         let tasks = parts
             .tasks
             .into_iter()
-            .map(|(settings, plugin)| Task { settings, plugin, slots: Vec::new(), executions_done: 0 })
+            .map(|(settings, plugin)| Task {
+                settings,
+                build: Build { generation: 1, plugin },
+                slots: Vec::new(),
+                executions_done: 0,
+            })
             .collect();
         Ok(Master {
             next_tick: parts.host.check_interval.map(|interval| started + interval),
@@ -193,6 +220,11 @@ impl Master {
             phase: HostPhase::Running,
             startup: Some(Startup::default()),
             generation: 1,
+            next_generation: 2,
+            rollout: None,
+            restart_queue: std::collections::VecDeque::new(),
+            last_restart: None,
+            last_scale: None,
             started_wall: SystemTime::now(),
             dirty: true,
             snapshot_wanted: true,
@@ -227,6 +259,7 @@ impl Master {
             }
             self.handle_deadlines();
             self.manage_workers();
+            self.advance_rollout();
             self.resolve_startup();
         }
     }
@@ -239,6 +272,7 @@ impl Master {
             Action::StopNow => self.handle_stop_now(signal),
             Action::Restart => self.handle_restart(),
             Action::Snapshot => self.snapshot_wanted = true,
+            Action::Requests => self.handle_requests(),
             Action::ScaleUp => self.handle_scale(1),
             Action::ScaleDown => self.handle_scale(-1),
         }
@@ -269,24 +303,66 @@ impl Master {
         self.kill_all();
     }
 
-    /// HUP: rolling restart.
+    /// HUP: rolling restart of every task, re-reading its plugin file.
     fn handle_restart(&mut self) {
-        warn!("restart requested, but rolling restarts are not available in this build; ignoring SIGHUP");
+        info!("SIGHUP: rolling restart requested");
+        self.restart_queue.push_back(super::rollout::RestartOrder::default());
+    }
+
+    /// USR2: the CLI left control requests.
+    fn handle_requests(&mut self) {
+        for request in crate::requests::take_all(&self.host.status_dir()) {
+            match request {
+                crate::requests::Request::Restart { id, plugin, task, surge, init_timeout_ms } => {
+                    info!(request = %id, "restart requested");
+                    self.restart_queue.push_back(super::rollout::RestartOrder {
+                        request_id: Some(id),
+                        plugin,
+                        task,
+                        surge,
+                        init_timeout: init_timeout_ms.map(Duration::from_millis),
+                    });
+                }
+                crate::requests::Request::Scale { id, task, workers } => {
+                    let error = self.scale_to(task.as_deref(), workers).err();
+                    self.last_scale = Some(crate::status::ScaleStatus { request_id: id, error });
+                }
+            }
+        }
+        self.dirty = true;
     }
 
     /// TTIN/TTOU: one worker more or fewer (never below one) for every task.
     fn handle_scale(&mut self, delta: i32) {
-        if matches!(self.phase, HostPhase::Stopping { .. }) {
-            return;
+        for index in 0..self.tasks.len() {
+            let wanted = self.tasks[index].settings.workers.saturating_add_signed(delta).clamp(1, MAX_WORKERS);
+            let name = self.tasks[index].settings.name.clone();
+            let _ = self.scale_to(Some(&name), wanted);
         }
-        for task in &mut self.tasks {
-            let wanted = task.settings.workers.saturating_add_signed(delta).max(1);
-            if wanted != task.settings.workers {
-                info!(task = %task.settings.name, from = task.settings.workers, to = wanted, "scaling");
-                task.settings.workers = wanted;
+    }
+
+    /// Sets the worker count of one task (or of every task); surplus slots are stopped gracefully by
+    /// `manage_workers`, the highest first.
+    fn scale_to(&mut self, task: Option<&str>, workers: u32) -> Result<(), String> {
+        if matches!(self.phase, HostPhase::Stopping { .. }) {
+            return Err("the host is stopping".to_owned());
+        }
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(format!("worker count {workers} is out of range 1..={MAX_WORKERS}"));
+        }
+        if let Some(name) = task
+            && !self.tasks.iter().any(|t| t.settings.name == name)
+        {
+            return Err(format!("no task named {name}"));
+        }
+        for t in self.tasks.iter_mut().filter(|t| task.is_none_or(|name| t.settings.name == name)) {
+            if t.settings.workers != workers {
+                info!(task = %t.settings.name, from = t.settings.workers, to = workers, "scaling");
+                t.settings.workers = workers;
             }
         }
         self.dirty = true;
+        Ok(())
     }
 
     /// Starts a graceful stop: every worker gets SIGTERM; stragglers get SIGKILL after `stop_timeout`.
@@ -316,13 +392,12 @@ impl Master {
         let slow: Vec<Pid> = self
             .workers
             .values()
-            .filter(|w| !w.ready && w.killed_for.is_none())
-            .filter(|w| now.since(w.started) >= self.tasks[w.task].settings.init_timeout)
+            .filter(|w| !w.ready && w.killed_for.is_none() && now >= w.init_deadline)
             .map(|w| w.pid)
             .collect();
         for pid in slow {
-            let timeout = self.tasks[self.workers[&pid].task].settings.init_timeout;
-            let reason = format!("plugin init did not finish within {} ms", timeout.as_millis());
+            let took = now.since(self.workers[&pid].started);
+            let reason = format!("plugin init did not finish within {} ms", took.as_millis());
             warn!(pid = pid.as_raw(), "{reason}: killing the worker");
             self.kill_worker(pid, reason);
         }
@@ -347,7 +422,7 @@ impl Master {
             }
         }
         for worker in self.workers.values().filter(|w| !w.ready && w.killed_for.is_none()) {
-            deadlines.push(worker.started + self.tasks[worker.task].settings.init_timeout);
+            deadlines.push(worker.init_deadline);
         }
         deadlines.into_iter().min()
     }
@@ -377,6 +452,7 @@ impl Master {
                         worker.ready = true;
                         self.dirty = true;
                     }
+                    self.on_rollout_worker_ready(pid);
                     if let Some(startup) = &mut self.startup
                         && startup.pending.remove(&pid)
                     {
@@ -506,8 +582,8 @@ impl Master {
                 let live: u64 = workers.iter().map(|w| w.executions).sum();
                 TaskStatus {
                     name: task.settings.name.clone(),
-                    plugin: task.plugin.original.display().to_string(),
-                    plugin_sha256: task.plugin.sha256.clone(),
+                    plugin: task.build.plugin.original.display().to_string(),
+                    plugin_sha256: task.build.plugin.sha256.clone(),
                     workers_wanted: task.settings.workers,
                     executions_total: task.executions_done + live,
                     workers,
@@ -527,6 +603,8 @@ impl Master {
             generation: self.generation,
             written_at_mono_ns: sysinfo::monotonic_ns(),
             written_at: sysinfo::unix_seconds(now),
+            last_restart: self.last_restart.clone(),
+            last_scale: self.last_scale.clone(),
             tasks,
         }
     }

@@ -3,6 +3,7 @@
 mod children;
 mod core;
 mod events;
+mod rollout;
 pub mod signals;
 
 pub use core::{Master, MasterError, MasterParts, ReadyNotifier};

@@ -15,6 +15,8 @@ pub enum Action {
     Restart,
     /// Write a fresh status snapshot (SIGUSR1).
     Snapshot,
+    /// Read the CLI's control requests (SIGUSR2).
+    Requests,
     /// One worker more (SIGTTIN).
     ScaleUp,
     /// One worker fewer (SIGTTOU).
@@ -29,6 +31,7 @@ pub const TABLE: &[(Signal, Action)] = &[
     (Signal::SIGQUIT, Action::StopNow),
     (Signal::SIGHUP, Action::Restart),
     (Signal::SIGUSR1, Action::Snapshot),
+    (Signal::SIGUSR2, Action::Requests),
     (Signal::SIGTTIN, Action::ScaleUp),
     (Signal::SIGTTOU, Action::ScaleDown),
 ];

@@ -6,7 +6,7 @@
 //! also says which build each worker runs.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -53,22 +53,54 @@ pub enum StageError {
     },
 }
 
-/// Copies `plugin` into `dir` (a private run directory) under its hash, unless that copy is already there.
+/// Copies `plugin` into `dir` (a private run directory) under the hash of its bytes.
+///
+/// The file is streamed once: copied into a temp file while it is hashed, then renamed to `{sha256}.so`. So the
+/// name always matches the bytes even if the file is being rebuilt meanwhile, and the caller (the master) never
+/// holds a whole plugin in memory, which its forked workers would inherit.
 pub fn stage(plugin: &Path, dir: &Path) -> Result<StagedPlugin, StageError> {
     let original = std::path::absolute(plugin).unwrap_or_else(|_| plugin.to_owned());
-    let bytes = match fs::read(&original) {
-        Ok(bytes) => bytes,
+    let read_err = |source| StageError::Read { path: original.clone(), source };
+    let mut source = match fs::File::open(&original) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StageError::Missing { path: original }),
-        Err(source) => return Err(StageError::Read { path: original, source }),
+        Err(e) => return Err(read_err(e)),
     };
-    if !bytes.starts_with(b"\x7fELF") {
+    let mut magic = [0u8; 4];
+    if source.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
         return Err(StageError::NotElf { path: original });
     }
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let copy_err = |e: io::Error| StageError::Copy {
+        path: original.clone(),
+        source: rundir::RunDirError::Write { path: dir.to_owned(), source: e },
+    };
+    let (mut temp, temp_path) = rundir::create_temp_for(&dir.join("incoming.so")).map_err(copy_err)?;
+    let mut hasher = Sha256::new();
+    hasher.update(magic);
+    let copied = temp.write_all(&magic).and_then(|()| {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            temp.write_all(&buf[..n])?;
+        }
+    });
+    drop(temp);
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&temp_path);
+        return Err(copy_err(e));
+    }
+    let sha256 = hex(&hasher.finalize());
     let staged = dir.join(format!("{sha256}.so"));
-    let already = fs::symlink_metadata(&staged).is_ok_and(|meta| meta.is_file() && meta.len() == bytes.len() as u64);
-    if !already {
-        rundir::write_atomic(&staged, &bytes).map_err(|source| StageError::Copy { path: original.clone(), source })?;
+    // Renaming over an identical copy that workers have mapped is harmless: they keep the old inode.
+    if let Err(e) = fs::rename(&temp_path, &staged) {
+        let _ = fs::remove_file(&temp_path);
+        return Err(copy_err(e));
     }
     Ok(StagedPlugin { original, staged, sha256 })
 }

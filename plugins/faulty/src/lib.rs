@@ -43,6 +43,9 @@ struct Config {
     shutdown_panics: bool,
     /// A build label written into marker lines (tells builds apart in restart tests).
     label: Option<String>,
+    /// A file `init` reads when it starts: `ok`, `fail MESSAGE`, `panic MESSAGE` or `slow MILLISECONDS`. Lets a
+    /// test change how the next workers start (for restarts) without changing the config.
+    control_file: Option<String>,
 }
 
 struct Faulty {
@@ -89,6 +92,16 @@ impl Job for Faulty {
             spawned: false,
         };
         let applies = me.config.only_slot.is_none_or(|slot| slot == ctx.slot());
+        if let Some(path) = &me.config.control_file {
+            let order = std::fs::read_to_string(path).unwrap_or_default();
+            let (verb, rest) = order.trim().split_once(' ').unwrap_or((order.trim(), ""));
+            match verb {
+                "fail" => return Err(JobError::msg(rest.to_owned())),
+                "panic" => panic!("{rest}"),
+                "slow" => std::thread::sleep(Duration::from_millis(rest.parse().unwrap_or(1000))),
+                _ => {}
+            }
+        }
         if me.config.init_ms > 0 && applies {
             std::thread::sleep(Duration::from_millis(me.config.init_ms));
         }

@@ -1,0 +1,102 @@
+//! `pmhost restart`: check the new build, ask the master for a rollout, follow its progress, report the outcome.
+//! When no master runs under the name, start one (in the background).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::CommandError;
+use super::process::find_master;
+use super::start;
+use super::watch::StatusWatch;
+use crate::cli::RestartArgs;
+use crate::exit::cli as code;
+use crate::master::signals::{Action, signal_for};
+use crate::plugin;
+use crate::requests::{self, Request};
+use crate::status::Snapshot;
+
+/// Runs `pmhost restart`.
+pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
+    let target = args.start.target.clone();
+    let master = match find_master(&target) {
+        Ok(master) => master,
+        Err(CommandError::NotRunning { .. }) => {
+            println!("{} is not running: starting it", target.name);
+            args.start.daemon = true;
+            return start::start(Box::new(args.start));
+        }
+        Err(e) => return Err(e),
+    };
+    let status_dir = target.status_root.join(&target.name);
+    let watch = StatusWatch::new(&status_dir)?;
+    let before = watch
+        .read()?
+        .ok_or_else(|| CommandError::NotRunning { name: target.name.clone(), path: status_dir.join("status.json") })?;
+
+    // Check the new build here, before the master is touched: it must exist, be an ELF and load as a plugin.
+    let new_plugin = args.start.plugin.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let to_check: Vec<PathBuf> = match &new_plugin {
+        Some(path) => vec![path.clone()],
+        None => before
+            .tasks
+            .iter()
+            .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
+            .map(|t| PathBuf::from(&t.plugin))
+            .collect(),
+    };
+    for path in &to_check {
+        let refused = |reason: String| CommandError::RolledBack { name: target.name.clone(), reason };
+        let staged = plugin::stage(path, &status_dir.join("plugins")).map_err(|e| refused(e.to_string()))?;
+        plugin::load(&staged.staged, &staged.original).map_err(|e| refused(e.to_string()))?;
+        println!("new build {} ({}) loads", staged.original.display(), staged.short_sha());
+    }
+
+    let id = requests::new_id();
+    let request = Request::Restart {
+        id: id.clone(),
+        plugin: new_plugin,
+        task: args.task.clone(),
+        surge: Some(args.surge),
+        init_timeout_ms: Some(args.start.init_timeout.as_millis() as u64),
+    };
+    requests::submit(&status_dir, &id, &request)?;
+    let started = Instant::now();
+    master.signal(signal_for(Action::Requests))?;
+
+    let mut shown = 0;
+    let outcome = watch.wait_for(started + args.timeout, |snapshot| {
+        let record = snapshot.last_restart.as_ref().filter(|r| r.request_id.as_deref() == Some(id.as_str()))?;
+        if record.slots_done > shown {
+            shown = record.slots_done;
+            println!("generation {}: {}/{} slots moved", record.generation, record.slots_done, record.slots_total);
+        }
+        (!record.in_progress).then(|| (record.clone(), snapshot.clone()))
+    })?;
+    let Some((record, snapshot)) = outcome else {
+        return Err(CommandError::system(
+            format!("see the end of the restart of {} (`pmhost status`)", target.name),
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("still rolling after {:?}", args.timeout)),
+        ));
+    };
+    if !record.ok {
+        let reason = record.error.unwrap_or_else(|| "rolled back".to_owned());
+        return Err(CommandError::RolledBack { name: target.name.clone(), reason });
+    }
+    println!(
+        "restarted {}: every slot runs generation {} ({}) after {} ms",
+        target.name,
+        record.generation,
+        builds(&snapshot),
+        started.elapsed().as_millis()
+    );
+    Ok(code::OK)
+}
+
+fn builds(snapshot: &Snapshot) -> String {
+    snapshot
+        .tasks
+        .iter()
+        .map(|t| format!("{} {}", t.name, &t.plugin_sha256[..12.min(t.plugin_sha256.len())]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

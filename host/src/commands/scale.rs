@@ -1,0 +1,61 @@
+//! `pmhost scale`: set the worker count of a running master and wait until it holds.
+
+use std::time::Instant;
+
+use super::CommandError;
+use super::process::find_master;
+use super::watch::StatusWatch;
+use crate::cli::ScaleArgs;
+use crate::exit::cli as code;
+use crate::master::signals::{Action, signal_for};
+use crate::requests::{self, Request};
+
+/// Runs `pmhost scale`.
+pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
+    let master = find_master(&args.target)?;
+    let status_dir = args.target.status_root.join(&args.target.name);
+    let watch = StatusWatch::new(&status_dir)?;
+    let id = requests::new_id();
+    let request = Request::Scale { id: id.clone(), task: args.task.clone(), workers: args.workers };
+    requests::submit(&status_dir, &id, &request)?;
+    let started = Instant::now();
+    master.signal(signal_for(Action::Requests))?;
+    let deadline = started + args.timeout;
+    let answer = watch.wait_for(deadline, |s| s.last_scale.as_ref().filter(|r| r.request_id == id).cloned())?;
+    let Some(answer) = answer else {
+        return Err(CommandError::NoSnapshot {
+            name: args.target.name.clone(),
+            pid: master.pid.as_raw(),
+            waited_ms: args.timeout.as_millis() as u64,
+        });
+    };
+    if let Some(error) = answer.error {
+        return Err(CommandError::Refused { name: args.target.name.clone(), reason: error });
+    }
+    let wanted = args.workers as usize;
+    let settled = watch.wait_for(deadline, |s| {
+        s.tasks
+            .iter()
+            .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
+            .all(|t| {
+                let ready = t.workers.iter().filter(|w| matches!(w.state.as_str(), "idle" | "busy")).count();
+                t.workers.len() == wanted && ready == wanted
+            })
+            .then_some(())
+    })?;
+    match settled {
+        Some(()) => {
+            println!(
+                "{} now runs {} workers per task ({} ms)",
+                args.target.name,
+                args.workers,
+                started.elapsed().as_millis()
+            );
+            Ok(code::OK)
+        }
+        None => Err(CommandError::system(
+            format!("confirm the new worker count of {}", args.target.name),
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("not settled after {:?}", args.timeout)),
+        )),
+    }
+}

@@ -1,0 +1,245 @@
+//! Restart as a hot swap: roll a new generation out slot by slot, and roll back if the new build fails.
+//!
+//! For each slot: fork a new-generation worker beside the old one, wait until its `init` succeeded, then stop the
+//! old worker gracefully. At most `surge` new workers start at a time, so the host briefly runs up to
+//! `workers + surge` processes and some worker is always working. If a new worker fails to load, fails or panics
+//! in `init`, or is not ready within the init timeout, the rollout stops: new workers that are not ready yet are
+//! killed, slots already moved go back to the old build (fresh workers of the old build replace their new ones),
+//! and slots not reached yet keep their old workers, untouched. The common case, a broken build, fails on the
+//! first slot, so every old worker keeps its pid.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use nix::unistd::Pid;
+use tracing::{error, info};
+
+use super::core::{Build, HostPhase, Master, Slot};
+use crate::plugin;
+use crate::status::RestartStatus;
+use crate::sysinfo;
+
+/// What a restart was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RestartOrder {
+    /// The CLI request behind it (`None` for SIGHUP).
+    pub request_id: Option<String>,
+    /// A new plugin file for the task (one-task hosts, or with `task`).
+    pub plugin: Option<PathBuf>,
+    /// Only this task.
+    pub task: Option<String>,
+    /// New workers at a time (default 1).
+    pub surge: Option<u32>,
+    /// Longest `init` of a new worker (default: the task's init timeout).
+    pub init_timeout: Option<Duration>,
+}
+
+/// A rollout in progress.
+#[derive(Debug)]
+pub struct Rollout {
+    generation: u32,
+    surge: usize,
+    init_timeout: Option<Duration>,
+    /// Per task: the build being rolled out (`None`: the task is not part of this rollout).
+    new_builds: Vec<Option<Build>>,
+    /// Slots still to move.
+    queue: VecDeque<(usize, u32)>,
+    /// New workers not ready yet, and their slot.
+    in_flight: BTreeMap<Pid, (usize, u32)>,
+    /// Slots already moved.
+    switched: Vec<(usize, u32)>,
+}
+
+impl Master {
+    /// Starts the next queued restart when none runs, and moves the running one forward.
+    pub(super) fn advance_rollout(&mut self) {
+        if matches!(self.phase, HostPhase::Stopping { .. }) {
+            if self.rollout.is_some() {
+                self.fail_rollout("the host is stopping".to_owned());
+            }
+            return;
+        }
+        if self.startup.is_some() {
+            return; // restarts wait until the start is decided
+        }
+        while self.rollout.is_none() {
+            let Some(order) = self.restart_queue.pop_front() else { return };
+            self.begin_rollout(order);
+        }
+        self.fill_rollout();
+    }
+
+    fn begin_rollout(&mut self, order: RestartOrder) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let now = SystemTime::now();
+        self.last_restart = Some(RestartStatus {
+            generation,
+            in_progress: true,
+            ok: false,
+            error: None,
+            started_at: sysinfo::unix_seconds(now),
+            finished_at: None,
+            request_id: order.request_id.clone(),
+            slots_done: 0,
+            slots_total: 0,
+        });
+        self.dirty = true;
+        let selected: Vec<usize> = match &order.task {
+            Some(name) => match self.tasks.iter().position(|t| &t.settings.name == name) {
+                Some(index) => vec![index],
+                None => return self.refuse_rollout(format!("no task named {name}")),
+            },
+            None => (0..self.tasks.len()).collect(),
+        };
+        if order.plugin.is_some() && selected.len() != 1 {
+            return self.refuse_rollout("a new plugin file needs --task when the host runs several tasks".to_owned());
+        }
+        let mut new_builds = vec![None; self.tasks.len()];
+        let mut queue = VecDeque::new();
+        for &index in &selected {
+            let path = order.plugin.clone().unwrap_or_else(|| self.tasks[index].settings.plugin.clone());
+            match plugin::stage(&path, &self.host.plugins_dir()) {
+                Ok(staged) => new_builds[index] = Some(Build { generation, plugin: staged }),
+                Err(e) => return self.refuse_rollout(e.to_string()),
+            }
+            queue.extend((0..self.tasks[index].settings.workers).map(|slot| (index, slot)));
+        }
+        info!(generation, slots = queue.len(), "restart: rolling out generation {generation}");
+        if let Some(record) = &mut self.last_restart {
+            record.slots_total = queue.len() as u32;
+        }
+        self.rollout = Some(Rollout {
+            generation,
+            surge: order.surge.unwrap_or(1).max(1) as usize,
+            init_timeout: order.init_timeout,
+            new_builds,
+            queue,
+            in_flight: BTreeMap::new(),
+            switched: Vec::new(),
+        });
+    }
+
+    /// Starts new workers up to the surge, and finishes the rollout when every slot has moved.
+    fn fill_rollout(&mut self) {
+        loop {
+            let Some(rollout) = &mut self.rollout else { return };
+            if rollout.in_flight.len() >= rollout.surge {
+                return;
+            }
+            let Some((task, slot)) = rollout.queue.pop_front() else {
+                if rollout.in_flight.is_empty() {
+                    self.finish_rollout();
+                }
+                return;
+            };
+            if slot >= self.tasks[task].settings.workers {
+                continue; // scaled down meanwhile
+            }
+            let build = rollout.new_builds[task].clone().expect("queued slots belong to rolled tasks");
+            let init_timeout = rollout.init_timeout.unwrap_or(self.tasks[task].settings.init_timeout);
+            match self.spawn_worker(task, slot, &build, init_timeout) {
+                Some(pid) => {
+                    if let Some(rollout) = &mut self.rollout {
+                        rollout.in_flight.insert(pid, (task, slot));
+                    }
+                }
+                None => return self.fail_rollout(format!("cannot fork a new worker for slot {slot}")),
+            }
+        }
+    }
+
+    /// A new worker is ready: its slot moves to the new build and the slot's old worker stops gracefully.
+    pub(super) fn on_rollout_worker_ready(&mut self, pid: Pid) {
+        let Some(rollout) = &mut self.rollout else { return };
+        let Some((task, slot)) = rollout.in_flight.remove(&pid) else { return };
+        let build = rollout.new_builds[task].clone().expect("in-flight workers belong to rolled tasks");
+        let generation = rollout.generation;
+        rollout.switched.push((task, slot));
+        let done = rollout.switched.len() as u32;
+        let slots = &mut self.tasks[task].slots;
+        if slots.len() <= slot as usize {
+            slots.resize_with(slot as usize + 1, Slot::default);
+        }
+        slots[slot as usize].build = Some(build);
+        let old: Vec<Pid> = self
+            .workers
+            .values()
+            .filter(|w| w.task == task && w.slot == slot && w.pid != pid && w.generation != generation && !w.stop_sent)
+            .map(|w| w.pid)
+            .collect();
+        info!(slot, pid = pid.as_raw(), generation, replaced = ?old, "restart: slot moved to the new generation");
+        for old_pid in old {
+            self.stop_worker(old_pid);
+        }
+        if let Some(record) = &mut self.last_restart {
+            record.slots_done = done;
+        }
+        self.dirty = true;
+    }
+
+    /// A worker ended; if it was a new worker not ready yet, the rollout fails. Returns whether it was one.
+    pub(super) fn on_rollout_worker_exit(&mut self, pid: Pid, reason: &str) -> bool {
+        let Some(rollout) = &mut self.rollout else { return false };
+        let Some((_, slot)) = rollout.in_flight.remove(&pid) else { return false };
+        self.fail_rollout(format!("new worker for slot {slot} (pid {pid}) failed: {reason}"));
+        true
+    }
+
+    /// A restart that could not even begin (bad plugin file, unknown task).
+    fn refuse_rollout(&mut self, reason: String) {
+        error!("restart refused: {reason}");
+        self.record_restart_end(Some(reason));
+    }
+
+    /// Stops the rollout and puts every slot back on the old build.
+    fn fail_rollout(&mut self, reason: String) {
+        let Some(rollout) = self.rollout.take() else { return };
+        error!(generation = rollout.generation, "restart rolled back: {reason}");
+        for pid in rollout.in_flight.keys().copied().collect::<Vec<_>>() {
+            self.discard_worker(pid);
+        }
+        for (task, slot) in rollout.switched {
+            if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
+                state.build = None;
+            }
+            let new: Vec<Pid> = self
+                .workers
+                .values()
+                .filter(|w| w.task == task && w.slot == slot && w.generation == rollout.generation && !w.stop_sent)
+                .map(|w| w.pid)
+                .collect();
+            for pid in new {
+                self.stop_worker(pid);
+            }
+        }
+        self.record_restart_end(Some(reason));
+    }
+
+    /// Every slot moved: the new builds become the tasks' builds.
+    fn finish_rollout(&mut self) {
+        let Some(rollout) = self.rollout.take() else { return };
+        for (task, build) in self.tasks.iter_mut().zip(rollout.new_builds) {
+            let Some(build) = build else { continue };
+            task.settings.plugin.clone_from(&build.plugin.original);
+            task.build = build;
+            for slot in &mut task.slots {
+                slot.build = None;
+            }
+        }
+        self.generation = rollout.generation;
+        info!(generation = rollout.generation, "restart complete: every slot runs generation {}", rollout.generation);
+        self.record_restart_end(None);
+    }
+
+    fn record_restart_end(&mut self, error: Option<String>) {
+        if let Some(record) = &mut self.last_restart {
+            record.in_progress = false;
+            record.ok = error.is_none();
+            record.error = error;
+            record.finished_at = Some(sysinfo::unix_seconds(SystemTime::now()));
+        }
+        self.dirty = true;
+    }
+}

@@ -1,0 +1,234 @@
+//! Restart as a hot swap: every slot moves to the new build with no pause in the work, a bad build is rolled
+//! back with the old workers untouched, SIGHUP does the same, and scaling changes the worker count at runtime.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::harness::{SOON, Sandbox, describe, fixtures, read_markers, signal, task_config};
+
+/// A "rebuilt" plugin: the faulty fixture with bytes appended (the loader ignores them, the hash does not).
+fn rebuild(path: &Path, build: u8) {
+    let mut bytes = std::fs::read(&fixtures().faulty).unwrap();
+    bytes.extend_from_slice(format!("pmhost-test-build-{build}").as_bytes());
+    // Write and rename, as a build tool would.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn workers(sb: &Sandbox) -> Vec<Value> {
+    sb.status().map(|s| s["tasks"][0]["workers"].as_array().cloned().unwrap_or_default()).unwrap_or_default()
+}
+
+fn pids_by_slot(sb: &Sandbox) -> BTreeMap<u64, i64> {
+    workers(sb).iter().map(|w| (w["slot"].as_u64().unwrap(), w["pid"].as_i64().unwrap())).collect()
+}
+
+/// Starts the faulty plugin (as a copy in the sandbox) as a daemon with `config`; returns the plugin path.
+fn start(sb: &Sandbox, workers: &str, config: Value, extra: &[&str]) -> std::path::PathBuf {
+    let plugin = sb.path("libjob.so");
+    rebuild(&plugin, 1);
+    let config = task_config(config);
+    let plugin_arg = plugin.to_str().unwrap().to_owned();
+    let mut args = vec!["start", "-d", "--name", &sb.name, "--plugin", &plugin_arg, "--workers", workers];
+    args.extend_from_slice(&["--execute-times", "0", "--task-config", &config]);
+    args.extend_from_slice(extra);
+    let out = sb.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    plugin
+}
+
+fn stop(sb: &Sandbox) {
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn restart_after_a_rebuild_moves_every_slot_to_the_new_build() {
+    let sb = Sandbox::new("rebuild");
+    let plugin = start(&sb, "3", json!({}), &["--execute-usleep", "50ms"]);
+    let old = pids_by_slot(&sb);
+    let old_sha = sb.status().unwrap()["tasks"][0]["plugin_sha256"].clone();
+    rebuild(&plugin, 2);
+    let out = sb.run(["restart", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every slot runs generation 2"), "{}", describe(&out));
+    let status = sb.wait_for("old workers gone", SOON, || {
+        let s = sb.status()?;
+        let w = s["tasks"][0]["workers"].as_array()?.clone();
+        (w.len() == 3 && w.iter().all(|w| w["generation"] == 2)).then_some(s)
+    });
+    let new_sha = &status["tasks"][0]["plugin_sha256"];
+    assert_ne!(new_sha, &old_sha, "{status}");
+    for w in status["tasks"][0]["workers"].as_array().unwrap() {
+        assert_eq!(&w["plugin_sha256"], new_sha, "{w}");
+        assert!(!old.values().any(|pid| w["pid"] == *pid), "an old worker survived: {w}");
+    }
+    assert_eq!(status["generation"], 2);
+    assert_eq!(status["last_restart"]["ok"], true, "{status}");
+    assert_eq!(status["last_restart"]["generation"], 2, "{status}");
+    stop(&sb);
+}
+
+#[test]
+fn restart_to_another_plugin_file() {
+    let sb = Sandbox::new("otherfile");
+    start(&sb, "2", json!({}), &[]);
+    let hello = fixtures().hello.to_str().unwrap();
+    let out = sb.run(["restart", "--name", &sb.name, "--plugin", hello]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status = sb.status().unwrap();
+    assert_eq!(status["tasks"][0]["plugin"], hello, "{status}");
+    stop(&sb);
+}
+
+#[test]
+fn work_goes_on_during_a_restart() {
+    let sb = Sandbox::new("nogap");
+    let marker = sb.path("marks");
+    // A slow init (1 s): a restart that stopped the old workers before the new ones were ready would leave a
+    // gap of at least that long.
+    let config = json!({"marker_file": marker, "init_ms": 1000});
+    let plugin = start(&sb, "2", config, &["--execute-usleep", "50ms"]);
+    rebuild(&plugin, 2);
+    let before = read_markers(&marker).len();
+    let out = sb.run(["restart", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.wait_for("calls by the new generation", SOON, || {
+        let m = read_markers(&marker);
+        (m.iter().filter(|m| m.generation == 2).count() >= 10).then_some(())
+    });
+    let mut marks = read_markers(&marker);
+    marks.drain(..before.saturating_sub(1));
+    marks.sort_by_key(|m| m.mono_ns);
+    let first_new = marks.iter().position(|m| m.generation == 2).unwrap();
+    let window = &marks[..=first_new + 5.min(marks.len() - 1 - first_new)];
+    let longest = window.windows(2).map(|p| p[1].mono_ns - p[0].mono_ns).max().unwrap_or(0);
+    let longest = Duration::from_nanos(longest);
+    assert!(longest < Duration::from_millis(700), "no work for {longest:?} during the restart");
+    stop(&sb);
+}
+
+#[test]
+fn a_build_that_is_not_a_plugin_is_refused_before_the_master_is_touched() {
+    let sb = Sandbox::new("refused");
+    start(&sb, "2", json!({}), &[]);
+    let before = pids_by_slot(&sb);
+    for bad in [&fixtures().not_a_plugin, &fixtures().old_api] {
+        let out = sb.run(["restart", "--name", &sb.name, "--plugin", bad.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("old workers keep running"), "{stderr}");
+    }
+    let status = sb.status().unwrap();
+    assert!(status["last_restart"].is_null(), "the master was asked anyway: {status}");
+    assert_eq!(pids_by_slot(&sb), before);
+    stop(&sb);
+}
+
+#[test]
+fn a_build_whose_init_fails_or_panics_is_rolled_back() {
+    let sb = Sandbox::new("rollback");
+    let control = sb.path("control");
+    std::fs::write(&control, "ok").unwrap();
+    start(&sb, "2", json!({"control_file": control}), &[]);
+    let before = pids_by_slot(&sb);
+    for (order, expected) in
+        [("fail the queue is gone", "the queue is gone"), ("panic config key missing", "config key missing")]
+    {
+        std::fs::write(&control, order).unwrap();
+        let out = sb.run(["restart", "--name", &sb.name]);
+        assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected) && stderr.contains("rolled back"), "{stderr}");
+        let status = sb.status().unwrap();
+        assert_eq!(status["last_restart"]["ok"], false, "{status}");
+        assert!(status["last_restart"]["error"].as_str().unwrap().contains(expected), "{status}");
+        assert_eq!(status["generation"], 1, "{status}");
+        let after = sb.wait_for("only the old workers", SOON, || {
+            let w = workers(&sb);
+            (w.len() == 2).then(|| pids_by_slot(&sb))
+        });
+        assert_eq!(after, before, "the old workers were touched");
+    }
+    // A slow init past the restart's init timeout is rolled back too.
+    std::fs::write(&control, "slow 60000").unwrap();
+    let out = sb.run(["restart", "--name", &sb.name, "--init-timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish within"), "{}", describe(&out));
+    assert_eq!(pids_by_slot(&sb), before);
+    // And a good build afterwards goes through.
+    std::fs::write(&control, "ok").unwrap();
+    let out = sb.run(["restart", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    stop(&sb);
+}
+
+#[test]
+fn sighup_rolls_out_like_restart() {
+    let sb = Sandbox::new("hup");
+    let plugin = start(&sb, "2", json!({}), &[]);
+    let before = pids_by_slot(&sb);
+    rebuild(&plugin, 3);
+    let master: i32 =
+        std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap();
+    signal(master, Signal::SIGHUP);
+    let status = sb.wait_for("generation 2 everywhere", SOON, || {
+        let s = sb.status()?;
+        let w = s["tasks"][0]["workers"].as_array()?.clone();
+        (s["generation"] == 2 && w.len() == 2 && w.iter().all(|w| w["generation"] == 2)).then_some(s)
+    });
+    assert!(status["last_restart"]["request_id"].is_null());
+    assert!(pids_by_slot(&sb).values().all(|pid| !before.values().any(|old| old == pid)));
+    stop(&sb);
+}
+
+#[test]
+fn restart_of_a_host_that_is_not_running_starts_it() {
+    let sb = Sandbox::new("coldrestart");
+    let hello = fixtures().hello.to_str().unwrap();
+    let out = sb.run(["restart", "--name", &sb.name, "--plugin", hello, "--workers", "2", "--execute-times", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running: starting"), "{}", describe(&out));
+    assert_eq!(workers(&sb).len(), 2);
+    stop(&sb);
+}
+
+#[test]
+fn scale_changes_the_worker_count_without_touching_the_others() {
+    let sb = Sandbox::new("scale");
+    start(&sb, "2", json!({}), &[]);
+    let before = pids_by_slot(&sb);
+    let out = sb.run(["scale", "--name", &sb.name, "4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let after = pids_by_slot(&sb);
+    assert_eq!(after.len(), 4);
+    assert_eq!(after[&0], before[&0]);
+    assert_eq!(after[&1], before[&1]);
+    let out = sb.run(["scale", "--name", &sb.name, "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let after = pids_by_slot(&sb);
+    assert_eq!(after.keys().copied().collect::<Vec<_>>(), [0], "the highest slots stop first");
+    assert_eq!(after[&0], before[&0]);
+    let out = sb.run(["scale", "--name", &sb.name, "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    stop(&sb);
+}
+
+#[test]
+fn ttin_and_ttou_add_and_remove_one_worker() {
+    let sb = Sandbox::new("ttin");
+    start(&sb, "2", json!({}), &[]);
+    let master: i32 =
+        std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap();
+    signal(master, Signal::SIGTTIN);
+    sb.wait_for("3 workers", SOON, || (sb.ready_workers().len() == 3 && workers(&sb).len() == 3).then_some(()));
+    signal(master, Signal::SIGTTOU);
+    sb.wait_for("2 workers", SOON, || (workers(&sb).len() == 2).then_some(()));
+    assert_eq!(sb.ready_workers().keys().copied().collect::<Vec<_>>(), [0, 1]);
+    stop(&sb);
+}
