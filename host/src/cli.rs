@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::duration::{self, BareUnit};
-use crate::settings::{DEFAULT_NAME, DEFAULT_PID_ROOT, DEFAULT_STATUS_ROOT, DEFAULT_TITLE_PREFIX};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -58,77 +57,82 @@ pub enum Command {
 /// Which master, and where its files live.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
+    /// pmhost.toml describing the host: its name, roots, logs and tasks. Flags override the file.
+    #[arg(short = 'c', long, env = "PMHOST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Name of the master (the original's baseTitle): pid file, status directory and titles derive from it.
-    #[arg(long, default_value = DEFAULT_NAME, value_parser = parse_name)]
-    pub name: String,
-    /// Directory of pid files (created 0700).
-    #[arg(long, env = "PMHOST_PID_ROOT", default_value = DEFAULT_PID_ROOT, value_name = "DIR")]
-    pub pid_root: PathBuf,
-    /// Directory of status directories (created 0700).
-    #[arg(long, env = "PMHOST_STATUS_ROOT", default_value = DEFAULT_STATUS_ROOT, value_name = "DIR")]
-    pub status_root: PathBuf,
-    /// Directory of log files (created 0700): process, run, error_ and fatal_ logs.
-    #[arg(long, env = "PMHOST_LOG_DIR", default_value = crate::logging::DEFAULT_LOG_DIR, value_name = "DIR")]
-    pub log_dir: PathBuf,
+    /// [default: [host] name, else "process"]
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
+    /// Directory of pid files (created 0700). [default: [host] pid_root, else /tmp/pm/pid]
+    #[arg(long, env = "PMHOST_PID_ROOT", value_name = "DIR")]
+    pub pid_root: Option<PathBuf>,
+    /// Directory of status directories (created 0700). [default: [host] status_root, else /tmp/pm/status]
+    #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
+    pub status_root: Option<PathBuf>,
+    /// Directory of log files (created 0700). [default: [log] dir, else /tmp/pm/log]
+    #[arg(long, env = "PMHOST_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
 }
 
-/// `pmhost start`.
+/// `pmhost start`. Settings not given fall back to the config file, then to the original's defaults.
 #[derive(Debug, Args)]
 pub struct StartArgs {
     #[command(flatten)]
     pub target: Target,
-    /// The plugin: a shared library built from a crate that calls pmhost_plugin_api::export_job!.
+    /// The plugin: a shared library built from a crate that calls pmhost_plugin_api::export_job!. Without
+    /// --config it is required; with a one-task config it replaces the task's plugin.
     #[arg(long, value_name = "PATH")]
     pub plugin: Option<PathBuf>,
-    /// Worker processes (maxWorkerNum).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: u32,
-    /// `work` calls per worker before it retires and is replaced (0 = unlimited).
-    #[arg(long, default_value_t = 1)]
-    pub execute_times: u64,
-    /// Pause after each `work` call: microseconds, or with a unit ("100ms"). 0 = no pause.
-    #[arg(long, default_value = "200000", value_parser = parse_micros, value_name = "USEC")]
-    pub execute_usleep: Duration,
-    /// Life of a worker before it retires and is replaced: seconds or with a unit (0 = unlimited).
-    #[arg(long, default_value = "0", value_parser = parse_seconds, value_name = "SECS")]
-    pub limit_seconds: Duration,
+    /// Worker processes per task (maxWorkerNum). [default: 4]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// `work` calls per worker before it retires and is replaced; 0 = unlimited. [default: 1]
+    #[arg(long)]
+    pub execute_times: Option<u64>,
+    /// Pause after each `work` call: microseconds, or with a unit ("100ms"); 0 = no pause. [default: 200000]
+    #[arg(long, value_parser = parse_micros, value_name = "USEC")]
+    pub execute_usleep: Option<Duration>,
+    /// Life of a worker before it retires and is replaced: seconds or with a unit; 0 = unlimited. [default: 0]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub limit_seconds: Option<Duration>,
     /// Check tick in seconds (status refresh and health checks). 0 or less: batch mode, no respawn, the master
-    /// exits when its workers are done.
-    #[arg(long, default_value = "300", value_parser = parse_check_interval, allow_hyphen_values = true, value_name = "SECS")]
-    pub check_interval: CheckInterval,
-    /// Grace period of a graceful stop before remaining workers are killed.
-    #[arg(long, default_value = "10s", value_parser = parse_seconds, value_name = "SECS")]
-    pub stop_timeout: Duration,
-    /// Longest `init` before a worker counts as failed and is killed.
-    #[arg(long, default_value = "60s", value_parser = parse_seconds, value_name = "SECS")]
-    pub init_timeout: Duration,
-    /// Delay before the first respawn after a crash (doubles per consecutive crash).
-    #[arg(long, default_value = "100ms", value_parser = parse_seconds, value_name = "SECS")]
-    pub backoff_initial: Duration,
-    /// Longest delay between crash respawns.
-    #[arg(long, default_value = "30s", value_parser = parse_seconds, value_name = "SECS")]
-    pub backoff_max: Duration,
-    /// A worker that ran this long before it crashed starts the backoff afresh.
-    #[arg(long, default_value = "10s", value_parser = parse_seconds, value_name = "SECS")]
-    pub backoff_reset: Duration,
-    /// Prefix of process titles: {prefix}:Master:{name}, {prefix}:Worker:{name}.
-    #[arg(long, default_value = DEFAULT_TITLE_PREFIX)]
-    pub title_prefix: String,
+    /// exits when its workers are done. [default: 300]
+    #[arg(long, value_parser = parse_check_interval, allow_hyphen_values = true, value_name = "SECS")]
+    pub check_interval: Option<CheckInterval>,
+    /// Grace period of a graceful stop before remaining workers are killed. [default: 10s]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub stop_timeout: Option<Duration>,
+    /// Longest `init` before a worker counts as failed and is killed. [default: 60s]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub init_timeout: Option<Duration>,
+    /// Delay before the first respawn after a crash (doubles per consecutive crash). [default: 100ms]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub backoff_initial: Option<Duration>,
+    /// Longest delay between crash respawns. [default: 30s]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub backoff_max: Option<Duration>,
+    /// A worker that ran this long before it crashed starts the backoff afresh. [default: 10s]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub backoff_reset: Option<Duration>,
+    /// Prefix of process titles: {prefix}:Master:{name}, {prefix}:Worker:{task}. [default: process_m]
+    #[arg(long)]
+    pub title_prefix: Option<String>,
     /// The task's settings as a JSON object, handed to the plugin's init (the one-plugin form of [task.config]).
     #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
     pub task_config: Option<String>,
     /// Run in the background. Returns once every worker is ready (exit 0) or the start failed (non-zero).
     #[arg(short = 'd', long)]
     pub daemon: bool,
-    /// Log level (error, warn, info, debug, trace, or RUST_LOG syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info", value_name = "LEVEL")]
-    pub log_level: String,
-    /// Log line format: text (the original's lines) or json (one object per line).
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormatArg,
-    /// When log files start afresh: daily, hourly or never.
-    #[arg(long, value_enum, default_value = "daily")]
-    pub log_rotation: LogRotationArg,
+    /// Log level (error, warn, info, debug, trace, or RUST_LOG syntax); RUST_LOG overrides it. [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line format: text (the original's lines) or json (one object per line). [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// When log files start afresh: daily, hourly or never. [default: daily]
+    #[arg(long, value_enum)]
+    pub log_rotation: Option<LogRotationArg>,
     /// Do not write log files (foreground runs still log to stderr).
     #[arg(long)]
     pub no_log_files: bool,

@@ -57,7 +57,7 @@ fn current_title() -> String {
 
 /// When log files start afresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Rotation {
     /// A file per day.
     #[default]

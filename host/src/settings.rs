@@ -137,3 +137,67 @@ mod tests {
         assert_eq!(backoff.delay(40), Duration::from_secs(30));
     }
 }
+
+/// Task settings given on the command line: they override the config file's values for every task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskOverrides {
+    /// `--plugin` (one-task hosts only).
+    pub plugin: Option<PathBuf>,
+    pub workers: Option<u32>,
+    pub execute_times: Option<u64>,
+    pub execute_usleep: Option<Duration>,
+    pub limit_seconds: Option<Duration>,
+    pub init_timeout: Option<Duration>,
+    pub backoff_initial: Option<Duration>,
+    pub backoff_max: Option<Duration>,
+    pub backoff_reset: Option<Duration>,
+    /// `--task-config` JSON.
+    pub config_json: Option<String>,
+}
+
+/// The default number of workers (the original's `maxWorkerNum`).
+pub const DEFAULT_WORKERS: u32 = 4;
+/// The default longest `init`.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl TaskOverrides {
+    /// The settings of a task: command line over file over default. `spec` is the file's task, if any; without
+    /// one the task is named `name` and runs `--plugin`.
+    pub fn resolve(&self, spec: Option<&crate::config::TaskSpec>, name: &str) -> Option<TaskSettings> {
+        let defaults = Limits::default();
+        let backoff = Backoff::default();
+        let zero_is_none = |d: Duration| (!d.is_zero()).then_some(d);
+        Some(TaskSettings {
+            name: spec.map_or_else(|| name.to_owned(), |s| s.name.clone()),
+            plugin: self.plugin.clone().or_else(|| spec.map(|s| s.plugin.clone()))?,
+            workers: self.workers.or(spec.and_then(|s| s.workers)).unwrap_or(DEFAULT_WORKERS),
+            limits: Limits {
+                execute_times: self
+                    .execute_times
+                    .or(spec.and_then(|s| s.execute_times))
+                    .unwrap_or(defaults.execute_times),
+                execute_usleep: self
+                    .execute_usleep
+                    .or(spec.and_then(|s| s.execute_usleep))
+                    .unwrap_or(defaults.execute_usleep),
+                limit_seconds: self.limit_seconds.or(spec.and_then(|s| s.limit_seconds)).and_then(zero_is_none),
+            },
+            init_timeout: self.init_timeout.or(spec.and_then(|s| s.init_timeout)).unwrap_or(DEFAULT_INIT_TIMEOUT),
+            backoff: Backoff {
+                initial: self.backoff_initial.or(spec.and_then(|s| s.backoff_initial)).unwrap_or(backoff.initial),
+                max: self.backoff_max.or(spec.and_then(|s| s.backoff_max)).unwrap_or(backoff.max),
+                reset: self.backoff_reset.or(spec.and_then(|s| s.backoff_reset)).unwrap_or(backoff.reset),
+            },
+            config_json: self
+                .config_json
+                .clone()
+                .or_else(|| spec.map(|s| s.config_json.clone()))
+                .unwrap_or_else(|| "{}".to_owned()),
+        })
+    }
+
+    /// Every task of a config file, with these overrides applied.
+    pub fn resolve_file(&self, file: &crate::config::ConfigFile) -> Vec<TaskSettings> {
+        file.tasks.iter().filter_map(|spec| self.resolve(Some(spec), &spec.name)).collect()
+    }
+}

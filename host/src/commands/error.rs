@@ -43,8 +43,12 @@ pub enum CommandError {
     RolledBack { name: String, reason: String },
     #[error("{name} refused the request: {reason}")]
     Refused { name: String, reason: String },
-    #[error("no plugin given: pass --plugin PATH")]
+    #[error("no plugin given: pass --plugin PATH, or --config FILE with [[task]] entries")]
     NoPlugin,
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]
     Unkillable { name: String, pid: i32 },
 }
@@ -56,7 +60,7 @@ impl CommandError {
             CommandError::NotRunning { .. } => code::NOT_RUNNING,
             CommandError::PidFile(PidFileError::AlreadyRunning { .. }) => code::ALREADY_RUNNING,
             CommandError::RolledBack { .. } => code::ROLLED_BACK,
-            CommandError::NoPlugin => code::USAGE,
+            CommandError::NoPlugin | CommandError::Usage(_) | CommandError::Config(_) => code::USAGE,
             _ => code::FAILED,
         }
     }

@@ -1,6 +1,7 @@
 //! The CLI side of each subcommand: what `pmhost start|stop|status` do in the calling process.
 
 mod error;
+mod plan;
 mod process;
 mod restart;
 mod scale;

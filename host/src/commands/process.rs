@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::CommandError;
-use crate::cli::Target;
+use super::plan::Resolved;
 use crate::pidfile;
 
 /// A running master, held by a pidfd.
@@ -20,8 +20,8 @@ pub struct MasterHandle {
 }
 
 /// Finds the master named by `target`: its pid file must be locked.
-pub fn find_master(target: &Target) -> Result<MasterHandle, CommandError> {
-    let path = target.pid_root.join(format!("{}.pid", target.name));
+pub fn find_master(target: &Resolved) -> Result<MasterHandle, CommandError> {
+    let path = target.pid_file();
     let not_running = || CommandError::NotRunning { name: target.name.clone(), path: path.clone() };
     let pid = pidfile::running_master(&path)?.ok_or_else(not_running)?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::CommandError;
+use super::plan::resolve_target;
 use super::process::find_master;
 use super::start;
 use super::watch::StatusWatch;
@@ -17,7 +18,7 @@ use crate::status::Snapshot;
 
 /// Runs `pmhost restart`.
 pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
-    let target = args.start.target.clone();
+    let target = resolve_target(&args.start.target)?;
     let master = match find_master(&target) {
         Ok(master) => master,
         Err(CommandError::NotRunning { .. }) => {
@@ -27,7 +28,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         }
         Err(e) => return Err(e),
     };
-    let status_dir = target.status_root.join(&target.name);
+    let status_dir = target.status_dir();
     let watch = StatusWatch::new(&status_dir)?;
     let before = watch
         .read()?
@@ -35,9 +36,16 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
 
     // Check the new build here, before the master is touched: it must exist, be an ELF and load as a plugin.
     let new_plugin = args.start.plugin.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-    let to_check: Vec<PathBuf> = match &new_plugin {
-        Some(path) => vec![path.clone()],
-        None => before
+    let to_check: Vec<PathBuf> = match (&new_plugin, &target.config) {
+        (Some(path), _) => vec![path.clone()],
+        // With a config file, the file as it is now says which plugins the new generation runs.
+        (None, Some(file)) => file
+            .tasks
+            .iter()
+            .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
+            .map(|t| t.plugin.clone())
+            .collect(),
+        (None, None) => before
             .tasks
             .iter()
             .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
@@ -57,7 +65,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         plugin: new_plugin,
         task: args.task.clone(),
         surge: Some(args.surge),
-        init_timeout_ms: Some(args.start.init_timeout.as_millis() as u64),
+        init_timeout_ms: args.start.init_timeout.map(|t| t.as_millis() as u64),
     };
     requests::submit(&status_dir, &id, &request)?;
     let started = Instant::now();

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use super::CommandError;
+use super::plan::resolve_target;
 use super::process::find_master;
 use super::watch::StatusWatch;
 use crate::cli::ScaleArgs;
@@ -12,8 +13,9 @@ use crate::requests::{self, Request};
 
 /// Runs `pmhost scale`.
 pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
-    let master = find_master(&args.target)?;
-    let status_dir = args.target.status_root.join(&args.target.name);
+    let target = resolve_target(&args.target)?;
+    let master = find_master(&target)?;
+    let status_dir = target.status_dir();
     let watch = StatusWatch::new(&status_dir)?;
     let id = requests::new_id();
     let request = Request::Scale { id: id.clone(), task: args.task.clone(), workers: args.workers };
@@ -24,13 +26,13 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
     let answer = watch.wait_for(deadline, |s| s.last_scale.as_ref().filter(|r| r.request_id == id).cloned())?;
     let Some(answer) = answer else {
         return Err(CommandError::NoSnapshot {
-            name: args.target.name.clone(),
+            name: target.name.clone(),
             pid: master.pid.as_raw(),
             waited_ms: args.timeout.as_millis() as u64,
         });
     };
     if let Some(error) = answer.error {
-        return Err(CommandError::Refused { name: args.target.name.clone(), reason: error });
+        return Err(CommandError::Refused { name: target.name.clone(), reason: error });
     }
     let wanted = args.workers as usize;
     let settled = watch.wait_for(deadline, |s| {
@@ -47,14 +49,14 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
         Some(()) => {
             println!(
                 "{} now runs {} workers per task ({} ms)",
-                args.target.name,
+                target.name,
                 args.workers,
                 started.elapsed().as_millis()
             );
             Ok(code::OK)
         }
         None => Err(CommandError::system(
-            format!("confirm the new worker count of {}", args.target.name),
+            format!("confirm the new worker count of {}", target.name),
             std::io::Error::new(std::io::ErrorKind::TimedOut, format!("not settled after {:?}", args.timeout)),
         )),
     }

@@ -13,32 +13,35 @@ use nix::unistd::{ForkResult, fork, pipe2, setsid};
 use tracing::{info, warn};
 
 use super::CommandError;
-use crate::cli::{LogFormatArg, LogRotationArg, StartArgs};
+use super::plan::plan_start;
+use crate::cli::StartArgs;
 use crate::exit::cli as code;
-use crate::logging::{Format, LogSettings, Rotation};
 use crate::master::{Master, MasterParts, ReadyNotifier, signals};
 use crate::pidfile::PidFile;
 use crate::plugin::{self, StagedPlugin};
-use crate::settings::{Backoff, HostSettings, Limits, TaskSettings};
 use crate::{logging, rundir, title};
 
 /// Runs `pmhost start`.
 pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
-    let (host, task, mut log) = settings_from(&args)?;
+    let plan = plan_start(&args)?;
+    let host = &plan.host;
     for dir in [&host.pid_root, &host.status_root, &host.status_dir(), &host.plugins_dir()] {
         rundir::ensure_private_dir(dir)?;
     }
-    if log.enabled {
-        rundir::ensure_private_dir(&log.dir)?;
+    if plan.log.enabled {
+        rundir::ensure_private_dir(&plan.log.dir)?;
     }
     let mut pid_file = PidFile::acquire(&host.pid_file(), &host.name)?;
-    let staged = match plugin::stage(&task.plugin, &host.plugins_dir()) {
-        Ok(staged) => staged,
-        Err(e) => {
-            pid_file.remove();
-            return Err(e.into());
+    let mut staged = Vec::new();
+    for task in &plan.tasks {
+        match plugin::stage(&task.plugin, &host.plugins_dir()) {
+            Ok(plugin) => staged.push(plugin),
+            Err(e) => {
+                pid_file.remove();
+                return Err(e.into());
+            }
         }
-    };
+    }
     prune_staged(&host.plugins_dir(), &staged);
 
     let ready = if args.daemon {
@@ -54,10 +57,7 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     } else {
         None
     };
-
-    // A daemon's stderr is /dev/null: it logs to files only.
-    log.stderr = !args.daemon;
-    logging::init_host(&log);
+    logging::init_host(&plan.log);
 
     // From here on this process is the master: signals are read from a signalfd, not delivered.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
@@ -65,62 +65,30 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     let master_title = host.master_title();
     title::set(&master_title);
     logging::set_title(&master_title);
-    info!(plugin = %staged.original.display(), build = staged.short_sha(), "starting {}", host.name);
-    let parts =
-        MasterParts { host, tasks: vec![(task, staged)], pid_file, ready, plugin_log_level: logging::plugin_level() };
+    for (task, plugin) in plan.tasks.iter().zip(&staged) {
+        info!(task = %task.name, plugin = %plugin.original.display(), build = plugin.short_sha(), "starting {}", host.name);
+    }
+    let parts = MasterParts {
+        host: plan.host,
+        tasks: plan.tasks.into_iter().zip(staged).collect(),
+        pid_file,
+        ready,
+        plugin_log_level: logging::plugin_level(),
+        config_path: plan.config_path,
+        overrides: plan.overrides,
+    };
     let master = Master::new(parts).map_err(|e| CommandError::system("set up the master's event loop", e))?;
     master.run()?;
     Ok(code::OK)
 }
 
-fn settings_from(args: &StartArgs) -> Result<(HostSettings, TaskSettings, LogSettings), CommandError> {
-    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let host = HostSettings {
-        name: args.target.name.clone(),
-        title_prefix: args.title_prefix.clone(),
-        pid_root: absolute(&args.target.pid_root),
-        status_root: absolute(&args.target.status_root),
-        check_interval: args.check_interval.0,
-        stop_timeout: args.stop_timeout,
-    };
-    let task = TaskSettings {
-        name: args.target.name.clone(),
-        plugin: absolute(args.plugin.as_ref().ok_or(CommandError::NoPlugin)?),
-        workers: args.workers,
-        limits: Limits {
-            execute_times: args.execute_times,
-            execute_usleep: args.execute_usleep,
-            limit_seconds: (!args.limit_seconds.is_zero()).then_some(args.limit_seconds),
-        },
-        init_timeout: args.init_timeout,
-        backoff: Backoff { initial: args.backoff_initial, max: args.backoff_max, reset: args.backoff_reset },
-        config_json: args.task_config.clone().unwrap_or_else(|| "{}".to_owned()),
-    };
-    let log = LogSettings {
-        enabled: !args.no_log_files,
-        dir: absolute(&args.target.log_dir),
-        format: match args.log_format {
-            LogFormatArg::Text => Format::Text,
-            LogFormatArg::Json => Format::Json,
-        },
-        rotation: match args.log_rotation {
-            LogRotationArg::Daily => Rotation::Daily,
-            LogRotationArg::Hourly => Rotation::Hourly,
-            LogRotationArg::Never => Rotation::Never,
-        },
-        level: args.log_level.clone(),
-        ..LogSettings::default()
-    };
-    Ok((host, task, log))
-}
-
 /// Removes staged copies other than `keep`: no master of this name runs (we hold its pid file), so no worker
 /// maps them.
-fn prune_staged(dir: &Path, keep: &StagedPlugin) {
+fn prune_staged(dir: &Path, keep: &[StagedPlugin]) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path != keep.staged && path.extension().is_some_and(|ext| ext == "so") {
+        if !keep.iter().any(|k| k.staged == path) && path.extension().is_some_and(|ext| ext == "so") {
             let _ = std::fs::remove_file(path);
         }
     }

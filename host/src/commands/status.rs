@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::CommandError;
+use super::plan::resolve_target;
 use super::process::find_master;
 use super::watch::StatusWatch;
 use crate::cli::StatusArgs;
@@ -14,15 +15,16 @@ use crate::sysinfo;
 
 /// Runs `pmhost status`.
 pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
-    let master = find_master(&args.target)?;
-    let watch = StatusWatch::new(&args.target.status_root.join(&args.target.name))?;
+    let target = resolve_target(&args.target)?;
+    let master = find_master(&target)?;
+    let watch = StatusWatch::new(&target.status_dir())?;
     let asked_at = sysinfo::monotonic_ns();
     master.signal(signal_for(Action::Snapshot))?;
     let deadline = Instant::now() + args.timeout;
     let snapshot =
         watch.wait_for(deadline, |s| (s.written_at_mono_ns >= asked_at).then(|| s.clone()))?.ok_or_else(|| {
             CommandError::NoSnapshot {
-                name: args.target.name.clone(),
+                name: target.name.clone(),
                 pid: master.pid.as_raw(),
                 waited_ms: args.timeout.as_millis() as u64,
             }

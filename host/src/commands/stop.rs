@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::CommandError;
+use super::plan::resolve_target;
 use super::process::find_master;
 use crate::cli::StopArgs;
 use crate::exit::cli as code;
@@ -16,8 +17,9 @@ const IMMEDIATE_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `pmhost stop`.
 pub fn stop(args: StopArgs) -> Result<i32, CommandError> {
-    let name = &args.target.name;
-    let master = find_master(&args.target)?;
+    let target = resolve_target(&args.target)?;
+    let name = &target.name;
+    let master = find_master(&target)?;
     let started = Instant::now();
     if !args.now {
         master.signal(signal_for(Action::Stop))?;

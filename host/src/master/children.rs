@@ -31,7 +31,7 @@ impl Master {
         let now = Mono::now();
         let batch = self.host.check_interval.is_none();
         for task in 0..self.tasks.len() {
-            let wanted = self.tasks[task].settings.workers;
+            let wanted = if self.tasks[task].retired { 0 } else { self.tasks[task].settings.workers };
             if self.tasks[task].slots.len() < wanted as usize {
                 self.tasks[task].slots.resize_with(wanted as usize, Slot::default);
             }
@@ -90,8 +90,8 @@ impl Master {
             slot,
             generation: build.generation,
             plugin: build.plugin.clone(),
-            limits: settings.limits,
-            config_json: settings.config_json.clone(),
+            limits: build.limits,
+            config_json: build.config_json.clone(),
             title: self.host.worker_title(&settings.name),
             master: Pid::this(),
             report_fd: self.report_tx.as_raw_fd(),

@@ -82,11 +82,19 @@ pub(super) enum HostPhase {
     },
 }
 
-/// A plugin build and the generation it was rolled out as.
+/// What a worker runs: a plugin build with its limits and config, and the generation it was rolled out as.
 #[derive(Debug, Clone)]
 pub(super) struct Build {
     pub(super) generation: u32,
     pub(super) plugin: StagedPlugin,
+    pub(super) limits: crate::settings::Limits,
+    pub(super) config_json: String,
+}
+
+impl Build {
+    pub(super) fn new(generation: u32, plugin: StagedPlugin, settings: &TaskSettings) -> Build {
+        Build { generation, plugin, limits: settings.limits, config_json: settings.config_json.clone() }
+    }
 }
 
 /// One task: its settings, the build its slots run, and its worker slots.
@@ -97,6 +105,8 @@ pub(super) struct Task {
     pub(super) slots: Vec<Slot>,
     /// `work` calls finished by workers of this task that have exited.
     pub(super) executions_done: u64,
+    /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
+    pub(super) retired: bool,
 }
 
 /// The history of one worker slot.
@@ -158,6 +168,10 @@ pub struct MasterParts {
     pub ready: Option<ReadyNotifier>,
     /// Level the plugins forward their logs at (0 off .. 5 trace).
     pub plugin_log_level: u8,
+    /// The config file, re-read on every restart.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Task flags of the start, re-applied over the re-read file.
+    pub overrides: crate::settings::TaskOverrides,
 }
 
 /// The master.
@@ -187,6 +201,8 @@ pub struct Master {
     pub(super) snapshot_wanted: bool,
     pub(super) plugin_log_level: u8,
     pub(super) status_write_failed: bool,
+    pub(super) config_path: Option<std::path::PathBuf>,
+    pub(super) overrides: crate::settings::TaskOverrides,
 }
 
 impl Master {
@@ -200,10 +216,11 @@ impl Master {
             .tasks
             .into_iter()
             .map(|(settings, plugin)| Task {
+                build: Build::new(1, plugin, &settings),
                 settings,
-                build: Build { generation: 1, plugin },
                 slots: Vec::new(),
                 executions_done: 0,
+                retired: false,
             })
             .collect();
         Ok(Master {
@@ -230,6 +247,8 @@ impl Master {
             snapshot_wanted: true,
             plugin_log_level: parts.plugin_log_level,
             status_write_failed: false,
+            config_path: parts.config_path,
+            overrides: parts.overrides,
         })
     }
 
@@ -334,7 +353,8 @@ impl Master {
 
     /// TTIN/TTOU: one worker more or fewer (never below one) for every task.
     fn handle_scale(&mut self, delta: i32) {
-        for index in 0..self.tasks.len() {
+        let live: Vec<usize> = (0..self.tasks.len()).filter(|i| !self.tasks[*i].retired).collect();
+        for index in live {
             let wanted = self.tasks[index].settings.workers.saturating_add_signed(delta).clamp(1, MAX_WORKERS);
             let name = self.tasks[index].settings.name.clone();
             let _ = self.scale_to(Some(&name), wanted);
@@ -351,11 +371,11 @@ impl Master {
             return Err(format!("worker count {workers} is out of range 1..={MAX_WORKERS}"));
         }
         if let Some(name) = task
-            && !self.tasks.iter().any(|t| t.settings.name == name)
+            && !self.tasks.iter().any(|t| t.settings.name == name && !t.retired)
         {
             return Err(format!("no task named {name}"));
         }
-        for t in self.tasks.iter_mut().filter(|t| task.is_none_or(|name| t.settings.name == name)) {
+        for t in self.tasks.iter_mut().filter(|t| !t.retired && task.is_none_or(|name| t.settings.name == name)) {
             if t.settings.workers != workers {
                 info!(task = %t.settings.name, from = t.settings.workers, to = workers, "scaling");
                 t.settings.workers = workers;
@@ -501,7 +521,7 @@ impl Master {
     }
 
     fn wanted_workers(&self) -> u32 {
-        self.tasks.iter().map(|t| t.settings.workers).sum()
+        self.tasks.iter().filter(|t| !t.retired).map(|t| t.settings.workers).sum()
     }
 
     /// Leaves: removes the status file and the pid file (the pid file last: it is the "running" marker).
@@ -556,6 +576,7 @@ impl Master {
             .tasks
             .iter()
             .enumerate()
+            .filter(|(index, task)| !task.retired || self.workers.values().any(|w| w.task == *index))
             .map(|(index, task)| {
                 let workers: Vec<WorkerStatus> = self
                     .workers
@@ -584,7 +605,7 @@ impl Master {
                     name: task.settings.name.clone(),
                     plugin: task.build.plugin.original.display().to_string(),
                     plugin_sha256: task.build.plugin.sha256.clone(),
-                    workers_wanted: task.settings.workers,
+                    workers_wanted: if task.retired { 0 } else { task.settings.workers },
                     executions_total: task.executions_done + live,
                     workers,
                 }

@@ -6,4 +6,4 @@ mod events;
 mod rollout;
 pub mod signals;
 
-pub use core::{Master, MasterError, MasterParts, ReadyNotifier};
+pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier};

@@ -86,12 +86,21 @@ impl Master {
             slots_total: 0,
         });
         self.dirty = true;
+        let previous_tasks = self.tasks.len();
+        if let Some(path) = self.config_path.clone()
+            && order.plugin.is_none()
+        {
+            if let Err(reason) = self.reload_config(&path, generation) {
+                return self.refuse_rollout(reason);
+            }
+        }
         let selected: Vec<usize> = match &order.task {
-            Some(name) => match self.tasks.iter().position(|t| &t.settings.name == name) {
+            Some(name) => match self.tasks.iter().position(|t| &t.settings.name == name && !t.retired) {
                 Some(index) => vec![index],
                 None => return self.refuse_rollout(format!("no task named {name}")),
             },
-            None => (0..self.tasks.len()).collect(),
+            // Tasks the file just added start on their own (manage_workers); the others roll.
+            None => (0..previous_tasks).filter(|i| !self.tasks[*i].retired).collect(),
         };
         if order.plugin.is_some() && selected.len() != 1 {
             return self.refuse_rollout("a new plugin file needs --task when the host runs several tasks".to_owned());
@@ -101,7 +110,7 @@ impl Master {
         for &index in &selected {
             let path = order.plugin.clone().unwrap_or_else(|| self.tasks[index].settings.plugin.clone());
             match plugin::stage(&path, &self.host.plugins_dir()) {
-                Ok(staged) => new_builds[index] = Some(Build { generation, plugin: staged }),
+                Ok(staged) => new_builds[index] = Some(Build::new(generation, staged, &self.tasks[index].settings)),
                 Err(e) => return self.refuse_rollout(e.to_string()),
             }
             queue.extend((0..self.tasks[index].settings.workers).map(|slot| (index, slot)));
@@ -119,6 +128,50 @@ impl Master {
             in_flight: BTreeMap::new(),
             switched: Vec::new(),
         });
+    }
+
+    /// Re-reads the config file: worker counts, added and removed tasks apply at once; each remaining task's
+    /// plugin, limits and config go out with the new generation.
+    fn reload_config(&mut self, path: &std::path::Path, generation: u32) -> Result<(), String> {
+        let file = crate::config::load(path).map_err(|e| e.to_string())?;
+        let wanted = self.overrides.resolve_file(&file);
+        let mut added = Vec::new();
+        for settings in &wanted {
+            if !self.tasks.iter().any(|t| t.settings.name == settings.name) {
+                let staged = plugin::stage(&settings.plugin, &self.host.plugins_dir()).map_err(|e| e.to_string())?;
+                added.push(Build::new(generation, staged, settings));
+            }
+        }
+        let mut added = added.into_iter();
+        for settings in wanted.iter().cloned() {
+            match self.tasks.iter_mut().find(|t| t.settings.name == settings.name) {
+                Some(task) => {
+                    if task.retired || task.settings.workers != settings.workers {
+                        info!(task = %settings.name, workers = settings.workers, "config: worker count");
+                    }
+                    task.retired = false;
+                    task.settings = settings;
+                }
+                None => {
+                    info!(task = %settings.name, workers = settings.workers, "config: new task");
+                    let build = added.next().expect("staged above, in the same order");
+                    self.tasks.push(super::core::Task {
+                        settings,
+                        build,
+                        slots: Vec::new(),
+                        executions_done: 0,
+                        retired: false,
+                    });
+                }
+            }
+        }
+        for task in &mut self.tasks {
+            if !task.retired && !wanted.iter().any(|w| w.name == task.settings.name) {
+                info!(task = %task.settings.name, "config: task removed, stopping its workers");
+                task.retired = true;
+            }
+        }
+        Ok(())
     }
 
     /// Starts new workers up to the surge, and finishes the rollout when every slot has moved.

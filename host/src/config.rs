@@ -1,0 +1,424 @@
+//! `pmhost.toml`: a whole host in one file (`[host]`, `[log]`, one `[[task]]` per task with its `[task.config]`),
+//! read and checked before anything starts. Every mistake is reported as `file:line:column: sentence`.
+//!
+//! Checking happens in three passes over the text: the TOML syntax (with positions), the keys (unknown keys are
+//! errors, with the nearest valid key suggested), then the typed values and their ranges. Relative paths in the
+//! file are relative to the file's directory, so a file works from any working directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::duration::{self, BareUnit};
+use crate::logging::{Format, Rotation};
+
+/// A config file could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something in the file is wrong.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+}
+
+/// A number or a duration text, as a setting may be written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    /// A whole number in the setting's unit.
+    Integer(i64),
+    /// A fractional number in the setting's unit.
+    Float(f64),
+    /// A duration with a unit, such as "200ms".
+    Text(String),
+}
+
+/// `[host]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct HostSection {
+    pub name: Option<Spanned<String>>,
+    pub title_prefix: Option<String>,
+    pub pid_root: Option<PathBuf>,
+    pub status_root: Option<PathBuf>,
+    pub check_interval: Option<Spanned<DurationValue>>,
+    pub stop_timeout: Option<Spanned<DurationValue>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LogSection {
+    pub enabled: Option<bool>,
+    pub dir: Option<PathBuf>,
+    pub process: Option<Spanned<String>>,
+    pub run: Option<Spanned<String>>,
+    pub error_prefix: Option<String>,
+    pub fatal_prefix: Option<String>,
+    pub rotation: Option<Rotation>,
+    pub format: Option<Format>,
+    pub level: Option<String>,
+}
+
+/// One `[[task]]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskSection {
+    pub name: Spanned<String>,
+    pub plugin: Spanned<PathBuf>,
+    pub workers: Option<Spanned<i64>>,
+    pub execute_times: Option<Spanned<i64>>,
+    pub execute_usleep: Option<Spanned<DurationValue>>,
+    pub limit_seconds: Option<Spanned<DurationValue>>,
+    pub init_timeout: Option<Spanned<DurationValue>>,
+    pub backoff_initial: Option<Spanned<DurationValue>>,
+    pub backoff_max: Option<Spanned<DurationValue>>,
+    pub backoff_reset: Option<Spanned<DurationValue>>,
+    pub config: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct FileShape {
+    host: HostSection,
+    log: LogSection,
+    task: Vec<TaskSection>,
+}
+
+/// A task as the file describes it, values checked and paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    pub plugin: PathBuf,
+    pub workers: Option<u32>,
+    pub execute_times: Option<u64>,
+    pub execute_usleep: Option<Duration>,
+    pub limit_seconds: Option<Duration>,
+    pub init_timeout: Option<Duration>,
+    pub backoff_initial: Option<Duration>,
+    pub backoff_max: Option<Duration>,
+    pub backoff_reset: Option<Duration>,
+    /// `[task.config]` as JSON text.
+    pub config_json: String,
+}
+
+/// The host part of the file, values checked and paths resolved.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostSpec {
+    pub name: Option<String>,
+    pub title_prefix: Option<String>,
+    pub pid_root: Option<PathBuf>,
+    pub status_root: Option<PathBuf>,
+    /// `Some(None)`: batch mode.
+    pub check_interval: Option<Option<Duration>>,
+    pub stop_timeout: Option<Duration>,
+}
+
+/// The log part of the file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogSpec {
+    pub enabled: Option<bool>,
+    pub dir: Option<PathBuf>,
+    pub process: Option<String>,
+    pub run: Option<String>,
+    pub error_prefix: Option<String>,
+    pub fatal_prefix: Option<String>,
+    pub rotation: Option<Rotation>,
+    pub format: Option<Format>,
+    pub level: Option<String>,
+}
+
+/// A checked config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigFile {
+    /// The file, absolute.
+    pub path: PathBuf,
+    pub host: HostSpec,
+    pub log: LogSpec,
+    pub tasks: Vec<TaskSpec>,
+}
+
+const ROOT_KEYS: &[&str] = &["host", "log", "task"];
+const HOST_KEYS: &[&str] = &["name", "title_prefix", "pid_root", "status_root", "check_interval", "stop_timeout"];
+const LOG_KEYS: &[&str] =
+    &["enabled", "dir", "process", "run", "error_prefix", "fatal_prefix", "rotation", "format", "level"];
+const TASK_KEYS: &[&str] = &[
+    "name",
+    "plugin",
+    "workers",
+    "execute_times",
+    "execute_usleep",
+    "limit_seconds",
+    "init_timeout",
+    "backoff_initial",
+    "backoff_max",
+    "backoff_reset",
+    "config",
+];
+
+/// Reads and checks `path`.
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+    parse(&path, &text)
+}
+
+/// Checks `text` as the content of `path`.
+pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let at = |span: Option<std::ops::Range<usize>>, message: String| {
+        let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+        ConfigError::Invalid { path: path.to_owned(), line, column, message }
+    };
+    let tree = DeTable::parse(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+    check_keys(tree.get_ref(), ROOT_KEYS, "the top level").map_err(|(span, message)| at(Some(span), message))?;
+    for (key, value) in tree.get_ref() {
+        match (key.get_ref().as_ref(), value.get_ref()) {
+            ("host", DeValue::Table(table)) => check_keys(table, HOST_KEYS, "[host]"),
+            ("log", DeValue::Table(table)) => check_keys(table, LOG_KEYS, "[log]"),
+            ("task", DeValue::Array(tasks)) => tasks.iter().try_for_each(|task| match task.get_ref() {
+                DeValue::Table(table) => check_keys_except(table, TASK_KEYS, "[[task]]", "config"),
+                _ => Err((task.span(), "each task is a table: write it as [[task]]".to_owned())),
+            }),
+            ("task", _) => Err((value.span(), "`task` is a list of tables: write each one as [[task]]".to_owned())),
+            (section, _) => Err((value.span(), format!("`{section}` is a table: write it as [{section}]"))),
+        }
+        .map_err(|(span, message)| at(Some(span), message))?;
+    }
+    let shape: FileShape = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+    let base = path.parent().unwrap_or(Path::new("/")).to_owned();
+    let relative = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+
+    let seconds = |value: &Option<Spanned<DurationValue>>, unit| -> Result<Option<Duration>, ConfigError> {
+        value.as_ref().map(|v| to_duration(v.get_ref(), unit).map_err(|m| at(Some(v.span()), m))).transpose()
+    };
+    let host = HostSpec {
+        name: match &shape.host.name {
+            Some(name) => {
+                crate::names::validate("host name", name.get_ref())
+                    .map_err(|e| at(Some(name.span()), e.to_string()))?;
+                Some(name.get_ref().clone())
+            }
+            None => None,
+        },
+        title_prefix: shape.host.title_prefix.clone(),
+        pid_root: shape.host.pid_root.as_deref().map(relative),
+        status_root: shape.host.status_root.as_deref().map(relative),
+        check_interval: match &shape.host.check_interval {
+            Some(v) => Some(check_interval(v.get_ref()).map_err(|m| at(Some(v.span()), m))?),
+            None => None,
+        },
+        stop_timeout: seconds(&shape.host.stop_timeout, BareUnit::Seconds)?,
+    };
+    let file_name = |v: &Option<Spanned<String>>| -> Result<Option<String>, ConfigError> {
+        match v {
+            Some(name) => crate::names::validate("log file name", name.get_ref())
+                .map(|()| Some(name.get_ref().clone()))
+                .map_err(|e| at(Some(name.span()), e.to_string())),
+            None => Ok(None),
+        }
+    };
+    let log = LogSpec {
+        enabled: shape.log.enabled,
+        dir: shape.log.dir.as_deref().map(relative),
+        process: file_name(&shape.log.process)?,
+        run: file_name(&shape.log.run)?,
+        error_prefix: shape.log.error_prefix.clone(),
+        fatal_prefix: shape.log.fatal_prefix.clone(),
+        rotation: shape.log.rotation,
+        format: shape.log.format,
+        level: shape.log.level.clone(),
+    };
+
+    let mut tasks: Vec<TaskSpec> = Vec::new();
+    for task in &shape.task {
+        let name = task.name.get_ref();
+        crate::names::validate("task name", name).map_err(|e| at(Some(task.name.span()), e.to_string()))?;
+        if tasks.iter().any(|t| &t.name == name) {
+            return Err(at(Some(task.name.span()), format!("duplicate task name {name:?}: task names must be unique")));
+        }
+        let plugin = relative(task.plugin.get_ref());
+        if !plugin.exists() {
+            return Err(at(Some(task.plugin.span()), format!("plugin file {} does not exist", plugin.display())));
+        }
+        let workers = match &task.workers {
+            Some(w) => Some(
+                u32::try_from(*w.get_ref()).ok().filter(|n| (1..=crate::master::MAX_WORKERS).contains(n)).ok_or_else(
+                    || {
+                        at(
+                            Some(w.span()),
+                            format!("workers must be 1 to {}, not {}", crate::master::MAX_WORKERS, w.get_ref()),
+                        )
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let execute_times = match &task.execute_times {
+            Some(v) => Some(u64::try_from(*v.get_ref()).map_err(|_| {
+                at(Some(v.span()), format!("execute_times must be 0 (unlimited) or more, not {}", v.get_ref()))
+            })?),
+            None => None,
+        };
+        let config_json = match &task.config {
+            Some(table) => serde_json::to_string(table).map_err(|e| at(Some(task.name.span()), e.to_string()))?,
+            None => "{}".to_owned(),
+        };
+        tasks.push(TaskSpec {
+            name: name.clone(),
+            plugin,
+            workers,
+            execute_times,
+            execute_usleep: seconds(&task.execute_usleep, BareUnit::Micros)?,
+            limit_seconds: seconds(&task.limit_seconds, BareUnit::Seconds)?,
+            init_timeout: seconds(&task.init_timeout, BareUnit::Seconds)?,
+            backoff_initial: seconds(&task.backoff_initial, BareUnit::Seconds)?,
+            backoff_max: seconds(&task.backoff_max, BareUnit::Seconds)?,
+            backoff_reset: seconds(&task.backoff_reset, BareUnit::Seconds)?,
+            config_json,
+        });
+    }
+    if tasks.is_empty() {
+        return Err(at(Some(0..0), "no [[task]]: a host needs at least one task (name and plugin)".to_owned()));
+    }
+    Ok(ConfigFile { path: path.to_owned(), host, log, tasks })
+}
+
+fn to_duration(value: &DurationValue, unit: BareUnit) -> Result<Duration, String> {
+    let text = match value {
+        DurationValue::Integer(n) => n.to_string(),
+        DurationValue::Float(f) => f.to_string(),
+        DurationValue::Text(t) => t.clone(),
+    };
+    duration::parse(&text, unit).map_err(|e| e.to_string())
+}
+
+fn check_interval(value: &DurationValue) -> Result<Option<Duration>, String> {
+    match value {
+        DurationValue::Integer(n) if *n <= 0 => Ok(None),
+        DurationValue::Float(f) if *f <= 0.0 => Ok(None),
+        other => to_duration(other, BareUnit::Seconds).map(|d| (!d.is_zero()).then_some(d)),
+    }
+}
+
+type KeyError = (std::ops::Range<usize>, String);
+
+fn check_keys(table: &DeTable<'_>, allowed: &[&str], section: &str) -> Result<(), KeyError> {
+    check_keys_except(table, allowed, section, "")
+}
+
+/// Every key of `table` must be in `allowed`; `free` names a sub-table whose own keys are not checked.
+fn check_keys_except(table: &DeTable<'_>, allowed: &[&str], section: &str, free: &str) -> Result<(), KeyError> {
+    for (key, _) in table {
+        let name = key.get_ref().as_ref();
+        if allowed.contains(&name) || name == free && !free.is_empty() {
+            continue;
+        }
+        let hint = match nearest(name, allowed) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None => format!("valid keys: {}", allowed.join(", ")),
+        };
+        return Err((key.span(), format!("unknown key `{name}` in {section}: {hint}")));
+    }
+    Ok(())
+}
+
+/// The allowed key closest to `key`, if it is close enough to be a typo.
+fn nearest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|candidate| (edit_distance(key, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 3))
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// 1-based line and column of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<ConfigFile, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("libjob.so"), b"\x7fELF").unwrap();
+        parse(&dir.path().join("pmhost.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reads_a_full_file() {
+        let file = check(
+            r#"
+[host]
+name = "jobs"
+check_interval = 0
+stop_timeout = "30s"
+[log]
+rotation = "hourly"
+format = "json"
+[[task]]
+name = "mailer"
+plugin = "libjob.so"
+workers = 2
+execute_usleep = "100ms"
+[task.config]
+queue = "mail"
+"#,
+        )
+        .unwrap();
+        assert_eq!(file.host.name.as_deref(), Some("jobs"));
+        assert_eq!(file.host.check_interval, Some(None));
+        assert_eq!(file.log.rotation, Some(Rotation::Hourly));
+        assert_eq!(file.tasks[0].execute_usleep, Some(Duration::from_millis(100)));
+        assert_eq!(file.tasks[0].config_json, r#"{"queue":"mail"}"#);
+        assert!(file.tasks[0].plugin.is_absolute());
+    }
+
+    #[test]
+    fn reports_positions_and_suggestions() {
+        let e = check("[[task]]\nname = \"a\"\nplugin = \"libjob.so\"\nwrokers = 2\n").unwrap_err();
+        assert!(e.contains(":4:1: unknown key `wrokers` in [[task]]: did you mean `workers`?"), "{e}");
+        let e = check("[[task]]\nname = \"a\"\nplugin = \"libjob.so\"\nworkers = 0\n").unwrap_err();
+        assert!(e.contains(":4:11: workers must be 1 to"), "{e}");
+        let e = check("[[task]]\nname = \"a\"\nplugin = \"libjob.so\"\nworkers = \"two\"\n").unwrap_err();
+        assert!(e.contains(":4:11:") && e.contains("invalid type"), "{e}");
+        let e = check("[host\n").unwrap_err();
+        assert!(e.contains(":1:"), "{e}");
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("wrokers", "workers"), 2);
+        assert_eq!(edit_distance("worker", "workers"), 1);
+        assert_eq!(nearest("zzz", TASK_KEYS), None);
+    }
+}
