@@ -89,10 +89,9 @@ impl Master {
         let previous_tasks = self.tasks.len();
         if let Some(path) = self.config_path.clone()
             && order.plugin.is_none()
+            && let Err(reason) = self.reload_config(&path, generation)
         {
-            if let Err(reason) = self.reload_config(&path, generation) {
-                return self.refuse_rollout(reason);
-            }
+            return self.refuse_rollout(reason);
         }
         let selected: Vec<usize> = match &order.task {
             Some(name) => match self.tasks.iter().position(|t| &t.settings.name == name && !t.retired) {
