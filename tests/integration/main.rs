@@ -3,6 +3,7 @@
 mod harness;
 
 mod bad_plugins;
+mod config;
 mod control;
 mod engine;
 mod restart;

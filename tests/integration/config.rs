@@ -1,0 +1,295 @@
+//! pmhost.toml: several tasks in one host, every mistake refused with its position, flags over the file,
+//! reload on SIGHUP, and the log files the README promises.
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::harness::{SOON, Sandbox, cmdline, describe, fixtures, read_markers, signal};
+
+fn write_config(sb: &Sandbox, text: &str) -> PathBuf {
+    let path = sb.path("pmhost.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn task_workers(status: &Value, task: &str) -> Vec<Value> {
+    status["tasks"]
+        .as_array()
+        .and_then(|tasks| tasks.iter().find(|t| t["name"] == task))
+        .and_then(|t| t["workers"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn ready(status: &Value, task: &str) -> usize {
+    task_workers(status, task).iter().filter(|w| matches!(w["state"].as_str(), Some("idle" | "busy"))).count()
+}
+
+fn master_pid(sb: &Sandbox) -> i32 {
+    std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap()
+}
+
+fn two_tasks(sb: &Sandbox, marker: &Path) -> String {
+    format!(
+        r#"
+[host]
+name = "{name}"
+
+[[task]]
+name = "{name}-greeter"
+plugin = "{hello}"
+workers = 2
+execute_times = 0
+execute_usleep = "50ms"
+[task.config]
+greeting = "hi"
+
+[[task]]
+name = "{name}-marker"
+plugin = "{faulty}"
+workers = 1
+execute_times = 0
+execute_usleep = "20ms"
+[task.config]
+marker_file = "{marker}"
+"#,
+        name = sb.name,
+        hello = fixtures().hello.display(),
+        faulty = fixtures().faulty.display(),
+        marker = marker.display()
+    )
+}
+
+#[test]
+fn a_two_task_file_runs_both_tasks_with_their_counts_titles_and_config() {
+    let sb = Sandbox::new("twotasks");
+    let marker = sb.path("marks");
+    let config = write_config(&sb, &two_tasks(&sb, &marker));
+    let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status = sb.status().unwrap();
+    let greeter = format!("{}-greeter", sb.name);
+    let marker_task = format!("{}-marker", sb.name);
+    assert_eq!(ready(&status, &greeter), 2, "{status}");
+    assert_eq!(ready(&status, &marker_task), 1, "{status}");
+    for w in task_workers(&status, &greeter) {
+        assert_eq!(cmdline(w["pid"].as_i64().unwrap() as i32), format!("process_m:Worker:{greeter}"));
+    }
+    // [task.config] reached the plugin's init: the marker task writes where its config says.
+    sb.wait_for("marker lines", SOON, || (!read_markers(&marker).is_empty()).then_some(()));
+    // status and stop find the master through the same file.
+    let out = sb.run(["status", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&format!("task: {greeter}")) && table.contains(&format!("task: {marker_task}")), "{table}");
+    let out = sb.run(["stop", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(sb.live_processes().is_empty());
+}
+
+#[test]
+fn flags_override_the_file() {
+    let sb = Sandbox::new("override");
+    let marker = sb.path("marks");
+    let config = write_config(&sb, &two_tasks(&sb, &marker));
+    let out = sb.run(["start", "-d", "--config", config.to_str().unwrap(), "--workers", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status = sb.status().unwrap();
+    assert_eq!(ready(&status, &format!("{}-greeter", sb.name)), 3, "{status}");
+    assert_eq!(ready(&status, &format!("{}-marker", sb.name)), 3, "{status}");
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn every_mistake_is_refused_with_its_position() {
+    let sb = Sandbox::new("badconfig");
+    let hello = fixtures().hello.display().to_string();
+    let task = |extra: &str| format!("[[task]]\nname = \"t\"\nplugin = \"{hello}\"\n{extra}");
+    let cases: Vec<(String, &str)> = vec![
+        ("[host\nname = \"x\"\n".to_owned(), ":1:"),
+        (task("wrokers = 2\n"), ":4:1: unknown key `wrokers` in [[task]]: did you mean `workers`?"),
+        (task("workers = \"two\"\n"), ":4:11: invalid type"),
+        (task("workers = 0\n"), ":4:11: workers must be 1 to 1024, not 0"),
+        (task("execute_usleep = \"fast\"\n"), ":4:18: invalid duration \"fast\""),
+        (format!("{}\n{}", task(""), task("")), ":6:8: duplicate task name \"t\""),
+        ("[[task]]\nname = \"t\"\nplugin = \"missing.so\"\n".to_owned(), ":3:10: plugin file"),
+        ("[host]\nname = \"a/b\"\n".to_owned(), ":2:8: invalid host name"),
+        ("[hots]\nname = \"x\"\n".to_owned(), ":1:2: unknown key `hots` in the top level: did you mean `host`?"),
+        ("[host]\nname = \"x\"\n".to_owned(), "no [[task]]"),
+    ];
+    for (text, expected) in cases {
+        let config = write_config(&sb, &text);
+        let out = sb.run(["start", "--name", &sb.name, "--config", config.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{text}\n{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("pmhost.toml") && stderr.contains(expected),
+            "{text}\nexpected {expected:?} in:\n{stderr}"
+        );
+        assert!(sb.live_processes().is_empty(), "a refused start left processes");
+    }
+}
+
+#[test]
+fn sighup_rereads_the_file_adding_a_task_and_changing_a_count() {
+    let sb = Sandbox::new("reload");
+    let marker = sb.path("marks");
+    let text = two_tasks(&sb, &marker);
+    let config = write_config(&sb, &text);
+    let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let greeter = format!("{}-greeter", sb.name);
+    let extra = format!("{}-extra", sb.name);
+    let edited = text.replacen("workers = 2", "workers = 3", 1)
+        + &format!(
+            "\n[[task]]\nname = \"{extra}\"\nplugin = \"{}\"\nworkers = 2\nexecute_times = 0\n",
+            fixtures().hello.display()
+        );
+    write_config(&sb, &edited);
+    signal(master_pid(&sb), Signal::SIGHUP);
+    let status = sb.wait_for("3 greeters and 2 extras on the new generation", SOON, || {
+        let s = sb.status()?;
+        let moved = task_workers(&s, &greeter).iter().all(|w| w["generation"] == 2);
+        let done = s["last_restart"]["in_progress"] == false;
+        (ready(&s, &greeter) == 3 && ready(&s, &extra) == 2 && moved && done).then_some(s)
+    });
+    assert_eq!(status["last_restart"]["ok"], true, "{status}");
+
+    // A broken edit is refused with its position; nothing changes.
+    write_config(&sb, &edited.replacen("workers = 3", "workers = -1", 1));
+    let out = sb.run(["restart", "--name", &sb.name, "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workers must be 1 to 1024"), "{}", describe(&out));
+    signal(master_pid(&sb), Signal::SIGHUP);
+    let status = sb.wait_for("the refused reload recorded", SOON, || {
+        let s = sb.status()?;
+        (s["last_restart"]["generation"] == 3 && s["last_restart"]["in_progress"] == false).then_some(s)
+    });
+    assert_eq!(status["last_restart"]["ok"], false, "{status}");
+    assert!(status["last_restart"]["error"].as_str().unwrap().contains("pmhost.toml:"), "{status}");
+    assert_eq!(ready(&status, &greeter), 3, "{status}");
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn restart_with_task_rolls_only_that_task() {
+    let sb = Sandbox::new("onetask");
+    let marker = sb.path("marks");
+    let config = write_config(&sb, &two_tasks(&sb, &marker));
+    let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let greeter = format!("{}-greeter", sb.name);
+    let marker_task = format!("{}-marker", sb.name);
+    let before = task_workers(&sb.status().unwrap(), &marker_task);
+    let out = sb.run(["restart", "--config", config.to_str().unwrap(), "--task", &greeter]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status = sb.wait_for("greeters on generation 2", SOON, || {
+        let s = sb.status()?;
+        let w = task_workers(&s, &greeter);
+        (w.len() == 2 && w.iter().all(|w| w["generation"] == 2)).then_some(s)
+    });
+    let after = task_workers(&status, &marker_task);
+    assert_eq!(before[0]["pid"], after[0]["pid"], "the other task was touched");
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn log_files_have_the_documented_names_prefixes_and_lines() {
+    let mut sb = Sandbox::new("logs");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = r#"{"work":"fail","message":"bad record 42","from_call":2}"#;
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "1",
+        "--execute-times",
+        "3",
+        "--execute-usleep",
+        "10ms",
+        "--check-interval",
+        "0",
+        "--log-rotation",
+        "never",
+        "--task-config",
+        config,
+    ]);
+    assert_eq!(crate::harness::wait_exit(&mut fg, SOON), 0);
+    let log = sb.path("log");
+    let read = |name: &str| std::fs::read_to_string(log.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let process = read("process.log");
+    assert!(process.contains(&format!("[Info][process_m:Master:{} ", sb.name)), "{process}");
+    assert!(process.contains("worker exited: normal exit"), "{process}");
+    // Plugin lines reach the run log with the worker's slot and pid.
+    let run = read("run.log");
+    let line = run.lines().find(|l| l.contains("faulty ready")).unwrap_or_else(|| panic!("{run}"));
+    assert!(line.starts_with(&format!("[Info][process_m:Worker:{} ", sb.name)), "{line}");
+    assert!(line.contains("slot=0") && line.contains("pid="), "{line}");
+    // Errors also land in the error_ file, and only errors.
+    let errors = read("error_process.log");
+    assert!(errors.contains("work failed: bad record 42"), "{errors}");
+    assert!(errors.lines().all(|l| l.starts_with("[Error]")), "{errors}");
+    assert!(!process.contains("[Error]") || process.contains("bad record 42"));
+}
+
+#[test]
+fn json_log_lines_parse() {
+    let mut sb = Sandbox::new("jsonlog");
+    let hello = fixtures().hello.to_str().unwrap();
+    let mut fg = sb.start_foreground([
+        "--plugin",
+        hello,
+        "--workers",
+        "1",
+        "--execute-times",
+        "2",
+        "--execute-usleep",
+        "10ms",
+        "--check-interval",
+        "0",
+        "--log-format",
+        "json",
+        "--log-rotation",
+        "never",
+    ]);
+    assert_eq!(crate::harness::wait_exit(&mut fg, SOON), 0);
+    for name in ["process.log", "run.log"] {
+        let text = std::fs::read_to_string(sb.path("log").join(name)).unwrap();
+        assert!(!text.is_empty(), "{name} is empty");
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"));
+            for key in ["time", "level", "title", "pid", "message"] {
+                assert!(v.get(key).is_some(), "{name}: no {key} in {line}");
+            }
+        }
+    }
+    let stderr = crate::harness::stderr_of(&fg);
+    let first = stderr.lines().next().unwrap();
+    assert!(serde_json::from_str::<Value>(first).is_ok(), "stderr is not JSON: {first}");
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let sb = Sandbox::new("example");
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pmhost.toml")).unwrap();
+    let text = example
+        .replace("../target/release/libhello.so", &fixtures().hello.display().to_string())
+        .replace("name = \"process\"", &format!("name = \"{}\"", sb.name))
+        .replace("/tmp/pm/pid", &sb.pid_root().display().to_string())
+        .replace("/tmp/pm/status", &sb.status_root().display().to_string())
+        .replace("/tmp/pm/log", &sb.path("log").display().to_string());
+    let config = write_config(&sb, &text);
+    let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // execute_times = 1: workers retire after every call, so count the slots, not the ready workers.
+    let status = sb.status().unwrap();
+    assert_eq!(status["tasks"][0]["name"], "hello", "{status}");
+    assert_eq!(status["tasks"][0]["workers_wanted"], 4, "{status}");
+    let out = sb.run(["stop", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
