@@ -115,6 +115,30 @@ pub struct StartArgs {
     /// A worker that ran this long before it crashed starts the backoff afresh. [default: 10s]
     #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
     pub backoff_reset: Option<Duration>,
+    /// A `work` call running longer gets its worker killed (TERM, then KILL after the stop timeout) and
+    /// replaced; 0 = no limit. [default: 0]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub work_timeout: Option<Duration>,
+    /// A worker whose resident memory exceeds this ("512MiB") is retired after its current call and replaced.
+    /// [default: no limit]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_rss: Option<u64>,
+    /// Spread worker retirement: stretch each worker's execute_times and limit_seconds by a random fraction up
+    /// to this (0 to 1). [default: 0]
+    #[arg(long, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub limit_jitter: Option<f64>,
+    /// RLIMIT_NOFILE of workers (open files). [default: inherited]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rlimit_nofile: Option<u64>,
+    /// RLIMIT_AS of workers (address space, e.g. "4GiB"). [default: inherited]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub rlimit_as: Option<u64>,
+    /// RLIMIT_CORE of workers (core file size; 0 = no core dumps). [default: inherited]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub rlimit_core: Option<u64>,
+    /// Adopt and reap orphaned descendants (PR_SET_CHILD_SUBREAPER), as when running as PID 1.
+    #[arg(long)]
+    pub subreaper: bool,
     /// Prefix of process titles: {prefix}:Master:{name}, {prefix}:Worker:{task}. [default: process_m]
     #[arg(long)]
     pub title_prefix: Option<String>,
@@ -233,6 +257,17 @@ fn parse_micros(text: &str) -> Result<Duration, String> {
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     duration::parse(text, BareUnit::Seconds).map_err(|e| e.to_string())
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    crate::size::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{text:?} is not a fraction from 0 to 1")),
+    }
 }
 
 fn parse_check_interval(text: &str) -> Result<CheckInterval, String> {

@@ -53,6 +53,7 @@ pub struct HostSection {
     pub status_root: Option<PathBuf>,
     pub check_interval: Option<Spanned<DurationValue>>,
     pub stop_timeout: Option<Spanned<DurationValue>>,
+    pub subreaper: Option<bool>,
 }
 
 /// `[log]`.
@@ -83,7 +84,23 @@ pub struct TaskSection {
     pub backoff_initial: Option<Spanned<DurationValue>>,
     pub backoff_max: Option<Spanned<DurationValue>>,
     pub backoff_reset: Option<Spanned<DurationValue>>,
+    pub work_timeout: Option<Spanned<DurationValue>>,
+    pub max_rss: Option<Spanned<SizeValue>>,
+    pub limit_jitter: Option<Spanned<f64>>,
+    pub rlimit_nofile: Option<Spanned<i64>>,
+    pub rlimit_as: Option<Spanned<SizeValue>>,
+    pub rlimit_core: Option<Spanned<SizeValue>>,
     pub config: Option<toml::Table>,
+}
+
+/// A size in bytes, as a number or a text with a unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    /// Bytes.
+    Integer(i64),
+    /// A size with a unit, such as "512MiB".
+    Text(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -107,6 +124,12 @@ pub struct TaskSpec {
     pub backoff_initial: Option<Duration>,
     pub backoff_max: Option<Duration>,
     pub backoff_reset: Option<Duration>,
+    pub work_timeout: Option<Duration>,
+    pub max_rss: Option<u64>,
+    pub limit_jitter: Option<f64>,
+    pub rlimit_nofile: Option<u64>,
+    pub rlimit_as: Option<u64>,
+    pub rlimit_core: Option<u64>,
     /// `[task.config]` as JSON text.
     pub config_json: String,
 }
@@ -121,6 +144,7 @@ pub struct HostSpec {
     /// `Some(None)`: batch mode.
     pub check_interval: Option<Option<Duration>>,
     pub stop_timeout: Option<Duration>,
+    pub subreaper: Option<bool>,
 }
 
 /// The log part of the file.
@@ -148,7 +172,8 @@ pub struct ConfigFile {
 }
 
 const ROOT_KEYS: &[&str] = &["host", "log", "task"];
-const HOST_KEYS: &[&str] = &["name", "title_prefix", "pid_root", "status_root", "check_interval", "stop_timeout"];
+const HOST_KEYS: &[&str] =
+    &["name", "title_prefix", "pid_root", "status_root", "check_interval", "stop_timeout", "subreaper"];
 const LOG_KEYS: &[&str] =
     &["enabled", "dir", "process", "run", "error_prefix", "fatal_prefix", "rotation", "format", "level"];
 const TASK_KEYS: &[&str] = &[
@@ -162,6 +187,12 @@ const TASK_KEYS: &[&str] = &[
     "backoff_initial",
     "backoff_max",
     "backoff_reset",
+    "work_timeout",
+    "max_rss",
+    "limit_jitter",
+    "rlimit_nofile",
+    "rlimit_as",
+    "rlimit_core",
     "config",
 ];
 
@@ -217,6 +248,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             None => None,
         },
         stop_timeout: seconds(&shape.host.stop_timeout, BareUnit::Seconds)?,
+        subreaper: shape.host.subreaper,
     };
     let file_name = |v: &Option<Spanned<String>>| -> Result<Option<String>, ConfigError> {
         match v {
@@ -268,6 +300,27 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             })?),
             None => None,
         };
+        let size = |value: &Option<Spanned<SizeValue>>| -> Result<Option<u64>, ConfigError> {
+            value
+                .as_ref()
+                .map(|v| match v.get_ref() {
+                    SizeValue::Integer(n) => u64::try_from(*n).map_err(|_| at(Some(v.span()), format!("a size cannot be negative ({n})"))),
+                    SizeValue::Text(text) => crate::size::parse(text).map_err(|e| at(Some(v.span()), e.to_string())),
+                })
+                .transpose()
+        };
+        let limit_jitter = match &task.limit_jitter {
+            Some(v) if !(0.0..=1.0).contains(v.get_ref()) => {
+                return Err(at(Some(v.span()), format!("limit_jitter is a fraction from 0 to 1, not {}", v.get_ref())));
+            }
+            other => other.as_ref().map(|v| *v.get_ref()),
+        };
+        let rlimit_nofile = match &task.rlimit_nofile {
+            Some(v) => Some(u64::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                at(Some(v.span()), format!("rlimit_nofile must be 1 or more, not {}", v.get_ref()))
+            })?),
+            None => None,
+        };
         let config_json = match &task.config {
             Some(table) => serde_json::to_string(table).map_err(|e| at(Some(task.name.span()), e.to_string()))?,
             None => "{}".to_owned(),
@@ -283,6 +336,12 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             backoff_initial: seconds(&task.backoff_initial, BareUnit::Seconds)?,
             backoff_max: seconds(&task.backoff_max, BareUnit::Seconds)?,
             backoff_reset: seconds(&task.backoff_reset, BareUnit::Seconds)?,
+            work_timeout: seconds(&task.work_timeout, BareUnit::Seconds)?,
+            max_rss: size(&task.max_rss)?,
+            limit_jitter,
+            rlimit_nofile,
+            rlimit_as: size(&task.rlimit_as)?,
+            rlimit_core: size(&task.rlimit_core)?,
             config_json,
         });
     }

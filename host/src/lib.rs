@@ -19,6 +19,7 @@ pub mod requests;
 pub mod rundir;
 pub mod scoreboard;
 pub mod settings;
+pub mod size;
 pub mod status;
 pub mod sysinfo;
 pub mod title;

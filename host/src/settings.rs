@@ -29,6 +29,8 @@ pub struct HostSettings {
     pub check_interval: Option<Duration>,
     /// Grace period of a graceful stop before stragglers are killed.
     pub stop_timeout: Duration,
+    /// Adopt orphaned descendants and reap them (always the case as PID 1).
+    pub subreaper: bool,
 }
 
 impl HostSettings {
@@ -63,8 +65,8 @@ impl HostSettings {
     }
 }
 
-/// How a worker is paced and when it retires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a worker is paced, when it retires, and the resource limits it runs under.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// `work` calls before the worker retires; 0 = unlimited.
     pub execute_times: u64,
@@ -72,12 +74,54 @@ pub struct Limits {
     pub execute_usleep: Duration,
     /// Life of a worker before it retires; `None` = unlimited.
     pub limit_seconds: Option<Duration>,
+    /// Spread of retirement: each worker's `execute_times` and `limit_seconds` are stretched by a random
+    /// fraction in `[0, limit_jitter]`, so workers started together do not all retire together.
+    pub limit_jitter: f64,
+    /// Resource limits set in the worker before the plugin loads.
+    pub rlimits: Rlimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { execute_times: 1, execute_usleep: Duration::from_micros(200_000), limit_seconds: None }
+        Limits {
+            execute_times: 1,
+            execute_usleep: Duration::from_micros(200_000),
+            limit_seconds: None,
+            limit_jitter: 0.0,
+            rlimits: Rlimits::default(),
+        }
     }
+}
+
+impl Limits {
+    /// These limits with the jitter applied, drawn from `seed` (one draw per worker).
+    pub fn jittered(&self, seed: u64) -> Limits {
+        if self.limit_jitter <= 0.0 {
+            return *self;
+        }
+        // SplitMix64: a well-mixed draw from any seed, no random-number crate needed for one number.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let stretch = 1.0 + self.limit_jitter * (z >> 11) as f64 / (1u64 << 53) as f64;
+        Limits {
+            execute_times: (self.execute_times as f64 * stretch).round() as u64,
+            limit_seconds: self.limit_seconds.map(|limit| limit.mul_f64(stretch)),
+            ..*self
+        }
+    }
+}
+
+/// Resource limits of a worker (`None`: inherited from the master).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rlimits {
+    /// `RLIMIT_NOFILE`: open files.
+    pub nofile: Option<u64>,
+    /// `RLIMIT_AS`: address space in bytes.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_CORE`: core file size in bytes (0: no core dumps).
+    pub core: Option<u64>,
 }
 
 /// Crash-loop backoff of a worker slot.
@@ -122,11 +166,30 @@ pub struct TaskSettings {
     pub backoff: Backoff,
     /// The task's `[task.config]` as JSON text.
     pub config_json: String,
+    /// A `work` call running longer gets its worker killed and replaced; `None` = no limit.
+    pub work_timeout: Option<Duration>,
+    /// A worker whose resident memory exceeds this is retired after its current call; `None` = no limit.
+    pub max_rss: Option<u64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stretches_limits_within_the_fraction() {
+        let limits = Limits { execute_times: 1000, limit_seconds: Some(Duration::from_secs(100)), limit_jitter: 0.5, ..Limits::default() };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let j = limits.jittered(seed);
+            assert!((1000..=1500).contains(&j.execute_times), "{}", j.execute_times);
+            let secs = j.limit_seconds.unwrap().as_secs_f64();
+            assert!((100.0..=150.0).contains(&secs), "{secs}");
+            seen.insert(j.execute_times);
+        }
+        assert!(seen.len() > 50, "draws are spread: {}", seen.len());
+        assert_eq!(Limits::default().jittered(7), Limits::default());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_ceiling() {
@@ -153,6 +216,12 @@ pub struct TaskOverrides {
     pub backoff_reset: Option<Duration>,
     /// `--task-config` JSON.
     pub config_json: Option<String>,
+    pub work_timeout: Option<Duration>,
+    pub max_rss: Option<u64>,
+    pub limit_jitter: Option<f64>,
+    pub rlimit_nofile: Option<u64>,
+    pub rlimit_as: Option<u64>,
+    pub rlimit_core: Option<u64>,
 }
 
 /// The default number of workers (the original's `maxWorkerNum`).
@@ -181,6 +250,12 @@ impl TaskOverrides {
                     .or(spec.and_then(|s| s.execute_usleep))
                     .unwrap_or(defaults.execute_usleep),
                 limit_seconds: self.limit_seconds.or(spec.and_then(|s| s.limit_seconds)).and_then(zero_is_none),
+                limit_jitter: self.limit_jitter.or(spec.and_then(|s| s.limit_jitter)).unwrap_or(0.0),
+                rlimits: Rlimits {
+                    nofile: self.rlimit_nofile.or(spec.and_then(|s| s.rlimit_nofile)),
+                    address_space: self.rlimit_as.or(spec.and_then(|s| s.rlimit_as)),
+                    core: self.rlimit_core.or(spec.and_then(|s| s.rlimit_core)),
+                },
             },
             init_timeout: self.init_timeout.or(spec.and_then(|s| s.init_timeout)).unwrap_or(DEFAULT_INIT_TIMEOUT),
             backoff: Backoff {
@@ -193,6 +268,8 @@ impl TaskOverrides {
                 .clone()
                 .or_else(|| spec.map(|s| s.config_json.clone()))
                 .unwrap_or_else(|| "{}".to_owned()),
+            work_timeout: self.work_timeout.or(spec.and_then(|s| s.work_timeout)).and_then(zero_is_none),
+            max_rss: self.max_rss.or(spec.and_then(|s| s.max_rss)).filter(|bytes| *bytes > 0),
         })
     }
 

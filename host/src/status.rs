@@ -87,6 +87,21 @@ pub struct TaskStatus {
     /// `work` calls finished by all workers of this task since the master started.
     pub executions_total: u64,
     pub workers: Vec<WorkerStatus>,
+    /// Slots waiting out a crash backoff (no worker right now).
+    #[serde(default)]
+    pub backoff: Vec<BackoffStatus>,
+}
+
+/// A slot in crash backoff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackoffStatus {
+    pub slot: u32,
+    /// Consecutive crashes.
+    pub crashes: u32,
+    /// Time until the next attempt.
+    pub next_attempt_in_ms: u64,
+    /// How the last worker of the slot ended.
+    pub last_exit: Option<ExitStatus>,
 }
 
 /// One worker process.
@@ -196,6 +211,14 @@ pub fn render_table(snapshot: &Snapshot) -> String {
                 &w.plugin_sha256[..w.plugin_sha256.len().min(12)],
                 w.restarts,
                 last_exit
+            );
+        }
+        for b in &task.backoff {
+            let last = b.last_exit.as_ref().map_or("-", |e| e.reason.as_str());
+            let _ = writeln!(
+                out,
+                "Slot {:>4}: backoff after {} crashes, next attempt in {} ms (last exit: {last})",
+                b.slot, b.crashes, b.next_attempt_in_ms
             );
         }
     }

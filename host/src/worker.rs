@@ -109,7 +109,8 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     debug!("worker ready");
 
     let mut ctx = WorkContext::new(spec.slot, spec.generation, &STOP);
-    let deadline = spec.limits.limit_seconds.map(|limit| Instant::now() + limit);
+    let limits = spec.limits.jittered(pid as u64 ^ crate::sysinfo::monotonic_ns());
+    let deadline = limits.limit_seconds.map(|limit| Instant::now() + limit);
     let mut finished: u64 = 0;
     let end = loop {
         if STOP.load(Ordering::Relaxed) {
@@ -129,7 +130,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
                 exit(code::PANICKED);
             }
         }
-        if spec.limits.execute_times != 0 && finished >= spec.limits.execute_times {
+        if limits.execute_times != 0 && finished >= limits.execute_times {
             break LoopEnd::ExecuteTimes;
         }
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
@@ -172,11 +173,28 @@ fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
     // The master blocks its signals to read them from a signalfd; the mask survives fork and must not leak
     // into plugin code (or into processes the plugin spawns).
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    set_rlimits(&spec.limits.rlimits)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     // The master may have died between fork and prctl: then no signal will ever come.
     if nix::unistd::getppid() != spec.master {
         warn!("master exited before the worker started");
         exit(code::ORPHANED);
+    }
+    Ok(())
+}
+
+/// Applies the task's resource limits (soft and hard) before any plugin code runs.
+fn set_rlimits(rlimits: &crate::settings::Rlimits) -> nix::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let limits = [
+        (Resource::RLIMIT_NOFILE, rlimits.nofile),
+        (Resource::RLIMIT_AS, rlimits.address_space),
+        (Resource::RLIMIT_CORE, rlimits.core),
+    ];
+    for (resource, value) in limits {
+        if let Some(value) = value {
+            setrlimit(resource, value, value)?;
+        }
     }
     Ok(())
 }

@@ -93,6 +93,12 @@ pub fn overrides(args: &StartArgs) -> TaskOverrides {
         backoff_max: args.backoff_max,
         backoff_reset: args.backoff_reset,
         config_json: args.task_config.clone(),
+        work_timeout: args.work_timeout,
+        max_rss: args.max_rss,
+        limit_jitter: args.limit_jitter,
+        rlimit_nofile: args.rlimit_nofile,
+        rlimit_as: args.rlimit_as,
+        rlimit_core: args.rlimit_core,
     }
 }
 
@@ -129,6 +135,7 @@ pub fn plan_start(args: &StartArgs) -> Result<Plan, CommandError> {
             None => host_spec.check_interval.unwrap_or(Some(std::time::Duration::from_secs(300))),
         },
         stop_timeout: args.stop_timeout.or(host_spec.stop_timeout).unwrap_or(std::time::Duration::from_secs(10)),
+        subreaper: args.subreaper || host_spec.subreaper.unwrap_or(false),
     };
     let log_spec = file.map(|f| f.log.clone()).unwrap_or_default();
     let defaults = LogSettings::default();

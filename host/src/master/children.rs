@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, setpgid};
 use tracing::{debug, info, warn};
 
@@ -130,6 +130,8 @@ impl Master {
                         ready: false,
                         stop_sent: false,
                         kill_sent: false,
+                        kill_at: None,
+                        seq_seen: (0, now),
                         killed_for: None,
                         rss: None,
                     },
@@ -153,17 +155,29 @@ impl Master {
         }
     }
 
-    /// Reaps every exited child.
+    /// Reaps every exited child. Before a worker is reaped (while its pid, and so its process group id, cannot be
+    /// reused) the rest of its process group is killed: processes its plugin spawned end with it.
     pub(super) fn reap_workers(&mut self) {
         loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.on_worker_exit(pid, Ended::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, _core)) => self.on_worker_exit(pid, Ended::Signal(signal)),
+            let exited = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_) => continue,
+                Ok(status) => status.pid(),
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    warn!("waitpid failed: {e}");
+                    warn!("waitid failed: {e}");
+                    break;
+                }
+            };
+            let Some(pid) = exited else { break };
+            if self.workers.contains_key(&pid) {
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_worker_exit(pid, Ended::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _core)) => self.on_worker_exit(pid, Ended::Signal(signal)),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!(pid = pid.as_raw(), "waitpid failed: {e}");
                     break;
                 }
             }
@@ -173,7 +187,8 @@ impl Master {
     /// Records a worker's end, logs it, and schedules the slot's refill (at once, or after a crash backoff).
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
         let Some(worker) = self.workers.remove(&pid) else {
-            debug!(pid = pid.as_raw(), "reaped a process that was not a worker");
+            // An orphaned descendant adopted as subreaper (or as PID 1).
+            debug!(pid = pid.as_raw(), ended = ?ended, "reaped an adopted orphan");
             return;
         };
         let executions = self.board.cell(worker.cell).executions();
@@ -258,9 +273,14 @@ impl Master {
         self.dirty = true;
     }
 
-    /// Asks a worker (and the processes of its group) to stop gracefully.
+    /// Asks a worker (and the processes of its group) to stop gracefully; it is killed if it is still there
+    /// after the stop timeout.
     pub(super) fn stop_worker(&mut self, pid: Pid) {
+        let kill_at = Mono::now() + self.host.stop_timeout;
         if let Some(worker) = self.workers.get_mut(&pid) {
+            if !worker.stop_sent {
+                worker.kill_at = Some(kill_at);
+            }
             worker.stop_sent = true;
             signal_group(pid, Signal::SIGTERM);
             self.dirty = true;

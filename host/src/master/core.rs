@@ -143,6 +143,10 @@ pub(super) struct Worker {
     pub(super) stop_sent: bool,
     /// The master sent SIGKILL.
     pub(super) kill_sent: bool,
+    /// When a worker asked to stop gets SIGKILL if it is still there.
+    pub(super) kill_at: Option<Mono>,
+    /// The scoreboard sequence number last seen and when it was first seen (hung-work detection).
+    pub(super) seq_seen: (u64, Mono),
     /// Why the master killed it, when it did so for a fault.
     pub(super) killed_for: Option<String>,
     pub(super) rss: Option<u64>,
@@ -203,6 +207,10 @@ pub struct Master {
     pub(super) status_write_failed: bool,
     pub(super) config_path: Option<std::path::PathBuf>,
     pub(super) overrides: crate::settings::TaskOverrides,
+    /// Next look at the scoreboard for hung work and memory (only when a task sets such a limit).
+    pub(super) next_supervision: Option<Mono>,
+    /// Net TTIN/TTOU of the current wake-up.
+    pub(super) scale_signals: i32,
 }
 
 impl Master {
@@ -249,12 +257,16 @@ impl Master {
             status_write_failed: false,
             config_path: parts.config_path,
             overrides: parts.overrides,
+            next_supervision: None,
+            scale_signals: 0,
         })
     }
 
     /// Runs until the host is stopped (Ok) or its start failed (Err).
     pub fn run(mut self) -> Result<(), MasterError> {
         info!(pid = std::process::id(), workers = self.wanted_workers(), "master started");
+        self.adopt_orphans();
+        self.schedule_supervision(Mono::now());
         self.manage_workers();
         self.resolve_startup();
         loop {
@@ -276,10 +288,24 @@ impl Master {
             for signal in woken.signals {
                 self.handle_signal(signal);
             }
+            self.apply_scale_signals();
             self.handle_deadlines();
             self.manage_workers();
             self.advance_rollout();
             self.resolve_startup();
+        }
+    }
+
+    /// As PID 1 (a container's entrypoint) the kernel hands every orphan to us anyway; with `subreaper` we ask
+    /// for the orphans of our own descendants. The reap loop reaps them like workers.
+    fn adopt_orphans(&self) {
+        if std::process::id() == 1 {
+            info!("running as PID 1: adopting and reaping orphaned processes");
+        } else if self.host.subreaper {
+            match nix::sys::prctl::set_child_subreaper(true) {
+                Ok(()) => info!("subreaper: adopting and reaping orphaned descendants"),
+                Err(e) => warn!("cannot become a subreaper: {e}"),
+            }
         }
     }
 
@@ -292,8 +318,8 @@ impl Master {
             Action::Restart => self.handle_restart(),
             Action::Snapshot => self.snapshot_wanted = true,
             Action::Requests => self.handle_requests(),
-            Action::ScaleUp => self.handle_scale(1),
-            Action::ScaleDown => self.handle_scale(-1),
+            Action::ScaleUp => self.scale_signals += 1,
+            Action::ScaleDown => self.scale_signals -= 1,
         }
     }
 
@@ -351,7 +377,18 @@ impl Master {
         self.dirty = true;
     }
 
-    /// TTIN/TTOU: one worker more or fewer (never below one) for every task.
+    /// TTIN/TTOU: one worker more or fewer (never below one) for every task. A burst of these signals within
+    /// one wake-up counts as one step in its net direction, so a signal storm cannot fork hundreds of workers.
+    fn apply_scale_signals(&mut self) {
+        let net = std::mem::take(&mut self.scale_signals);
+        if net.abs() > 1 {
+            info!(net, "coalescing a burst of scale signals into one step");
+        }
+        if net != 0 {
+            self.handle_scale(net.signum());
+        }
+    }
+
     fn handle_scale(&mut self, delta: i32) {
         let live: Vec<usize> = (0..self.tasks.len()).filter(|i| !self.tasks[*i].retired).collect();
         for index in live {
@@ -421,6 +458,24 @@ impl Master {
             warn!(pid = pid.as_raw(), "{reason}: killing the worker");
             self.kill_worker(pid, reason);
         }
+        let overdue: Vec<Pid> = self
+            .workers
+            .values()
+            .filter(|w| !w.kill_sent && w.kill_at.is_some_and(|at| now >= at))
+            .map(|w| w.pid)
+            .collect();
+        for pid in overdue {
+            warn!(
+                pid = pid.as_raw(),
+                slot = self.workers[&pid].slot,
+                timeout_ms = self.host.stop_timeout.as_millis() as u64,
+                "worker did not stop within the stop timeout: killing it"
+            );
+            self.discard_worker(pid);
+        }
+        if self.next_supervision.is_some_and(|at| now >= at) {
+            self.supervise(now);
+        }
         if let (Some(tick), Some(interval)) = (self.next_tick, self.host.check_interval)
             && now >= tick
         {
@@ -444,6 +499,8 @@ impl Master {
         for worker in self.workers.values().filter(|w| !w.ready && w.killed_for.is_none()) {
             deadlines.push(worker.init_deadline);
         }
+        deadlines.extend(self.workers.values().filter(|w| !w.kill_sent).filter_map(|w| w.kill_at));
+        deadlines.extend(self.next_supervision);
         deadlines.into_iter().min()
     }
 
@@ -601,6 +658,23 @@ impl Master {
                     })
                     .collect();
                 let live: u64 = workers.iter().map(|w| w.executions).sum();
+                let now_mono = Mono::now();
+                let backoff = task
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(slot, _)| (*slot as u32) < task.settings.workers && !task.retired)
+                    .filter(|(slot, _)| !workers.iter().any(|w| w.slot == *slot as u32))
+                    .filter_map(|(slot, state)| {
+                        let at = state.respawn_at.filter(|at| *at > now_mono)?;
+                        Some(crate::status::BackoffStatus {
+                            slot: slot as u32,
+                            crashes: state.crashes,
+                            next_attempt_in_ms: at.since(now_mono).as_millis() as u64,
+                            last_exit: state.last_exit.clone(),
+                        })
+                    })
+                    .collect();
                 TaskStatus {
                     name: task.settings.name.clone(),
                     plugin: task.build.plugin.original.display().to_string(),
@@ -608,6 +682,7 @@ impl Master {
                     workers_wanted: if task.retired { 0 } else { task.settings.workers },
                     executions_total: task.executions_done + live,
                     workers,
+                    backoff,
                 }
             })
             .collect();

@@ -4,6 +4,7 @@ mod children;
 mod core;
 mod events;
 mod rollout;
+mod supervise;
 pub mod signals;
 
 pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier};

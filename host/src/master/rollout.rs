@@ -170,6 +170,7 @@ impl Master {
                 task.retired = true;
             }
         }
+        self.schedule_supervision(crate::sysinfo::Mono::now());
         Ok(())
     }
 
