@@ -304,7 +304,9 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             value
                 .as_ref()
                 .map(|v| match v.get_ref() {
-                    SizeValue::Integer(n) => u64::try_from(*n).map_err(|_| at(Some(v.span()), format!("a size cannot be negative ({n})"))),
+                    SizeValue::Integer(n) => {
+                        u64::try_from(*n).map_err(|_| at(Some(v.span()), format!("a size cannot be negative ({n})")))
+                    }
                     SizeValue::Text(text) => crate::size::parse(text).map_err(|e| at(Some(v.span()), e.to_string())),
                 })
                 .transpose()
@@ -315,12 +317,13 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             }
             other => other.as_ref().map(|v| *v.get_ref()),
         };
-        let rlimit_nofile = match &task.rlimit_nofile {
-            Some(v) => Some(u64::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
-                at(Some(v.span()), format!("rlimit_nofile must be 1 or more, not {}", v.get_ref()))
-            })?),
-            None => None,
-        };
+        let rlimit_nofile =
+            match &task.rlimit_nofile {
+                Some(v) => Some(u64::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    at(Some(v.span()), format!("rlimit_nofile must be 1 or more, not {}", v.get_ref()))
+                })?),
+                None => None,
+            };
         let config_json = match &task.config {
             Some(table) => serde_json::to_string(table).map_err(|e| at(Some(task.name.span()), e.to_string()))?,
             None => "{}".to_owned(),

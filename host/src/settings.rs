@@ -178,7 +178,12 @@ mod tests {
 
     #[test]
     fn jitter_stretches_limits_within_the_fraction() {
-        let limits = Limits { execute_times: 1000, limit_seconds: Some(Duration::from_secs(100)), limit_jitter: 0.5, ..Limits::default() };
+        let limits = Limits {
+            execute_times: 1000,
+            limit_seconds: Some(Duration::from_secs(100)),
+            limit_jitter: 0.5,
+            ..Limits::default()
+        };
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..200 {
             let j = limits.jittered(seed);

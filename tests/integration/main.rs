@@ -7,3 +7,4 @@ mod config;
 mod control;
 mod engine;
 mod restart;
+mod supervision;

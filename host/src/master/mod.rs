@@ -4,7 +4,7 @@ mod children;
 mod core;
 mod events;
 mod rollout;
-mod supervise;
 pub mod signals;
+mod supervise;
 
 pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier};

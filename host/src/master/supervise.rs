@@ -25,7 +25,8 @@ impl Master {
             .filter(|t| !t.retired)
             .flat_map(|t| {
                 let hang = t.settings.work_timeout.map(|timeout| (timeout / 4).max(FINEST));
-                let memory = t.settings.max_rss.map(|_| self.host.check_interval.map_or(MEMORY_CHECK, |c| c.min(MEMORY_CHECK)));
+                let memory =
+                    t.settings.max_rss.map(|_| self.host.check_interval.map_or(MEMORY_CHECK, |c| c.min(MEMORY_CHECK)));
                 [hang, memory]
             })
             .flatten()

@@ -1,0 +1,439 @@
+//! Supervision that survives faults: each test injects one (a crash loop, a hung call, a memory leak, stray
+//! child processes, orphans, a signal storm, an unwritable status directory, a stopped worker) and checks that
+//! the host kept working and lost nothing.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::harness::{
+    ProcessWaiter, SOON, Sandbox, describe, fixtures, processes_mentioning, read_markers, signal, stderr_of,
+    task_config, wait_exit,
+};
+
+fn workers(status: &Value) -> Vec<Value> {
+    status["tasks"][0]["workers"].as_array().cloned().unwrap_or_default()
+}
+
+fn slot_pid(status: &Value, slot: u64) -> Option<i64> {
+    workers(status).iter().find(|w| w["slot"] == slot && w["state"] != "stopping").and_then(|w| w["pid"].as_i64())
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn zombie_children_of(parent: i32) -> Vec<i32> {
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let field =
+            |name: &str| status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_owned());
+        if field("State:").is_some_and(|s| s.starts_with('Z')) && field("PPid:").as_deref() == Some(&parent.to_string())
+        {
+            zombies.push(pid);
+        }
+    }
+    zombies
+}
+
+#[test]
+fn a_crash_loop_backs_off_shows_in_status_and_costs_the_master_nothing() {
+    let mut sb = Sandbox::new("crashcpu");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"work": "panic"}));
+    let fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "4",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "0",
+        "--backoff-initial",
+        "200ms",
+        "--backoff-max",
+        "1s",
+        "--task-config",
+        &config,
+    ]);
+    let master = fg.child.id() as i32;
+    let status = sb.wait_for("a slot in backoff", SOON, || {
+        let s = sb.status()?;
+        let backoff = s["tasks"][0]["backoff"].as_array()?;
+        (!backoff.is_empty()).then_some(s)
+    });
+    let entry = &status["tasks"][0]["backoff"][0];
+    assert!(entry["crashes"].as_u64().unwrap() >= 1, "{status}");
+    assert!(entry["next_attempt_in_ms"].as_u64().unwrap() <= 1000, "{status}");
+    assert!(entry["last_exit"]["reason"].as_str().unwrap().contains("panicked"), "{status}");
+    // Four slots crash-looping for three seconds: the master sleeps between respawns.
+    let before = cpu_ticks(master);
+    let until = Instant::now() + Duration::from_secs(3);
+    sb.wait_for("three seconds of crash loop", Duration::from_secs(10), || (Instant::now() >= until).then_some(()));
+    let used = cpu_ticks(master) - before;
+    assert!(used <= 30, "the master used {used} ticks in 3 s of crash loop");
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backoff after"), "{}", describe(&out));
+}
+
+#[test]
+fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
+    let mut sb = Sandbox::new("hang");
+    let marker = sb.path("marks");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"work": "hang", "only_slot": 0, "marker_file": marker}));
+    let fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "2",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "50ms",
+        "--work-timeout",
+        "1s",
+        "--stop-timeout",
+        "1s",
+        "--task-config",
+        &config,
+    ]);
+    let first = sb.wait_for("slot 0's first call", SOON, || read_markers(&marker).into_iter().find(|m| m.slot == 0));
+    let status = sb.wait_for("slot 0 replaced", SOON, || {
+        let s = sb.status()?;
+        let pid = slot_pid(&s, 0)?;
+        (pid != first.pid as i64 && workers(&s).iter().any(|w| w["slot"] == 0 && !w["last_exit"].is_null()))
+            .then_some(s)
+    });
+    let replaced_after = Duration::from_nanos(
+        crate::harness::read_markers(&marker)
+            .iter()
+            .filter(|m| m.slot == 0 && m.pid != first.pid)
+            .map(|m| m.mono_ns)
+            .min()
+            .unwrap_or(u64::MAX)
+            .saturating_sub(first.mono_ns),
+    );
+    assert!(replaced_after >= Duration::from_millis(1000), "replaced before work_timeout: {replaced_after:?}");
+    let w0 = workers(&status).into_iter().find(|w| w["slot"] == 0).unwrap();
+    assert!(w0["last_exit"]["reason"].as_str().unwrap().contains("work_timeout"), "{w0}");
+    assert!(ProcessWaiter::new(first.pid).wait(SOON), "the hung worker is still there");
+    let log = stderr_of(&fg);
+    let line = log.lines().find(|l| l.contains("exceeded work_timeout")).unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&format!("pid={}", first.pid)) && line.contains("slot=0") && line.contains("calls_done=0"),
+        "{line}"
+    );
+    // Slot 1 was never disturbed.
+    assert!(workers(&status).iter().any(|w| w["slot"] == 1 && w["last_exit"].is_null()), "{status}");
+}
+
+#[test]
+fn an_idle_worker_in_a_long_pause_is_not_taken_for_hung() {
+    let mut sb = Sandbox::new("idle");
+    let marker = sb.path("marks");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"marker_file": marker}));
+    let _fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "3s",
+        "--work-timeout",
+        "300ms",
+        "--task-config",
+        &config,
+    ]);
+    let marks = sb.wait_for("two calls, a pause apart", SOON, || Some(read_markers(&marker)).filter(|m| m.len() >= 2));
+    assert_eq!(marks[0].pid, marks[1].pid, "the idle worker was replaced: {marks:?}");
+    assert!(workers(&sb.status().unwrap())[0]["last_exit"].is_null());
+}
+
+#[test]
+fn a_worker_over_max_rss_is_retired_and_replaced() {
+    let mut sb = Sandbox::new("memory");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"work": "grow", "grow_mib": 16}));
+    let fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "100ms",
+        "--max-rss",
+        "120MiB",
+        "--check-interval",
+        "1",
+        "--task-config",
+        &config,
+    ]);
+    let status = sb.wait_for("the grower retired", SOON, || {
+        let s = sb.status()?;
+        workers(&s).iter().any(|w| w["last_exit"]["reason"] == "normal exit").then_some(s)
+    });
+    assert_eq!(workers(&status)[0]["last_exit"]["crash"], false, "{status}");
+    let log = stderr_of(&fg);
+    assert!(log.contains("over max_rss") && log.contains("rss_bytes="), "{log}");
+}
+
+#[test]
+fn processes_a_plugin_spawned_end_with_their_worker() {
+    let sb = Sandbox::new("helpers");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let token = format!("{}-helper", sb.name);
+    let config = task_config(json!({"work": "spawn", "spawn": format!("sleep 1000; echo {token}")}));
+    let out = sb.run([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        faulty,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--task-config",
+        &config,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let helper = sb.wait_for("the helper", SOON, || processes_mentioning(&token).first().copied());
+    // Replacing the worker (it is killed) takes its helper along.
+    let worker = sb.ready_workers()[&0];
+    signal(worker, Signal::SIGKILL);
+    assert!(ProcessWaiter::new(helper).wait(SOON), "the helper outlived its worker");
+    let second = sb.wait_for("the new worker's helper", SOON, || processes_mentioning(&token).first().copied());
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(ProcessWaiter::new(second).wait(SOON), "the helper outlived the stop");
+    assert!(processes_mentioning(&token).is_empty());
+}
+
+/// A plugin whose helper leaves an orphan behind that, after a moment, writes who adopted it (its `PPid:` line)
+/// to `done` and exits.
+fn orphan_config(done: &Path) -> String {
+    let orphan = format!("(sleep 0.3; exec grep PPid /proc/self/status > {}) & exit 0", done.display());
+    task_config(json!({"work": "spawn", "spawn": orphan}))
+}
+
+/// The adopter's pid the orphan wrote, once it has.
+fn adopter(done: &Path) -> Option<i32> {
+    std::fs::read_to_string(done).ok()?.trim().strip_prefix("PPid:")?.trim().parse().ok()
+}
+
+#[test]
+fn the_subreaper_reaps_orphaned_grandchildren() {
+    let mut sb = Sandbox::new("subreaper");
+    let done = sb.path("orphan-done");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = orphan_config(&done);
+    let fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--subreaper",
+        "--task-config",
+        &config,
+    ]);
+    let master = fg.child.id() as i32;
+    let adopted_by = sb.wait_for("the orphan to finish", SOON, || adopter(&done));
+    assert_eq!(adopted_by, master, "the orphan was not adopted by the master");
+    sb.wait_for("no zombie left under the master", SOON, || zombie_children_of(master).is_empty().then_some(()));
+}
+
+#[test]
+fn as_pid_1_the_master_reaps_orphans_and_stops_on_term() {
+    let sb = Sandbox::new("pid1");
+    let done = sb.path("orphan-done");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = orphan_config(&done);
+    let stderr = std::fs::File::create(sb.path("pid1.stderr")).unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+        .arg(env!("CARGO_BIN_EXE_pmhost"))
+        .args(["start", "--name", &sb.name, "--plugin", faulty, "--workers", "1", "--execute-times", "0"])
+        .args(["--task-config", &config])
+        .env("PMHOST_PID_ROOT", sb.pid_root())
+        .env("PMHOST_STATUS_ROOT", sb.status_root())
+        .env("PMHOST_LOG_DIR", sb.path("log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let mut unshare = cmd.spawn().expect("run unshare");
+    // The master is unshare's child, PID 1 of its namespace.
+    let master = sb.wait_for("the master in its namespace", SOON, || {
+        let status = sb.status()?;
+        (status["master"]["pid"] == 1).then_some(())?;
+        processes_mentioning(&format!("Master:{}", sb.name)).first().copied()
+    });
+    let adopted_by = sb.wait_for("the orphan to finish", SOON, || adopter(&done));
+    assert_eq!(adopted_by, 1, "the orphan was not adopted by PID 1");
+    sb.wait_for("no zombie left under PID 1", SOON, || zombie_children_of(master).is_empty().then_some(()));
+    let log = std::fs::read_to_string(sb.path("pid1.stderr")).unwrap();
+    assert!(log.contains("running as PID 1"), "{log}");
+    signal(master, Signal::SIGTERM);
+    let waiter = ProcessWaiter::new(unshare.id() as i32);
+    assert!(waiter.wait(SOON), "PID 1 did not stop on SIGTERM");
+    assert_eq!(unshare.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_signal_storm_leaves_the_master_responsive() {
+    let sb = Sandbox::new("storm");
+    let hello = fixtures().hello.to_str().unwrap();
+    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "2", "--execute-times", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let master: i32 =
+        std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap();
+    for i in 0..3000 {
+        let sig = if i % 100 == 0 { Signal::SIGTTIN } else { Signal::SIGUSR1 };
+        signal(master, sig);
+    }
+    let out = sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let wanted = status["tasks"][0]["workers_wanted"].as_u64().unwrap();
+    assert!((3..=32).contains(&wanted), "TTIN in the storm: {wanted} workers wanted");
+    sb.wait_for("every wanted worker ready", SOON, || (sb.ready_workers().len() as u64 == wanted).then_some(()));
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(sb.live_processes().is_empty());
+}
+
+#[test]
+fn an_unwritable_status_file_does_not_stop_supervision() {
+    let mut sb = Sandbox::new("nostatus");
+    let marker = sb.path("marks");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"marker_file": marker}));
+    let fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "20ms",
+        "--task-config",
+        &config,
+    ]);
+    let master = fg.child.id() as i32;
+    let worker = sb.wait_for("a ready worker", SOON, || sb.ready_workers().get(&0).copied());
+    // A directory where the master's temp file goes: every status write fails from now on.
+    let blocker = sb.status_root().join(&sb.name).join(format!(".status.json.tmp.{master}"));
+    std::fs::create_dir(&blocker).unwrap();
+    signal(worker, Signal::SIGKILL);
+    // Supervision goes on: a new worker writes markers, though the status file is stale.
+    sb.wait_for("a replacement at work", SOON, || read_markers(&marker).iter().any(|m| m.pid != worker).then_some(()));
+    sb.wait_for("the failure logged", SOON, || stderr_of(&fg).contains("status stays stale").then_some(()));
+    std::fs::remove_dir(&blocker).unwrap();
+    let out = sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(slot_pid(&status, 0), Some(worker as i64), "{status}");
+}
+
+#[test]
+fn a_stopped_worker_does_not_block_a_stop() {
+    let mut sb = Sandbox::new("sigstop");
+    let hello = fixtures().hello.to_str().unwrap();
+    let mut fg =
+        sb.start_foreground(["--plugin", hello, "--workers", "2", "--execute-times", "0", "--stop-timeout", "1s"]);
+    let workers = sb.wait_for("2 ready workers", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 2));
+    signal(workers[&0], Signal::SIGSTOP);
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    for pid in workers.values() {
+        assert!(ProcessWaiter::new(*pid).wait(SOON), "worker {pid} is still there");
+    }
+}
+
+#[test]
+fn resource_limits_apply_to_workers() {
+    let sb = Sandbox::new("rlimit");
+    let hello = fixtures().hello.to_str().unwrap();
+    let out = sb.run([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        hello,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--rlimit-nofile",
+        "77",
+        "--rlimit-core",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let worker = sb.ready_workers()[&0];
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    let line = |name: &str| {
+        limits.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert!(line("Max open files").ends_with("77 77 files"), "{limits}");
+    assert!(line("Max core file size").ends_with("0 0 bytes"), "{limits}");
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn limit_jitter_spreads_retirement() {
+    let mut sb = Sandbox::new("jitter");
+    let marker = sb.path("marks");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"marker_file": marker}));
+    let _fg = sb.start_foreground([
+        "--plugin",
+        faulty,
+        "--workers",
+        "2",
+        "--execute-times",
+        "10",
+        "--execute-usleep",
+        "0",
+        "--limit-jitter",
+        "1",
+        "--task-config",
+        &config,
+    ]);
+    let lives = sb.wait_for("ten retired workers", SOON, || {
+        let marks = read_markers(&marker);
+        let mut calls: std::collections::BTreeMap<i32, u64> = Default::default();
+        for m in &marks {
+            let c = calls.entry(m.pid).or_default();
+            *c = (*c).max(m.call);
+        }
+        (calls.len() >= 12).then_some(calls)
+    });
+    // The newest workers may still be running: judge the ten oldest.
+    let mut by_age: Vec<(i32, u64)> = lives.into_iter().collect();
+    by_age.sort();
+    let retired: Vec<u64> = by_age.iter().take(10).map(|(_, calls)| *calls).collect();
+    assert!(retired.iter().all(|c| (10..=20).contains(c)), "{retired:?}");
+    let distinct: std::collections::BTreeSet<_> = retired.iter().collect();
+    assert!(distinct.len() >= 2, "no spread: {retired:?}");
+}
