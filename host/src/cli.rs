@@ -15,7 +15,8 @@ Exit codes:
   3  no master runs under that name
   4  a master already runs under that name
   5  status --check: the master runs but not every worker slot is ready
-  6  restart: the new build was refused or rolled back; the old workers keep running";
+  6  restart: the new build was refused or rolled back; the old workers keep running
+  7  start (foreground): stopped, but some workers had to be killed (stop timeout, immediate stop)";
 
 /// pmhost runs background jobs written as Rust plugins in supervised worker processes.
 ///
@@ -52,6 +53,51 @@ pub enum Command {
     /// Change the number of workers of a running master (surplus workers stop gracefully, highest slots first).
     #[command(after_help = EXIT_CODES)]
     Scale(ScaleArgs),
+    /// List every master under the pid root: running or stale, with its workers.
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Check a plugin without starting anything: load it in a probe process, report its API version, and run
+    /// its init (and shutdown) with the given config.
+    #[command(after_help = EXIT_CODES)]
+    Validate(ValidateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of pmhost.
+    Man,
+}
+
+/// `pmhost list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Directory of pid files. [default: /tmp/pm/pid]
+    #[arg(long, env = "PMHOST_PID_ROOT", value_name = "DIR")]
+    pub pid_root: Option<PathBuf>,
+    /// Directory of status directories. [default: /tmp/pm/status]
+    #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
+    pub status_root: Option<PathBuf>,
+    /// Print JSON (an array of {name, pid, state, tasks, workers, workers_wanted, generation}).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pmhost validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The plugin to check.
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    pub plugin: Option<PathBuf>,
+    /// Check every task of this config file (each plugin with its [task.config]).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The task's settings as a JSON object, handed to init.
+    #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
+    pub task_config: Option<String>,
+    /// Longest init.
+    #[arg(long, default_value = "60s", value_parser = parse_seconds, value_name = "SECS")]
+    pub init_timeout: Duration,
 }
 
 /// Which master, and where its files live.

@@ -17,6 +17,9 @@ pub mod cli {
     pub const UNHEALTHY: i32 = 5;
     /// `restart`: the new build was refused and the old workers keep running.
     pub const ROLLED_BACK: i32 = 6;
+    /// `start` (foreground): the master stopped, but some workers had to be killed (stop timeout reached, or an
+    /// immediate stop) instead of finishing their call.
+    pub const STOPPED_FORCIBLY: i32 = 7;
 }
 
 /// Exit codes of worker processes. The master reads them to tell a normal end from a crash.

@@ -242,7 +242,7 @@ fn exit(code: i32) -> ! {
 
 /// Receives the plugin's `tracing` events (through the bridge) and records them in the host's subscriber, under
 /// the worker span, with target `pmhost::run` so they land in the run log.
-extern "C" fn host_log(level: u8, target: RStr<'_>, message: RStr<'_>) {
+pub(crate) extern "C" fn host_log(level: u8, target: RStr<'_>, message: RStr<'_>) {
     let (target, message) = (target.as_str(), message.as_str());
     match level {
         1 => tracing::error!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),

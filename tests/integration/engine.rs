@@ -297,7 +297,7 @@ fn a_second_stop_request_stops_at_once() {
     signal(master, Signal::SIGTERM);
     sb.wait_for("the graceful stop to begin", SOON, || stderr_of(&fg).contains("graceful stop").then_some(()));
     signal(master, Signal::SIGINT);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(wait_exit(&mut fg, SOON), 7, "a stop that killed a worker exits 7");
     assert!(ProcessWaiter::new(hung.pid).wait(SOON));
     assert!(stderr_of(&fg).contains("second stop request"), "{}", stderr_of(&fg));
 }
@@ -323,7 +323,7 @@ fn stragglers_are_killed_after_the_stop_timeout() {
     ]);
     let hung = sb.wait_for("a hung call", SOON, || read_markers(&marker).first().cloned());
     signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(wait_exit(&mut fg, SOON), 7, "a stop that killed a worker exits 7");
     assert!(ProcessWaiter::new(hung.pid).wait(SOON), "hung worker survived");
     assert!(stderr_of(&fg).contains("stop timeout reached"), "{}", stderr_of(&fg));
 }

@@ -1,13 +1,16 @@
 //! The CLI side of each subcommand: what `pmhost start|stop|status` do in the calling process.
 
 mod error;
+mod list;
 mod plan;
 mod process;
 mod restart;
 mod scale;
+mod shell;
 mod start;
 mod status;
 mod stop;
+mod validate;
 mod watch;
 
 pub use error::CommandError;
@@ -22,5 +25,9 @@ pub fn run(cli: Cli) -> Result<i32, CommandError> {
         Command::Status(args) => status::status(args),
         Command::Restart(args) => restart::restart(args),
         Command::Scale(args) => scale::scale(args),
+        Command::List(args) => list::list(args),
+        Command::Validate(args) => validate::validate(args),
+        Command::Completions { shell } => shell::completions(shell),
+        Command::Man => shell::man(),
     }
 }

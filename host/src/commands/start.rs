@@ -58,6 +58,8 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
         None
     };
     logging::init_host(&plan.log);
+    // Read (and remove from the environment) before anything is forked or the title rewritten.
+    let notifier = crate::notify::Notifier::from_env();
 
     // From here on this process is the master: signals are read from a signalfd, not delivered.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
@@ -76,10 +78,11 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
         plugin_log_level: logging::plugin_level(),
         config_path: plan.config_path,
         overrides: plan.overrides,
+        notifier,
     };
     let master = Master::new(parts).map_err(|e| CommandError::system("set up the master's event loop", e))?;
-    master.run()?;
-    Ok(code::OK)
+    let stopped = master.run()?;
+    Ok(if stopped.forced { code::STOPPED_FORCIBLY } else { code::OK })
 }
 
 /// Removes staged copies other than `keep`: no master of this name runs (we hold its pid file), so no worker

@@ -85,6 +85,7 @@ impl Master {
         close_fds.extend(self.events.raw_fds());
         close_fds.extend(self.pid_file.as_ref().map(|p| p.raw_fd()));
         close_fds.extend(self.ready.as_ref().map(|r| r.raw_fd()));
+        close_fds.extend(self.notifier.as_ref().map(|n| n.raw_fd()));
         let spec = WorkerSpec {
             task: settings.name.clone(),
             slot,
@@ -211,6 +212,13 @@ impl Master {
         }
         let task = &mut self.tasks[worker.task];
         task.executions_done += executions;
+        let category = match (crash, worker.kill_sent, worker.stop_sent) {
+            (true, _, _) => "crash",
+            (false, true, _) => "killed",
+            (false, false, true) => "stopped",
+            (false, false, false) => "normal",
+        };
+        *task.exits.entry(category).or_default() += 1;
         let fields = (worker.slot, pid.as_raw(), executions, lived.as_millis() as u64);
         match (code, &signal) {
             (Some(code), _) if crash => warn!(
@@ -297,8 +305,11 @@ impl Master {
         }
     }
 
-    /// Kills a worker that is no longer wanted (a new worker of a rolled-back restart); not a crash.
+    /// Kills a worker that is no longer wanted (a new worker of a rolled-back restart, a straggler); not a crash.
     pub(super) fn discard_worker(&mut self, pid: Pid) {
+        if matches!(self.phase, HostPhase::Stopping { .. }) {
+            self.forced_stop = true;
+        }
         if let Some(worker) = self.workers.get_mut(&pid) {
             worker.stop_sent = true;
             worker.kill_sent = true;
@@ -309,6 +320,9 @@ impl Master {
 
     /// Kills every worker and its processes now.
     pub(super) fn kill_all(&mut self) {
+        if self.workers.values().any(|w| !w.kill_sent) {
+            self.forced_stop = true;
+        }
         for worker in self.workers.values_mut().filter(|w| !w.kill_sent) {
             worker.stop_sent = true;
             worker.kill_sent = true;

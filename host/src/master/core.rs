@@ -105,6 +105,8 @@ pub(super) struct Task {
     pub(super) slots: Vec<Slot>,
     /// `work` calls finished by workers of this task that have exited.
     pub(super) executions_done: u64,
+    /// Worker exits by reason (`normal`, `crash`, `stopped`, `killed`), for metrics.
+    pub(super) exits: BTreeMap<&'static str, u64>,
     /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
     pub(super) retired: bool,
 }
@@ -176,6 +178,15 @@ pub struct MasterParts {
     pub config_path: Option<std::path::PathBuf>,
     /// Task flags of the start, re-applied over the re-read file.
     pub overrides: crate::settings::TaskOverrides,
+    /// systemd's notify socket, when pmhost runs as a `Type=notify` service.
+    pub notifier: Option<crate::notify::Notifier>,
+}
+
+/// How the master ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Some workers had to be killed (stop timeout, immediate stop) rather than ending on their own.
+    pub forced: bool,
 }
 
 /// The master.
@@ -211,6 +222,10 @@ pub struct Master {
     pub(super) next_supervision: Option<Mono>,
     /// Net TTIN/TTOU of the current wake-up.
     pub(super) scale_signals: i32,
+    pub(super) notifier: Option<crate::notify::Notifier>,
+    pub(super) next_watchdog: Option<Mono>,
+    /// Workers were killed during the stop.
+    pub(super) forced_stop: bool,
 }
 
 impl Master {
@@ -228,6 +243,7 @@ impl Master {
                 settings,
                 slots: Vec::new(),
                 executions_done: 0,
+                exits: BTreeMap::new(),
                 retired: false,
             })
             .collect();
@@ -259,11 +275,14 @@ impl Master {
             overrides: parts.overrides,
             next_supervision: None,
             scale_signals: 0,
+            next_watchdog: parts.notifier.as_ref().and_then(|n| n.watchdog_interval()).map(|i| Mono::now() + i),
+            notifier: parts.notifier,
+            forced_stop: false,
         })
     }
 
     /// Runs until the host is stopped (Ok) or its start failed (Err).
-    pub fn run(mut self) -> Result<(), MasterError> {
+    pub fn run(mut self) -> Result<Stopped, MasterError> {
         info!(pid = std::process::id(), workers = self.wanted_workers(), "master started");
         self.adopt_orphans();
         self.schedule_supervision(Mono::now());
@@ -342,6 +361,9 @@ impl Master {
     /// QUIT: immediate stop.
     fn handle_stop_now(&mut self, signal: Signal) {
         info!(signal = signal.as_str(), workers = self.workers.len(), "immediate stop");
+        if let Some(notifier) = &self.notifier {
+            notifier.stopping();
+        }
         if !matches!(self.phase, HostPhase::Stopping { .. }) {
             self.phase = HostPhase::Stopping { kill_at: Mono::now(), outcome: Ok(()) };
         }
@@ -424,6 +446,9 @@ impl Master {
 
     /// Starts a graceful stop: every worker gets SIGTERM; stragglers get SIGKILL after `stop_timeout`.
     pub(super) fn begin_stop(&mut self, outcome: Result<(), String>) {
+        if let Some(notifier) = &self.notifier {
+            notifier.stopping();
+        }
         let kill_at = Mono::now() + self.host.stop_timeout;
         self.phase = HostPhase::Stopping { kill_at, outcome };
         let pids: Vec<Pid> = self.workers.keys().copied().collect();
@@ -476,6 +501,12 @@ impl Master {
         if self.next_supervision.is_some_and(|at| now >= at) {
             self.supervise(now);
         }
+        if self.next_watchdog.is_some_and(|at| now >= at)
+            && let Some(notifier) = &self.notifier
+        {
+            notifier.watchdog();
+            self.next_watchdog = notifier.watchdog_interval().map(|interval| now + interval);
+        }
         if let (Some(tick), Some(interval)) = (self.next_tick, self.host.check_interval)
             && now >= tick
         {
@@ -501,6 +532,7 @@ impl Master {
         }
         deadlines.extend(self.workers.values().filter(|w| !w.kill_sent).filter_map(|w| w.kill_at));
         deadlines.extend(self.next_supervision);
+        deadlines.extend(self.next_watchdog);
         deadlines.into_iter().min()
     }
 
@@ -563,6 +595,10 @@ impl Master {
             // Publish first: whoever was waiting for the start may read the status right away.
             self.dirty = true;
             self.publish_status();
+            let summary = self.summary();
+            if let Some(notifier) = &mut self.notifier {
+                notifier.ready(&summary);
+            }
             if let Some(ready) = self.ready.take() {
                 ready.send(Ok(()));
             }
@@ -581,16 +617,18 @@ impl Master {
         self.tasks.iter().filter(|t| !t.retired).map(|t| t.settings.workers).sum()
     }
 
-    /// Leaves: removes the status file and the pid file (the pid file last: it is the "running" marker).
-    fn exit(mut self, outcome: Result<(), String>) -> Result<(), MasterError> {
+    /// Leaves: removes the status and metrics files and the pid file (the pid file last: it is the "running"
+    /// marker).
+    fn exit(mut self, outcome: Result<(), String>) -> Result<Stopped, MasterError> {
         let _ = std::fs::remove_file(self.host.status_file());
+        let _ = std::fs::remove_file(self.host.status_dir().join("metrics.prom"));
         if let Some(pid_file) = self.pid_file.take() {
             pid_file.remove();
         }
         match outcome {
             Ok(()) => {
-                info!("master stopped");
-                Ok(())
+                info!(forced = self.forced_stop, "master stopped");
+                Ok(Stopped { forced: self.forced_stop })
             }
             Err(reason) => Err(MasterError::StartFailed(reason)),
         }
@@ -608,7 +646,19 @@ impl Master {
         }
         let snapshot = self.snapshot();
         let json = serde_json::to_vec_pretty(&snapshot).expect("status serializes");
-        match rundir::write_atomic(&self.host.status_file(), &json) {
+        let exits: Vec<(String, Vec<(&'static str, u64)>)> = self
+            .tasks
+            .iter()
+            .map(|t| (t.settings.name.clone(), t.exits.iter().map(|(k, v)| (*k, *v)).collect()))
+            .collect();
+        let metrics = crate::metrics::render(&snapshot, &exits);
+        let summary = self.summary();
+        if let Some(notifier) = &mut self.notifier {
+            notifier.status(&summary);
+        }
+        let written = rundir::write_atomic(&self.host.status_file(), &json)
+            .and_then(|()| rundir::write_atomic(&self.host.status_dir().join("metrics.prom"), metrics.as_bytes()));
+        match written {
             Ok(()) => self.status_write_failed = false,
             Err(e) if !self.status_write_failed => {
                 warn!("{e}: status stays stale until the directory is writable again");
@@ -618,6 +668,13 @@ impl Master {
         }
         self.dirty = false;
         self.snapshot_wanted = false;
+    }
+
+    /// One line for systemd's STATUS=: ready workers, wanted workers, generation.
+    pub(super) fn summary(&self) -> String {
+        let ready = self.workers.values().filter(|w| w.ready && !w.stop_sent).count();
+        let rolling = if self.rollout.is_some() { ", restarting" } else { "" };
+        format!("{ready}/{} workers ready, generation {}{rolling}", self.wanted_workers(), self.generation)
     }
 
     /// The current state as a status snapshot.

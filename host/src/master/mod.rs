@@ -7,4 +7,4 @@ mod rollout;
 pub mod signals;
 mod supervise;
 
-pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier};
+pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier, Stopped};

@@ -115,6 +115,9 @@ impl Master {
             queue.extend((0..self.tasks[index].settings.workers).map(|slot| (index, slot)));
         }
         info!(generation, slots = queue.len(), "restart: rolling out generation {generation}");
+        if let Some(notifier) = &self.notifier {
+            notifier.reloading();
+        }
         if let Some(record) = &mut self.last_restart {
             record.slots_total = queue.len() as u32;
         }
@@ -159,6 +162,7 @@ impl Master {
                         build,
                         slots: Vec::new(),
                         executions_done: 0,
+                        exits: Default::default(),
                         retired: false,
                     });
                 }
@@ -287,6 +291,10 @@ impl Master {
     }
 
     fn record_restart_end(&mut self, error: Option<String>) {
+        let summary = self.summary();
+        if let Some(notifier) = &mut self.notifier {
+            notifier.ready(&summary);
+        }
         if let Some(record) = &mut self.last_restart {
             record.in_progress = false;
             record.ok = error.is_none();
