@@ -21,7 +21,7 @@ use crate::{Job, Outcome, bridge};
 pub const API_VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 /// Length of [`API_VERSION_CSTR`].
 pub const API_VERSION_LEN: usize = API_VERSION_TEXT.len();
-/// [`API_VERSION_TEXT`] as a byte array, for the exported `pmhost_plugin_api_version` symbol.
+/// The version text as a byte array, for the exported `pmhost_plugin_api_version` symbol.
 pub const API_VERSION_CSTR: [u8; API_VERSION_LEN] = {
     let bytes = API_VERSION_TEXT.as_bytes();
     let mut out = [0u8; API_VERSION_LEN];
@@ -115,10 +115,21 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
         .map_err(|payload| LAST_PANIC.with(|last| last.borrow_mut().take()).unwrap_or_else(|| payload_text(&*payload)))
 }
 
-/// Exports a [`Job`](crate::Job) type as this library's pmhost plugin. Call it once, in the crate root.
+/// Exports a [`Job`](crate::Job) type as this library's pmhost plugin. Call it once, in the crate root of a
+/// `cdylib` crate.
 ///
-/// ```ignore
+/// ```
+/// use pmhost_plugin_api::{InitContext, Job, JobError, Outcome, WorkContext};
+///
+/// struct Mailer;
+///
+/// impl Job for Mailer {
+///     fn init(_ctx: &InitContext<'_>) -> Result<Self, JobError> { Ok(Mailer) }
+///     fn work(&mut self, _ctx: &WorkContext<'_>) -> Outcome { Outcome::Continue }
+/// }
+///
 /// pmhost_plugin_api::export_job!(Mailer);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! export_job {

@@ -102,6 +102,7 @@
 mod bridge;
 mod context;
 mod export;
+#[doc(hidden)]
 pub mod ffi;
 mod outcome;
 
@@ -109,12 +110,34 @@ pub use context::{InitContext, WorkContext};
 pub use outcome::{JobError, Outcome};
 pub use tracing;
 
-/// The version of this crate, which is the plugin interface version.
+/// The version of this crate, which is the plugin interface version. A plugin and the host must agree on it
+/// (the same `0.y` while below 1.0).
+///
+/// ```
+/// assert!(pmhost_plugin_api::API_VERSION.starts_with("0."));
+/// ```
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A background job: the one trait a plugin implements.
 ///
 /// The type is created in every worker by [`init`](Job::init) and lives until the worker ends.
+///
+/// ```
+/// use pmhost_plugin_api::{InitContext, Job, JobError, Outcome, WorkContext};
+///
+/// /// Counts to a limit, then asks for a fresh worker.
+/// struct Counter { seen: u64, limit: u64 }
+///
+/// impl Job for Counter {
+///     fn init(_ctx: &InitContext<'_>) -> Result<Self, JobError> {
+///         Ok(Counter { seen: 0, limit: 1000 })
+///     }
+///     fn work(&mut self, _ctx: &WorkContext<'_>) -> Outcome {
+///         self.seen += 1;
+///         if self.seen >= self.limit { Outcome::Retire } else { Outcome::Continue }
+///     }
+/// }
+/// ```
 pub trait Job: Sized + 'static {
     /// Prepares the job in a fresh worker (connections, caches). An error refuses to start this worker.
     fn init(ctx: &InitContext<'_>) -> Result<Self, JobError>;

@@ -3,6 +3,26 @@
 use std::fmt;
 
 /// The result of one `work` call.
+///
+/// ```
+/// use pmhost_plugin_api::Outcome;
+///
+/// fn step(batch: &[u32]) -> Outcome {
+///     match batch {
+///         [] => Outcome::Continue,                               // nothing to do this time
+///         [0, ..] => Outcome::Retire,                            // a poison pill: take a fresh worker
+///         [bad, ..] if *bad > 100 => Outcome::failed(format!("value {bad} out of range")),
+///         _ => Outcome::Continue,
+///     }
+/// }
+/// assert_eq!(step(&[7]), Outcome::Continue);
+/// assert_eq!(step(&[0]), Outcome::Retire);
+/// assert_eq!(step(&[101]), Outcome::Failed("value 101 out of range".into()));
+///
+/// // A `Result<(), E>` converts: Ok is Continue, Err is Failed with the error's message.
+/// let parsed: Result<(), std::num::ParseIntError> = "x".parse::<u8>().map(|_| ());
+/// assert!(matches!(Outcome::from(parsed), Outcome::Failed(_)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Carry on: the host counts the call, sleeps `execute_usleep` and calls `work` again (within the limits).

@@ -26,6 +26,8 @@ pub struct Fixtures {
     pub faulty: PathBuf,
     pub not_a_plugin: PathBuf,
     pub old_api: PathBuf,
+    /// The stand-alone plugin template (examples/plugin-template), built as a user would.
+    pub template: PathBuf,
 }
 
 fn pmhost_bin() -> PathBuf {
@@ -57,15 +59,19 @@ pub fn fixtures() -> &'static Fixtures {
             assert!(out.status.success(), "building fixtures failed:\n{}", String::from_utf8_lossy(&out.stderr));
         };
         build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin"], target_dir);
-        let old_target = target_dir.join("old-api");
-        let manifest = workspace_root().join("plugins/old-api/Cargo.toml");
-        build(&["--manifest-path", manifest.to_str().expect("utf-8 path")], &old_target);
-        let old_profile_dir = old_target.join(profile_dir.file_name().expect("profile dir name"));
+        // Crates with a workspace of their own share one target directory, so they share abi_stable's build.
+        let own_target = target_dir.join("fixtures");
+        for manifest in ["plugins/old-api/Cargo.toml", "examples/plugin-template/Cargo.toml"] {
+            let manifest = workspace_root().join(manifest);
+            build(&["--manifest-path", manifest.to_str().expect("utf-8 path")], &own_target);
+        }
+        let own_profile_dir = own_target.join(profile_dir.file_name().expect("profile dir name"));
         Fixtures {
             hello: profile_dir.join("libhello.so"),
             faulty: profile_dir.join("libfaulty.so"),
             not_a_plugin: profile_dir.join("libnot_a_plugin.so"),
-            old_api: old_profile_dir.join("libold_api_plugin.so"),
+            old_api: own_profile_dir.join("libold_api_plugin.so"),
+            template: own_profile_dir.join("libjob.so"),
         }
     })
 }

@@ -5,6 +5,7 @@ mod harness;
 mod bad_plugins;
 mod config;
 mod control;
+mod ecosystem;
 mod engine;
 mod restart;
 mod supervision;
