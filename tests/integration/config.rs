@@ -26,10 +26,6 @@ fn ready(status: &Value, task: &str) -> usize {
     task_workers(status, task).iter().filter(|w| matches!(w["state"].as_str(), Some("idle" | "busy"))).count()
 }
 
-fn master_pid(sb: &Sandbox) -> i32 {
-    std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap()
-}
-
 fn two_tasks(sb: &Sandbox, marker: &Path) -> String {
     format!(
         r#"
@@ -148,7 +144,7 @@ fn sighup_rereads_the_file_adding_a_task_and_changing_a_count() {
             fixtures().hello.display()
         );
     write_config(&sb, &edited);
-    signal(master_pid(&sb), Signal::SIGHUP);
+    signal(sb.master_pid(), Signal::SIGHUP);
     let status = sb.wait_for("3 greeters and 2 extras on the new generation", SOON, || {
         let s = sb.status()?;
         let moved = task_workers(&s, &greeter).iter().all(|w| w["generation"] == 2);
@@ -162,7 +158,7 @@ fn sighup_rereads_the_file_adding_a_task_and_changing_a_count() {
     let out = sb.run(["restart", "--name", &sb.name, "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("workers must be 1 to 1024"), "{}", describe(&out));
-    signal(master_pid(&sb), Signal::SIGHUP);
+    signal(sb.master_pid(), Signal::SIGHUP);
     let status = sb.wait_for("the refused reload recorded", SOON, || {
         let s = sb.status()?;
         (s["last_restart"]["generation"] == 3 && s["last_restart"]["in_progress"] == false).then_some(s)

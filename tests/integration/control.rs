@@ -24,11 +24,6 @@ fn stop(sb: &Sandbox) {
     assert!(sb.live_processes().is_empty(), "left running: {:?}", sb.live_processes());
 }
 
-fn master_pid(sb: &Sandbox) -> i32 {
-    let text = std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap();
-    text.trim().parse().unwrap()
-}
-
 #[test]
 fn names_outside_the_allowed_alphabet_are_refused() {
     let sb = Sandbox::new("badname");
@@ -67,7 +62,7 @@ fn run_directories_open_to_others_or_owned_by_another_user_are_refused() {
 fn a_second_start_is_refused_naming_the_running_pid() {
     let sb = Sandbox::new("twice");
     start_daemon(&sb, "1", &[]);
-    let pid = master_pid(&sb);
+    let pid = sb.master_pid();
     let plugin = fixtures().hello.to_str().unwrap();
     let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", plugin]);
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
@@ -76,7 +71,7 @@ fn a_second_start_is_refused_naming_the_running_pid() {
         "{}",
         describe(&out)
     );
-    assert_eq!(master_pid(&sb), pid, "the refused start touched the pid file");
+    assert_eq!(sb.master_pid(), pid, "the refused start touched the pid file");
     stop(&sb);
 }
 
@@ -115,7 +110,7 @@ fn a_stale_pid_file_never_blocks_a_start_nor_misdirects_a_stop() {
     assert!(bystander.try_wait().unwrap().is_none(), "the bystander was signalled");
 
     start_daemon(&sb, "1", &[]);
-    assert_ne!(master_pid(&sb), bystander.id() as i32);
+    assert_ne!(sb.master_pid(), bystander.id() as i32);
     stop(&sb);
     assert!(bystander.try_wait().unwrap().is_none(), "the bystander was signalled");
     bystander.kill().unwrap();
@@ -286,9 +281,9 @@ fn status_json_follows_the_schema_with_real_pids() {
     assert_eq!(s["state"], "running");
     assert_eq!(s["generation"], 1);
     let master = &s["master"];
-    assert_eq!(master["pid"], master_pid(&sb));
+    assert_eq!(master["pid"], sb.master_pid());
     assert_eq!(master["title"], format!("process_m:Master:{}", sb.name));
-    assert_eq!(cmdline(master_pid(&sb)), format!("process_m:Master:{}", sb.name));
+    assert_eq!(cmdline(sb.master_pid()), format!("process_m:Master:{}", sb.name));
     for key in ["rss_bytes", "started_at", "uptime_s"] {
         assert!(master[key].is_u64(), "master.{key}: {s}");
     }
@@ -346,7 +341,7 @@ fn status_check_fails_while_a_slot_has_no_ready_worker() {
 fn ps_and_pgrep_see_the_titles() {
     let sb = Sandbox::new("ps");
     start_daemon(&sb, "2", &["--title-prefix", "jobs"]);
-    let master = master_pid(&sb);
+    let master = sb.master_pid();
     let ps = Command::new("ps").args(["-o", "args=", "-p", &master.to_string()]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), format!("jobs:Master:{}", sb.name));
     let pgrep = Command::new("pgrep").args(["-f", &format!("jobs:Worker:{}", sb.name)]).output().unwrap();

@@ -168,6 +168,13 @@ impl Sandbox {
         Foreground { child, stderr_path }
     }
 
+    /// The pid the master wrote into its pid file.
+    pub fn master_pid(&self) -> i32 {
+        let path = self.pid_root().join(format!("{}.pid", self.name));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}: {text:?}", path.display()))
+    }
+
     /// Reads the status file the master keeps, if it is there and complete.
     pub fn status(&self) -> Option<Value> {
         let text = std::fs::read_to_string(self.status_file()).ok()?;

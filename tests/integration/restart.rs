@@ -174,8 +174,7 @@ fn sighup_rolls_out_like_restart() {
     let plugin = start(&sb, "2", json!({}), &[]);
     let before = pids_by_slot(&sb);
     rebuild(&plugin, 3);
-    let master: i32 =
-        std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap();
+    let master = sb.master_pid();
     signal(master, Signal::SIGHUP);
     let status = sb.wait_for("generation 2 everywhere", SOON, || {
         let s = sb.status()?;
@@ -223,8 +222,7 @@ fn scale_changes_the_worker_count_without_touching_the_others() {
 fn ttin_and_ttou_add_and_remove_one_worker() {
     let sb = Sandbox::new("ttin");
     start(&sb, "2", json!({}), &[]);
-    let master: i32 =
-        std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap();
+    let master = sb.master_pid();
     signal(master, Signal::SIGTTIN);
     sb.wait_for("3 workers", SOON, || (sb.ready_workers().len() == 3 && workers(&sb).len() == 3).then_some(()));
     signal(master, Signal::SIGTTOU);

@@ -302,8 +302,7 @@ fn a_signal_storm_leaves_the_master_responsive() {
     let hello = fixtures().hello.to_str().unwrap();
     let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "2", "--execute-times", "0"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let master: i32 =
-        std::fs::read_to_string(sb.pid_root().join(format!("{}.pid", sb.name))).unwrap().trim().parse().unwrap();
+    let master = sb.master_pid();
     for i in 0..3000 {
         let sig = if i % 100 == 0 { Signal::SIGTTIN } else { Signal::SIGUSR1 };
         signal(master, sig);
