@@ -1,5 +1,6 @@
-//! The CLI side of each subcommand: what `pmhost start|stop|status` do in the calling process.
+//! The CLI side of each subcommand: what each `pmhost` command does in the calling process.
 
+mod dispatch;
 mod error;
 mod list;
 mod plan;
@@ -13,21 +14,5 @@ mod stop;
 mod validate;
 mod watch;
 
+pub use dispatch::run;
 pub use error::CommandError;
-
-use crate::cli::{Cli, Command};
-
-/// Runs a parsed command line; `Ok` carries the exit code of a command that ran (0, or `status --check`'s 5).
-pub fn run(cli: Cli) -> Result<i32, CommandError> {
-    match cli.command {
-        Command::Start(args) => start::start(args),
-        Command::Stop(args) => stop::stop(args),
-        Command::Status(args) => status::status(args),
-        Command::Restart(args) => restart::restart(args),
-        Command::Scale(args) => scale::scale(args),
-        Command::List(args) => list::list(args),
-        Command::Validate(args) => validate::validate(args),
-        Command::Completions { shell } => shell::completions(shell),
-        Command::Man => shell::man(),
-    }
-}

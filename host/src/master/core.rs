@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -26,11 +26,10 @@ use super::signals::{self, Action};
 use crate::pidfile::PidFile;
 use crate::plugin::StagedPlugin;
 use crate::report::{Report, ReportReader};
-use crate::rundir;
 use crate::scoreboard::{CellIndex, Scoreboard};
 use crate::settings::{HostSettings, TaskSettings};
-use crate::status::{ExitStatus, Snapshot};
-use crate::sysinfo::{self, Mono};
+use crate::status::ExitStatus;
+use crate::sysinfo::Mono;
 
 /// The most workers a task may have.
 pub const MAX_WORKERS: u32 = 1024;
@@ -376,74 +375,6 @@ impl Master {
         self.restart_queue.push_back(super::rollout::RestartOrder::default());
     }
 
-    /// USR2: the CLI left control requests.
-    fn handle_requests(&mut self) {
-        for request in crate::requests::take_all(&self.host.status_dir()) {
-            match request {
-                crate::requests::Request::Restart { id, plugin, task, surge, init_timeout_ms } => {
-                    info!(request = %id, "restart requested");
-                    self.restart_queue.push_back(super::rollout::RestartOrder {
-                        request_id: Some(id),
-                        plugin,
-                        task,
-                        surge,
-                        init_timeout: init_timeout_ms.map(Duration::from_millis),
-                    });
-                }
-                crate::requests::Request::Scale { id, task, workers } => {
-                    let error = self.scale_to(task.as_deref(), workers).err();
-                    self.last_scale = Some(crate::status::ScaleStatus { request_id: id, error });
-                }
-            }
-        }
-        self.dirty = true;
-    }
-
-    /// TTIN/TTOU: one worker more or fewer (never below one) for every task. A burst of these signals within
-    /// one wake-up counts as one step in its net direction, so a signal storm cannot fork hundreds of workers.
-    fn apply_scale_signals(&mut self) {
-        let net = std::mem::take(&mut self.scale_signals);
-        if net.abs() > 1 {
-            info!(net, "coalescing a burst of scale signals into one step");
-        }
-        if net != 0 {
-            self.handle_scale(net.signum());
-        }
-    }
-
-    fn handle_scale(&mut self, delta: i32) {
-        let live: Vec<usize> = (0..self.tasks.len()).filter(|i| !self.tasks[*i].retired).collect();
-        for index in live {
-            let wanted = self.tasks[index].settings.workers.saturating_add_signed(delta).clamp(1, MAX_WORKERS);
-            let name = self.tasks[index].settings.name.clone();
-            let _ = self.scale_to(Some(&name), wanted);
-        }
-    }
-
-    /// Sets the worker count of one task (or of every task); surplus slots are stopped gracefully by
-    /// `manage_workers`, the highest first.
-    fn scale_to(&mut self, task: Option<&str>, workers: u32) -> Result<(), String> {
-        if matches!(self.phase, HostPhase::Stopping { .. }) {
-            return Err("the host is stopping".to_owned());
-        }
-        if !(1..=MAX_WORKERS).contains(&workers) {
-            return Err(format!("worker count {workers} is out of range 1..={MAX_WORKERS}"));
-        }
-        if let Some(name) = task
-            && !self.tasks.iter().any(|t| t.settings.name == name && !t.retired)
-        {
-            return Err(format!("no task named {name}"));
-        }
-        for t in self.tasks.iter_mut().filter(|t| !t.retired && task.is_none_or(|name| t.settings.name == name)) {
-            if t.settings.workers != workers {
-                info!(task = %t.settings.name, from = t.settings.workers, to = workers, "scaling");
-                t.settings.workers = workers;
-            }
-        }
-        self.dirty = true;
-        Ok(())
-    }
-
     /// Starts a graceful stop: every worker gets SIGTERM; stragglers get SIGKILL after `stop_timeout`.
     pub(super) fn begin_stop(&mut self, outcome: Result<(), String>) {
         if let Some(notifier) = &self.notifier {
@@ -613,7 +544,7 @@ impl Master {
         self.kill_all();
     }
 
-    fn wanted_workers(&self) -> u32 {
+    pub(super) fn wanted_workers(&self) -> u32 {
         self.tasks.iter().filter(|t| !t.retired).map(|t| t.settings.workers).sum()
     }
 
@@ -632,147 +563,5 @@ impl Master {
             }
             Err(reason) => Err(MasterError::StartFailed(reason)),
         }
-    }
-
-    /// Writes `status.json` if anything changed or a snapshot was asked for (then with fresh memory figures).
-    fn publish_status(&mut self) {
-        if !self.dirty && !self.snapshot_wanted {
-            return;
-        }
-        if self.snapshot_wanted {
-            for worker in self.workers.values_mut() {
-                worker.rss = sysinfo::rss_bytes(worker.pid.as_raw());
-            }
-        }
-        let snapshot = self.snapshot();
-        let json = serde_json::to_vec_pretty(&snapshot).expect("status serializes");
-        let exits: Vec<(String, Vec<(&'static str, u64)>)> = self
-            .tasks
-            .iter()
-            .map(|t| (t.settings.name.clone(), t.exits.iter().map(|(k, v)| (*k, *v)).collect()))
-            .collect();
-        let metrics = crate::metrics::render(&snapshot, &exits);
-        let summary = self.summary();
-        if let Some(notifier) = &mut self.notifier {
-            notifier.status(&summary);
-        }
-        let written = rundir::write_atomic(&self.host.status_file(), &json)
-            .and_then(|()| rundir::write_atomic(&self.host.status_dir().join("metrics.prom"), metrics.as_bytes()));
-        match written {
-            Ok(()) => self.status_write_failed = false,
-            Err(e) if !self.status_write_failed => {
-                warn!("{e}: status stays stale until the directory is writable again");
-                self.status_write_failed = true;
-            }
-            Err(_) => {}
-        }
-        self.dirty = false;
-        self.snapshot_wanted = false;
-    }
-
-    /// One line for systemd's STATUS=: ready workers, wanted workers, generation.
-    pub(super) fn summary(&self) -> String {
-        let ready = self.workers.values().filter(|w| w.ready && !w.stop_sent).count();
-        let rolling = if self.rollout.is_some() { ", restarting" } else { "" };
-        format!("{ready}/{} workers ready, generation {}{rolling}", self.wanted_workers(), self.generation)
-    }
-
-    /// The current state as a status snapshot.
-    pub(super) fn snapshot(&self) -> Snapshot {
-        use crate::status::{MasterStatus, TaskStatus, WorkerStatus};
-        let now = SystemTime::now();
-        let state = match (&self.phase, &self.startup) {
-            (HostPhase::Stopping { .. }, _) => "stopping",
-            (HostPhase::Running, Some(_)) => "starting",
-            (HostPhase::Running, None) => "running",
-        };
-        let tasks = self
-            .tasks
-            .iter()
-            .enumerate()
-            .filter(|(index, task)| !task.retired || self.workers.values().any(|w| w.task == *index))
-            .map(|(index, task)| {
-                let workers: Vec<WorkerStatus> = self
-                    .workers
-                    .values()
-                    .filter(|w| w.task == index)
-                    .map(|w| {
-                        let cell = self.board.cell(w.cell);
-                        let slot = task.slots.get(w.slot as usize);
-                        WorkerStatus {
-                            slot: w.slot,
-                            pid: w.pid.as_raw(),
-                            title: self.host.worker_title(&task.settings.name),
-                            state: worker_state(w, cell).to_owned(),
-                            executions: cell.executions(),
-                            generation: w.generation,
-                            plugin_sha256: w.plugin_sha256.clone(),
-                            rss_bytes: w.rss,
-                            started_at: sysinfo::unix_seconds(w.started_wall),
-                            restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
-                            last_exit: slot.and_then(|s| s.last_exit.clone()),
-                        }
-                    })
-                    .collect();
-                let live: u64 = workers.iter().map(|w| w.executions).sum();
-                let now_mono = Mono::now();
-                let backoff = task
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(slot, _)| (*slot as u32) < task.settings.workers && !task.retired)
-                    .filter(|(slot, _)| !workers.iter().any(|w| w.slot == *slot as u32))
-                    .filter_map(|(slot, state)| {
-                        let at = state.respawn_at.filter(|at| *at > now_mono)?;
-                        Some(crate::status::BackoffStatus {
-                            slot: slot as u32,
-                            crashes: state.crashes,
-                            next_attempt_in_ms: at.since(now_mono).as_millis() as u64,
-                            last_exit: state.last_exit.clone(),
-                        })
-                    })
-                    .collect();
-                TaskStatus {
-                    name: task.settings.name.clone(),
-                    plugin: task.build.plugin.original.display().to_string(),
-                    plugin_sha256: task.build.plugin.sha256.clone(),
-                    workers_wanted: if task.retired { 0 } else { task.settings.workers },
-                    executions_total: task.executions_done + live,
-                    workers,
-                    backoff,
-                }
-            })
-            .collect();
-        Snapshot {
-            name: self.host.name.clone(),
-            state: state.to_owned(),
-            master: MasterStatus {
-                pid: std::process::id() as i32,
-                title: self.host.master_title(),
-                rss_bytes: sysinfo::rss_bytes(std::process::id() as i32),
-                started_at: sysinfo::unix_seconds(self.started_wall),
-                uptime_s: now.duration_since(self.started_wall).unwrap_or(Duration::ZERO).as_secs(),
-            },
-            generation: self.generation,
-            written_at_mono_ns: sysinfo::monotonic_ns(),
-            written_at: sysinfo::unix_seconds(now),
-            last_restart: self.last_restart.clone(),
-            last_scale: self.last_scale.clone(),
-            tasks,
-        }
-    }
-}
-
-fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str {
-    use crate::scoreboard::Phase;
-    if worker.stop_sent {
-        return "stopping";
-    }
-    match cell.phase() {
-        Phase::Loading => "loading",
-        Phase::Initializing => "initializing",
-        Phase::Stopping => "stopping",
-        Phase::Running if cell.busy() => "busy",
-        Phase::Running => "idle",
     }
 }

@@ -4,7 +4,9 @@ mod children;
 mod core;
 mod events;
 mod rollout;
+mod scaling;
 pub mod signals;
+mod snapshot;
 mod supervise;
 
 pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier, Stopped};

@@ -1,0 +1,155 @@
+//! The master's reports: `status.json` and `metrics.prom` written atomically, the one-line summary for systemd,
+//! and the snapshot they are built from.
+
+use std::time::{Duration, SystemTime};
+
+use tracing::warn;
+
+use super::core::{HostPhase, Master, Worker};
+use crate::rundir;
+use crate::status::Snapshot;
+use crate::sysinfo::{self, Mono};
+
+impl Master {
+    /// Writes `status.json` if anything changed or a snapshot was asked for (then with fresh memory figures).
+    pub(super) fn publish_status(&mut self) {
+        if !self.dirty && !self.snapshot_wanted {
+            return;
+        }
+        if self.snapshot_wanted {
+            for worker in self.workers.values_mut() {
+                worker.rss = sysinfo::rss_bytes(worker.pid.as_raw());
+            }
+        }
+        let snapshot = self.snapshot();
+        let json = serde_json::to_vec_pretty(&snapshot).expect("status serializes");
+        let exits: Vec<(String, Vec<(&'static str, u64)>)> = self
+            .tasks
+            .iter()
+            .map(|t| (t.settings.name.clone(), t.exits.iter().map(|(k, v)| (*k, *v)).collect()))
+            .collect();
+        let metrics = crate::metrics::render(&snapshot, &exits);
+        let summary = self.summary();
+        if let Some(notifier) = &mut self.notifier {
+            notifier.status(&summary);
+        }
+        let written = rundir::write_atomic(&self.host.status_file(), &json)
+            .and_then(|()| rundir::write_atomic(&self.host.status_dir().join("metrics.prom"), metrics.as_bytes()));
+        match written {
+            Ok(()) => self.status_write_failed = false,
+            Err(e) if !self.status_write_failed => {
+                warn!("{e}: status stays stale until the directory is writable again");
+                self.status_write_failed = true;
+            }
+            Err(_) => {}
+        }
+        self.dirty = false;
+        self.snapshot_wanted = false;
+    }
+
+    /// One line for systemd's STATUS=: ready workers, wanted workers, generation.
+    pub(super) fn summary(&self) -> String {
+        let ready = self.workers.values().filter(|w| w.ready && !w.stop_sent).count();
+        let rolling = if self.rollout.is_some() { ", restarting" } else { "" };
+        format!("{ready}/{} workers ready, generation {}{rolling}", self.wanted_workers(), self.generation)
+    }
+
+    /// The current state as a status snapshot.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        use crate::status::{MasterStatus, TaskStatus, WorkerStatus};
+        let now = SystemTime::now();
+        let state = match (&self.phase, &self.startup) {
+            (HostPhase::Stopping { .. }, _) => "stopping",
+            (HostPhase::Running, Some(_)) => "starting",
+            (HostPhase::Running, None) => "running",
+        };
+        let tasks = self
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(index, task)| !task.retired || self.workers.values().any(|w| w.task == *index))
+            .map(|(index, task)| {
+                let workers: Vec<WorkerStatus> = self
+                    .workers
+                    .values()
+                    .filter(|w| w.task == index)
+                    .map(|w| {
+                        let cell = self.board.cell(w.cell);
+                        let slot = task.slots.get(w.slot as usize);
+                        WorkerStatus {
+                            slot: w.slot,
+                            pid: w.pid.as_raw(),
+                            title: self.host.worker_title(&task.settings.name),
+                            state: worker_state(w, cell).to_owned(),
+                            executions: cell.executions(),
+                            generation: w.generation,
+                            plugin_sha256: w.plugin_sha256.clone(),
+                            rss_bytes: w.rss,
+                            started_at: sysinfo::unix_seconds(w.started_wall),
+                            restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
+                            last_exit: slot.and_then(|s| s.last_exit.clone()),
+                        }
+                    })
+                    .collect();
+                let live: u64 = workers.iter().map(|w| w.executions).sum();
+                let now_mono = Mono::now();
+                let backoff = task
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(slot, _)| (*slot as u32) < task.settings.workers && !task.retired)
+                    .filter(|(slot, _)| !workers.iter().any(|w| w.slot == *slot as u32))
+                    .filter_map(|(slot, state)| {
+                        let at = state.respawn_at.filter(|at| *at > now_mono)?;
+                        Some(crate::status::BackoffStatus {
+                            slot: slot as u32,
+                            crashes: state.crashes,
+                            next_attempt_in_ms: at.since(now_mono).as_millis() as u64,
+                            last_exit: state.last_exit.clone(),
+                        })
+                    })
+                    .collect();
+                TaskStatus {
+                    name: task.settings.name.clone(),
+                    plugin: task.build.plugin.original.display().to_string(),
+                    plugin_sha256: task.build.plugin.sha256.clone(),
+                    workers_wanted: if task.retired { 0 } else { task.settings.workers },
+                    executions_total: task.executions_done + live,
+                    workers,
+                    backoff,
+                }
+            })
+            .collect();
+        Snapshot {
+            name: self.host.name.clone(),
+            state: state.to_owned(),
+            master: MasterStatus {
+                pid: std::process::id() as i32,
+                title: self.host.master_title(),
+                rss_bytes: sysinfo::rss_bytes(std::process::id() as i32),
+                started_at: sysinfo::unix_seconds(self.started_wall),
+                uptime_s: now.duration_since(self.started_wall).unwrap_or(Duration::ZERO).as_secs(),
+            },
+            generation: self.generation,
+            written_at_mono_ns: sysinfo::monotonic_ns(),
+            written_at: sysinfo::unix_seconds(now),
+            last_restart: self.last_restart.clone(),
+            last_scale: self.last_scale.clone(),
+            tasks,
+        }
+    }
+}
+
+fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str {
+    use crate::scoreboard::Phase;
+    if worker.stop_sent {
+        return "stopping";
+    }
+    match cell.phase() {
+        Phase::Loading => "loading",
+        Phase::Initializing => "initializing",
+        Phase::Stopping => "stopping",
+        Phase::Running if cell.busy() => "busy",
+        Phase::Running => "idle",
+    }
+}
