@@ -71,6 +71,14 @@ fn restart_after_a_rebuild_moves_every_slot_to_the_new_build() {
     assert_eq!(status["generation"], 2);
     assert_eq!(status["last_restart"]["ok"], true, "{status}");
     assert_eq!(status["last_restart"]["generation"], 2, "{status}");
+    // Only the build in use stays staged.
+    let staged: Vec<String> = std::fs::read_dir(sb.status_root().join(&sb.name).join("plugins"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".so"))
+        .collect();
+    assert_eq!(staged, [format!("{}.so", new_sha.as_str().unwrap())], "{staged:?}");
     stop(&sb);
 }
 

@@ -290,7 +290,25 @@ impl Master {
         self.record_restart_end(None);
     }
 
+    /// Removes staged plugin copies no task or slot runs any more. A worker still finishing its call keeps its
+    /// mapping of a removed file: unlinking a mapped file is harmless.
+    fn prune_staged_builds(&self) {
+        let in_use: Vec<&std::path::Path> = self
+            .tasks
+            .iter()
+            .flat_map(|t| std::iter::once(&t.build).chain(t.slots.iter().filter_map(|s| s.build.as_ref())))
+            .map(|b| b.plugin.staged.as_path())
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.host.plugins_dir()) else { return };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|e| e == "so") && !in_use.contains(&path.as_path()) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     fn record_restart_end(&mut self, error: Option<String>) {
+        self.prune_staged_builds();
         let summary = self.summary();
         if let Some(notifier) = &mut self.notifier {
             notifier.ready(&summary);
