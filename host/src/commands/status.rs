@@ -1,15 +1,19 @@
-//! `pmhost status`: ask the master for a fresh snapshot (SIGUSR1), wait for it to land (inotify on the status
-//! directory, with a deadline), then print it as a table or JSON, or judge health for `--check`.
+//! `pmhost status`: ask the master for a fresh snapshot (SIGUSR1), wait for its answer (SIGURG once the snapshot
+//! is written, with a deadline; no fixed sleep, no directory watch), then print it as a table or JSON, or judge
+//! health for `--check`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use super::CommandError;
 use super::plan::resolve_target;
-use super::process::find_master;
-use super::watch::StatusWatch;
+use super::process::{MasterHandle, find_master};
 use crate::cli::StatusArgs;
 use crate::exit::cli as code;
+use crate::master::SNAPSHOT_WRITTEN;
 use crate::master::signals::{Action, signal_for};
+use crate::rundir;
 use crate::status::{Snapshot, render_table};
 use crate::sysinfo;
 
@@ -17,18 +21,13 @@ use crate::sysinfo;
 pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
     let target = resolve_target(&args.target)?;
     let master = find_master(&target)?;
-    let watch = StatusWatch::new(&target.status_dir())?;
-    let asked_at = sysinfo::monotonic_ns();
-    master.signal(signal_for(Action::Snapshot))?;
-    let deadline = Instant::now() + args.timeout;
-    let snapshot =
-        watch.wait_for(deadline, |s| (s.written_at_mono_ns >= asked_at).then(|| s.clone()))?.ok_or_else(|| {
-            CommandError::NoSnapshot {
-                name: target.name.clone(),
-                pid: master.pid.as_raw(),
-                waited_ms: args.timeout.as_millis() as u64,
-            }
-        })?;
+    let path = target.status_dir().join("status.json");
+    let no_snapshot = || CommandError::NoSnapshot {
+        name: target.name.clone(),
+        pid: master.pid.as_raw(),
+        waited_ms: args.timeout.as_millis() as u64,
+    };
+    let snapshot = fresh_snapshot(&master, &path, args.timeout)?.ok_or_else(no_snapshot)?;
     if args.check {
         return Ok(if healthy(&snapshot) { code::OK } else { code::UNHEALTHY });
     }
@@ -38,6 +37,48 @@ pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
         print!("{}", render_table(&snapshot));
     }
     Ok(code::OK)
+}
+
+/// Asks the master for a snapshot and returns it once written; `None` at the deadline.
+fn fresh_snapshot(
+    master: &MasterHandle,
+    path: &std::path::Path,
+    timeout: Duration,
+) -> Result<Option<Snapshot>, CommandError> {
+    let mut answer = SigSet::empty();
+    answer.add(SNAPSHOT_WRITTEN);
+    // Blocked, the answer stays pending until we wait for it, however fast the master is.
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&answer), None).map_err(|e| CommandError::system("block SIGURG", e))?;
+    let asked_at = sysinfo::monotonic_ns();
+    master.signal(signal_for(Action::Snapshot))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(snapshot) = read_snapshot(path)?
+            && snapshot.written_at_mono_ns >= asked_at
+        {
+            return Ok(Some(snapshot));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        wait_signal(&answer, left);
+    }
+}
+
+/// Waits for a signal in `set` (blocked), at most `timeout`.
+fn wait_signal(set: &SigSet, timeout: Duration) {
+    let timeout =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    // SAFETY: the set is a valid sigset_t, the info pointer may be null, the timespec lives across the call.
+    unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
+}
+
+fn read_snapshot(path: &std::path::Path) -> Result<Option<Snapshot>, CommandError> {
+    let Ok(file) = rundir::open_read_nofollow(path) else { return Ok(None) };
+    serde_json::from_reader(std::io::BufReader::new(file))
+        .map(Some)
+        .map_err(|source| CommandError::BadStatus { path: path.to_owned(), source })
 }
 
 /// Running, and every wanted slot has a ready worker.

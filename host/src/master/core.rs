@@ -213,6 +213,8 @@ pub struct Master {
     pub(super) next_tick: Option<Mono>,
     pub(super) dirty: bool,
     pub(super) snapshot_wanted: bool,
+    /// Processes that asked for a snapshot (SIGUSR1) and get SIGURG once it is written.
+    pub(super) snapshot_acks: Vec<Pid>,
     pub(super) plugin_log_level: u8,
     pub(super) status_write_failed: bool,
     pub(super) config_path: Option<std::path::PathBuf>,
@@ -268,6 +270,7 @@ impl Master {
             started_wall: SystemTime::now(),
             dirty: true,
             snapshot_wanted: true,
+            snapshot_acks: Vec::new(),
             plugin_log_level: parts.plugin_log_level,
             status_write_failed: false,
             config_path: parts.config_path,
@@ -303,8 +306,8 @@ impl Master {
             };
             self.read_reports();
             self.reap_workers();
-            for signal in woken.signals {
-                self.handle_signal(signal);
+            for (signal, sender) in woken.signals {
+                self.handle_signal(signal, sender);
             }
             self.apply_scale_signals();
             self.handle_deadlines();
@@ -327,14 +330,14 @@ impl Master {
         }
     }
 
-    fn handle_signal(&mut self, signal: Signal) {
+    fn handle_signal(&mut self, signal: Signal, sender: Pid) {
         let Some(action) = signals::action_of(signal) else { return };
         match action {
             Action::Reap => {} // done on every wake-up
             Action::Stop => self.handle_stop(signal),
             Action::StopNow => self.handle_stop_now(signal),
             Action::Restart => self.handle_restart(),
-            Action::Snapshot => self.snapshot_wanted = true,
+            Action::Snapshot => self.handle_snapshot_request(sender),
             Action::Requests => self.handle_requests(),
             Action::ScaleUp => self.scale_signals += 1,
             Action::ScaleDown => self.scale_signals -= 1,

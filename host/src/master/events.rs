@@ -9,6 +9,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::unistd::Pid;
 
 use crate::report::ReportReader;
 use crate::sysinfo::Mono;
@@ -16,8 +17,8 @@ use crate::sysinfo::Mono;
 /// What woke the master.
 #[derive(Debug, Default)]
 pub struct Woken {
-    /// Signals received, in arrival order.
-    pub signals: Vec<Signal>,
+    /// Signals received, in arrival order, with the sending process.
+    pub signals: Vec<(Signal, Pid)>,
     /// The deadline timer fired.
     pub timer: bool,
 }
@@ -79,7 +80,7 @@ impl Events {
         if readable(&fds[0]) {
             while let Ok(Some(info)) = self.signals.read_signal() {
                 if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
-                    woken.signals.push(signal);
+                    woken.signals.push((signal, Pid::from_raw(info.ssi_pid as i32)));
                 }
             }
         }

@@ -10,3 +10,4 @@ mod snapshot;
 mod supervise;
 
 pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier, Stopped};
+pub use snapshot::SNAPSHOT_WRITTEN;

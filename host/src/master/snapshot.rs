@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tracing::warn;
 
 use super::core::{HostPhase, Master, Worker};
@@ -10,7 +12,19 @@ use crate::rundir;
 use crate::status::Snapshot;
 use crate::sysinfo::{self, Mono};
 
+/// The signal that tells a `pmhost status` its snapshot is written. Its default action is to be ignored, so it
+/// harms no process that merely sent SIGUSR1 by hand.
+pub const SNAPSHOT_WRITTEN: Signal = Signal::SIGURG;
+
 impl Master {
+    /// USR1: write a fresh snapshot, then tell the sender.
+    pub(super) fn handle_snapshot_request(&mut self, sender: Pid) {
+        self.snapshot_wanted = true;
+        if sender.as_raw() > 0 && !self.snapshot_acks.contains(&sender) {
+            self.snapshot_acks.push(sender);
+        }
+    }
+
     /// Writes `status.json` if anything changed or a snapshot was asked for (then with fresh memory figures).
     pub(super) fn publish_status(&mut self) {
         if !self.dirty && !self.snapshot_wanted {
@@ -36,7 +50,14 @@ impl Master {
         let written = rundir::write_atomic(&self.host.status_file(), &json)
             .and_then(|()| rundir::write_atomic(&self.host.status_dir().join("metrics.prom"), metrics.as_bytes()));
         match written {
-            Ok(()) => self.status_write_failed = false,
+            Ok(()) => {
+                self.status_write_failed = false;
+                // The senders wait on this signal instead of watching the directory (an inotify watch costs its
+                // owner milliseconds of kernel cleanup when it is closed).
+                for sender in self.snapshot_acks.drain(..) {
+                    let _ = kill(sender, SNAPSHOT_WRITTEN);
+                }
+            }
             Err(e) if !self.status_write_failed => {
                 warn!("{e}: status stays stale until the directory is writable again");
                 self.status_write_failed = true;

@@ -55,47 +55,31 @@ pub enum StageError {
 
 /// Copies `plugin` into `dir` (a private run directory) under the hash of its bytes.
 ///
-/// The file is streamed once: copied into a temp file while it is hashed, then renamed to `{sha256}.so`. So the
-/// name always matches the bytes even if the file is being rebuilt meanwhile, and the caller (the master) never
-/// holds a whole plugin in memory, which its forked workers would inherit.
+/// The file is read once to hash it; when `{sha256}.so` is already staged (a restart of the build the CLI just
+/// checked, or of the same build) nothing is written. Otherwise it is copied into a temp file while hashed again,
+/// and renamed to the hash of the bytes actually copied, so the name always matches the content even if the file
+/// is being rebuilt meanwhile. Streaming keeps a whole plugin out of the caller's memory (the master's forked
+/// workers would inherit it).
 pub fn stage(plugin: &Path, dir: &Path) -> Result<StagedPlugin, StageError> {
     let original = std::path::absolute(plugin).unwrap_or_else(|_| plugin.to_owned());
-    let read_err = |source| StageError::Read { path: original.clone(), source };
-    let mut source = match fs::File::open(&original) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StageError::Missing { path: original }),
-        Err(e) => return Err(read_err(e)),
-    };
-    let mut magic = [0u8; 4];
-    if source.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
-        return Err(StageError::NotElf { path: original });
+    let (sha256, len) = digest(&original, None)?;
+    let staged = dir.join(format!("{sha256}.so"));
+    if fs::symlink_metadata(&staged).is_ok_and(|meta| meta.is_file() && meta.len() == len) {
+        return Ok(StagedPlugin { original, staged, sha256 });
     }
     let copy_err = |e: io::Error| StageError::Copy {
         path: original.clone(),
         source: rundir::RunDirError::Write { path: dir.to_owned(), source: e },
     };
-    let (mut temp, temp_path) = rundir::create_temp_for(&dir.join("incoming.so")).map_err(copy_err)?;
-    let mut hasher = Sha256::new();
-    hasher.update(magic);
-    let copied = temp.write_all(&magic).and_then(|()| {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match source.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.update(&buf[..n]);
-            temp.write_all(&buf[..n])?;
+    let (temp, temp_path) = rundir::create_temp_for(&dir.join("incoming.so")).map_err(copy_err)?;
+    let copied = digest(&original, Some(temp));
+    let sha256 = match copied {
+        Ok((sha256, _)) => sha256,
+        Err(e) => {
+            let _ = fs::remove_file(&temp_path);
+            return Err(e);
         }
-    });
-    drop(temp);
-    if let Err(e) = copied {
-        let _ = fs::remove_file(&temp_path);
-        return Err(copy_err(e));
-    }
-    let sha256 = hex(&hasher.finalize());
+    };
     let staged = dir.join(format!("{sha256}.so"));
     // Renaming over an identical copy that workers have mapped is harmless: they keep the old inode.
     if let Err(e) = fs::rename(&temp_path, &staged) {
@@ -103,6 +87,42 @@ pub fn stage(plugin: &Path, dir: &Path) -> Result<StagedPlugin, StageError> {
         return Err(copy_err(e));
     }
     Ok(StagedPlugin { original, staged, sha256 })
+}
+
+/// Hashes the plugin at `path` (checking it is an ELF file), copying it into `copy` on the way if given.
+fn digest(path: &Path, mut copy: Option<fs::File>) -> Result<(String, u64), StageError> {
+    let read_err = |source| StageError::Read { path: path.to_owned(), source };
+    let mut source = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StageError::Missing { path: path.to_owned() }),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len: u64 = 0;
+    loop {
+        let n = match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        if len == 0 && !buf[..n].starts_with(b"\x7fELF") {
+            return Err(StageError::NotElf { path: path.to_owned() });
+        }
+        hasher.update(&buf[..n]);
+        if let Some(file) = &mut copy {
+            file.write_all(&buf[..n]).map_err(|source| StageError::Copy {
+                path: path.to_owned(),
+                source: rundir::RunDirError::Write { path: path.to_owned(), source },
+            })?;
+        }
+        len += n as u64;
+    }
+    if len == 0 {
+        return Err(StageError::NotElf { path: path.to_owned() });
+    }
+    Ok((hex(&hasher.finalize()), len))
 }
 
 fn hex(bytes: &[u8]) -> String {

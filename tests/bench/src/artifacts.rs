@@ -1,0 +1,63 @@
+//! Finds the `pmhost` binary and the bench plugin built with this program's own profile, building them first
+//! (cargo does nothing when they are fresh), the way the integration harness builds its fixtures: same profile,
+//! same target directory, never a hard-coded `target/debug`.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The programs a benchmark drives.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// The `pmhost` binary.
+    pub pmhost: PathBuf,
+    /// The bench plugin (`libbench.so`).
+    pub plugin: PathBuf,
+    /// The cargo profile both were built with (`release` for real figures).
+    pub profile: String,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The profile directory (`target/release`, `target/debug`...) of the running executable: binaries live in it,
+/// tests and benches in its `deps/`.
+fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the running executable")?;
+    let mut dir = exe.parent().context("the executable has a directory")?.to_owned();
+    if dir.file_name().is_some_and(|name| name == "deps" || name == "examples") {
+        dir = dir.parent().context("deps/ has a parent")?.to_owned();
+    }
+    Ok(dir)
+}
+
+/// Builds `pmhost` and the bench plugin with the profile this executable was built with, into the same target
+/// directory, and returns their paths.
+pub fn build() -> Result<Artifacts> {
+    let profile_dir = profile_dir()?;
+    let target_dir = profile_dir.parent().context("the profile directory has a parent")?;
+    let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "-p", "pmhost", "-p", "bench", "--profile", &profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(workspace_root());
+    eprintln!("$ {cmd:?}");
+    let out = cmd.output().with_context(|| format!("run {cargo}"))?;
+    if !out.status.success() {
+        bail!("building pmhost and the bench plugin failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let artifacts = Artifacts { pmhost: profile_dir.join("pmhost"), plugin: profile_dir.join("libbench.so"), profile };
+    for path in [&artifacts.pmhost, &artifacts.plugin] {
+        if !path.is_file() {
+            bail!("cargo built nothing at {}", path.display());
+        }
+    }
+    Ok(artifacts)
+}

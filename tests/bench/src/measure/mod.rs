@@ -1,0 +1,8 @@
+//! The measurements, one file per group of figures that share a host setup.
+
+pub mod inflight;
+pub mod lifecycle;
+pub mod overhead;
+pub mod quiet;
+pub mod respawn;
+pub mod restart;
