@@ -98,9 +98,9 @@ fn restart_to_another_plugin_file() {
 fn work_goes_on_during_a_restart() {
     let sb = Sandbox::new("nogap");
     let marker = sb.path("marks");
-    // A slow init (1 s): a restart that stopped the old workers before the new ones were ready would leave a
+    // A slow init (2 s): a restart that stopped the old workers before the new ones were ready would leave a
     // gap of at least that long.
-    let config = json!({"marker_file": marker, "init_ms": 1000});
+    let config = json!({"marker_file": marker, "init_ms": 2000});
     let plugin = start(&sb, "2", config, &["--execute-usleep", "50ms"]);
     rebuild(&plugin, 2);
     let before = read_markers(&marker).len();
@@ -117,7 +117,7 @@ fn work_goes_on_during_a_restart() {
     let window = &marks[..=first_new + 5.min(marks.len() - 1 - first_new)];
     let longest = window.windows(2).map(|p| p[1].mono_ns - p[0].mono_ns).max().unwrap_or(0);
     let longest = Duration::from_nanos(longest);
-    assert!(longest < Duration::from_millis(700), "no work for {longest:?} during the restart");
+    assert!(longest < Duration::from_millis(1200), "no work for {longest:?} during the restart");
     stop(&sb);
 }
 
