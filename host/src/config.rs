@@ -15,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::duration::{self, BareUnit};
 use crate::logging::{Format, Rotation};
+use crate::settings::TaskValues;
 
 /// A config file could not be used.
 #[derive(Debug, Error)]
@@ -111,27 +112,11 @@ struct FileShape {
     task: Vec<TaskSection>,
 }
 
-/// A task as the file describes it, values checked and paths resolved.
+/// A task as the file describes it, values checked and paths resolved (`values.plugin` is always set).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSpec {
     pub name: String,
-    pub plugin: PathBuf,
-    pub workers: Option<u32>,
-    pub execute_times: Option<u64>,
-    pub execute_usleep: Option<Duration>,
-    pub limit_seconds: Option<Duration>,
-    pub init_timeout: Option<Duration>,
-    pub backoff_initial: Option<Duration>,
-    pub backoff_max: Option<Duration>,
-    pub backoff_reset: Option<Duration>,
-    pub work_timeout: Option<Duration>,
-    pub max_rss: Option<u64>,
-    pub limit_jitter: Option<f64>,
-    pub rlimit_nofile: Option<u64>,
-    pub rlimit_as: Option<u64>,
-    pub rlimit_core: Option<u64>,
-    /// `[task.config]` as JSON text.
-    pub config_json: String,
+    pub values: TaskValues,
 }
 
 /// The host part of the file, values checked and paths resolved.
@@ -330,22 +315,24 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         };
         tasks.push(TaskSpec {
             name: name.clone(),
-            plugin,
-            workers,
-            execute_times,
-            execute_usleep: seconds(&task.execute_usleep, BareUnit::Micros)?,
-            limit_seconds: seconds(&task.limit_seconds, BareUnit::Seconds)?,
-            init_timeout: seconds(&task.init_timeout, BareUnit::Seconds)?,
-            backoff_initial: seconds(&task.backoff_initial, BareUnit::Seconds)?,
-            backoff_max: seconds(&task.backoff_max, BareUnit::Seconds)?,
-            backoff_reset: seconds(&task.backoff_reset, BareUnit::Seconds)?,
-            work_timeout: seconds(&task.work_timeout, BareUnit::Seconds)?,
-            max_rss: size(&task.max_rss)?,
-            limit_jitter,
-            rlimit_nofile,
-            rlimit_as: size(&task.rlimit_as)?,
-            rlimit_core: size(&task.rlimit_core)?,
-            config_json,
+            values: TaskValues {
+                plugin: Some(plugin),
+                workers,
+                execute_times,
+                execute_usleep: seconds(&task.execute_usleep, BareUnit::Micros)?,
+                limit_seconds: seconds(&task.limit_seconds, BareUnit::Seconds)?,
+                init_timeout: seconds(&task.init_timeout, BareUnit::Seconds)?,
+                backoff_initial: seconds(&task.backoff_initial, BareUnit::Seconds)?,
+                backoff_max: seconds(&task.backoff_max, BareUnit::Seconds)?,
+                backoff_reset: seconds(&task.backoff_reset, BareUnit::Seconds)?,
+                work_timeout: seconds(&task.work_timeout, BareUnit::Seconds)?,
+                max_rss: size(&task.max_rss)?,
+                limit_jitter,
+                rlimit_nofile,
+                rlimit_as: size(&task.rlimit_as)?,
+                rlimit_core: size(&task.rlimit_core)?,
+                config_json: Some(config_json),
+            },
         });
     }
     if tasks.is_empty() {
@@ -460,9 +447,9 @@ queue = "mail"
         assert_eq!(file.host.name.as_deref(), Some("jobs"));
         assert_eq!(file.host.check_interval, Some(None));
         assert_eq!(file.log.rotation, Some(Rotation::Hourly));
-        assert_eq!(file.tasks[0].execute_usleep, Some(Duration::from_millis(100)));
-        assert_eq!(file.tasks[0].config_json, r#"{"queue":"mail"}"#);
-        assert!(file.tasks[0].plugin.is_absolute());
+        assert_eq!(file.tasks[0].values.execute_usleep, Some(Duration::from_millis(100)));
+        assert_eq!(file.tasks[0].values.config_json.as_deref(), Some(r#"{"queue":"mail"}"#));
+        assert!(file.tasks[0].values.plugin.as_ref().unwrap().is_absolute());
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
             .tasks
             .iter()
             .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
-            .map(|t| t.plugin.clone())
+            .filter_map(|t| t.values.plugin.clone())
             .collect(),
         (None, None) => before
             .tasks

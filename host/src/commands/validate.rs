@@ -36,7 +36,10 @@ pub fn validate(args: ValidateArgs) -> Result<i32, CommandError> {
         Some(path) => crate::config::load(path)?
             .tasks
             .into_iter()
-            .map(|t| (t.name, t.plugin, args.task_config.clone().unwrap_or(t.config_json)))
+            .filter_map(|t| {
+                let config = args.task_config.clone().or(t.values.config_json).unwrap_or_else(|| "{}".to_owned());
+                Some((t.name, t.values.plugin?, config))
+            })
             .collect(),
         None => {
             let plugin = args.plugin.clone().ok_or(CommandError::NoPlugin)?;
