@@ -46,23 +46,10 @@ fn runs_the_requested_workers_under_their_titles_and_logs_plugin_lines() {
 
 #[test]
 fn execute_times_retires_each_worker_after_that_many_calls() {
-    let f = fixtures();
     let mut sb = Sandbox::new("times");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "1",
-        "--execute-times",
-        "3",
-        "--execute-usleep",
-        "10ms",
-        "--task-config",
-        &config,
-    ]);
+    let config = json!({"marker_file": marker});
+    let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "3", "--execute-usleep", "10ms"]);
     let markers = sb.wait_for("three workers' worth of calls", SOON, || {
         let m = read_markers(&marker);
         (by_pid(&m).len() >= 4).then_some(m)
@@ -75,85 +62,44 @@ fn execute_times_retires_each_worker_after_that_many_calls() {
         let numbers: Vec<u64> = calls.iter().map(|m| m.call).collect();
         assert_eq!(numbers, vec![1, 2, 3], "{groups:?}");
     }
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
 }
 
 #[test]
 fn execute_usleep_paces_the_calls() {
-    let f = fixtures();
     let mut sb = Sandbox::new("usleep");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "200000",
-        "--task-config",
-        &config,
-    ]);
+    let config = json!({"marker_file": marker});
+    let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0", "--execute-usleep", "200000"]);
     let markers = sb.wait_for("5 calls", SOON, || Some(read_markers(&marker)).filter(|m| m.len() >= 5));
     for pair in markers.windows(2) {
         let gap = Duration::from_nanos(pair[1].mono_ns - pair[0].mono_ns);
         assert!(gap >= Duration::from_millis(195), "calls only {gap:?} apart: {markers:?}");
     }
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
 }
 
 #[test]
 fn execute_usleep_zero_runs_calls_back_to_back() {
-    let f = fixtures();
     let mut sb = Sandbox::new("nosleep");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "0",
-        "--task-config",
-        &config,
-    ]);
+    let config = json!({"marker_file": marker});
+    let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0", "--execute-usleep", "0"]);
     // With the default pause (200 ms) 2,000 calls would take over six minutes.
     let markers = sb.wait_for("2000 calls", SOON, || Some(read_markers(&marker)).filter(|m| m.len() >= 2000));
     assert_eq!(by_pid(&markers).len(), 1, "one worker did them all");
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
 }
 
 #[test]
 fn limit_seconds_retires_workers_after_their_lifetime() {
-    let f = fixtures();
     let mut sb = Sandbox::new("lifetime");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "100ms",
-        "--limit-seconds",
-        "1",
-        "--task-config",
+    let config = json!({"marker_file": marker});
+    let mut fg = sb.start_faulty(
         &config,
-    ]);
+        ["--workers", "1", "--execute-times", "0", "--execute-usleep", "100ms", "--limit-seconds", "1"],
+    );
     let markers = sb.wait_for("a second worker", SOON, || {
         let m = read_markers(&marker);
         (by_pid(&m).len() >= 2).then_some(m)
@@ -164,8 +110,7 @@ fn limit_seconds_retires_workers_after_their_lifetime() {
     // It lived about a second: not retired early (9 pauses of 100 ms at least), not kept for long.
     assert!(span >= Duration::from_millis(850), "first worker retired after {span:?}");
     assert!(span < Duration::from_secs(10), "first worker kept for {span:?}");
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
 }
 
 #[test]
@@ -185,31 +130,18 @@ fn a_killed_worker_is_replaced_at_once() {
     let slot0 = status["tasks"][0]["workers"].as_array().unwrap().iter().find(|w| w["slot"] == 0).unwrap().clone();
     assert_eq!(slot0["last_exit"]["signal"], "SIGKILL", "{slot0}");
     assert_eq!(slot0["restarts"], 1, "{slot0}");
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
 }
 
 #[test]
 fn a_crash_looping_plugin_backs_off() {
-    let f = fixtures();
     let mut sb = Sandbox::new("crashloop");
-    let config = task_config(json!({"work": "panic"}));
-    let plugin = f.faulty.to_str().unwrap();
+    let config = json!({"work": "panic"});
     let started = Instant::now();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "0",
-        "--backoff-initial",
-        "100ms",
-        "--task-config",
+    let mut fg = sb.start_faulty(
         &config,
-    ]);
+        ["--workers", "1", "--execute-times", "0", "--execute-usleep", "0", "--backoff-initial", "100ms"],
+    );
     // Backoff 100, 200, 400, 800 ms: the fifth worker cannot start before 1.5 s have passed.
     let restarts = sb.wait_for("4 restarts", SOON, || {
         let status = sb.status()?;
@@ -223,24 +155,19 @@ fn a_crash_looping_plugin_backs_off() {
     assert!(log.contains("plugin panicked in work: work exploded"), "{log}");
     assert!(log.contains("respawn after backoff"), "{log}");
     assert!(!log.contains("Attempted to panic across the ffi boundary"), "{log}");
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
 }
 
 #[test]
 fn graceful_stop_finishes_the_call_in_flight_and_runs_shutdown() {
-    let f = fixtures();
     let mut sb = Sandbox::new("graceful");
     let marker = sb.path("marks");
     let shutdown = sb.path("shutdown");
-    let config = task_config(json!({"marker_file": marker, "shutdown_file": shutdown, "work_ms": 1500}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg =
-        sb.start_foreground(["--plugin", plugin, "--workers", "1", "--execute-times", "0", "--task-config", &config]);
+    let config = json!({"marker_file": marker, "shutdown_file": shutdown, "work_ms": 1500});
+    let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0"]);
     // The marker is written at the start of the call; the call then takes 1.5 s.
     let first = sb.wait_for("a call in flight", SOON, || read_markers(&marker).first().cloned());
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
     let lines = std::fs::read_to_string(&shutdown).unwrap_or_default();
     assert_eq!(lines.trim(), format!("shutdown {} 1", first.pid), "shutdown ran after the call completed");
     let log = stderr_of(&fg);
@@ -249,49 +176,22 @@ fn graceful_stop_finishes_the_call_in_flight_and_runs_shutdown() {
 
 #[test]
 fn a_stop_during_a_long_pause_is_prompt() {
-    let f = fixtures();
     let mut sb = Sandbox::new("longpause");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "2",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "120s",
-        "--task-config",
-        &config,
-    ]);
+    let config = json!({"marker_file": marker});
+    let mut fg = sb.start_faulty(&config, ["--workers", "2", "--execute-times", "0", "--execute-usleep", "120s"]);
     sb.wait_for("both workers in their pause", SOON, || (read_markers(&marker).len() >= 2).then_some(()));
     let asked = Instant::now();
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
     assert!(asked.elapsed() < Duration::from_secs(20), "stop waited for the pause");
 }
 
 #[test]
 fn a_second_stop_request_stops_at_once() {
-    let f = fixtures();
     let mut sb = Sandbox::new("secondstop");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker, "work": "hang"}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--stop-timeout",
-        "300s",
-        "--task-config",
-        &config,
-    ]);
+    let config = json!({"marker_file": marker, "work": "hang"});
+    let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0", "--stop-timeout", "300s"]);
     let hung = sb.wait_for("a hung call", SOON, || read_markers(&marker).first().cloned());
     let master = fg.child.id() as i32;
     signal(master, Signal::SIGTERM);
@@ -304,23 +204,10 @@ fn a_second_stop_request_stops_at_once() {
 
 #[test]
 fn stragglers_are_killed_after_the_stop_timeout() {
-    let f = fixtures();
     let mut sb = Sandbox::new("straggler");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker, "work": "hang"}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--stop-timeout",
-        "1s",
-        "--task-config",
-        &config,
-    ]);
+    let config = json!({"marker_file": marker, "work": "hang"});
+    let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0", "--stop-timeout", "1s"]);
     let hung = sb.wait_for("a hung call", SOON, || read_markers(&marker).first().cloned());
     signal(fg.child.id() as i32, Signal::SIGTERM);
     assert_eq!(wait_exit(&mut fg, SOON), 7, "a stop that killed a worker exits 7");
@@ -344,13 +231,10 @@ fn workers_end_when_the_master_is_killed() {
 
 #[test]
 fn hung_orphans_end_too() {
-    let f = fixtures();
     let mut sb = Sandbox::new("hungorphan");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker, "work": "hang"}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg =
-        sb.start_foreground(["--plugin", plugin, "--workers", "1", "--execute-times", "0", "--task-config", &config]);
+    let config = json!({"marker_file": marker, "work": "hang"});
+    let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0"]);
     let hung = sb.wait_for("a hung call", SOON, || read_markers(&marker).first().cloned());
     fg.child.kill().unwrap();
     let _ = fg.child.wait();
@@ -389,31 +273,18 @@ fn overwriting_the_plugin_file_does_not_disturb_running_workers() {
     for w in status["tasks"][0]["workers"].as_array().unwrap() {
         assert!(w["last_exit"].is_null(), "a worker ended: {w}");
     }
-    signal(fg.child.id() as i32, Signal::SIGTERM);
-    assert_eq!(wait_exit(&mut fg, SOON), 0);
+    assert_eq!(fg.terminate(), 0);
 }
 
 #[test]
 fn batch_mode_exits_when_the_workers_are_done() {
-    let f = fixtures();
     let mut sb = Sandbox::new("batch");
     let marker = sb.path("marks");
-    let config = task_config(json!({"marker_file": marker}));
-    let plugin = f.faulty.to_str().unwrap();
-    let mut fg = sb.start_foreground([
-        "--plugin",
-        plugin,
-        "--workers",
-        "2",
-        "--execute-times",
-        "2",
-        "--execute-usleep",
-        "10ms",
-        "--check-interval",
-        "0",
-        "--task-config",
+    let config = json!({"marker_file": marker});
+    let mut fg = sb.start_faulty(
         &config,
-    ]);
+        ["--workers", "2", "--execute-times", "2", "--execute-usleep", "10ms", "--check-interval", "0"],
+    );
     assert_eq!(wait_exit(&mut fg, SOON), 0, "{}", stderr_of(&fg));
     let markers = read_markers(&marker);
     assert_eq!(markers.len(), 4, "{markers:?}");

@@ -175,6 +175,15 @@ impl Sandbox {
         text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}: {text:?}", path.display()))
     }
 
+    /// Starts the faulty fixture in the foreground with `config` (its `--task-config`) and `args`.
+    pub fn start_faulty<const N: usize>(&mut self, config: &Value, args: [&str; N]) -> Foreground {
+        let plugin = fixtures().faulty.to_str().expect("utf-8 path").to_owned();
+        let config = config.to_string();
+        let mut all = vec!["--plugin", &plugin, "--task-config", &config];
+        all.extend_from_slice(&args);
+        self.start_foreground(all)
+    }
+
     /// Reads the status file the master keeps, if it is there and complete.
     pub fn status(&self) -> Option<Value> {
         let text = std::fs::read_to_string(self.status_file()).ok()?;
@@ -423,6 +432,14 @@ pub fn wait_exit(fg: &mut Foreground, deadline: Duration) -> i32 {
     }
     let status = fg.child.wait().expect("wait master");
     status.code().unwrap_or(-1)
+}
+
+impl Foreground {
+    /// Asks the master to stop (SIGTERM) and returns its exit code once it has exited.
+    pub fn terminate(&mut self) -> i32 {
+        signal(self.child.id() as i32, Signal::SIGTERM);
+        wait_exit(self, SOON)
+    }
 }
 
 /// The master's stderr so far.
