@@ -47,24 +47,22 @@ fn zombie_children_of(parent: i32) -> Vec<i32> {
 #[test]
 fn a_crash_loop_backs_off_shows_in_status_and_costs_the_master_nothing() {
     let mut sb = Sandbox::new("crashcpu");
-    let faulty = fixtures().faulty.to_str().unwrap();
-    let config = task_config(json!({"work": "panic"}));
-    let fg = sb.start_foreground([
-        "--plugin",
-        faulty,
-        "--workers",
-        "4",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "0",
-        "--backoff-initial",
-        "200ms",
-        "--backoff-max",
-        "1s",
-        "--task-config",
+    let config = json!({"work": "panic"});
+    let fg = sb.start_faulty(
         &config,
-    ]);
+        [
+            "--workers",
+            "4",
+            "--execute-times",
+            "0",
+            "--execute-usleep",
+            "0",
+            "--backoff-initial",
+            "200ms",
+            "--backoff-max",
+            "1s",
+        ],
+    );
     let master = fg.child.id() as i32;
     let status = sb.wait_for("a slot in backoff", SOON, || {
         let s = sb.status()?;
@@ -89,24 +87,22 @@ fn a_crash_loop_backs_off_shows_in_status_and_costs_the_master_nothing() {
 fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
     let mut sb = Sandbox::new("hang");
     let marker = sb.path("marks");
-    let faulty = fixtures().faulty.to_str().unwrap();
-    let config = task_config(json!({"work": "hang", "only_slot": 0, "marker_file": marker}));
-    let fg = sb.start_foreground([
-        "--plugin",
-        faulty,
-        "--workers",
-        "2",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "50ms",
-        "--work-timeout",
-        "1s",
-        "--stop-timeout",
-        "1s",
-        "--task-config",
+    let config = json!({"work": "hang", "only_slot": 0, "marker_file": marker});
+    let fg = sb.start_faulty(
         &config,
-    ]);
+        [
+            "--workers",
+            "2",
+            "--execute-times",
+            "0",
+            "--execute-usleep",
+            "50ms",
+            "--work-timeout",
+            "1s",
+            "--stop-timeout",
+            "1s",
+        ],
+    );
     let first = sb.wait_for("slot 0's first call", SOON, || read_markers(&marker).into_iter().find(|m| m.slot == 0));
     let status = sb.wait_for("slot 0 replaced", SOON, || {
         let s = sb.status()?;
@@ -141,22 +137,11 @@ fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
 fn an_idle_worker_in_a_long_pause_is_not_taken_for_hung() {
     let mut sb = Sandbox::new("idle");
     let marker = sb.path("marks");
-    let faulty = fixtures().faulty.to_str().unwrap();
-    let config = task_config(json!({"marker_file": marker}));
-    let _fg = sb.start_foreground([
-        "--plugin",
-        faulty,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "3s",
-        "--work-timeout",
-        "300ms",
-        "--task-config",
+    let config = json!({"marker_file": marker});
+    let _fg = sb.start_faulty(
         &config,
-    ]);
+        ["--workers", "1", "--execute-times", "0", "--execute-usleep", "3s", "--work-timeout", "300ms"],
+    );
     let marks = sb.wait_for("two calls, a pause apart", SOON, || Some(read_markers(&marker)).filter(|m| m.len() >= 2));
     assert_eq!(marks[0].pid, marks[1].pid, "the idle worker was replaced: {marks:?}");
     assert!(workers(&sb.status().unwrap())[0]["last_exit"].is_null());
@@ -165,24 +150,22 @@ fn an_idle_worker_in_a_long_pause_is_not_taken_for_hung() {
 #[test]
 fn a_worker_over_max_rss_is_retired_and_replaced() {
     let mut sb = Sandbox::new("memory");
-    let faulty = fixtures().faulty.to_str().unwrap();
-    let config = task_config(json!({"work": "grow", "grow_mib": 16}));
-    let fg = sb.start_foreground([
-        "--plugin",
-        faulty,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "100ms",
-        "--max-rss",
-        "120MiB",
-        "--check-interval",
-        "1",
-        "--task-config",
+    let config = json!({"work": "grow", "grow_mib": 16});
+    let fg = sb.start_faulty(
         &config,
-    ]);
+        [
+            "--workers",
+            "1",
+            "--execute-times",
+            "0",
+            "--execute-usleep",
+            "100ms",
+            "--max-rss",
+            "120MiB",
+            "--check-interval",
+            "1",
+        ],
+    );
     let status = sb.wait_for("the grower retired", SOON, || {
         let s = sb.status()?;
         workers(&s).iter().any(|w| w["last_exit"]["reason"] == "normal exit").then_some(s)
@@ -322,20 +305,8 @@ fn a_signal_storm_leaves_the_master_responsive() {
 fn an_unwritable_status_file_does_not_stop_supervision() {
     let mut sb = Sandbox::new("nostatus");
     let marker = sb.path("marks");
-    let faulty = fixtures().faulty.to_str().unwrap();
-    let config = task_config(json!({"marker_file": marker}));
-    let fg = sb.start_foreground([
-        "--plugin",
-        faulty,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--execute-usleep",
-        "20ms",
-        "--task-config",
-        &config,
-    ]);
+    let config = json!({"marker_file": marker});
+    let fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0", "--execute-usleep", "20ms"]);
     let master = fg.child.id() as i32;
     let worker = sb.wait_for("a ready worker", SOON, || sb.ready_workers().get(&0).copied());
     // A directory where the master's temp file goes: every status write fails from now on.
@@ -403,22 +374,11 @@ fn resource_limits_apply_to_workers() {
 fn limit_jitter_spreads_retirement() {
     let mut sb = Sandbox::new("jitter");
     let marker = sb.path("marks");
-    let faulty = fixtures().faulty.to_str().unwrap();
-    let config = task_config(json!({"marker_file": marker}));
-    let _fg = sb.start_foreground([
-        "--plugin",
-        faulty,
-        "--workers",
-        "2",
-        "--execute-times",
-        "10",
-        "--execute-usleep",
-        "0",
-        "--limit-jitter",
-        "1",
-        "--task-config",
+    let config = json!({"marker_file": marker});
+    let _fg = sb.start_faulty(
         &config,
-    ]);
+        ["--workers", "2", "--execute-times", "10", "--execute-usleep", "0", "--limit-jitter", "1"],
+    );
     let lives = sb.wait_for("ten retired workers", SOON, || {
         let marks = read_markers(&marker);
         let mut calls: std::collections::BTreeMap<i32, u64> = Default::default();
