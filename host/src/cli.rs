@@ -14,7 +14,7 @@ Exit codes:
   2  invalid command line
   3  no master runs under that name
   4  a master already runs under that name
-  5  status --check: the master runs but not every worker slot is ready
+  5  status --check: the master runs but a worker slot is not served
   6  restart: the new build was refused or rolled back; the old workers keep running
   7  start (foreground): stopped, but some workers had to be killed (stop timeout, immediate stop)";
 
@@ -285,7 +285,8 @@ pub struct StatusArgs {
     /// Print one JSON object (schema in the README) instead of the table.
     #[arg(long, conflicts_with = "check")]
     pub json: bool,
-    /// Print nothing; exit 0 if the master runs and every worker slot is ready, 5 if not, 3 if not running.
+    /// Print nothing; exit 0 if the master runs and every worker slot is served, 5 if not, 3 if no master runs, 1 if
+    /// the master does not answer within --timeout.
     #[arg(long)]
     pub check: bool,
     /// How long to wait for the master's fresh snapshot.

@@ -17,7 +17,7 @@ pub fn render(snapshot: &Snapshot, exits: &[(String, Vec<(&'static str, u64)>)])
     family("pmhost_generation", "gauge", "Newest generation every slot was moved to.");
     family("pmhost_last_restart_ok", "gauge", "1 if the last restart succeeded, 0 if it was rolled back.");
     family("pmhost_workers_wanted", "gauge", "Worker slots per task.");
-    family("pmhost_workers_up", "gauge", "Workers that finished init and run their work loop.");
+    family("pmhost_workers_up", "gauge", "Wanted slots served by a worker (in its work loop, or retiring normally).");
     family("pmhost_slots_in_backoff", "gauge", "Slots waiting out a crash backoff.");
     family("pmhost_executions_total", "counter", "Finished work calls per task.");
     family(
@@ -36,7 +36,7 @@ pub fn render(snapshot: &Snapshot, exits: &[(String, Vec<(&'static str, u64)>)])
     }
     for task in &snapshot.tasks {
         let t = escape(&task.name);
-        let up = task.workers.iter().filter(|w| matches!(w.state.as_str(), "idle" | "busy")).count();
+        let up = task.served_slots();
         let _ = writeln!(out, "pmhost_workers_wanted{{host=\"{host}\",task=\"{t}\"}} {}", task.workers_wanted);
         let _ = writeln!(out, "pmhost_workers_up{{host=\"{host}\",task=\"{t}\"}} {up}");
         let _ = writeln!(out, "pmhost_slots_in_backoff{{host=\"{host}\",task=\"{t}\"}} {}", task.backoff.len());

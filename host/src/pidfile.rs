@@ -18,6 +18,8 @@ use thiserror::Error;
 pub enum PidFileError {
     #[error("a master named {name} is already running (pid {pid}, pid file {path})")]
     AlreadyRunning { name: String, pid: String, path: PathBuf },
+    #[error("refusing pid file {path}: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
     #[error("cannot use pid file {path}")]
     Io {
         path: PathBuf,
@@ -83,22 +85,54 @@ impl PidFile {
 }
 
 /// The pid of the master holding `path`, or `None` when no master holds it (no file, or a stale one).
+///
+/// A pid is only returned when it can be trusted with a signal: the directory is private to the caller
+/// ([`rundir::check_private_dir`](crate::rundir::check_private_dir)), the file belongs to the caller, and the
+/// process it names has this very file open (a master keeps it open for its whole life). A lock held by someone
+/// else on a file naming an arbitrary pid is refused, never signalled.
 pub fn running_master(path: &Path) -> Result<Option<Pid>, PidFileError> {
     let io_err = |source| PidFileError::Io { path: path.to_owned(), source };
+    let untrusted = |reason: String| PidFileError::Untrusted { path: path.to_owned(), reason };
+    if let Some(dir) = path.parent()
+        && dir.exists()
+    {
+        crate::rundir::check_private_dir(dir).map_err(|e| untrusted(e.to_string()))?;
+    }
     let mut file = match open(path, false) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(e)),
     };
+    let meta = file.metadata().map_err(io_err)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if std::os::unix::fs::MetadataExt::uid(&meta) != me {
+        return Err(untrusted(format!(
+            "it belongs to uid {}, not to you (uid {me})",
+            std::os::unix::fs::MetadataExt::uid(&meta)
+        )));
+    }
     match file.try_lock_shared() {
         Ok(()) => Ok(None),
         Err(TryLockError::WouldBlock) => {
             let mut text = String::new();
             file.read_to_string(&mut text).map_err(io_err)?;
-            Ok(text.trim().parse::<i32>().ok().filter(|pid| *pid > 1).map(Pid::from_raw))
+            let Some(pid) = text.trim().parse::<i32>().ok().filter(|pid| *pid > 1).map(Pid::from_raw) else {
+                return Err(untrusted(format!("it is locked but names no valid pid ({:?})", text.trim())));
+            };
+            if !has_open(pid, &meta) {
+                return Err(untrusted(format!("it names pid {pid}, which does not hold it")));
+            }
+            Ok(Some(pid))
         }
         Err(TryLockError::Error(e)) => Err(io_err(e)),
     }
+}
+
+/// Whether process `pid` has the file described by `meta` open (same device and inode).
+fn has_open(pid: Pid, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino()))
 }
 
 #[cfg(test)]
@@ -108,12 +142,16 @@ mod tests {
     #[test]
     fn second_acquire_is_refused_and_stale_file_is_reused() {
         let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let path = tmp.path().join("x.pid");
         std::fs::write(&path, "1\n").unwrap(); // stale: nobody holds the lock
         assert_eq!(running_master(&path).unwrap(), None);
         let held = PidFile::acquire(&path, "x").unwrap();
         assert!(matches!(PidFile::acquire(&path, "x"), Err(PidFileError::AlreadyRunning { .. })));
         assert_eq!(running_master(&path).unwrap(), Some(Pid::this()));
+        // A locked file naming a process that does not hold it is refused.
+        std::fs::write(&path, "1234567\n").unwrap();
+        assert!(matches!(running_master(&path), Err(PidFileError::Untrusted { .. })));
         held.remove();
         assert!(!path.exists());
     }

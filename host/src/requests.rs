@@ -29,6 +29,12 @@ pub enum Request {
         /// Longest `init` of a new worker, in milliseconds.
         init_timeout_ms: Option<u64>,
     },
+    /// Stop gracefully. Unlike a second SIGTERM, a second stop request never turns a graceful stop into an
+    /// immediate one, so two `pmhost stop` commands cannot kill workers in the middle of a call.
+    Stop {
+        /// Request id.
+        id: String,
+    },
     /// Set the worker count.
     Scale {
         /// Request id.

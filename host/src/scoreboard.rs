@@ -21,8 +21,11 @@ pub enum Phase {
     Initializing = 1,
     /// In the work loop.
     Running = 2,
-    /// Stop requested or limits reached: finishing, running `shutdown`.
+    /// Stop requested: finishing, running `shutdown`.
     Stopping = 3,
+    /// Limits reached (or `Outcome::Retire`): running `shutdown` and its last pause before a fresh worker takes
+    /// the slot. A normal part of a worker's life, not a fault.
+    Retiring = 4,
 }
 
 impl Phase {
@@ -31,6 +34,7 @@ impl Phase {
             1 => Phase::Initializing,
             2 => Phase::Running,
             3 => Phase::Stopping,
+            4 => Phase::Retiring,
             _ => Phase::Loading,
         }
     }

@@ -110,7 +110,7 @@ pub struct WorkerStatus {
     pub slot: u32,
     pub pid: i32,
     pub title: String,
-    /// `loading`, `initializing`, `idle`, `busy`, `stopping`.
+    /// `loading`, `initializing`, `idle`, `busy`, `retiring` (limits reached, about to be replaced), `stopping`.
     pub state: String,
     /// `work` calls finished by this worker.
     pub executions: u64,
@@ -139,6 +139,33 @@ pub struct ExitStatus {
     pub crash: bool,
     /// Unix seconds.
     pub at: u64,
+}
+
+impl WorkerStatus {
+    /// Whether this worker serves its slot: in its work loop, retiring normally after its limits, or the fresh
+    /// replacement of a worker that retired normally. A first worker still in `init`, or the replacement of a
+    /// crashed one, does not count until it is ready.
+    pub fn serves(&self) -> bool {
+        match self.state.as_str() {
+            "idle" | "busy" | "retiring" => true,
+            "loading" | "initializing" => self.last_exit.as_ref().is_some_and(|e| !e.crash),
+            _ => false,
+        }
+    }
+}
+
+impl TaskStatus {
+    /// Wanted slots that have a serving worker.
+    pub fn served_slots(&self) -> usize {
+        (0..self.workers_wanted).filter(|slot| self.workers.iter().any(|w| w.slot == *slot && w.serves())).count()
+    }
+}
+
+impl Snapshot {
+    /// Running, with every wanted slot served (what `pmhost status --check` reports).
+    pub fn healthy(&self) -> bool {
+        self.state == "running" && self.tasks.iter().all(|t| t.served_slots() == t.workers_wanted as usize)
+    }
 }
 
 fn mib(bytes: Option<u64>) -> String {

@@ -140,7 +140,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
             break LoopEnd::Stopped;
         }
     };
-    cell.set_phase(Phase::Stopping);
+    cell.set_phase(if end == LoopEnd::Stopped { Phase::Stopping } else { Phase::Retiring });
     debug!(calls = finished, reason = ?end, "work loop ended");
     if let RSome(message) = job.shutdown() {
         error!("plugin panicked in shutdown: {message}");

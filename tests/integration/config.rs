@@ -171,6 +171,34 @@ fn sighup_rereads_the_file_adding_a_task_and_changing_a_count() {
 }
 
 #[test]
+fn a_refused_reload_changes_nothing() {
+    let sb = Sandbox::new("refusedreload");
+    let marker = sb.path("marks");
+    let text = two_tasks(&sb, &marker);
+    let config = write_config(&sb, &text);
+    let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // One task asks for more workers, the other names a file that is no plugin: the whole reload is refused.
+    let bogus = sb.path("bogus.so");
+    std::fs::write(&bogus, "not a library").unwrap();
+    let edited = text
+        .replacen("workers = 2", "workers = 3", 1)
+        .replace(&fixtures().faulty.display().to_string(), &bogus.display().to_string());
+    write_config(&sb, &edited);
+    signal(sb.master_pid(), Signal::SIGHUP);
+    let status = sb.wait_for("the refusal", SOON, || {
+        let s = sb.status()?;
+        (s["last_restart"]["in_progress"] == false).then_some(s)
+    });
+    assert!(status["last_restart"]["error"].as_str().unwrap().contains("not a shared library"), "{status}");
+    let greeter = format!("{}-greeter", sb.name);
+    assert_eq!(status["tasks"][0]["workers_wanted"], 2, "{status}");
+    assert_eq!(task_workers(&status, &greeter).len(), 2, "{status}");
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
 fn restart_with_task_rolls_only_that_task() {
     let sb = Sandbox::new("onetask");
     let marker = sb.path("marks");

@@ -351,3 +351,132 @@ fn ps_and_pgrep_see_the_titles() {
     assert!(comm.trim().starts_with("M:t"), "short name {comm:?}");
     stop(&sb);
 }
+
+#[test]
+fn a_pid_file_naming_another_process_is_never_signalled() {
+    let sb = Sandbox::new("planted");
+    std::fs::create_dir_all(sb.pid_root()).unwrap();
+    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut victim = Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid_file = sb.pid_root().join(format!("{}.pid", sb.name));
+    std::fs::write(&pid_file, format!("{}\n", victim.id())).unwrap();
+    // Someone holds the lock, but the pid it names is not the holder.
+    let held = std::fs::File::open(&pid_file).unwrap();
+    held.try_lock().unwrap();
+    for args in
+        [vec!["status", "--name", &sb.name], vec!["stop", "--name", &sb.name], vec!["scale", "--name", &sb.name, "2"]]
+    {
+        let out = sb.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("does not hold it"), "{}", describe(&out));
+    }
+    assert!(victim.try_wait().unwrap().is_none(), "the victim was signalled");
+    // A pid root others can write to is refused by every command, not only by start.
+    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by group or others"), "{}", describe(&out));
+    assert!(victim.try_wait().unwrap().is_none(), "the victim was signalled");
+    drop(held);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}
+
+#[test]
+fn status_requests_during_a_start_do_not_disturb_it() {
+    let sb = Sandbox::new("startrace");
+    // A big plugin takes a moment to stage: the window in which the pid file already names the starting process.
+    let plugin = sb.path("libbig.so");
+    let mut bytes = std::fs::read(&fixtures().hello).unwrap();
+    bytes.resize(bytes.len() + 64 * 1024 * 1024, 0);
+    std::fs::write(&plugin, bytes).unwrap();
+    let mut start = sb
+        .pmhost([
+            "start",
+            "-d",
+            "--name",
+            &sb.name,
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--execute-times",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + SOON;
+    let mut asked = 0;
+    while start.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        // Each status run takes a few milliseconds: this is the load, not a sleep.
+        let _ = sb.pmhost(["status", "--name", &sb.name, "--timeout", "200ms"]).output().unwrap();
+        asked += 1;
+    }
+    let out = start.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "after {asked} status requests: {}", describe(&out));
+    let check = sb.run(["status", "--name", &sb.name, "--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+    stop(&sb);
+}
+
+#[test]
+fn two_stops_at_once_stay_graceful() {
+    let sb = Sandbox::new("twostops");
+    let shutdown = sb.path("shutdown");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"work_ms": 1500, "shutdown_file": shutdown}));
+    let out = sb.run([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        faulty,
+        "--workers",
+        "2",
+        "--execute-times",
+        "0",
+        "--task-config",
+        &config,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let spawn =
+        || sb.pmhost(["stop", "--name", &sb.name]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+    assert!(matches!(b.status.code(), Some(0 | 3)), "{}", describe(&b));
+    let lines = std::fs::read_to_string(&shutdown).unwrap_or_default();
+    assert_eq!(lines.lines().count(), 2, "both workers finished their call and shut down: {lines:?}");
+    assert!(sb.live_processes().is_empty());
+}
+
+#[test]
+fn the_default_limits_count_as_healthy() {
+    let sb = Sandbox::new("defaults");
+    let hello = fixtures().hello.to_str().unwrap();
+    // execute_times = 1: every worker retires after one call and a fresh one takes its slot.
+    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for _ in 0..5 {
+        let check = sb.run(["status", "--name", &sb.name, "--check"]);
+        assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+    }
+    let out = sb.run(["scale", "--name", &sb.name, "3", "--timeout", "15s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    stop(&sb);
+}
+
+#[test]
+fn a_start_with_one_failing_slot_fails_whole() {
+    let sb = Sandbox::new("partial");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"init": "fail", "only_slot": 1, "message": "slot 1 has no token"}));
+    let out =
+        sb.run(["start", "-d", "--name", &sb.name, "--plugin", faulty, "--workers", "3", "--task-config", &config]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("slot 1 has no token"), "{}", describe(&out));
+    sb.wait_for("nothing left running", SOON, || sb.live_processes().is_empty().then_some(()));
+}

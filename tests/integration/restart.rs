@@ -238,3 +238,16 @@ fn ttin_and_ttou_add_and_remove_one_worker() {
     assert_eq!(sb.ready_workers().keys().copied().collect::<Vec<_>>(), [0, 1]);
     stop(&sb);
 }
+
+#[test]
+fn a_restart_during_a_stop_is_refused_not_left_waiting() {
+    let sb = Sandbox::new("restartstop");
+    start(&sb, "2", json!({"work_ms": 1500}), &[]);
+    let stopping = sb.pmhost(["stop", "--name", &sb.name]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    sb.wait_for("the stop to begin", SOON, || (sb.status()?["state"] == "stopping").then_some(()));
+    let out = sb.run(["restart", "--name", &sb.name]);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopping") || stderr.contains("exited"), "{stderr}");
+    assert_eq!(stopping.wait_with_output().unwrap().status.code(), Some(0));
+}

@@ -49,6 +49,8 @@ pub enum CommandError {
     Usage(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("the master (pid {pid}) exited before it answered; see its log")]
+    MasterGone { pid: i32 },
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]
     Unkillable { name: String, pid: i32 },
 }

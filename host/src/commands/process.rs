@@ -61,6 +61,11 @@ impl MasterHandle {
         Ok(())
     }
 
+    /// The pidfd: readable once the master has exited.
+    pub fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
     /// Waits until the master has exited, at most `timeout`; returns whether it did.
     pub fn wait_exit(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -72,7 +72,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
     master.signal(signal_for(Action::Requests))?;
 
     let mut shown = 0;
-    let outcome = watch.wait_for(started + args.timeout, |snapshot| {
+    let outcome = watch.wait_for(&master, started + args.timeout, |snapshot| {
         let record = snapshot.last_restart.as_ref().filter(|r| r.request_id.as_deref() == Some(id.as_str()))?;
         if record.slots_done > shown {
             shown = record.slots_done;

@@ -23,7 +23,8 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
     let started = Instant::now();
     master.signal(signal_for(Action::Requests))?;
     let deadline = started + args.timeout;
-    let answer = watch.wait_for(deadline, |s| s.last_scale.as_ref().filter(|r| r.request_id == id).cloned())?;
+    let answer =
+        watch.wait_for(&master, deadline, |s| s.last_scale.as_ref().filter(|r| r.request_id == id).cloned())?;
     let Some(answer) = answer else {
         return Err(CommandError::NoSnapshot {
             name: target.name.clone(),
@@ -35,14 +36,11 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
         return Err(CommandError::Refused { name: target.name.clone(), reason: error });
     }
     let wanted = args.workers as usize;
-    let settled = watch.wait_for(deadline, |s| {
+    let settled = watch.wait_for(&master, deadline, |s| {
         s.tasks
             .iter()
             .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
-            .all(|t| {
-                let ready = t.workers.iter().filter(|w| matches!(w.state.as_str(), "idle" | "busy")).count();
-                t.workers.len() == wanted && ready == wanted
-            })
+            .all(|t| t.served_slots() == wanted && t.workers.iter().all(|w| (w.slot as usize) < wanted))
             .then_some(())
     })?;
     match settled {

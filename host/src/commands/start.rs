@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::{SigmaskHow, sigprocmask};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::unistd::{ForkResult, fork, pipe2, setsid};
 use tracing::{info, warn};
 
@@ -31,6 +31,11 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     if plan.log.enabled {
         rundir::ensure_private_dir(&plan.log.dir)?;
     }
+    // Block the master's signals before the pid file names this process: a `pmhost status` (SIGUSR1) or
+    // `scale` (SIGUSR2) arriving while the plugin is staged must wait in the queue (the master's signalfd reads
+    // it later), not end the process by its default action.
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
+        .map_err(|e| CommandError::system("block signals", e))?;
     let mut pid_file = PidFile::acquire(&host.pid_file(), &host.name)?;
     let mut staged = Vec::new();
     for task in &plan.tasks {
@@ -62,8 +67,6 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     let notifier = crate::notify::Notifier::from_env();
 
     // From here on this process is the master: signals are read from a signalfd, not delivered.
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
-        .map_err(|e| CommandError::system("block signals", e))?;
     let master_title = host.master_title();
     title::set(&master_title);
     logging::set_title(&master_title);
@@ -112,6 +115,13 @@ fn daemonize(name: &str) -> Result<Detached, CommandError> {
     match unsafe { fork() }.map_err(|e| CommandError::system("fork", e))? {
         ForkResult::Parent { child } => {
             drop(write_end);
+            // While waiting, Ctrl-C and kill still work on this command (the daemon lives on in its session);
+            // the signals of pmhost's own tools stay blocked until the daemon has written its pid.
+            let mut interrupt = SigSet::empty();
+            for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT] {
+                interrupt.add(signal);
+            }
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&interrupt), None);
             let outcome = wait_for_daemon(read_end);
             let _ = nix::sys::wait::waitpid(child, None);
             match outcome {

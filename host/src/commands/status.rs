@@ -29,7 +29,7 @@ pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
     };
     let snapshot = fresh_snapshot(&master, &path, args.timeout)?.ok_or_else(no_snapshot)?;
     if args.check {
-        return Ok(if healthy(&snapshot) { code::OK } else { code::UNHEALTHY });
+        return Ok(if snapshot.healthy() { code::OK } else { code::UNHEALTHY });
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&snapshot).expect("status serializes"));
@@ -79,13 +79,4 @@ fn read_snapshot(path: &std::path::Path) -> Result<Option<Snapshot>, CommandErro
     serde_json::from_reader(std::io::BufReader::new(file))
         .map(Some)
         .map_err(|source| CommandError::BadStatus { path: path.to_owned(), source })
-}
-
-/// Running, and every wanted slot has a ready worker.
-pub fn healthy(snapshot: &Snapshot) -> bool {
-    snapshot.state == "running"
-        && snapshot.tasks.iter().all(|task| {
-            let ready = task.workers.iter().filter(|w| matches!(w.state.as_str(), "idle" | "busy")).count();
-            ready >= task.workers_wanted as usize
-        })
 }

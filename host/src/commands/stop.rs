@@ -11,6 +11,7 @@ use super::process::find_master;
 use crate::cli::StopArgs;
 use crate::exit::cli as code;
 use crate::master::signals::{Action, signal_for};
+use crate::requests::{self, Request};
 
 /// How long an immediate stop may take before the master itself is killed.
 const IMMEDIATE_GRACE: Duration = Duration::from_secs(5);
@@ -22,7 +23,9 @@ pub fn stop(args: StopArgs) -> Result<i32, CommandError> {
     let master = find_master(&target)?;
     let started = Instant::now();
     if !args.now {
-        master.signal(signal_for(Action::Stop))?;
+        let id = requests::new_id();
+        requests::submit(&target.status_dir(), &id, &Request::Stop { id: id.clone() })?;
+        master.signal(signal_for(Action::Requests))?;
         println!("stopping {name} (master pid {}): graceful, waiting up to {:?}", master.pid, args.timeout);
         if master.wait_exit(args.timeout) {
             println!("stopped {name} in {} ms", started.elapsed().as_millis());

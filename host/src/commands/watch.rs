@@ -9,6 +9,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::CommandError;
+use super::process::MasterHandle;
 use crate::rundir;
 use crate::status::Snapshot;
 
@@ -38,8 +39,10 @@ impl StatusWatch {
     }
 
     /// Waits until `check` returns `Some` for a snapshot, re-reading on every write; `None` at the deadline.
+    /// Fails at once if `master` exits meanwhile.
     pub fn wait_for<T>(
         &self,
+        master: &MasterHandle,
         deadline: Instant,
         mut check: impl FnMut(&Snapshot) -> Option<T>,
     ) -> Result<Option<T>, CommandError> {
@@ -53,9 +56,15 @@ impl StatusWatch {
             if left.is_zero() {
                 return Ok(None);
             }
-            let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [
+                PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
+                PollFd::new(master.exit_fd(), PollFlags::POLLIN),
+            ];
             let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
             if matches!(poll(&mut fds, ms), Ok(n) if n > 0) {
+                if fds[1].revents().is_some_and(|r| r.intersects(PollFlags::POLLIN)) {
+                    return Err(CommandError::MasterGone { pid: master.pid.as_raw() });
+                }
                 let _ = self.inotify.read_events();
             }
         }

@@ -517,14 +517,24 @@ impl Master {
         }
     }
 
-    /// Decides the fresh start once every first-wave worker has reported or ended.
+    /// Decides the fresh start: it succeeds once every first-wave worker is ready, and fails as soon as one of
+    /// them fails to load or `init` (with that worker's own message), so a start reports what a user must fix
+    /// instead of leaving a partly working host behind.
     fn resolve_startup(&mut self) {
         let Some(startup) = &self.startup else { return };
-        if !startup.pending.is_empty() {
+        if matches!(self.phase, HostPhase::Stopping { .. }) {
+            // Asked to stop before the start was decided: the stop, not the workers' end, is the outcome.
+            self.startup = None;
+            if let Some(ready) = self.ready.take() {
+                ready.send(Err("stopped before every worker was ready"));
+            }
+            return;
+        }
+        if !startup.pending.is_empty() && startup.first_error.is_none() {
             return;
         }
         let startup = self.startup.take().expect("checked above");
-        if startup.ready > 0 || self.wanted_workers() == 0 {
+        if startup.first_error.is_none() {
             info!(ready = startup.ready, "start complete: workers ready");
             // Publish first: whoever was waiting for the start may read the status right away.
             self.dirty = true;

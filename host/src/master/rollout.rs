@@ -17,6 +17,7 @@ use tracing::{error, info};
 
 use super::core::{Build, HostPhase, Master, Slot};
 use crate::plugin;
+use crate::settings::TaskSettings;
 use crate::status::RestartStatus;
 use crate::sysinfo;
 
@@ -33,6 +34,16 @@ pub struct RestartOrder {
     pub surge: Option<u32>,
     /// Longest `init` of a new worker (default: the task's init timeout).
     pub init_timeout: Option<Duration>,
+}
+
+/// A restart worked out and staged, not applied yet.
+struct RolloutPlan {
+    /// The tasks of a re-read config file (`None`: the task list stays).
+    reload: Option<Vec<TaskSettings>>,
+    /// Tasks to roll, by name, with their new builds.
+    rolled: Vec<(String, Build)>,
+    /// Builds of the tasks the file adds, in its order.
+    added: Vec<Build>,
 }
 
 /// A rollout in progress.
@@ -58,6 +69,10 @@ impl Master {
             if self.rollout.is_some() {
                 self.fail_rollout("the host is stopping".to_owned());
             }
+            // Answer every waiting restart, so no `pmhost restart` waits for a rollout that will never come.
+            while let Some(order) = self.restart_queue.pop_front() {
+                self.begin_refused(order, "the host is stopping".to_owned());
+            }
             return;
         }
         if self.startup.is_some() {
@@ -68,6 +83,24 @@ impl Master {
             self.begin_rollout(order);
         }
         self.fill_rollout();
+    }
+
+    /// Records a restart that was refused before it began.
+    fn begin_refused(&mut self, order: RestartOrder, reason: String) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.last_restart = Some(RestartStatus {
+            generation,
+            in_progress: true,
+            ok: false,
+            error: None,
+            started_at: sysinfo::unix_seconds(SystemTime::now()),
+            finished_at: None,
+            request_id: order.request_id,
+            slots_done: 0,
+            slots_total: 0,
+        });
+        self.refuse_rollout(reason);
     }
 
     fn begin_rollout(&mut self, order: RestartOrder) {
@@ -86,33 +119,20 @@ impl Master {
             slots_total: 0,
         });
         self.dirty = true;
-        let previous_tasks = self.tasks.len();
-        if let Some(path) = self.config_path.clone()
-            && order.plugin.is_none()
-            && let Err(reason) = self.reload_config(&path, generation)
-        {
-            return self.refuse_rollout(reason);
-        }
-        let selected: Vec<usize> = match &order.task {
-            Some(name) => match self.tasks.iter().position(|t| &t.settings.name == name && !t.retired) {
-                Some(index) => vec![index],
-                None => return self.refuse_rollout(format!("no task named {name}")),
-            },
-            // Tasks the file just added start on their own (manage_workers); the others roll.
-            None => (0..previous_tasks).filter(|i| !self.tasks[*i].retired).collect(),
+        // Everything that can fail happens before anything changes: a refused restart leaves the host as it was.
+        let plan = match self.plan_rollout(&order, generation) {
+            Ok(plan) => plan,
+            Err(reason) => return self.refuse_rollout(reason),
         };
-        if order.plugin.is_some() && selected.len() != 1 {
-            return self.refuse_rollout("a new plugin file needs --task when the host runs several tasks".to_owned());
+        if let Some(wanted) = plan.reload {
+            self.apply_reload(wanted, plan.added);
         }
         let mut new_builds = vec![None; self.tasks.len()];
         let mut queue = VecDeque::new();
-        for &index in &selected {
-            let path = order.plugin.clone().unwrap_or_else(|| self.tasks[index].settings.plugin.clone());
-            match plugin::stage(&path, &self.host.plugins_dir()) {
-                Ok(staged) => new_builds[index] = Some(Build::new(generation, staged, &self.tasks[index].settings)),
-                Err(e) => return self.refuse_rollout(e.to_string()),
-            }
+        for (name, build) in plan.rolled {
+            let Some(index) = self.tasks.iter().position(|t| t.settings.name == name) else { continue };
             queue.extend((0..self.tasks[index].settings.workers).map(|slot| (index, slot)));
+            new_builds[index] = Some(build);
         }
         info!(generation, slots = queue.len(), "restart: rolling out generation {generation}");
         if let Some(notifier) = &self.notifier {
@@ -132,20 +152,61 @@ impl Master {
         });
     }
 
-    /// Re-reads the config file: worker counts, added and removed tasks apply at once; each remaining task's
-    /// plugin, limits and config go out with the new generation.
-    fn reload_config(&mut self, path: &std::path::Path, generation: u32) -> Result<(), String> {
-        let file = crate::config::load(path).map_err(|e| e.to_string())?;
-        let wanted = self.overrides.resolve_file(&file);
+    /// Works out a restart without changing anything: re-reads and checks the config file (when the host has one
+    /// and no other plugin was named), picks the tasks to roll, and stages every plugin they and any added task
+    /// will run.
+    fn plan_rollout(&self, order: &RestartOrder, generation: u32) -> Result<RolloutPlan, String> {
+        let reload = match (&self.config_path, &order.plugin) {
+            (Some(path), None) => {
+                let file = crate::config::load(path).map_err(|e| e.to_string())?;
+                Some(self.overrides.resolve_file(&file))
+            }
+            _ => None,
+        };
+        let current: Vec<TaskSettings> = self.tasks.iter().filter(|t| !t.retired).map(|t| t.settings.clone()).collect();
+        let wanted = reload.as_ref().unwrap_or(&current);
+        let known = |name: &str| self.tasks.iter().any(|t| t.settings.name == name);
+        let selected: Vec<&TaskSettings> = match &order.task {
+            Some(name) => vec![
+                wanted
+                    .iter()
+                    .find(|t| &t.name == name && known(name))
+                    .ok_or_else(|| format!("no task named {name}"))?,
+            ],
+            // Tasks the file adds start on their own, like at start; the others roll.
+            None => wanted.iter().filter(|t| known(&t.name)).collect(),
+        };
+        if order.plugin.is_some() && selected.len() != 1 {
+            return Err("a new plugin file needs --task when the host runs several tasks".to_owned());
+        }
+        let stage = |settings: &TaskSettings, path: &std::path::Path| -> Result<Build, String> {
+            let staged = plugin::stage(path, &self.host.plugins_dir()).map_err(|e| e.to_string())?;
+            Ok(Build::new(generation, staged, settings))
+        };
+        let mut rolled = Vec::new();
+        for settings in selected {
+            let path = order.plugin.as_deref().unwrap_or(&settings.plugin);
+            rolled.push((settings.name.clone(), stage(settings, path)?));
+        }
         let mut added = Vec::new();
-        for settings in &wanted {
-            if !self.tasks.iter().any(|t| t.settings.name == settings.name) {
-                let staged = plugin::stage(&settings.plugin, &self.host.plugins_dir()).map_err(|e| e.to_string())?;
-                added.push(Build::new(generation, staged, settings));
+        for settings in wanted.iter().filter(|t| !known(&t.name)) {
+            added.push(stage(settings, &settings.plugin)?);
+        }
+        Ok(RolloutPlan { reload, rolled, added })
+    }
+
+    /// Applies a re-read config file: worker counts, added and removed tasks take effect at once; each remaining
+    /// task's plugin, limits and config go out with the new generation. `added` holds the staged builds of the
+    /// added tasks, in the file's order.
+    fn apply_reload(&mut self, wanted: Vec<TaskSettings>, added: Vec<Build>) {
+        let mut added = added.into_iter();
+        for task in &mut self.tasks {
+            if !task.retired && !wanted.iter().any(|w| w.name == task.settings.name) {
+                info!(task = %task.settings.name, "config: task removed, stopping its workers");
+                task.retired = true;
             }
         }
-        let mut added = added.into_iter();
-        for settings in wanted.iter().cloned() {
+        for settings in wanted {
             match self.tasks.iter_mut().find(|t| t.settings.name == settings.name) {
                 Some(task) => {
                     if task.retired || task.settings.workers != settings.workers {
@@ -156,7 +217,7 @@ impl Master {
                 }
                 None => {
                     info!(task = %settings.name, workers = settings.workers, "config: new task");
-                    let build = added.next().expect("staged above, in the same order");
+                    let build = added.next().expect("one staged build per added task, in the same order");
                     self.tasks.push(super::core::Task {
                         settings,
                         build,
@@ -168,14 +229,7 @@ impl Master {
                 }
             }
         }
-        for task in &mut self.tasks {
-            if !task.retired && !wanted.iter().any(|w| w.name == task.settings.name) {
-                info!(task = %task.settings.name, "config: task removed, stopping its workers");
-                task.retired = true;
-            }
-        }
         self.schedule_supervision(crate::sysinfo::Mono::now());
-        Ok(())
     }
 
     /// Starts new workers up to the surge, and finishes the rollout when every slot has moved.

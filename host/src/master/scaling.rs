@@ -1,5 +1,5 @@
 //! Changing the number of workers at runtime (`pmhost scale`, SIGTTIN/SIGTTOU) and reading the CLI's control
-//! requests.
+//! requests (restart to another build, scale, stop).
 
 use std::time::Duration;
 
@@ -21,6 +21,12 @@ impl Master {
                         surge,
                         init_timeout: init_timeout_ms.map(Duration::from_millis),
                     });
+                }
+                crate::requests::Request::Stop { id } => {
+                    if matches!(self.phase, HostPhase::Running) {
+                        info!(request = %id, workers = self.workers.len(), "graceful stop requested by pmhost stop");
+                        self.begin_stop(Ok(()));
+                    }
                 }
                 crate::requests::Request::Scale { id, task, workers } => {
                     let error = self.scale_to(task.as_deref(), workers).err();

@@ -170,6 +170,7 @@ fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str
         Phase::Loading => "loading",
         Phase::Initializing => "initializing",
         Phase::Stopping => "stopping",
+        Phase::Retiring => "retiring",
         Phase::Running if cell.busy() => "busy",
         Phase::Running => "idle",
     }
