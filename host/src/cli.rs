@@ -269,9 +269,10 @@ pub struct ScaleArgs {
 pub struct StopArgs {
     #[command(flatten)]
     pub target: Target,
-    /// How long to wait for a graceful stop before stopping at once.
-    #[arg(long, default_value = "10s", value_parser = parse_seconds, value_name = "SECS")]
-    pub timeout: Duration,
+    /// How long to wait for a graceful stop before stopping at once. [default: the host's stop timeout + 5s, so
+    /// the master's own grace runs out first]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub timeout: Option<Duration>,
     /// Stop at once (workers are killed) instead of gracefully.
     #[arg(long)]
     pub now: bool,

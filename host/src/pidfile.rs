@@ -116,7 +116,9 @@ pub fn running_master(path: &Path) -> Result<Option<Pid>, PidFileError> {
         Err(TryLockError::WouldBlock) => {
             let mut text = String::new();
             file.read_to_string(&mut text).map_err(io_err)?;
-            let Some(pid) = text.trim().parse::<i32>().ok().filter(|pid| *pid > 1).map(Pid::from_raw) else {
+            // PID 1 is valid: a master that is a container's entrypoint. `has_open` below keeps a pid that means
+            // another process in this pid namespace (the host's init) from ever being signalled.
+            let Some(pid) = text.trim().parse::<i32>().ok().filter(|pid| *pid >= 1).map(Pid::from_raw) else {
                 return Err(untrusted(format!("it is locked but names no valid pid ({:?})", text.trim())));
             };
             if !has_open(pid, &meta) {

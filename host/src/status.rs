@@ -72,6 +72,9 @@ pub struct MasterStatus {
     /// Unix seconds.
     pub started_at: u64,
     pub uptime_s: u64,
+    /// The host's grace period for a graceful stop, in milliseconds.
+    #[serde(default)]
+    pub stop_timeout_ms: u64,
 }
 
 /// One task.

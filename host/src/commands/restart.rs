@@ -28,6 +28,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         }
         Err(e) => return Err(e),
     };
+    refuse_start_only_flags(&args)?;
     let status_dir = target.status_dir();
     let watch = StatusWatch::new(&status_dir)?;
     let before = watch
@@ -98,6 +99,30 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         started.elapsed().as_millis()
     );
     Ok(code::OK)
+}
+
+/// Flags that only shape a start: a running host takes them from its config file (or keeps its start flags), so
+/// accepting them here would silently do nothing.
+fn refuse_start_only_flags(args: &RestartArgs) -> Result<(), CommandError> {
+    let values = super::plan::overrides(&args.start);
+    let given = crate::settings::TaskValues { plugin: None, init_timeout: None, ..values };
+    let host_flags = args.start.check_interval.is_some()
+        || args.start.stop_timeout.is_some()
+        || args.start.title_prefix.is_some()
+        || args.start.log_level.is_some()
+        || args.start.log_format.is_some()
+        || args.start.log_rotation.is_some()
+        || args.start.no_log_files
+        || args.start.subreaper;
+    if given != crate::settings::TaskValues::default() || host_flags {
+        return Err(CommandError::Usage(
+            "restart of a running host takes only --plugin, --task, --surge, --init-timeout and --timeout; the \
+             other settings come from its config file (edit it and restart) or from its start; use `pmhost scale` \
+             for the worker count"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn builds(snapshot: &Snapshot) -> String {

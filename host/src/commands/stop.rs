@@ -13,6 +13,21 @@ use crate::exit::cli as code;
 use crate::master::signals::{Action, signal_for};
 use crate::requests::{self, Request};
 
+/// Added to the host's stop timeout for the default wait, so the master's own grace ends first.
+const MARGIN: Duration = Duration::from_secs(5);
+/// The wait when the host's stop timeout is unknown (its default plus the margin).
+const FALLBACK: Duration = Duration::from_secs(10);
+
+/// The host's stop timeout, from its status file.
+fn host_stop_timeout(status_dir: &std::path::Path) -> Duration {
+    crate::rundir::open_read_nofollow(&status_dir.join("status.json"))
+        .ok()
+        .and_then(|file| serde_json::from_reader::<_, crate::status::Snapshot>(std::io::BufReader::new(file)).ok())
+        .map(|s| s.master.stop_timeout_ms)
+        .filter(|ms| *ms > 0)
+        .map_or(FALLBACK, Duration::from_millis)
+}
+
 /// How long an immediate stop may take before the master itself is killed.
 const IMMEDIATE_GRACE: Duration = Duration::from_secs(5);
 
@@ -22,16 +37,17 @@ pub fn stop(args: StopArgs) -> Result<i32, CommandError> {
     let name = &target.name;
     let master = find_master(&target)?;
     let started = Instant::now();
+    let timeout = args.timeout.unwrap_or_else(|| host_stop_timeout(&target.status_dir()) + MARGIN);
     if !args.now {
         let id = requests::new_id();
         requests::submit(&target.status_dir(), &id, &Request::Stop { id: id.clone() })?;
         master.signal(signal_for(Action::Requests))?;
-        println!("stopping {name} (master pid {}): graceful, waiting up to {:?}", master.pid, args.timeout);
-        if master.wait_exit(args.timeout) {
+        println!("stopping {name} (master pid {}): graceful, waiting up to {:?}", master.pid, timeout);
+        if master.wait_exit(timeout) {
             println!("stopped {name} in {} ms", started.elapsed().as_millis());
             return Ok(code::OK);
         }
-        println!("{name} did not stop within {:?}: stopping at once (workers are killed)", args.timeout);
+        println!("{name} did not stop within {:?}: stopping at once (workers are killed)", timeout);
     }
     master.signal(signal_for(Action::StopNow))?;
     if master.wait_exit(IMMEDIATE_GRACE) {

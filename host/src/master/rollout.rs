@@ -240,9 +240,13 @@ impl Master {
                 return;
             }
             let Some((task, slot)) = rollout.queue.pop_front() else {
-                if rollout.in_flight.is_empty() {
-                    self.finish_rollout();
+                if !rollout.in_flight.is_empty() {
+                    return;
                 }
+                if self.queue_stragglers() {
+                    continue;
+                }
+                self.finish_rollout();
                 return;
             };
             if slot >= self.tasks[task].settings.workers {
@@ -259,6 +263,32 @@ impl Master {
                 None => return self.fail_rollout(format!("cannot fork a new worker for slot {slot}")),
             }
         }
+    }
+
+    /// Queues slots of rolled tasks that still run an older generation (slots added by scaling during the
+    /// rollout); returns whether any were queued.
+    fn queue_stragglers(&mut self) -> bool {
+        let Some(rollout) = &mut self.rollout else { return false };
+        let mut found = Vec::new();
+        for (index, task) in self.tasks.iter().enumerate() {
+            if rollout.new_builds.get(index).is_none_or(|b| b.is_none()) || task.retired {
+                continue;
+            }
+            for slot in 0..task.settings.workers {
+                let old = self
+                    .workers
+                    .values()
+                    .any(|w| w.task == index && w.slot == slot && !w.stop_sent && w.generation != rollout.generation);
+                if old && !rollout.switched.contains(&(index, slot)) {
+                    found.push((index, slot));
+                }
+            }
+        }
+        rollout.queue.extend(found.iter().copied());
+        if let Some(record) = &mut self.last_restart {
+            record.slots_total += found.len() as u32;
+        }
+        !found.is_empty()
     }
 
     /// A new worker is ready: its slot moves to the new build and the slot's old worker stops gracefully.

@@ -150,6 +150,7 @@ impl Master {
                 rss_bytes: sysinfo::rss_bytes(std::process::id() as i32),
                 started_at: sysinfo::unix_seconds(self.started_wall),
                 uptime_s: now.duration_since(self.started_wall).unwrap_or(Duration::ZERO).as_secs(),
+                stop_timeout_ms: self.host.stop_timeout.as_millis() as u64,
             },
             generation: self.generation,
             written_at_mono_ns: sysinfo::monotonic_ns(),
