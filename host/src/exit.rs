@@ -4,10 +4,10 @@
 pub mod cli {
     /// Success.
     pub const OK: i32 = 0;
-    /// The operation failed: a start that did not come up, a stop that had to kill, an I/O error. The message on
-    /// stderr says why.
+    /// The operation failed: a start that did not come up, a master that did not answer, an I/O error. The
+    /// message on stderr says why.
     pub const FAILED: i32 = 1;
-    /// The command line or config was invalid (clap uses 2 for usage errors too).
+    /// The command line or the config file was invalid (clap uses 2 for usage errors too).
     pub const USAGE: i32 = 2;
     /// No master runs under that name (`stop`, `status`, `scale`).
     pub const NOT_RUNNING: i32 = 3;

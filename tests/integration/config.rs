@@ -257,7 +257,81 @@ fn log_files_have_the_documented_names_prefixes_and_lines() {
     let errors = read("error_process.log");
     assert!(errors.contains("work failed: bad record 42"), "{errors}");
     assert!(errors.lines().all(|l| l.starts_with("[Error]")), "{errors}");
-    assert!(!process.contains("[Error]") || process.contains("bad record 42"));
+}
+
+#[test]
+fn a_failed_start_writes_the_fatal_file() {
+    let sb = Sandbox::new("fatal");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let out = sb.run([
+        "start",
+        "--name",
+        &sb.name,
+        "--plugin",
+        faulty,
+        "--log-rotation",
+        "never",
+        "--task-config",
+        r#"{"init":"fail","message":"license expired"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let fatal = std::fs::read_to_string(sb.path("log").join("fatal_process.log")).unwrap();
+    assert!(fatal.contains("start failed") && fatal.contains("license expired"), "{fatal}");
+}
+
+#[test]
+fn log_level_filters_and_daemons_log_only_to_files() {
+    let sb = Sandbox::new("loglevel");
+    let hello = fixtures().hello.to_str().unwrap();
+    let out = sb.run([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        hello,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--log-level",
+        "warn",
+        "--log-rotation",
+        "hourly",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(out.stderr.is_empty(), "a daemon wrote to the caller's stderr: {}", describe(&out));
+    let victim = sb.ready_workers()[&0];
+    signal(victim, Signal::SIGKILL);
+    sb.wait_for("the crash logged", SOON, || {
+        let name = std::fs::read_dir(sb.path("log"))
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("process."))?;
+        let text = std::fs::read_to_string(sb.path("log").join(&name)).ok()?;
+        // Hourly names: process.YYYY-MM-DD-HH.log.
+        assert_eq!(name.len(), "process.2026-01-30-15.log".len(), "{name}");
+        text.contains("worker crashed").then_some(text)
+    });
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for entry in std::fs::read_dir(sb.path("log")).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        assert!(!text.contains("[Info]"), "{:?} has info lines at level warn:\n{text}", entry.file_name());
+    }
+}
+
+#[test]
+fn no_log_files_writes_no_files() {
+    let mut sb = Sandbox::new("nologs");
+    let mut fg = sb.start_faulty(
+        &serde_json::json!({}),
+        ["--workers", "1", "--execute-times", "2", "--execute-usleep", "0", "--check-interval", "0", "--no-log-files"],
+    );
+    assert_eq!(crate::harness::wait_exit(&mut fg, SOON), 0);
+    assert!(!sb.path("log").exists() || std::fs::read_dir(sb.path("log")).unwrap().next().is_none());
+    assert!(crate::harness::stderr_of(&fg).contains("master started"), "foreground still logs to stderr");
 }
 
 #[test]

@@ -277,6 +277,15 @@ fn status_json_follows_the_schema_with_real_pids() {
     let out = sb.run(["status", "--name", &sb.name, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every documented key, and no other.
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>().join(",");
+    assert_eq!(keys(&s), "generation,last_restart,last_scale,master,name,state,tasks,written_at,written_at_mono_ns");
+    assert_eq!(keys(&s["master"]), "pid,rss_bytes,started_at,stop_timeout_ms,title,uptime_s");
+    assert_eq!(keys(&s["tasks"][0]), "backoff,executions_total,name,plugin,plugin_sha256,workers,workers_wanted");
+    assert_eq!(
+        keys(&s["tasks"][0]["workers"][0]),
+        "executions,generation,last_exit,pid,plugin_sha256,restarts,rss_bytes,slot,started_at,state,title"
+    );
     assert_eq!(s["name"], sb.name.as_str());
     assert_eq!(s["state"], "running");
     assert_eq!(s["generation"], 1);
@@ -479,4 +488,33 @@ fn a_start_with_one_failing_slot_fails_whole() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("slot 1 has no token"), "{}", describe(&out));
     sb.wait_for("nothing left running", SOON, || sb.live_processes().is_empty().then_some(()));
+}
+
+#[test]
+fn stop_now_kills_workers_in_the_middle_of_a_call() {
+    let sb = Sandbox::new("stopnow");
+    let shutdown = sb.path("shutdown");
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let config = task_config(json!({"work_ms": 60000, "shutdown_file": shutdown}));
+    let out = sb.run([
+        "start",
+        "-d",
+        "--name",
+        &sb.name,
+        "--plugin",
+        faulty,
+        "--workers",
+        "2",
+        "--execute-times",
+        "0",
+        "--task-config",
+        &config,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let started = std::time::Instant::now();
+    let out = sb.run(["stop", "--name", &sb.name, "--now"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(started.elapsed() < Duration::from_secs(10), "an immediate stop took {:?}", started.elapsed());
+    assert!(!shutdown.exists(), "shutdown ran: the workers were not killed");
+    assert!(sb.live_processes().is_empty());
 }

@@ -38,10 +38,23 @@ fn systemd_notify_ready_reloading_watchdog_stopping() {
     let sb = Sandbox::new("notify");
     let socket_path = sb.path("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let hello = fixtures().hello.to_str().unwrap().to_owned();
+    let faulty = fixtures().faulty.to_str().unwrap().to_owned();
+    let env_file = sb.path("worker-env");
+    let config = task_config(json!({"env_file": env_file}));
     let stderr_path = sb.path("notify.stderr");
-    let mut cmd =
-        sb.pmhost(["start", "--name", &sb.name, "--plugin", &hello, "--workers", "2", "--execute-times", "0"]);
+    let mut cmd = sb.pmhost([
+        "start",
+        "--name",
+        &sb.name,
+        "--plugin",
+        &faulty,
+        "--workers",
+        "2",
+        "--execute-times",
+        "0",
+        "--task-config",
+        &config,
+    ]);
     cmd.env("NOTIFY_SOCKET", &socket_path).env("WATCHDOG_USEC", "400000");
     cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&stderr_path).unwrap());
     let child = cmd.spawn().unwrap();
@@ -50,6 +63,9 @@ fn systemd_notify_ready_reloading_watchdog_stopping() {
     let ready = receive_until(&socket, "READY=1", &mut seen);
     assert!(ready.contains("STATUS=2/2 workers ready, generation 1"), "{ready}");
     receive_until(&socket, "WATCHDOG=1", &mut seen);
+    // Workers never see the socket: only the master speaks to systemd.
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert_eq!(env.lines().collect::<Vec<_>>(), ["-", "-"], "workers inherited NOTIFY_SOCKET: {env}");
     let master = fg.child.id() as i32;
     signal(master, Signal::SIGHUP);
     let reloading = receive_until(&socket, "RELOADING=1", &mut seen);

@@ -120,6 +120,8 @@ fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
             .saturating_sub(first.mono_ns),
     );
     assert!(replaced_after >= Duration::from_millis(1000), "replaced before work_timeout: {replaced_after:?}");
+    // work_timeout 1 s, checked every 250 ms; the replacement starts at detection, not after the kill.
+    assert!(replaced_after < Duration::from_secs(5), "replaced only after {replaced_after:?}");
     let w0 = workers(&status).into_iter().find(|w| w["slot"] == 0).unwrap();
     assert!(w0["last_exit"]["reason"].as_str().unwrap().contains("work_timeout"), "{w0}");
     assert!(ProcessWaiter::new(first.pid).wait(SOON), "the hung worker is still there");
@@ -129,6 +131,8 @@ fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
         line.contains(&format!("pid={}", first.pid)) && line.contains("slot=0") && line.contains("calls_done=0"),
         "{line}"
     );
+    let running_ms: u64 = line.split("running_ms=").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    assert!(running_ms >= 1000, "{line}");
     // Slot 1 was never disturbed.
     assert!(workers(&status).iter().any(|w| w["slot"] == 1 && w["last_exit"].is_null()), "{status}");
 }
@@ -208,16 +212,20 @@ fn processes_a_plugin_spawned_end_with_their_worker() {
     assert!(processes_mentioning(&token).is_empty());
 }
 
-/// A plugin whose helper leaves an orphan behind that, after a moment, writes who adopted it (its `PPid:` line)
-/// to `done` and exits.
+/// A plugin whose helper leaves an orphan behind that, after a moment, writes its own pid and its adopter's to
+/// `done` and exits (becoming a zombie until its adopter reaps it).
 fn orphan_config(done: &Path) -> String {
-    let orphan = format!("(sleep 0.3; exec grep PPid /proc/self/status > {}) & exit 0", done.display());
+    let tmp = done.with_extension("tmp");
+    let orphan =
+        format!("(sleep 0.3; exec sh -c 'echo $$ $PPID > {0} && mv {0} {1}') & exit 0", tmp.display(), done.display());
     task_config(json!({"work": "spawn", "spawn": orphan}))
 }
 
-/// The adopter's pid the orphan wrote, once it has.
-fn adopter(done: &Path) -> Option<i32> {
-    std::fs::read_to_string(done).ok()?.trim().strip_prefix("PPid:")?.trim().parse().ok()
+/// The orphan's pid (as seen from here) and its adopter's (as the orphan saw it), once it wrote them.
+fn orphan(done: &Path) -> Option<(i32, i32)> {
+    let text = std::fs::read_to_string(done).ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<i32>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 #[test]
@@ -238,9 +246,14 @@ fn the_subreaper_reaps_orphaned_grandchildren() {
         &config,
     ]);
     let master = fg.child.id() as i32;
-    let adopted_by = sb.wait_for("the orphan to finish", SOON, || adopter(&done));
+    let (pid, adopted_by) = sb.wait_for("the orphan to finish", SOON, || orphan(&done));
     assert_eq!(adopted_by, master, "the orphan was not adopted by the master");
-    sb.wait_for("no zombie left under the master", SOON, || zombie_children_of(master).is_empty().then_some(()));
+    // A zombie keeps its /proc entry: the entry goes only once the adopter reaped it.
+    assert!(
+        ProcessWaiter::new(pid).wait(SOON) && !Path::new(&format!("/proc/{pid}")).exists(),
+        "orphan {pid} not reaped"
+    );
+    assert!(zombie_children_of(master).is_empty());
 }
 
 #[test]
@@ -268,11 +281,27 @@ fn as_pid_1_the_master_reaps_orphans_and_stops_on_term() {
         (status["master"]["pid"] == 1).then_some(())?;
         processes_mentioning(&format!("Master:{}", sb.name)).first().copied()
     });
-    let adopted_by = sb.wait_for("the orphan to finish", SOON, || adopter(&done));
+    let (_, adopted_by) = sb.wait_for("the orphan to finish", SOON, || orphan(&done));
     assert_eq!(adopted_by, 1, "the orphan was not adopted by PID 1");
+    // The orphan's pid is one of its namespace: judge from outside by the master's children.
     sb.wait_for("no zombie left under PID 1", SOON, || zombie_children_of(master).is_empty().then_some(()));
     let log = std::fs::read_to_string(sb.path("pid1.stderr")).unwrap();
     assert!(log.contains("running as PID 1"), "{log}");
+    // Control commands run inside the container (as a probe would) find the master as PID 1.
+    let inside = |args: &[&str]| {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &master.to_string(), "-p", "-m", "--"]).arg(env!("CARGO_BIN_EXE_pmhost")).args(args);
+        cmd.env("PMHOST_PID_ROOT", sb.pid_root()).env("PMHOST_STATUS_ROOT", sb.status_root());
+        cmd.output().unwrap()
+    };
+    let out = inside(&["status", "--name", &sb.name, "--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // From outside the namespace, pid 1 is another process: never signalled.
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not hold it"), "{}", describe(&out));
+    // The runtime stops a container with SIGTERM to its PID 1. (A `pmhost stop` run inside would be killed by the
+    // kernel with everything else in the namespace once PID 1 exits.)
     signal(master, Signal::SIGTERM);
     let waiter = ProcessWaiter::new(unshare.id() as i32);
     assert!(waiter.wait(SOON), "PID 1 did not stop on SIGTERM");
@@ -357,6 +386,8 @@ fn resource_limits_apply_to_workers() {
         "77",
         "--rlimit-core",
         "0",
+        "--rlimit-as",
+        "8GiB",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let worker = sb.ready_workers()[&0];
@@ -366,6 +397,7 @@ fn resource_limits_apply_to_workers() {
     };
     assert!(line("Max open files").ends_with("77 77 files"), "{limits}");
     assert!(line("Max core file size").ends_with("0 0 bytes"), "{limits}");
+    assert!(line("Max address space").ends_with("8589934592 8589934592 bytes"), "{limits}");
     let out = sb.run(["stop", "--name", &sb.name]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
@@ -381,18 +413,36 @@ fn limit_jitter_spreads_retirement() {
     );
     let lives = sb.wait_for("ten retired workers", SOON, || {
         let marks = read_markers(&marker);
-        let mut calls: std::collections::BTreeMap<i32, u64> = Default::default();
+        // pid -> (first call's time, calls), so workers are ordered by age, not by pid.
+        let mut calls: std::collections::BTreeMap<i32, (u64, u64)> = Default::default();
         for m in &marks {
-            let c = calls.entry(m.pid).or_default();
-            *c = (*c).max(m.call);
+            let c = calls.entry(m.pid).or_insert((m.mono_ns, 0));
+            c.1 = c.1.max(m.call);
         }
         (calls.len() >= 12).then_some(calls)
     });
     // The newest workers may still be running: judge the ten oldest.
-    let mut by_age: Vec<(i32, u64)> = lives.into_iter().collect();
+    let mut by_age: Vec<(u64, u64)> = lives.into_values().collect();
     by_age.sort();
     let retired: Vec<u64> = by_age.iter().take(10).map(|(_, calls)| *calls).collect();
     assert!(retired.iter().all(|c| (10..=20).contains(c)), "{retired:?}");
     let distinct: std::collections::BTreeSet<_> = retired.iter().collect();
     assert!(distinct.len() >= 2, "no spread: {retired:?}");
+}
+
+#[test]
+fn backoff_starts_afresh_after_a_stable_run() {
+    let mut sb = Sandbox::new("backoffreset");
+    // Each worker runs about half a second (5 calls, 100 ms apart), then panics: longer than backoff_reset.
+    let config = json!({"work": "panic", "from_call": 5});
+    let fg = sb.start_faulty(
+        &config,
+        ["--workers", "1", "--execute-times", "0", "--execute-usleep", "100ms", "--backoff-reset", "200ms"],
+    );
+    let lines = sb.wait_for("three respawns", SOON, || {
+        let lines: Vec<String> =
+            stderr_of(&fg).lines().filter(|l| l.contains("respawn after backoff")).map(str::to_owned).collect();
+        (lines.len() >= 3).then_some(lines)
+    });
+    assert!(lines.iter().all(|l| l.contains("crashes=1") && l.contains("delay_ms=100")), "{lines:#?}");
 }

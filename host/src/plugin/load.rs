@@ -124,6 +124,37 @@ fn first_mismatch(report: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    mod v1 {
+        /// The interface as the host knows it.
+        #[repr(C)]
+        #[derive(abi_stable::StableAbi)]
+        pub struct Module {
+            pub calls: u64,
+            pub init: extern "C" fn(u32) -> u32,
+        }
+    }
+
+    mod v2 {
+        /// The same type, changed by a plugin built from a modified interface.
+        #[repr(C)]
+        #[derive(abi_stable::StableAbi)]
+        pub struct Module {
+            pub calls: u64,
+            pub init: extern "C" fn(u64) -> u32,
+        }
+    }
+
+    #[test]
+    fn a_layout_report_is_reduced_to_one_line_naming_the_difference() {
+        use abi_stable::StableAbi;
+        use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+        let report = check_layout_compatibility(&v1::Module::LAYOUT, &v2::Module::LAYOUT).unwrap_err().to_string();
+        assert!(report.lines().count() > 20, "abi_stable's report is long: {report}");
+        let line = super::first_mismatch(&report);
+        assert!(!line.contains('\n') && line.len() < 300, "{line}");
+        assert!(line.contains("u32") || line.contains("u64") || line.contains("init"), "{line}\n--- from:\n{report}");
+    }
+
     #[test]
     fn versions_compatible_as_cargo_sees_them() {
         assert!(super::compatible("0.1.3", "0.1.0"));

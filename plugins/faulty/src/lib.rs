@@ -43,9 +43,12 @@ struct Config {
     shutdown_panics: bool,
     /// A build label written into marker lines (tells builds apart in restart tests).
     label: Option<String>,
-    /// A file `init` reads when it starts: `ok`, `fail MESSAGE`, `panic MESSAGE` or `slow MILLISECONDS`. Lets a
-    /// test change how the next workers start (for restarts) without changing the config.
+    /// A file `init` reads when it starts: `ok`, `fail MESSAGE`, `panic MESSAGE` or `slow MILLISECONDS` (in the
+    /// slots that misbehave). Lets a test change how the next workers start (for restarts) without changing the
+    /// config.
     control_file: Option<String>,
+    /// A file `init` writes the value of `$NOTIFY_SOCKET` to (`-` when unset): workers must not inherit it.
+    env_file: Option<String>,
 }
 
 struct Faulty {
@@ -92,7 +95,11 @@ impl Job for Faulty {
             spawned: false,
         };
         let applies = me.config.only_slot.is_none_or(|slot| slot == ctx.slot());
-        if let Some(path) = &me.config.control_file {
+        if let Some(path) = &me.config.env_file {
+            let value = std::env::var("NOTIFY_SOCKET").unwrap_or_else(|_| "-".to_owned());
+            append(path, &format!("{value}\n"));
+        }
+        if let Some(path) = me.config.control_file.as_ref().filter(|_| applies) {
             let order = std::fs::read_to_string(path).unwrap_or_default();
             let (verb, rest) = order.trim().split_once(' ').unwrap_or((order.trim(), ""));
             match verb {
