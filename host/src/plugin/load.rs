@@ -148,7 +148,7 @@ mod tests {
     fn a_layout_report_is_reduced_to_one_line_naming_the_difference() {
         use abi_stable::StableAbi;
         use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
-        let report = check_layout_compatibility(&v1::Module::LAYOUT, &v2::Module::LAYOUT).unwrap_err().to_string();
+        let report = check_layout_compatibility(v1::Module::LAYOUT, v2::Module::LAYOUT).unwrap_err().to_string();
         assert!(report.lines().count() > 20, "abi_stable's report is long: {report}");
         let line = super::first_mismatch(&report);
         assert!(!line.contains('\n') && line.len() < 300, "{line}");
