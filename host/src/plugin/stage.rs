@@ -55,32 +55,35 @@ pub enum StageError {
 
 /// Copies `plugin` into `dir` (a private run directory) under the hash of its bytes.
 ///
-/// The file is read once to hash it; when `{sha256}.so` is already staged (a restart of the build the CLI just
-/// checked, or of the same build) nothing is written. Otherwise it is copied into a temp file while hashed again,
-/// and renamed to the hash of the bytes actually copied, so the name always matches the content even if the file
-/// is being rebuilt meanwhile. Streaming keeps a whole plugin out of the caller's memory (the master's forked
-/// workers would inherit it).
+/// The file is read once: copied into a temp file while it is hashed, then renamed to `{sha256}.so` (or dropped
+/// when that build is staged already). So the name always matches the bytes even if the file is being rebuilt
+/// meanwhile, a start pays for one read and one hash of the plugin, and the caller never holds a whole plugin in
+/// memory (the master's forked workers would inherit it).
 pub fn stage(plugin: &Path, dir: &Path) -> Result<StagedPlugin, StageError> {
     let original = std::path::absolute(plugin).unwrap_or_else(|_| plugin.to_owned());
-    let (sha256, len) = digest(&original, None)?;
-    let staged = dir.join(format!("{sha256}.so"));
-    if fs::symlink_metadata(&staged).is_ok_and(|meta| meta.is_file() && meta.len() == len) {
-        return Ok(StagedPlugin { original, staged, sha256 });
-    }
     let copy_err = |e: io::Error| StageError::Copy {
         path: original.clone(),
         source: rundir::RunDirError::Write { path: dir.to_owned(), source: e },
     };
+    // Refuse a missing file before creating anything.
+    if let Err(e) = fs::metadata(&original)
+        && e.kind() == io::ErrorKind::NotFound
+    {
+        return Err(StageError::Missing { path: original });
+    }
     let (temp, temp_path) = rundir::create_temp_for(&dir.join("incoming.so")).map_err(copy_err)?;
-    let copied = digest(&original, Some(temp));
-    let sha256 = match copied {
-        Ok((sha256, _)) => sha256,
+    let (sha256, len) = match digest(&original, Some(temp)) {
+        Ok(digest) => digest,
         Err(e) => {
             let _ = fs::remove_file(&temp_path);
             return Err(e);
         }
     };
     let staged = dir.join(format!("{sha256}.so"));
+    if fs::symlink_metadata(&staged).is_ok_and(|meta| meta.is_file() && meta.len() == len) {
+        let _ = fs::remove_file(&temp_path);
+        return Ok(StagedPlugin { original, staged, sha256 });
+    }
     // Renaming over an identical copy that workers have mapped is harmless: they keep the old inode.
     if let Err(e) = fs::rename(&temp_path, &staged) {
         let _ = fs::remove_file(&temp_path);
