@@ -94,8 +94,7 @@ fn flags_override_the_file() {
     let status = sb.status().unwrap();
     assert_eq!(ready(&status, &format!("{}-greeter", sb.name)), 3, "{status}");
     assert_eq!(ready(&status, &format!("{}-marker", sb.name)), 3, "{status}");
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
 }
 
 #[test]
@@ -166,8 +165,7 @@ fn sighup_rereads_the_file_adding_a_task_and_changing_a_count() {
     assert_eq!(status["last_restart"]["ok"], false, "{status}");
     assert!(status["last_restart"]["error"].as_str().unwrap().contains("pmhost.toml:"), "{status}");
     assert_eq!(ready(&status, &greeter), 3, "{status}");
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
 }
 
 #[test]
@@ -194,8 +192,7 @@ fn a_refused_reload_changes_nothing() {
     let greeter = format!("{}-greeter", sb.name);
     assert_eq!(status["tasks"][0]["workers_wanted"], 2, "{status}");
     assert_eq!(task_workers(&status, &greeter).len(), 2, "{status}");
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
 }
 
 #[test]
@@ -217,8 +214,7 @@ fn restart_with_task_rolls_only_that_task() {
     });
     let after = task_workers(&status, &marker_task);
     assert_eq!(before[0]["pid"], after[0]["pid"], "the other task was touched");
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
 }
 
 #[test]
@@ -314,8 +310,7 @@ fn log_level_filters_and_daemons_log_only_to_files() {
         assert_eq!(name.len(), "process.2026-01-30-15.log".len(), "{name}");
         text.contains("worker crashed").then_some(text)
     });
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
     for entry in std::fs::read_dir(sb.path("log")).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap();
         assert!(!text.contains("[Info]"), "{:?} has info lines at level warn:\n{text}", entry.file_name());

@@ -10,18 +10,9 @@ use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, describe, fixtures, 
 
 /// `start -d` of the hello plugin with `workers` workers; asserts success.
 fn start_daemon(sb: &Sandbox, workers: &str, extra: &[&str]) {
-    let plugin = fixtures().hello.to_str().unwrap().to_owned();
-    let mut args = vec!["start", "-d", "--name", &sb.name, "--plugin", &plugin, "--workers", workers];
-    args.extend_from_slice(&["--execute-times", "0", "--execute-usleep", "50ms"]);
+    let mut args = vec!["--workers", workers, "--execute-times", "0", "--execute-usleep", "50ms"];
     args.extend_from_slice(extra);
-    let out = sb.run(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-}
-
-fn stop(sb: &Sandbox) {
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert!(sb.live_processes().is_empty(), "left running: {:?}", sb.live_processes());
+    sb.start_daemon(&fixtures().hello, &args);
 }
 
 #[test]
@@ -72,7 +63,7 @@ fn a_second_start_is_refused_naming_the_running_pid() {
         describe(&out)
     );
     assert_eq!(sb.master_pid(), pid, "the refused start touched the pid file");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -90,7 +81,7 @@ fn concurrent_starts_exactly_one_wins() {
     assert_eq!(codes, [Some(0), Some(4)], "{}\n{}", describe(&a), describe(&b));
     let masters: Vec<i32> = processes_mentioning(&format!("Master:{}", sb.name));
     assert_eq!(masters.len(), 1, "masters: {masters:?}");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -111,7 +102,7 @@ fn a_stale_pid_file_never_blocks_a_start_nor_misdirects_a_stop() {
 
     start_daemon(&sb, "1", &[]);
     assert_ne!(sb.master_pid(), bystander.id() as i32);
-    stop(&sb);
+    sb.stop();
     assert!(bystander.try_wait().unwrap().is_none(), "the bystander was signalled");
     bystander.kill().unwrap();
     bystander.wait().unwrap();
@@ -132,7 +123,7 @@ fn planted_symlinks_are_never_followed() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     let meta = std::fs::symlink_metadata(status_dir.join("status.json")).unwrap();
     assert!(meta.file_type().is_file(), "status.json is still a symlink");
-    stop(&sb);
+    sb.stop();
 
     // A symlink where the pid file goes: refused, victim untouched.
     std::os::unix::fs::symlink(&victim, sb.pid_root().join(format!("{}.pid", sb.name))).unwrap();
@@ -172,7 +163,7 @@ fn daemon_start_returns_once_every_worker_is_ready() {
     assert!(workers.iter().all(|w| matches!(w["state"].as_str(), Some("idle" | "busy"))), "{status}");
     let check = sb.run(["status", "--name", &sb.name, "--check"]);
     assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -220,7 +211,7 @@ fn daemon_start_with_relative_paths() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(sb.status_file().exists());
     assert!(sb.path("log").read_dir().unwrap().next().is_some(), "no log file in the relative log dir");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -316,7 +307,7 @@ fn status_json_follows_the_schema_with_real_pids() {
         }
         assert!(w.get("last_exit").is_some(), "{w}");
     }
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -330,7 +321,7 @@ fn status_table_shows_master_and_worker_sections() {
         assert!(table.contains(needle), "{needle} missing:\n{table}");
     }
     assert_eq!(table.matches(&format!("process_m:Worker:{}", sb.name)).count(), 2, "{table}");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -358,7 +349,7 @@ fn ps_and_pgrep_see_the_titles() {
     assert_eq!(workers, 2, "pgrep found: {}", String::from_utf8_lossy(&pgrep.stdout));
     let comm = std::fs::read_to_string(format!("/proc/{master}/comm")).unwrap();
     assert!(comm.trim().starts_with("M:t"), "short name {comm:?}");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -427,7 +418,7 @@ fn status_requests_during_a_start_do_not_disturb_it() {
     assert_eq!(out.status.code(), Some(0), "after {asked} status requests: {}", describe(&out));
     let check = sb.run(["status", "--name", &sb.name, "--check"]);
     assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -436,21 +427,7 @@ fn two_stops_at_once_stay_graceful() {
     let shutdown = sb.path("shutdown");
     let faulty = fixtures().faulty.to_str().unwrap();
     let config = task_config(json!({"work_ms": 1500, "shutdown_file": shutdown}));
-    let out = sb.run([
-        "start",
-        "-d",
-        "--name",
-        &sb.name,
-        "--plugin",
-        faulty,
-        "--workers",
-        "2",
-        "--execute-times",
-        "0",
-        "--task-config",
-        &config,
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.start_daemon(faulty, &["--workers", "2", "--execute-times", "0", "--task-config", &config]);
     let spawn =
         || sb.pmhost(["stop", "--name", &sb.name]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (a, b) = (spawn(), spawn());
@@ -467,15 +444,14 @@ fn the_default_limits_count_as_healthy() {
     let sb = Sandbox::new("defaults");
     let hello = fixtures().hello.to_str().unwrap();
     // execute_times = 1: every worker retires after one call and a fresh one takes its slot.
-    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.start_daemon(hello, &["--workers", "2"]);
     for _ in 0..5 {
         let check = sb.run(["status", "--name", &sb.name, "--check"]);
         assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
     }
     let out = sb.run(["scale", "--name", &sb.name, "3", "--timeout", "15s"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -496,21 +472,7 @@ fn stop_now_kills_workers_in_the_middle_of_a_call() {
     let shutdown = sb.path("shutdown");
     let faulty = fixtures().faulty.to_str().unwrap();
     let config = task_config(json!({"work_ms": 60000, "shutdown_file": shutdown}));
-    let out = sb.run([
-        "start",
-        "-d",
-        "--name",
-        &sb.name,
-        "--plugin",
-        faulty,
-        "--workers",
-        "2",
-        "--execute-times",
-        "0",
-        "--task-config",
-        &config,
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.start_daemon(faulty, &["--workers", "2", "--execute-times", "0", "--task-config", &config]);
     let started = std::time::Instant::now();
     let out = sb.run(["stop", "--name", &sb.name, "--now"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));

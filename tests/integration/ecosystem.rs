@@ -81,8 +81,7 @@ fn systemd_notify_ready_reloading_watchdog_stopping() {
 fn the_metrics_file_follows_the_prometheus_text_format() {
     let sb = Sandbox::new("metrics");
     let hello = fixtures().hello.to_str().unwrap();
-    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "2", "--execute-times", "0"]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.start_daemon(hello, &["--workers", "2", "--execute-times", "0"]);
     let path = sb.status_root().join(&sb.name).join("metrics.prom");
     let victim = sb.ready_workers()[&0];
     signal(victim, Signal::SIGKILL);
@@ -108,8 +107,7 @@ fn the_metrics_file_follows_the_prometheus_text_format() {
     ] {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
     }
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
     assert!(!path.exists(), "metrics of a stopped host are left behind");
 }
 
@@ -224,8 +222,7 @@ fn the_plugin_template_builds_and_runs_as_the_walkthrough_says() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     sb.wait_for("every item handled", SOON, || (std::fs::read_dir(&done).ok()?.count() == 5).then_some(()));
     assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0);
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
     let run_log = std::fs::read_dir(sb.path("log"))
         .unwrap()
         .flatten()

@@ -175,6 +175,22 @@ impl Sandbox {
         text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}: {text:?}", path.display()))
     }
 
+    /// `pmhost start -d --name NAME --plugin PLUGIN ARGS`, which must succeed.
+    pub fn start_daemon(&self, plugin: impl AsRef<Path>, args: &[&str]) {
+        let plugin = plugin.as_ref().to_str().expect("utf-8 path");
+        let mut all = vec!["start", "-d", "--name", &self.name, "--plugin", plugin];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+
+    /// `pmhost stop --name NAME`, which must succeed and leave nothing of this sandbox running.
+    pub fn stop(&self) {
+        let out = self.run(["stop", "--name", &self.name]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(self.live_processes().is_empty(), "left running: {:?}", self.live_processes());
+    }
+
     /// Starts the faulty fixture in the foreground with `config` (its `--task-config`) and `args`.
     pub fn start_faulty<const N: usize>(&mut self, config: &Value, args: [&str; N]) -> Foreground {
         let plugin = fixtures().faulty.to_str().expect("utf-8 path").to_owned();

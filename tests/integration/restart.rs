@@ -42,11 +42,6 @@ fn start(sb: &Sandbox, workers: &str, config: Value, extra: &[&str]) -> std::pat
     plugin
 }
 
-fn stop(sb: &Sandbox) {
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-}
-
 #[test]
 fn restart_after_a_rebuild_moves_every_slot_to_the_new_build() {
     let sb = Sandbox::new("rebuild");
@@ -79,7 +74,7 @@ fn restart_after_a_rebuild_moves_every_slot_to_the_new_build() {
         .filter(|n| n.ends_with(".so"))
         .collect();
     assert_eq!(staged, [format!("{}.so", new_sha.as_str().unwrap())], "{staged:?}");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -91,7 +86,7 @@ fn restart_to_another_plugin_file() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let status = sb.status().unwrap();
     assert_eq!(status["tasks"][0]["plugin"], hello, "{status}");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -123,7 +118,7 @@ fn work_goes_on_during_a_restart() {
     let longest = Duration::from_nanos(longest);
     // Two workers, 100 ms apart each: a handful of pauses at most, even on a loaded machine.
     assert!(longest < Duration::from_millis(600), "no work for {longest:?} during the restart");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -154,7 +149,7 @@ fn surge_bounds_the_extra_workers_and_status_follows_the_rollout() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(seen_in_progress, "status never showed the rollout in progress");
     assert!((5..=6).contains(&most), "at most workers + surge = 6 at a time, and some overlap: saw {most}");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -173,7 +168,7 @@ fn sighup_rolls_back_a_failing_build_too() {
     assert_eq!(status["last_restart"]["ok"], false, "{status}");
     assert!(status["last_restart"]["error"].as_str().unwrap().contains("the vault is sealed"), "{status}");
     assert_eq!(pids_by_slot(&sb), before);
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -198,7 +193,7 @@ fn a_build_failing_on_a_later_slot_puts_moved_slots_back_on_the_old_build() {
     assert_eq!(after[&1], before[&1], "slot 1 was never moved: its old worker stays");
     assert_ne!(after[&0], before[&0], "slot 0 moved, then came back with a fresh worker of the old build");
     assert_eq!(status["generation"], 1, "{status}");
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -215,7 +210,7 @@ fn a_build_that_is_not_a_plugin_is_refused_before_the_master_is_touched() {
     let status = sb.status().unwrap();
     assert!(status["last_restart"].is_null(), "the master was asked anyway: {status}");
     assert_eq!(pids_by_slot(&sb), before);
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -253,7 +248,7 @@ fn a_build_whose_init_fails_or_panics_is_rolled_back() {
     std::fs::write(&control, "ok").unwrap();
     let out = sb.run(["restart", "--name", &sb.name]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -271,7 +266,7 @@ fn sighup_rolls_out_like_restart() {
     });
     assert!(status["last_restart"]["request_id"].is_null());
     assert!(pids_by_slot(&sb).values().all(|pid| !before.values().any(|old| old == pid)));
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -282,7 +277,7 @@ fn restart_of_a_host_that_is_not_running_starts_it() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not running: starting"), "{}", describe(&out));
     assert_eq!(workers(&sb).len(), 2);
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -303,7 +298,7 @@ fn scale_changes_the_worker_count_without_touching_the_others() {
     assert_eq!(after[&0], before[&0]);
     let out = sb.run(["scale", "--name", &sb.name, "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]
@@ -316,7 +311,7 @@ fn ttin_and_ttou_add_and_remove_one_worker() {
     signal(master, Signal::SIGTTOU);
     sb.wait_for("2 workers", SOON, || (workers(&sb).len() == 2).then_some(()));
     assert_eq!(sb.ready_workers().keys().copied().collect::<Vec<_>>(), [0, 1]);
-    stop(&sb);
+    sb.stop();
 }
 
 #[test]

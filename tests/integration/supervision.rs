@@ -185,29 +185,14 @@ fn processes_a_plugin_spawned_end_with_their_worker() {
     let faulty = fixtures().faulty.to_str().unwrap();
     let token = format!("{}-helper", sb.name);
     let config = task_config(json!({"work": "spawn", "spawn": format!("sleep 1000; echo {token}")}));
-    let out = sb.run([
-        "start",
-        "-d",
-        "--name",
-        &sb.name,
-        "--plugin",
-        faulty,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--task-config",
-        &config,
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.start_daemon(faulty, &["--workers", "1", "--execute-times", "0", "--task-config", &config]);
     let helper = sb.wait_for("the helper", SOON, || processes_mentioning(&token).first().copied());
     // Replacing the worker (it is killed) takes its helper along.
     let worker = sb.ready_workers()[&0];
     signal(worker, Signal::SIGKILL);
     assert!(ProcessWaiter::new(helper).wait(SOON), "the helper outlived its worker");
     let second = sb.wait_for("the new worker's helper", SOON, || processes_mentioning(&token).first().copied());
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
     assert!(ProcessWaiter::new(second).wait(SOON), "the helper outlived the stop");
     assert!(processes_mentioning(&token).is_empty());
 }
@@ -309,8 +294,7 @@ fn as_pid_1_the_master_reaps_orphans_and_stops_on_term() {
 fn a_signal_storm_leaves_the_master_responsive() {
     let sb = Sandbox::new("storm");
     let hello = fixtures().hello.to_str().unwrap();
-    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "2", "--execute-times", "0"]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.start_daemon(hello, &["--workers", "2", "--execute-times", "0"]);
     let master = sb.master_pid();
     for i in 0..3000 {
         let sig = if i % 100 == 0 { Signal::SIGTTIN } else { Signal::SIGUSR1 };
@@ -322,8 +306,7 @@ fn a_signal_storm_leaves_the_master_responsive() {
     let wanted = status["tasks"][0]["workers_wanted"].as_u64().unwrap();
     assert!((3..=32).contains(&wanted), "TTIN in the storm: {wanted} workers wanted");
     sb.wait_for("every wanted worker ready", SOON, || (sb.ready_workers().len() as u64 == wanted).then_some(()));
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
     assert!(sb.live_processes().is_empty());
 }
 
@@ -368,25 +351,21 @@ fn a_stopped_worker_does_not_block_a_stop() {
 fn resource_limits_apply_to_workers() {
     let sb = Sandbox::new("rlimit");
     let hello = fixtures().hello.to_str().unwrap();
-    let out = sb.run([
-        "start",
-        "-d",
-        "--name",
-        &sb.name,
-        "--plugin",
+    sb.start_daemon(
         hello,
-        "--workers",
-        "1",
-        "--execute-times",
-        "0",
-        "--rlimit-nofile",
-        "77",
-        "--rlimit-core",
-        "0",
-        "--rlimit-as",
-        "8GiB",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        &[
+            "--workers",
+            "1",
+            "--execute-times",
+            "0",
+            "--rlimit-nofile",
+            "77",
+            "--rlimit-core",
+            "0",
+            "--rlimit-as",
+            "8GiB",
+        ],
+    );
     let worker = sb.ready_workers()[&0];
     let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
     let line = |name: &str| {
@@ -395,8 +374,7 @@ fn resource_limits_apply_to_workers() {
     assert!(line("Max open files").ends_with("77 77 files"), "{limits}");
     assert!(line("Max core file size").ends_with("0 0 bytes"), "{limits}");
     assert!(line("Max address space").ends_with("8589934592 8589934592 bytes"), "{limits}");
-    let out = sb.run(["stop", "--name", &sb.name]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
 }
 
 #[test]
