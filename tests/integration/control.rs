@@ -84,14 +84,20 @@ fn concurrent_starts_exactly_one_wins() {
     sb.stop();
 }
 
+/// Writes a pid file (in a private pid root) naming `pid`, as a stale or planted file would.
+fn plant_pid_file(sb: &Sandbox, pid: u32) -> std::path::PathBuf {
+    std::fs::create_dir_all(sb.pid_root()).unwrap();
+    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let pid_file = sb.pid_root().join(format!("{}.pid", sb.name));
+    std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
+    pid_file
+}
+
 #[test]
 fn a_stale_pid_file_never_blocks_a_start_nor_misdirects_a_stop() {
     let sb = Sandbox::new("stale");
-    std::fs::create_dir_all(sb.pid_root()).unwrap();
-    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut bystander = Command::new("sleep").arg("1000").spawn().unwrap();
-    let pid_file = sb.pid_root().join(format!("{}.pid", sb.name));
-    std::fs::write(&pid_file, format!("{}\n", bystander.id())).unwrap();
+    plant_pid_file(&sb, bystander.id());
 
     // Nothing holds the file: stop and status say so and signal nobody.
     let out = sb.run(["stop", "--name", &sb.name]);
@@ -355,11 +361,8 @@ fn ps_and_pgrep_see_the_titles() {
 #[test]
 fn a_pid_file_naming_another_process_is_never_signalled() {
     let sb = Sandbox::new("planted");
-    std::fs::create_dir_all(sb.pid_root()).unwrap();
-    std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut victim = Command::new("sleep").arg("1000").spawn().unwrap();
-    let pid_file = sb.pid_root().join(format!("{}.pid", sb.name));
-    std::fs::write(&pid_file, format!("{}\n", victim.id())).unwrap();
+    let pid_file = plant_pid_file(&sb, victim.id());
     // Someone holds the lock, but the pid it names is not the holder.
     let held = std::fs::File::open(&pid_file).unwrap();
     held.try_lock().unwrap();

@@ -49,6 +49,10 @@ pub enum CommandError {
     Usage(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(
+        "the {what} of {name} did not finish within {waited_ms} ms; `pmhost status --name {name}` shows where it is"
+    )]
+    StillRunning { name: String, what: &'static str, waited_ms: u64 },
     #[error("the master (pid {pid}) exited before it answered; see its log")]
     MasterGone { pid: i32 },
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]

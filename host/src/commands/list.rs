@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::CommandError;
+use super::watch::read_snapshot;
 use crate::cli::ListArgs;
 use crate::exit::cli as code;
 use crate::pidfile;
-use crate::rundir;
 use crate::settings::{DEFAULT_PID_ROOT, DEFAULT_STATUS_ROOT};
 use crate::status::Snapshot;
 
@@ -47,10 +47,8 @@ pub fn list(args: ListArgs) -> Result<i32, CommandError> {
     names.sort();
     for name in names {
         let pid = pidfile::running_master(&pid_root.join(format!("{name}.pid")))?;
-        let snapshot: Option<Snapshot> = pid.and_then(|_| {
-            let file = rundir::open_read_nofollow(&status_root.join(&name).join("status.json")).ok()?;
-            serde_json::from_reader(std::io::BufReader::new(file)).ok()
-        });
+        let snapshot: Option<Snapshot> =
+            pid.and_then(|_| read_snapshot(&status_root.join(&name).join("status.json")).ok().flatten());
         let entry = match (pid, snapshot) {
             (Some(pid), Some(s)) => Entry {
                 name,

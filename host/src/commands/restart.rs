@@ -82,10 +82,11 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         (!record.in_progress).then(|| (record.clone(), snapshot.clone()))
     })?;
     let Some((record, snapshot)) = outcome else {
-        return Err(CommandError::system(
-            format!("see the end of the restart of {} (`pmhost status`)", target.name),
-            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("still rolling after {:?}", args.timeout)),
-        ));
+        return Err(CommandError::StillRunning {
+            name: target.name.clone(),
+            what: "restart",
+            waited_ms: args.timeout.as_millis() as u64,
+        });
     };
     if !record.ok {
         let reason = record.error.unwrap_or_else(|| "rolled back".to_owned());

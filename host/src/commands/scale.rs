@@ -53,9 +53,10 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
             );
             Ok(code::OK)
         }
-        None => Err(CommandError::system(
-            format!("confirm the new worker count of {}", target.name),
-            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("not settled after {:?}", args.timeout)),
-        )),
+        None => Err(CommandError::StillRunning {
+            name: target.name.clone(),
+            what: "scaling",
+            waited_ms: args.timeout.as_millis() as u64,
+        }),
     }
 }

@@ -9,11 +9,11 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use super::CommandError;
 use super::plan::resolve_target;
 use super::process::{MasterHandle, find_master};
+use super::watch::read_snapshot;
 use crate::cli::StatusArgs;
 use crate::exit::cli as code;
 use crate::master::SNAPSHOT_WRITTEN;
 use crate::master::signals::{Action, signal_for};
-use crate::rundir;
 use crate::status::{Snapshot, render_table};
 use crate::sysinfo;
 
@@ -72,11 +72,4 @@ fn wait_signal(set: &SigSet, timeout: Duration) {
         libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: the set is a valid sigset_t, the info pointer may be null, the timespec lives across the call.
     unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
-}
-
-fn read_snapshot(path: &std::path::Path) -> Result<Option<Snapshot>, CommandError> {
-    let Ok(file) = rundir::open_read_nofollow(path) else { return Ok(None) };
-    serde_json::from_reader(std::io::BufReader::new(file))
-        .map(Some)
-        .map_err(|source| CommandError::BadStatus { path: path.to_owned(), source })
 }

@@ -20,9 +20,9 @@ const FALLBACK: Duration = Duration::from_secs(10);
 
 /// The host's stop timeout, from its status file.
 fn host_stop_timeout(status_dir: &std::path::Path) -> Duration {
-    crate::rundir::open_read_nofollow(&status_dir.join("status.json"))
+    super::watch::read_snapshot(&status_dir.join("status.json"))
         .ok()
-        .and_then(|file| serde_json::from_reader::<_, crate::status::Snapshot>(std::io::BufReader::new(file)).ok())
+        .flatten()
         .map(|s| s.master.stop_timeout_ms)
         .filter(|ms| *ms > 0)
         .map_or(FALLBACK, Duration::from_millis)

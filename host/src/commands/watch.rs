@@ -32,10 +32,7 @@ impl StatusWatch {
 
     /// The current snapshot, if the file is there.
     pub fn read(&self) -> Result<Option<Snapshot>, CommandError> {
-        let Ok(file) = rundir::open_read_nofollow(&self.path) else { return Ok(None) };
-        serde_json::from_reader(std::io::BufReader::new(file))
-            .map(Some)
-            .map_err(|source| CommandError::BadStatus { path: self.path.clone(), source })
+        read_snapshot(&self.path)
     }
 
     /// Waits until `check` returns `Some` for a snapshot, re-reading on every write; `None` at the deadline.
@@ -69,4 +66,12 @@ impl StatusWatch {
             }
         }
     }
+}
+
+/// Reads a status file (never through a symlink); `None` when there is none.
+pub fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, CommandError> {
+    let Ok(file) = rundir::open_read_nofollow(path) else { return Ok(None) };
+    serde_json::from_reader(std::io::BufReader::new(file))
+        .map(Some)
+        .map_err(|source| CommandError::BadStatus { path: path.to_owned(), source })
 }

@@ -278,7 +278,6 @@ impl Master {
                 slot.respawn_at = None;
             }
         }
-        self.dirty = true;
     }
 
     /// Asks a worker (and the processes of its group) to stop gracefully; it is killed if it is still there
@@ -320,15 +319,10 @@ impl Master {
 
     /// Kills every worker and its processes now.
     pub(super) fn kill_all(&mut self) {
-        if self.workers.values().any(|w| !w.kill_sent) {
-            self.forced_stop = true;
+        let alive: Vec<Pid> = self.workers.values().filter(|w| !w.kill_sent).map(|w| w.pid).collect();
+        for pid in alive {
+            self.discard_worker(pid);
         }
-        for worker in self.workers.values_mut().filter(|w| !w.kill_sent) {
-            worker.stop_sent = true;
-            worker.kill_sent = true;
-            signal_group(worker.pid, Signal::SIGKILL);
-        }
-        self.dirty = true;
     }
 }
 

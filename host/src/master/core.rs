@@ -73,9 +73,8 @@ impl ReadyNotifier {
 #[derive(Debug)]
 pub(super) enum HostPhase {
     Running,
+    /// Each worker asked to stop carries its own kill deadline (`Worker::kill_at`).
     Stopping {
-        /// When stragglers get SIGKILL.
-        kill_at: Mono,
         /// What `run()` returns once every worker is gone.
         outcome: Result<(), String>,
     },
@@ -367,7 +366,7 @@ impl Master {
             notifier.stopping();
         }
         if !matches!(self.phase, HostPhase::Stopping { .. }) {
-            self.phase = HostPhase::Stopping { kill_at: Mono::now(), outcome: Ok(()) };
+            self.phase = HostPhase::Stopping { outcome: Ok(()) };
         }
         self.kill_all();
     }
@@ -383,8 +382,7 @@ impl Master {
         if let Some(notifier) = &self.notifier {
             notifier.stopping();
         }
-        let kill_at = Mono::now() + self.host.stop_timeout;
-        self.phase = HostPhase::Stopping { kill_at, outcome };
+        self.phase = HostPhase::Stopping { outcome };
         let pids: Vec<Pid> = self.workers.keys().copied().collect();
         for pid in pids {
             self.stop_worker(pid);
@@ -394,17 +392,6 @@ impl Master {
 
     fn handle_deadlines(&mut self) {
         let now = Mono::now();
-        if let HostPhase::Stopping { kill_at, .. } = self.phase
-            && now >= kill_at
-            && self.workers.values().any(|w| !w.kill_sent)
-        {
-            warn!(
-                workers = self.workers.len(),
-                timeout_ms = self.host.stop_timeout.as_millis() as u64,
-                "stop timeout reached: killing the remaining workers"
-            );
-            self.kill_all();
-        }
         let slow: Vec<Pid> = self
             .workers
             .values()
@@ -412,8 +399,9 @@ impl Master {
             .map(|w| w.pid)
             .collect();
         for pid in slow {
-            let took = now.since(self.workers[&pid].started);
-            let reason = format!("plugin init did not finish within {} ms", took.as_millis());
+            let worker = &self.workers[&pid];
+            let timeout = worker.init_deadline.since(worker.started);
+            let reason = format!("plugin init did not finish within init_timeout ({} ms)", timeout.as_millis());
             warn!(pid = pid.as_raw(), "{reason}: killing the worker");
             self.kill_worker(pid, reason);
         }
@@ -428,7 +416,7 @@ impl Master {
                 pid = pid.as_raw(),
                 slot = self.workers[&pid].slot,
                 timeout_ms = self.host.stop_timeout.as_millis() as u64,
-                "worker did not stop within the stop timeout: killing it"
+                "stop timeout reached: killing a worker that did not stop"
             );
             self.discard_worker(pid);
         }
@@ -452,13 +440,10 @@ impl Master {
     /// The earliest moment the master must wake up without an event.
     fn next_deadline(&self) -> Option<Mono> {
         let mut deadlines: Vec<Mono> = Vec::new();
-        match &self.phase {
-            HostPhase::Stopping { kill_at, .. } => deadlines.push(*kill_at),
-            HostPhase::Running => {
-                deadlines.extend(self.next_tick);
-                for task in &self.tasks {
-                    deadlines.extend(task.slots.iter().filter_map(|slot| slot.respawn_at));
-                }
+        if matches!(self.phase, HostPhase::Running) {
+            deadlines.extend(self.next_tick);
+            for task in &self.tasks {
+                deadlines.extend(task.slots.iter().filter_map(|slot| slot.respawn_at));
             }
         }
         for worker in self.workers.values().filter(|w| !w.ready && w.killed_for.is_none()) {
@@ -553,7 +538,7 @@ impl Master {
         if let Some(ready) = self.ready.take() {
             ready.send(Err(&reason));
         }
-        self.phase = HostPhase::Stopping { kill_at: Mono::now(), outcome: Err(reason) };
+        self.phase = HostPhase::Stopping { outcome: Err(reason) };
         self.kill_all();
     }
 

@@ -85,8 +85,8 @@ impl Master {
         self.fill_rollout();
     }
 
-    /// Records a restart that was refused before it began.
-    fn begin_refused(&mut self, order: RestartOrder, reason: String) {
+    /// Takes the next generation number and records the restart as begun.
+    fn record_restart_start(&mut self, request_id: Option<String>) -> u32 {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.last_restart = Some(RestartStatus {
@@ -96,29 +96,22 @@ impl Master {
             error: None,
             started_at: sysinfo::unix_seconds(SystemTime::now()),
             finished_at: None,
-            request_id: order.request_id,
-            slots_done: 0,
-            slots_total: 0,
-        });
-        self.refuse_rollout(reason);
-    }
-
-    fn begin_rollout(&mut self, order: RestartOrder) {
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        let now = SystemTime::now();
-        self.last_restart = Some(RestartStatus {
-            generation,
-            in_progress: true,
-            ok: false,
-            error: None,
-            started_at: sysinfo::unix_seconds(now),
-            finished_at: None,
-            request_id: order.request_id.clone(),
+            request_id,
             slots_done: 0,
             slots_total: 0,
         });
         self.dirty = true;
+        generation
+    }
+
+    /// Records a restart that was refused before it began.
+    fn begin_refused(&mut self, order: RestartOrder, reason: String) {
+        self.record_restart_start(order.request_id);
+        self.refuse_rollout(reason);
+    }
+
+    fn begin_rollout(&mut self, order: RestartOrder) {
+        let generation = self.record_restart_start(order.request_id.clone());
         // Everything that can fail happens before anything changes: a refused restart leaves the host as it was.
         let plan = match self.plan_rollout(&order, generation) {
             Ok(plan) => plan,
