@@ -72,10 +72,11 @@ pub enum Command {
 /// `pmhost list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Directory of pid files. [default: /tmp/pm/pid]
+    /// Directory of pid files. [default: /run/pmhost/pid as root, else $XDG_RUNTIME_DIR/pmhost/pid]
     #[arg(long, env = "PMHOST_PID_ROOT", value_name = "DIR")]
     pub pid_root: Option<PathBuf>,
-    /// Directory of status directories. [default: /tmp/pm/status]
+    /// Directory of status directories. [default: /run/pmhost/status as root, else
+    /// $XDG_RUNTIME_DIR/pmhost/status]
     #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
     pub status_root: Option<PathBuf>,
     /// Print JSON (an array of {name, pid, state, tasks, workers, workers_wanted, generation}).
@@ -110,13 +111,17 @@ pub struct Target {
     /// [default: [host] name, else "process"]
     #[arg(long, value_parser = parse_name)]
     pub name: Option<String>,
-    /// Directory of pid files (created 0700). [default: [host] pid_root, else /tmp/pm/pid]
+    /// Directory of pid files (created 0700; every directory above it must belong to root or you). [default:
+    /// [host] pid_root, else /run/pmhost/pid as root, $XDG_RUNTIME_DIR/pmhost/pid (or ~/.local/state/pmhost/pid)
+    /// for other users]
     #[arg(long, env = "PMHOST_PID_ROOT", value_name = "DIR")]
     pub pid_root: Option<PathBuf>,
-    /// Directory of status directories (created 0700). [default: [host] status_root, else /tmp/pm/status]
+    /// Directory of status directories (created 0700, checked like the pid root). [default: [host] status_root,
+    /// else pmhost/status beside the pid root's default]
     #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
     pub status_root: Option<PathBuf>,
-    /// Directory of log files (created 0700). [default: [log] dir, else /tmp/pm/log]
+    /// Directory of log files (created 0700, checked like the pid root). [default: [log] dir, else pmhost/log
+    /// beside the pid root's default]
     #[arg(long, env = "PMHOST_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 }
@@ -182,7 +187,8 @@ pub struct StartArgs {
     /// RLIMIT_CORE of workers (core file size; 0 = no core dumps). [default: inherited]
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub rlimit_core: Option<u64>,
-    /// Adopt and reap orphaned descendants (PR_SET_CHILD_SUBREAPER), as when running as PID 1.
+    /// Adopt and reap orphaned descendants (PR_SET_CHILD_SUBREAPER). Always on now (every master contains its
+    /// workers' process trees); the flag is accepted so existing command lines keep working.
     #[arg(long)]
     pub subreaper: bool,
     /// Prefix of process titles: {prefix}:Master:{name}, {prefix}:Worker:{task}. [default: process_m]

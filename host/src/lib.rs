@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod duration;
 pub mod exit;
 pub mod logging;

@@ -104,14 +104,11 @@ pub struct LogSettings {
     pub stderr: bool,
 }
 
-/// The default log directory.
-pub const DEFAULT_LOG_DIR: &str = "/tmp/pm/log";
-
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             enabled: true,
-            dir: PathBuf::from(DEFAULT_LOG_DIR),
+            dir: crate::rundir::default_roots().log,
             process: "process".to_owned(),
             run: "run".to_owned(),
             error_prefix: "error_".to_owned(),

@@ -5,11 +5,11 @@
 //! removes every request file on SIGUSR2 and records the request id in its status, which is how the CLI finds
 //! the outcome of its own request.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rundir::{self, RunDirError};
+use crate::rundir::{Dir, REQUEST_LIMIT, REQUESTS_DIR, RunDirError};
 use crate::sysinfo;
 
 /// One request.
@@ -29,12 +29,6 @@ pub enum Request {
         /// Longest `init` of a new worker, in milliseconds.
         init_timeout_ms: Option<u64>,
     },
-    /// Stop gracefully. Unlike a second SIGTERM, a second stop request never turns a graceful stop into an
-    /// immediate one, so two `pmhost stop` commands cannot kill workers in the middle of a call.
-    Stop {
-        /// Request id.
-        id: String,
-    },
     /// Set the worker count.
     Scale {
         /// Request id.
@@ -51,37 +45,34 @@ pub fn new_id() -> String {
     format!("{}-{}", std::process::id(), sysinfo::monotonic_ns())
 }
 
-fn dir(status_dir: &Path) -> PathBuf {
-    status_dir.join("requests")
-}
-
-/// Writes a request for the master of `status_dir` (the caller then sends SIGUSR2).
-pub fn submit(status_dir: &Path, id: &str, request: &Request) -> Result<(), RunDirError> {
-    let dir = dir(status_dir);
-    rundir::ensure_private_dir(&dir)?;
+/// Writes a request for the master of the status directory `status` (the caller then sends SIGUSR2).
+pub fn submit(status: &Dir, id: &str, request: &Request) -> Result<(), RunDirError> {
+    let dir = status.subdir(REQUESTS_DIR, true)?.expect("created when missing");
     let json = serde_json::to_vec(request).expect("requests serialize");
-    rundir::write_atomic(&dir.join(format!("{id}.json")), &json)
+    dir.write_atomic(&format!("{id}.json"), &json)
 }
 
-/// Reads and removes every pending request, oldest first. Unreadable files are removed and skipped.
-pub fn take_all(status_dir: &Path) -> Vec<Request> {
-    let Ok(entries) = std::fs::read_dir(dir(status_dir)) else { return Vec::new() };
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "json")
-                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
+/// Reads and removes every pending request, oldest first. Unreadable files (not regular, too large, not a
+/// request) are removed and skipped.
+pub fn take_all(status: &Dir) -> Vec<Request> {
+    let Ok(Some(dir)) = status.subdir(REQUESTS_DIR, false) else { return Vec::new() };
+    let mut names: Vec<String> = dir
+        .entries()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.ends_with(".json") && !name.starts_with('.'))
         .collect();
-    paths.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    // Ids are `{pid}-{monotonic ns}`: the clock part orders them.
+    names.sort_by_key(|name| name.trim_end_matches(".json").rsplit('-').next().and_then(|t| t.parse::<u64>().ok()));
     let mut requests = Vec::new();
-    for path in paths {
-        let parsed = rundir::open_read_nofollow(&path).ok().and_then(|f| serde_json::from_reader(f).ok());
-        let _ = std::fs::remove_file(&path);
+    for name in names {
+        let parsed = dir.read_file(&name, REQUEST_LIMIT).map(|bytes| bytes.and_then(|b| serde_json::from_slice(&b).ok()));
+        dir.remove(&name);
         match parsed {
-            Some(request) => requests.push(request),
-            None => tracing::warn!(file = %path.display(), "ignoring an unreadable control request"),
+            Ok(Some(request)) => requests.push(request),
+            Ok(None) => tracing::warn!(file = %dir.display_path(&name).display(), "ignoring an unreadable control request"),
+            Err(e) => tracing::warn!("ignoring a control request: {e}"),
         }
     }
     requests

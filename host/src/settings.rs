@@ -9,10 +9,6 @@ use std::time::Duration;
 pub const DEFAULT_NAME: &str = "process";
 /// The default title prefix.
 pub const DEFAULT_TITLE_PREFIX: &str = "process_m";
-/// The default pid root.
-pub const DEFAULT_PID_ROOT: &str = "/tmp/pm/pid";
-/// The default status root.
-pub const DEFAULT_STATUS_ROOT: &str = "/tmp/pm/status";
 
 /// Settings of the master.
 #[derive(Debug, Clone)]
@@ -34,26 +30,6 @@ pub struct HostSettings {
 }
 
 impl HostSettings {
-    /// `{pid_root}/{name}.pid`.
-    pub fn pid_file(&self) -> PathBuf {
-        self.pid_root.join(format!("{}.pid", self.name))
-    }
-
-    /// `{status_root}/{name}`.
-    pub fn status_dir(&self) -> PathBuf {
-        self.status_root.join(&self.name)
-    }
-
-    /// `{status_root}/{name}/status.json`.
-    pub fn status_file(&self) -> PathBuf {
-        self.status_dir().join("status.json")
-    }
-
-    /// `{status_root}/{name}/plugins`: staged plugin copies.
-    pub fn plugins_dir(&self) -> PathBuf {
-        self.status_dir().join("plugins")
-    }
-
     /// The master's process title.
     pub fn master_title(&self) -> String {
         format!("{}:Master:{}", self.title_prefix, self.name)

@@ -80,7 +80,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     title::set(&spec.title);
     crate::logging::set_title(&spec.title);
 
-    let module = match plugin::load(&spec.plugin.staged, &spec.plugin.original) {
+    let module = match plugin::load(&spec.plugin.load_path(), &spec.plugin.original) {
         Ok(module) => module,
         Err(e) => {
             error!("{e}");
@@ -163,6 +163,11 @@ fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
     // Own process group (the master sets it too, whichever runs first): stopping the worker reaches the
     // processes its plugin spawned, and the terminal's Ctrl-C reaches only the master.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // Every descendant inherits this mark; the master ends marked processes left behind when a worker ends,
+    // even those that left the process group (see `master::orphans`).
+    // SAFETY: the worker is single-threaded here (just forked from the single-threaded master, before the plugin
+    // loads), so nothing reads the environment concurrently.
+    unsafe { std::env::set_var(crate::master::WORKER_MARK, std::process::id().to_string()) };
     MASTER_PID.store(spec.master.as_raw(), Ordering::Relaxed);
     let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
     // SAFETY: the handler only touches atomics and calls async-signal-safe getppid/alarm.

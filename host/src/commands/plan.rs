@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use super::CommandError;
 use crate::cli::{LogFormatArg, LogRotationArg, StartArgs, Target};
 use crate::config::{self, ConfigFile};
-use crate::logging::{DEFAULT_LOG_DIR, Format, LogSettings, Rotation};
-use crate::settings::{
-    DEFAULT_NAME, DEFAULT_PID_ROOT, DEFAULT_STATUS_ROOT, DEFAULT_TITLE_PREFIX, HostSettings, TaskOverrides,
-    TaskSettings,
-};
+use crate::logging::{Format, LogSettings, Rotation};
+use crate::rundir::{self, Dir, RunDirError};
+use crate::settings::{DEFAULT_NAME, DEFAULT_TITLE_PREFIX, HostSettings, TaskOverrides, TaskSettings};
 
 /// The master a command is about, and where its files are.
 #[derive(Debug, Clone)]
@@ -28,9 +26,22 @@ impl Resolved {
         self.pid_root.join(format!("{}.pid", self.name))
     }
 
-    /// `{status_root}/{name}`.
-    pub fn status_dir(&self) -> PathBuf {
+    /// `{status_root}/{name}`, for messages.
+    pub fn status_dir_path(&self) -> PathBuf {
         self.status_root.join(&self.name)
+    }
+
+    /// The pid root, checked and held (`Ok(None)`: it does not exist).
+    pub fn pid_root_dir(&self) -> Result<Option<Dir>, RunDirError> {
+        rundir::open_root(&self.pid_root, false)
+    }
+
+    /// The host's status directory, checked and held; `create` makes it (and the way there) if missing.
+    pub fn status_dir(&self, create: bool) -> Result<Option<Dir>, RunDirError> {
+        match rundir::open_root(&self.status_root, create)? {
+            Some(root) => root.subdir(&self.name, create),
+            None => Ok(None),
+        }
     }
 }
 
@@ -43,6 +54,7 @@ pub fn resolve_target(target: &Target) -> Result<Resolved, CommandError> {
     let config = target.config.as_deref().map(config::load).transpose()?;
     let host = config.as_ref().map(|c| &c.host);
     let log = config.as_ref().map(|c| &c.log);
+    let defaults = rundir::default_roots();
     Ok(Resolved {
         name: target
             .name
@@ -54,17 +66,17 @@ pub fn resolve_target(target: &Target) -> Result<Resolved, CommandError> {
                 .pid_root
                 .clone()
                 .or_else(|| host.and_then(|h| h.pid_root.clone()))
-                .unwrap_or(DEFAULT_PID_ROOT.into()),
+                .unwrap_or(defaults.pid),
         ),
         status_root: absolute(
             &target
                 .status_root
                 .clone()
                 .or_else(|| host.and_then(|h| h.status_root.clone()))
-                .unwrap_or(DEFAULT_STATUS_ROOT.into()),
+                .unwrap_or(defaults.status),
         ),
         log_dir: absolute(
-            &target.log_dir.clone().or_else(|| log.and_then(|l| l.dir.clone())).unwrap_or(DEFAULT_LOG_DIR.into()),
+            &target.log_dir.clone().or_else(|| log.and_then(|l| l.dir.clone())).unwrap_or(defaults.log),
         ),
         config,
     })

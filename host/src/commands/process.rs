@@ -1,7 +1,7 @@
 //! Reaching a running master from the CLI: find it by its locked pid file, hold it by a pidfd (so a reused pid is
 //! never signalled), signal it and wait for it to exit.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -23,17 +23,12 @@ pub struct MasterHandle {
 pub fn find_master(target: &Resolved) -> Result<MasterHandle, CommandError> {
     let path = target.pid_file();
     let not_running = || CommandError::NotRunning { name: target.name.clone(), path: path.clone() };
-    let pid = pidfile::running_master(&path)?.ok_or_else(not_running)?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if raw < 0 {
-        return Err(not_running());
-    }
-    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let root = target.pid_root_dir()?.ok_or_else(not_running)?;
+    let pid = pidfile::running_master(&root, &target.name)?.ok_or_else(not_running)?;
+    let pidfd = crate::control::pidfd_open(pid).map_err(|_| not_running())?;
     // The pid was read from a locked file, but the master may have exited (and the pid been reused) between that
     // read and pidfd_open: if the file is still locked by the same pid now, the pidfd refers to the master.
-    if pidfile::running_master(&path)? != Some(pid) {
+    if pidfile::running_master(&root, &target.name)? != Some(pid) {
         return Err(not_running());
     }
     Ok(MasterHandle { pid, pidfd })

@@ -29,11 +29,11 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         Err(e) => return Err(e),
     };
     refuse_start_only_flags(&args)?;
-    let status_dir = target.status_dir();
-    let watch = StatusWatch::new(&status_dir)?;
-    let before = watch
-        .read()?
-        .ok_or_else(|| CommandError::NotRunning { name: target.name.clone(), path: status_dir.join("status.json") })?;
+    let watch = StatusWatch::new(target.status_dir(true)?.expect("created when missing"))?;
+    let before = watch.read()?.ok_or_else(|| CommandError::NotRunning {
+        name: target.name.clone(),
+        path: target.status_dir_path().join(crate::rundir::STATUS_FILE),
+    })?;
 
     // Check the new build here, before the master is touched: it must exist, be an ELF and load as a plugin.
     let new_plugin = args.start.plugin.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
@@ -53,10 +53,13 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
             .map(|t| PathBuf::from(&t.plugin))
             .collect(),
     };
+    // Checked from a private scratch copy: a refused build leaves nothing in the host's directories.
+    let scratch = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
+    let scratch_dir = crate::rundir::open_root(scratch.path(), false)?.expect("the temporary directory exists");
     for path in &to_check {
         let refused = |reason: String| CommandError::RolledBack { name: target.name.clone(), reason };
-        let staged = plugin::stage(path, &status_dir.join("plugins")).map_err(|e| refused(e.to_string()))?;
-        plugin::load(&staged.staged, &staged.original).map_err(|e| refused(e.to_string()))?;
+        let staged = plugin::stage(path, &scratch_dir).map_err(|e| refused(e.to_string()))?;
+        plugin::load(&staged.load_path(), &staged.original).map_err(|e| refused(e.to_string()))?;
         println!("new build {} ({}) loads", staged.original.display(), staged.short_sha());
     }
 
@@ -68,7 +71,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         surge: Some(args.surge),
         init_timeout_ms: args.start.init_timeout.map(|t| t.as_millis() as u64),
     };
-    requests::submit(&status_dir, &id, &request)?;
+    requests::submit(watch.dir(), &id, &request)?;
     let started = Instant::now();
     master.signal(signal_for(Action::Requests))?;
 

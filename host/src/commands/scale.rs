@@ -15,11 +15,10 @@ use crate::requests::{self, Request};
 pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
     let target = resolve_target(&args.target)?;
     let master = find_master(&target)?;
-    let status_dir = target.status_dir();
-    let watch = StatusWatch::new(&status_dir)?;
+    let watch = StatusWatch::new(target.status_dir(true)?.expect("created when missing"))?;
     let id = requests::new_id();
     let request = Request::Scale { id: id.clone(), task: args.task.clone(), workers: args.workers };
-    requests::submit(&status_dir, &id, &request)?;
+    requests::submit(watch.dir(), &id, &request)?;
     let started = Instant::now();
     master.signal(signal_for(Action::Requests))?;
     let deadline = started + args.timeout;

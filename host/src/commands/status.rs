@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use super::CommandError;
-use super::plan::resolve_target;
+use super::plan::{Resolved, resolve_target};
 use super::process::{MasterHandle, find_master};
 use super::watch::read_snapshot;
 use crate::cli::StatusArgs;
@@ -21,13 +21,12 @@ use crate::sysinfo;
 pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
     let target = resolve_target(&args.target)?;
     let master = find_master(&target)?;
-    let path = target.status_dir().join("status.json");
     let no_snapshot = || CommandError::NoSnapshot {
         name: target.name.clone(),
         pid: master.pid.as_raw(),
         waited_ms: args.timeout.as_millis() as u64,
     };
-    let snapshot = fresh_snapshot(&master, &path, args.timeout)?.ok_or_else(no_snapshot)?;
+    let snapshot = fresh_snapshot(&master, &target, args.timeout)?.ok_or_else(no_snapshot)?;
     if args.check {
         return Ok(if snapshot.healthy() { code::OK } else { code::UNHEALTHY });
     }
@@ -40,11 +39,7 @@ pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
 }
 
 /// Asks the master for a snapshot and returns it once written; `None` at the deadline.
-fn fresh_snapshot(
-    master: &MasterHandle,
-    path: &std::path::Path,
-    timeout: Duration,
-) -> Result<Option<Snapshot>, CommandError> {
+fn fresh_snapshot(master: &MasterHandle, target: &Resolved, timeout: Duration) -> Result<Option<Snapshot>, CommandError> {
     let mut answer = SigSet::empty();
     answer.add(SNAPSHOT_WRITTEN);
     // Blocked, the answer stays pending until we wait for it, however fast the master is.
@@ -52,8 +47,14 @@ fn fresh_snapshot(
     let asked_at = sysinfo::monotonic_ns();
     master.signal(signal_for(Action::Snapshot))?;
     let deadline = Instant::now() + timeout;
+    // The status directory may be missing until the master answers (it re-creates a removed one).
+    let mut dir = target.status_dir(false)?;
     loop {
-        if let Some(snapshot) = read_snapshot(path)?
+        if dir.as_ref().is_none_or(|d| d.is_removed()) {
+            dir = target.status_dir(false)?;
+        }
+        if let Some(dir) = &dir
+            && let Some(snapshot) = read_snapshot(dir)?
             && snapshot.written_at_mono_ns >= asked_at
         {
             return Ok(Some(snapshot));

@@ -21,6 +21,7 @@ use super::CommandError;
 use crate::cli::ValidateArgs;
 use crate::exit::cli as code;
 use crate::plugin;
+use crate::rundir::Dir;
 
 /// What a probe found.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,10 +47,11 @@ pub fn validate(args: ValidateArgs) -> Result<i32, CommandError> {
             vec![("validate".to_owned(), plugin, args.task_config.clone().unwrap_or_else(|| "{}".to_owned()))]
         }
     };
-    let staging = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
+    let scratch = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
+    let staging = crate::rundir::open_root(scratch.path(), false)?.expect("the temporary directory exists");
     let mut failed = 0;
     for (task, path, config) in checks {
-        match check(&task, &path, &config, staging.path(), args.init_timeout) {
+        match check(&task, &path, &config, &staging, args.init_timeout) {
             Ok(line) => println!("ok      {line}"),
             Err(reason) => {
                 failed += 1;
@@ -60,7 +62,7 @@ pub fn validate(args: ValidateArgs) -> Result<i32, CommandError> {
     Ok(if failed == 0 { code::OK } else { code::FAILED })
 }
 
-fn check(task: &str, path: &Path, config: &str, staging: &Path, timeout: Duration) -> Result<String, String> {
+fn check(task: &str, path: &Path, config: &str, staging: &Dir, timeout: Duration) -> Result<String, String> {
     let staged = plugin::stage(path, staging).map_err(|e| e.to_string())?;
     let shown = staged.original.display().to_string();
     let (read_end, write_end) = pipe().map_err(|e| format!("{shown}: cannot create a pipe: {e}"))?;
@@ -68,7 +70,7 @@ fn check(task: &str, path: &Path, config: &str, staging: &Path, timeout: Duratio
     match unsafe { fork() }.map_err(|e| format!("{shown}: cannot fork a probe: {e}"))? {
         ForkResult::Child => {
             drop(read_end);
-            let report = probe(task, &staged.staged, &staged.original, config);
+            let report = probe(task, &staged.load_path(), &staged.original, config);
             let _ = nix::unistd::write(&write_end, serde_json::to_string(&report).unwrap_or_default().as_bytes());
             // SAFETY: leave at once, without running the parent's exit handlers twice.
             unsafe { libc::_exit(0) }

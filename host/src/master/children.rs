@@ -83,7 +83,10 @@ impl Master {
         let settings = &self.tasks[task].settings;
         let mut close_fds = vec![self.reports.raw_fd()];
         close_fds.extend(self.events.raw_fds());
-        close_fds.extend(self.pid_file.as_ref().map(|p| p.raw_fd()));
+        close_fds.extend(self.pid_file.iter().flat_map(|p| p.raw_fds()));
+        close_fds.extend(self.dirs.raw_fds());
+        close_fds.push(self.plugins.as_fd().as_raw_fd());
+        close_fds.extend(self.stop_requesters.iter().map(|fd| fd.as_raw_fd()));
         close_fds.extend(self.ready.as_ref().map(|r| r.raw_fd()));
         close_fds.extend(self.notifier.as_ref().map(|n| n.raw_fd()));
         let spec = WorkerSpec {
@@ -159,6 +162,7 @@ impl Master {
     /// Reaps every exited child. Before a worker is reaped (while its pid, and so its process group id, cannot be
     /// reused) the rest of its process group is killed: processes its plugin spawned end with it.
     pub(super) fn reap_workers(&mut self) {
+        let mut reaped = false;
         loop {
             let exited = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
@@ -173,6 +177,7 @@ impl Master {
             if self.workers.contains_key(&pid) {
                 let _ = killpg(pid, Signal::SIGKILL);
             }
+            reaped = true;
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.on_worker_exit(pid, Ended::Code(code)),
                 Ok(WaitStatus::Signaled(pid, signal, _core)) => self.on_worker_exit(pid, Ended::Signal(signal)),
@@ -182,6 +187,9 @@ impl Master {
                     break;
                 }
             }
+        }
+        if reaped {
+            self.end_orphans(false);
         }
     }
 

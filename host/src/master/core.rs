@@ -13,7 +13,7 @@
 //! its own message, not just its exit code.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::SystemTime;
 
 use nix::sys::signal::Signal;
@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use super::events::Events;
 use super::signals::{self, Action};
 use crate::pidfile::PidFile;
+use crate::rundir::{Dir, HostDirs};
 use crate::plugin::StagedPlugin;
 use crate::report::{Report, ReportReader};
 use crate::scoreboard::{CellIndex, Scoreboard};
@@ -168,6 +169,10 @@ pub struct MasterParts {
     pub tasks: Vec<(TaskSettings, StagedPlugin)>,
     /// The locked pid file.
     pub pid_file: PidFile,
+    /// The host's run directories, held open.
+    pub dirs: HostDirs,
+    /// `{status_dir}/plugins`, where builds are staged.
+    pub plugins: Dir,
     /// Readiness pipe of a daemonized start.
     pub ready: Option<ReadyNotifier>,
     /// Level the plugins forward their logs at (0 off .. 5 trace).
@@ -197,6 +202,8 @@ pub struct Master {
     pub(super) reports: ReportReader,
     pub(super) report_tx: OwnedFd,
     pub(super) pid_file: Option<PidFile>,
+    pub(super) dirs: HostDirs,
+    pub(super) plugins: Dir,
     pub(super) ready: Option<ReadyNotifier>,
     pub(super) phase: HostPhase,
     pub(super) startup: Option<Startup>,
@@ -226,6 +233,8 @@ pub struct Master {
     pub(super) next_watchdog: Option<Mono>,
     /// Workers were killed during the stop.
     pub(super) forced_stop: bool,
+    /// Whoever asked for the stop (`pmhost stop`), told the outcome at exit.
+    pub(super) stop_requesters: Vec<OwnedFd>,
 }
 
 impl Master {
@@ -257,6 +266,8 @@ impl Master {
             reports,
             report_tx,
             pid_file: Some(parts.pid_file),
+            dirs: parts.dirs,
+            plugins: parts.plugins,
             ready: parts.ready,
             phase: HostPhase::Running,
             startup: Some(Startup::default()),
@@ -279,6 +290,7 @@ impl Master {
             next_watchdog: parts.notifier.as_ref().and_then(|n| n.watchdog_interval()).map(|i| Mono::now() + i),
             notifier: parts.notifier,
             forced_stop: false,
+            stop_requesters: Vec::new(),
         })
     }
 
@@ -308,24 +320,14 @@ impl Master {
             for (signal, sender) in woken.signals {
                 self.handle_signal(signal, sender);
             }
+            for sender in woken.stop_requests {
+                self.handle_stop_request(sender);
+            }
             self.apply_scale_signals();
             self.handle_deadlines();
             self.manage_workers();
             self.advance_rollout();
             self.resolve_startup();
-        }
-    }
-
-    /// As PID 1 (a container's entrypoint) the kernel hands every orphan to us anyway; with `subreaper` we ask
-    /// for the orphans of our own descendants. The reap loop reaps them like workers.
-    fn adopt_orphans(&self) {
-        if std::process::id() == 1 {
-            info!("running as PID 1: adopting and reaping orphaned processes");
-        } else if self.host.subreaper {
-            match nix::sys::prctl::set_child_subreaper(true) {
-                Ok(()) => info!("subreaper: adopting and reaping orphaned descendants"),
-                Err(e) => warn!("cannot become a subreaper: {e}"),
-            }
         }
     }
 
@@ -357,6 +359,24 @@ impl Master {
             "graceful stop"
         );
         self.begin_stop(Ok(()));
+    }
+
+    /// `pmhost stop`: a graceful stop, answered with the grace period at once and with the outcome at exit. A
+    /// second request joins the stop under way (it never escalates it, unlike a second SIGTERM).
+    fn handle_stop_request(&mut self, sender: Pid) {
+        // The sender is held by a pidfd from now on: the answers can never reach a process that reuses its pid.
+        match crate::control::pidfd_open(sender) {
+            Ok(pidfd) => {
+                let accepted = crate::control::Reply::Accepted { grace: self.host.stop_timeout };
+                let _ = crate::control::send(pidfd.as_fd(), crate::control::reply_signal(), accepted.encode());
+                self.stop_requesters.push(pidfd);
+            }
+            Err(e) => warn!(sender = sender.as_raw(), "cannot answer a stop request: {e}"),
+        }
+        if matches!(self.phase, HostPhase::Running) {
+            info!(sender = sender.as_raw(), workers = self.workers.len(), "graceful stop requested by pmhost stop");
+            self.begin_stop(Ok(()));
+        }
     }
 
     /// QUIT: immediate stop.
@@ -546,11 +566,15 @@ impl Master {
         self.tasks.iter().filter(|t| !t.retired).map(|t| t.settings.workers).sum()
     }
 
-    /// Leaves: removes the status and metrics files and the pid file (the pid file last: it is the "running"
-    /// marker).
+    /// Leaves: removes the status directory (status and metrics files, staged builds, requests) and the pid file
+    /// (the pid file last: it is the "running" marker).
     fn exit(mut self, outcome: Result<(), String>) -> Result<Stopped, MasterError> {
-        let _ = std::fs::remove_file(self.host.status_file());
-        let _ = std::fs::remove_file(self.host.status_dir().join("metrics.prom"));
+        self.end_orphans(true);
+        self.dirs.remove_status();
+        let stopped = crate::control::Reply::Stopped { forced: self.forced_stop || outcome.is_err() };
+        for requester in self.stop_requesters.drain(..) {
+            let _ = crate::control::send(requester.as_fd(), crate::control::reply_signal(), stopped.encode());
+        }
         if let Some(pid_file) = self.pid_file.take() {
             pid_file.remove();
         }

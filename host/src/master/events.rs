@@ -19,6 +19,8 @@ use crate::sysinfo::Mono;
 pub struct Woken {
     /// Signals received, in arrival order, with the sending process.
     pub signals: Vec<(Signal, Pid)>,
+    /// Senders of stop requests ([`crate::control`]), in arrival order.
+    pub stop_requests: Vec<Pid>,
     /// The deadline timer fired.
     pub timer: bool,
 }
@@ -79,8 +81,11 @@ impl Events {
         }
         if readable(&fds[0]) {
             while let Ok(Some(info)) = self.signals.read_signal() {
-                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
-                    woken.signals.push((signal, Pid::from_raw(info.ssi_pid as i32)));
+                let sender = Pid::from_raw(info.ssi_pid as i32);
+                if info.ssi_signo as i32 == crate::control::stop_signal() {
+                    woken.stop_requests.push(sender);
+                } else if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                    woken.signals.push((signal, sender));
                 }
             }
         }

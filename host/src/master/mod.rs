@@ -3,6 +3,7 @@
 mod children;
 mod core;
 mod events;
+mod orphans;
 mod rollout;
 mod scaling;
 pub mod signals;
@@ -10,4 +11,5 @@ mod snapshot;
 mod supervise;
 
 pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier, Stopped};
+pub use orphans::WORKER_MARK;
 pub use snapshot::SNAPSHOT_WRITTEN;

@@ -173,7 +173,7 @@ impl Master {
             return Err("a new plugin file needs --task when the host runs several tasks".to_owned());
         }
         let stage = |settings: &TaskSettings, path: &std::path::Path| -> Result<Build, String> {
-            let staged = plugin::stage(path, &self.host.plugins_dir()).map_err(|e| e.to_string())?;
+            let staged = plugin::stage(path, &self.plugins).map_err(|e| e.to_string())?;
             Ok(Build::new(generation, staged, settings))
         };
         let mut rolled = Vec::new();
@@ -370,18 +370,16 @@ impl Master {
     /// Removes staged plugin copies no task or slot runs any more. A worker still finishing its call keeps its
     /// mapping of a removed file: unlinking a mapped file is harmless.
     fn prune_staged_builds(&self) {
-        let in_use: Vec<&std::path::Path> = self
-            .tasks
+        plugin::prune(&self.plugins, self.builds_in_use().iter());
+    }
+
+    /// The staged builds some task or slot runs.
+    pub(super) fn builds_in_use(&self) -> Vec<plugin::StagedPlugin> {
+        self.tasks
             .iter()
             .flat_map(|t| std::iter::once(&t.build).chain(t.slots.iter().filter_map(|s| s.build.as_ref())))
-            .map(|b| b.plugin.staged.as_path())
-            .collect();
-        let Ok(entries) = std::fs::read_dir(self.host.plugins_dir()) else { return };
-        for path in entries.flatten().map(|e| e.path()) {
-            if path.extension().is_some_and(|e| e == "so") && !in_use.contains(&path.as_path()) {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+            .map(|b| b.plugin.clone())
+            .collect()
     }
 
     fn record_restart_end(&mut self, error: Option<String>) {

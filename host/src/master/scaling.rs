@@ -1,5 +1,5 @@
 //! Changing the number of workers at runtime (`pmhost scale`, SIGTTIN/SIGTTOU) and reading the CLI's control
-//! requests (restart to another build, scale, stop).
+//! requests (restart to another build, scale).
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use super::core::{HostPhase, MAX_WORKERS, Master};
 impl Master {
     /// USR2: the CLI left control requests.
     pub(super) fn handle_requests(&mut self) {
-        for request in crate::requests::take_all(&self.host.status_dir()) {
+        for request in crate::requests::take_all(self.status_dir()) {
             match request {
                 crate::requests::Request::Restart { id, plugin, task, surge, init_timeout_ms } => {
                     info!(request = %id, "restart requested");
@@ -21,12 +21,6 @@ impl Master {
                         surge,
                         init_timeout: init_timeout_ms.map(Duration::from_millis),
                     });
-                }
-                crate::requests::Request::Stop { id } => {
-                    if matches!(self.phase, HostPhase::Running) {
-                        info!(request = %id, workers = self.workers.len(), "graceful stop requested by pmhost stop");
-                        self.begin_stop(Ok(()));
-                    }
                 }
                 crate::requests::Request::Scale { id, task, workers } => {
                     let error = self.scale_to(task.as_deref(), workers).err();

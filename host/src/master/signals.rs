@@ -46,13 +46,14 @@ pub fn signal_for(action: Action) -> Signal {
     TABLE.iter().find(|(_, a)| *a == action).map(|(s, _)| *s).expect("every action has a signal")
 }
 
-/// Every signal the master handles (blocked, and read from its signalfd).
+/// Every signal the master handles (blocked, and read from its signalfd): the table's, and the real-time stop
+/// request of [`crate::control`].
 pub fn handled() -> SigSet {
     let mut set = SigSet::empty();
     for (signal, _) in TABLE {
         set.add(*signal);
     }
-    set
+    crate::control::sigset_of(&set, &[crate::control::stop_signal()])
 }
 
 #[cfg(test)]

@@ -4,4 +4,4 @@ mod load;
 mod stage;
 
 pub use load::{LoadError, load};
-pub use stage::{StageError, StagedPlugin, stage};
+pub use stage::{StageError, StagedPlugin, prune, stage};
