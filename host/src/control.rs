@@ -91,9 +91,8 @@ pub fn send(pidfd: BorrowedFd<'_>, signo: i32, value: i32) -> io::Result<()> {
     };
     // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, a siginfo of the kernel's size and layout
     // (checked above) that lives across the call, and no flags.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signo, &info as *const QueuedInfo, 0)
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signo, &info as *const QueuedInfo, 0) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
@@ -141,5 +140,4 @@ mod tests {
         let huge = Reply::Accepted { grace: Duration::from_secs(100 * 24 * 3600) };
         assert!(matches!(Reply::decode(huge.encode()), Some(Reply::Accepted { .. })));
     }
-
 }

@@ -67,11 +67,14 @@ pub fn take_all(status: &Dir) -> Vec<Request> {
     names.sort_by_key(|name| name.trim_end_matches(".json").rsplit('-').next().and_then(|t| t.parse::<u64>().ok()));
     let mut requests = Vec::new();
     for name in names {
-        let parsed = dir.read_file(&name, REQUEST_LIMIT).map(|bytes| bytes.and_then(|b| serde_json::from_slice(&b).ok()));
+        let parsed =
+            dir.read_file(&name, REQUEST_LIMIT).map(|bytes| bytes.and_then(|b| serde_json::from_slice(&b).ok()));
         dir.remove(&name);
         match parsed {
             Ok(Some(request)) => requests.push(request),
-            Ok(None) => tracing::warn!(file = %dir.display_path(&name).display(), "ignoring an unreadable control request"),
+            Ok(None) => {
+                tracing::warn!(file = %dir.display_path(&name).display(), "ignoring an unreadable control request")
+            }
             Err(e) => tracing::warn!("ignoring a control request: {e}"),
         }
     }

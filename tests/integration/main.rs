@@ -7,5 +7,6 @@ mod config;
 mod control;
 mod ecosystem;
 mod engine;
+mod hardening;
 mod restart;
 mod supervision;

@@ -62,22 +62,12 @@ pub fn resolve_target(target: &Target) -> Result<Resolved, CommandError> {
             .or_else(|| host.and_then(|h| h.name.clone()))
             .unwrap_or_else(|| DEFAULT_NAME.to_owned()),
         pid_root: absolute(
-            &target
-                .pid_root
-                .clone()
-                .or_else(|| host.and_then(|h| h.pid_root.clone()))
-                .unwrap_or(defaults.pid),
+            &target.pid_root.clone().or_else(|| host.and_then(|h| h.pid_root.clone())).unwrap_or(defaults.pid),
         ),
         status_root: absolute(
-            &target
-                .status_root
-                .clone()
-                .or_else(|| host.and_then(|h| h.status_root.clone()))
-                .unwrap_or(defaults.status),
+            &target.status_root.clone().or_else(|| host.and_then(|h| h.status_root.clone())).unwrap_or(defaults.status),
         ),
-        log_dir: absolute(
-            &target.log_dir.clone().or_else(|| log.and_then(|l| l.dir.clone())).unwrap_or(defaults.log),
-        ),
+        log_dir: absolute(&target.log_dir.clone().or_else(|| log.and_then(|l| l.dir.clone())).unwrap_or(defaults.log)),
         config,
     })
 }

@@ -39,7 +39,11 @@ pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
 }
 
 /// Asks the master for a snapshot and returns it once written; `None` at the deadline.
-fn fresh_snapshot(master: &MasterHandle, target: &Resolved, timeout: Duration) -> Result<Option<Snapshot>, CommandError> {
+fn fresh_snapshot(
+    master: &MasterHandle,
+    target: &Resolved,
+    timeout: Duration,
+) -> Result<Option<Snapshot>, CommandError> {
     let mut answer = SigSet::empty();
     answer.add(SNAPSHOT_WRITTEN);
     // Blocked, the answer stays pending until we wait for it, however fast the master is.

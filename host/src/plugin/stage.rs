@@ -131,7 +131,8 @@ pub enum StageError {
 /// whole plugin in memory (the master's forked workers would inherit it).
 pub fn stage(plugin: &Path, dir: &Dir) -> Result<StagedPlugin, StageError> {
     let original = std::path::absolute(plugin).unwrap_or_else(|_| plugin.to_owned());
-    let copy_err = |source: io::Error| StageError::Copy { plugin: original.clone(), dir: dir.path().to_owned(), source };
+    let copy_err =
+        |source: io::Error| StageError::Copy { plugin: original.clone(), dir: dir.path().to_owned(), source };
     // Refuse a missing file before creating anything.
     if let Err(e) = fs::metadata(&original)
         && e.kind() == io::ErrorKind::NotFound

@@ -261,12 +261,8 @@ impl Dir {
     /// through a symlink, and a FIFO or other special file is refused.
     pub fn open_or_create(&self, name: &str) -> Result<File, RunDirError> {
         let path = self.display_path(name);
-        let flags = OFlag::O_RDWR
-            | OFlag::O_CREAT
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY;
+        let flags =
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
         let fd = match openat(&self.fd, name, flags, Mode::from_bits_truncate(0o600)) {
             Ok(fd) => fd,
             Err(Errno::ELOOP) => return Err(RunDirError::NotAFile { path, kind: "a symlink" }),

@@ -34,7 +34,12 @@ pub struct HostDirs {
 impl HostDirs {
     /// Opens (`create`: creating what is missing) the roots and the host's status directory, after checking
     /// every directory on their way. `Ok(None)` when something does not exist and `create` is not set.
-    pub fn open(pid_root: &Path, status_root: &Path, name: &str, create: bool) -> Result<Option<HostDirs>, RunDirError> {
+    pub fn open(
+        pid_root: &Path,
+        status_root: &Path,
+        name: &str,
+        create: bool,
+    ) -> Result<Option<HostDirs>, RunDirError> {
         let Some(pid_root) = open_root(pid_root, create)? else { return Ok(None) };
         let Some(status) = open_status(status_root, name, create)? else { return Ok(None) };
         Ok(Some(HostDirs { name: name.to_owned(), status_root: status_root.to_owned(), pid_root, status }))

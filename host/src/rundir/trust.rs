@@ -67,8 +67,7 @@ fn not_a_directory(errno: Errno, path: &Path) -> RunDirError {
 fn split_existing(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), RunDirError> {
     let mut existing = path.to_owned();
     let mut rest = Vec::new();
-    loop {
-        let Some(name) = existing.file_name().map(PathBuf::from) else { break };
+    while let Some(name) = existing.file_name().map(PathBuf::from) {
         rest.push(name);
         existing.pop();
         if std::fs::symlink_metadata(&existing).is_ok() {
