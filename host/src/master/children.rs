@@ -195,6 +195,11 @@ impl Master {
 
     /// Records a worker's end, logs it, and schedules the slot's refill (at once, or after a crash backoff).
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
+        // A worker writes its report before it exits, but it may have exited after this wake-up read the
+        // reports: read them again, so a worker that was ready and then ended is not taken for a failed start.
+        if self.startup.as_ref().is_some_and(|s| s.pending.contains(&pid)) {
+            self.read_reports();
+        }
         let Some(worker) = self.workers.remove(&pid) else {
             // An orphaned descendant adopted as subreaper (or as PID 1).
             debug!(pid = pid.as_raw(), ended = ?ended, "reaped an adopted orphan");
