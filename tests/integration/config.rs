@@ -373,9 +373,9 @@ fn the_example_file_is_valid() {
     let text = example
         .replace("../target/release/libhello.so", &fixtures().hello.display().to_string())
         .replace("name = \"process\"", &format!("name = \"{}\"", sb.name))
-        .replace("/tmp/pm/pid", &sb.pid_root().display().to_string())
-        .replace("/tmp/pm/status", &sb.status_root().display().to_string())
-        .replace("/tmp/pm/log", &sb.path("log").display().to_string());
+        .replace("/run/pmhost/pid", &sb.pid_root().display().to_string())
+        .replace("/run/pmhost/status", &sb.status_root().display().to_string())
+        .replace("/run/pmhost/log", &sb.path("log").display().to_string());
     let config = write_config(&sb, &text);
     let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
