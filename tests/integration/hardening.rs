@@ -154,11 +154,11 @@ fn stop_needs_no_disk_and_keeps_the_hosts_own_grace() {
         faulty,
         &["--workers", "2", "--execute-times", "0", "--stop-timeout", "60s", "--task-config", &config],
     );
+    // No status file: the grace must come from the master itself. (Removed first: its page would make room.)
+    std::fs::remove_file(sb.status_file()).unwrap();
     let fill = status_root.join("fill");
     let _ = std::fs::write(&fill, vec![0u8; 160 << 20]); // fails with ENOSPC once the file system is full
     assert!(std::fs::write(status_root.join("probe"), b"x").is_err(), "the file system is not full");
-    // No status file either: the grace must come from the master itself.
-    std::fs::remove_file(sb.status_file()).unwrap();
     let out = run_bounded(&sb, &["stop", "--name", &sb.name]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
