@@ -69,7 +69,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         plugin: new_plugin,
         task: args.task.clone(),
         surge: Some(args.surge),
-        init_timeout_ms: args.start.init_timeout.map(|t| t.as_millis() as u64),
+        init_timeout_ms: args.start.task.0.init_timeout.map(|t| t.as_millis() as u64),
     };
     requests::submit(watch.dir(), &id, &request)?;
     let started = Instant::now();

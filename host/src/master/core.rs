@@ -32,9 +32,6 @@ use crate::settings::{HostSettings, TaskSettings};
 use crate::status::ExitStatus;
 use crate::sysinfo::Mono;
 
-/// The most workers a task may have.
-pub const MAX_WORKERS: u32 = 1024;
-
 /// The master could not run or its start failed.
 #[derive(Debug, Error)]
 pub enum MasterError {

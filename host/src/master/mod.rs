@@ -10,6 +10,6 @@ pub mod signals;
 mod snapshot;
 mod supervise;
 
-pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier, Stopped};
+pub use core::{Master, MasterError, MasterParts, ReadyNotifier, Stopped};
 pub use orphans::WORKER_MARK;
 pub use snapshot::SNAPSHOT_WRITTEN;

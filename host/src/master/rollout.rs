@@ -152,7 +152,7 @@ impl Master {
         let reload = match (&self.config_path, &order.plugin) {
             (Some(path), None) => {
                 let file = crate::config::load(path).map_err(|e| e.to_string())?;
-                Some(self.overrides.resolve_file(&file))
+                Some(file.resolve_tasks(&self.overrides))
             }
             _ => None,
         };

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tracing::info;
 
-use super::core::{HostPhase, MAX_WORKERS, Master};
+use super::core::{HostPhase, Master};
+use crate::settings::MAX_WORKERS;
 
 impl Master {
     /// USR2: the CLI left control requests.
