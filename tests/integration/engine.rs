@@ -226,6 +226,11 @@ fn stragglers_are_killed_after_the_stop_timeout() {
     assert_eq!(wait_exit(&mut fg, SOON), 7, "a stop that killed a worker exits 7");
     assert!(ProcessWaiter::new(hung.pid).wait(SOON), "hung worker survived");
     assert!(stderr_of(&fg).contains("stop timeout reached"), "{}", stderr_of(&fg));
+    // The exit line names the signal plainly (not as a Rust `Option`).
+    let stderr = stderr_of(&fg);
+    let line =
+        stderr.lines().find(|l| l.contains("worker ended: killed by SIGKILL")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains(" signal=SIGKILL") && !line.contains("Some("), "{line}");
 }
 
 #[test]

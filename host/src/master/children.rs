@@ -235,7 +235,7 @@ impl Master {
             ),
             (None, signal) => info!(
                 task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
-                lived_ms = fields.3, signal = ?signal, "worker ended: {reason}"
+                lived_ms = fields.3, signal = %signal.as_deref().unwrap_or("-"), "worker ended: {reason}"
             ),
         }
         if let Some(startup) = &mut self.startup
