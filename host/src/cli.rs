@@ -295,6 +295,40 @@ pub struct StatusArgs {
     pub timeout: Duration,
 }
 
+/// When clap refused a missing value that came from an environment variable set to the empty string (clap
+/// reports it as a missing flag value, which points at the wrong place), the sentence that says so.
+pub fn empty_env_var(error: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    let (Some(ContextValue::String(value)), Some(ContextValue::String(flag))) =
+        (error.get(ContextKind::InvalidValue), error.get(ContextKind::InvalidArg))
+    else {
+        return None;
+    };
+    if !value.is_empty() {
+        return None;
+    }
+    let argv: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let command = Cli::command();
+    command.get_subcommands().flat_map(|sub| sub.get_arguments()).find_map(|arg| {
+        let (env, long) = (arg.get_env()?, arg.get_long()?);
+        let long = format!("--{long}");
+        let short = arg.get_short().map(|c| format!("-{c}"));
+        let on_command_line =
+            argv.iter().any(|a| *a == long || a.starts_with(&format!("{long}=")) || short.as_ref() == Some(a));
+        let empty = std::env::var_os(env).is_some_and(|v| v.is_empty());
+        (flag.starts_with(&format!("{long} ")) && !on_command_line && empty).then(|| {
+            format!(
+                "the environment variable {} is set but empty: unset it, or set it to the value {long} would take",
+                env.to_string_lossy()
+            )
+        })
+    })
+}
+
 fn parse_name(text: &str) -> Result<String, String> {
     crate::names::validate("name", text).map(|()| text.to_owned()).map_err(|e| e.to_string())
 }
