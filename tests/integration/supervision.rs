@@ -378,6 +378,21 @@ fn resource_limits_apply_to_workers() {
 }
 
 #[test]
+fn a_resource_limit_that_cannot_be_set_is_named_with_its_value_and_the_hard_limit() {
+    let sb = Sandbox::new("rlimitbad");
+    let hello = fixtures().hello.to_str().unwrap();
+    let out =
+        sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "1", "--rlimit-nofile", "99999999"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot set rlimit_nofile to 99999999: EPERM") && stderr.contains("the hard limit is "),
+        "{stderr}"
+    );
+    sb.wait_for("the failed master to be gone", SOON, || sb.live_processes().is_empty().then_some(()));
+}
+
+#[test]
 fn limit_jitter_spreads_retirement() {
     let mut sb = Sandbox::new("jitter");
     let marker = sb.path("marks");
