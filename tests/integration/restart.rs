@@ -323,6 +323,27 @@ fn a_restart_during_a_stop_is_refused_not_left_waiting() {
     let out = sb.run(["restart", "--name", &sb.name]);
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("stopping") || stderr.contains("exited"), "{stderr}");
+    assert!(stderr.contains("is stopping") || stderr.contains("exited"), "{stderr}");
+    assert!(!stderr.contains("keep running"), "a stopping host's workers do not keep running: {stderr}");
     assert_eq!(stopping.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn a_stop_during_a_rollout_makes_restart_say_the_host_is_stopping() {
+    let sb = Sandbox::new("rolloutstop");
+    let control = sb.path("control");
+    std::fs::write(&control, "ok").unwrap();
+    start(&sb, "1", json!({"control_file": control}), &[]);
+    std::fs::write(&control, "slow 60000").unwrap();
+    let mut restart = sb.pmhost(["restart", "--name", &sb.name]);
+    let restart = restart.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    sb.wait_for("the rollout to begin", SOON, || (sb.status()?["last_restart"]["in_progress"] == true).then_some(()));
+    // (Not `sb.stop()`: the restart command, which mentions the name too, may still be finishing.)
+    let stopped = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+    let out = restart.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("is stopping") || stderr.contains("exited"), "{stderr}");
+    assert!(!stderr.contains("keep running"), "a stopping host's workers do not keep running: {stderr}");
 }

@@ -41,6 +41,8 @@ pub enum CommandError {
     DaemonStart { name: String, reason: String },
     #[error("restart of {name} rolled back, the old workers keep running: {reason}")]
     RolledBack { name: String, reason: String },
+    #[error("{name} is stopping: the restart was not done, and its workers are ending")]
+    Stopping { name: String },
     #[error("{name} refused the request: {reason}")]
     Refused { name: String, reason: String },
     #[error("no plugin given: pass --plugin PATH, or --config FILE with [[task]] entries")]

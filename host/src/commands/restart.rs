@@ -34,6 +34,9 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
     let before = watch
         .read()?
         .ok_or_else(|| CommandError::NotRunning { name: target.name.clone(), path: status_dir.join("status.json") })?;
+    if before.state == "stopping" {
+        return Err(CommandError::Stopping { name: target.name.clone() });
+    }
 
     // Check the new build here, before the master is touched: it must exist, be an ELF and load as a plugin.
     let new_plugin = args.start.plugin.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
@@ -88,6 +91,10 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
             waited_ms: args.timeout.as_millis() as u64,
         });
     };
+    if !record.ok && snapshot.state == "stopping" {
+        // Refused (or cut short) because a stop began: the old workers do not keep running.
+        return Err(CommandError::Stopping { name: target.name.clone() });
+    }
     if !record.ok {
         let reason = record.error.unwrap_or_else(|| "rolled back".to_owned());
         return Err(CommandError::RolledBack { name: target.name.clone(), reason });
