@@ -190,6 +190,42 @@ fn daemon_start_with_a_failing_init_reports_the_plugins_message() {
 }
 
 #[test]
+fn daemon_start_short_of_descriptors_reports_why() {
+    // With few descriptors allowed, a start fails at some step, before or after it detached; each failure must
+    // reach the command (a daemon's stderr is /dev/null), never "see its log".
+    let sb = Sandbox::new("emfile");
+    let hello = fixtures().hello.to_str().unwrap();
+    let mut failures = 0;
+    for limit in 3..64u64 {
+        let mut cmd = sb.pmhost(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "1"]);
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        eprintln!("$ (RLIMIT_NOFILE {limit}) {cmd:?}");
+        let out = cmd.output().unwrap();
+        eprintln!("{}", describe(&out));
+        if out.status.code() == Some(0) {
+            assert!(failures > 0, "even {limit} descriptors were enough: the test proves nothing");
+            sb.stop();
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("error while loading shared libraries") {
+            continue; // too few for the dynamic loader: pmhost never ran
+        }
+        failures += 1;
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(stderr.contains("Too many open files") && !stderr.contains("see its log"), "{limit}: {stderr}");
+        sb.wait_for("the failed start to end", SOON, || sb.live_processes().is_empty().then_some(()));
+    }
+    panic!("no start succeeded with up to 63 descriptors");
+}
+
+#[test]
 fn daemon_start_with_relative_paths() {
     let sb = Sandbox::new("relative");
     let plugin = sb.path("libjob.so");

@@ -53,9 +53,10 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
         match daemonize(&host.name)? {
             Detached::Parent(code) => return Ok(code),
             Detached::Daemon(ready) => {
-                pid_file
-                    .record_pid()
-                    .map_err(|e| CommandError::system(format!("write pid file {}", host.pid_file().display()), e))?;
+                if let Err(e) = pid_file.record_pid() {
+                    let error = CommandError::system(format!("write pid file {}", host.pid_file().display()), e);
+                    return Err(report_to_caller(ready, error));
+                }
                 Some(ready)
             }
         }
@@ -98,6 +99,18 @@ fn prune_staged(dir: &Path, keep: &[StagedPlugin]) {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Sends a daemon's start error (with its causes) to the command waiting on the readiness pipe, and returns it.
+fn report_to_caller(ready: ReadyNotifier, error: CommandError) -> CommandError {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    ready.send(Err(&reason));
+    error
 }
 
 enum Detached {

@@ -230,10 +230,24 @@ pub struct Master {
 
 impl Master {
     /// Builds the master. The caller has blocked the handled signals (see [`signals::handled`]).
+    /// A failure is also sent through the readiness pipe: a daemon's stderr is /dev/null, so the waiting
+    /// `pmhost start -d` is the only one who can show it.
     pub fn new(parts: MasterParts) -> std::io::Result<Master> {
-        let events = Events::new(&signals::handled())?;
-        let (reports, report_tx) = crate::report::channel()?;
-        let board = Scoreboard::new().map_err(std::io::Error::other)?;
+        let resources = (|| -> std::io::Result<_> {
+            let events = Events::new(&signals::handled())?;
+            let (reports, report_tx) = crate::report::channel()?;
+            let board = Scoreboard::new().map_err(std::io::Error::other)?;
+            Ok((events, reports, report_tx, board))
+        })();
+        let (events, reports, report_tx, board) = match resources {
+            Ok(resources) => resources,
+            Err(e) => {
+                if let Some(ready) = parts.ready {
+                    ready.send(Err(&format!("cannot set up the master's event loop: {e}")));
+                }
+                return Err(e);
+            }
+        };
         let started = Mono::now();
         let tasks = parts
             .tasks
@@ -299,6 +313,9 @@ impl Master {
                 Ok(woken) => woken,
                 Err(e) => {
                     error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
+                    if let Some(ready) = self.ready.take() {
+                        ready.send(Err(&format!("the master's event loop failed: {e}")));
+                    }
                     self.kill_all();
                     return Err(MasterError::EventLoop(e));
                 }
