@@ -16,7 +16,8 @@ Exit codes:
   4  a master already runs under that name
   5  status --check: the master runs but a worker slot is not served
   6  restart: the new build was refused or rolled back; the old workers keep running
-  7  start (foreground): stopped, but some workers had to be killed (stop timeout, immediate stop)";
+  7  start (foreground): stopped, but some workers had to be killed (stop timeout, immediate stop)
+  8  start in batch mode (check interval 0 or less): some workers crashed (the message says how many and why)";
 
 /// pmhost runs background jobs written as Rust plugins in supervised worker processes.
 ///

@@ -311,6 +311,26 @@ fn batch_mode_exits_when_the_workers_are_done() {
 }
 
 #[test]
+fn batch_mode_fails_when_workers_crashed_saying_how_many_and_why() {
+    for (label, config, expected) in [
+        ("batchpanic", json!({"work": "panic"}), "batch mode: 3 of 3 workers failed: "),
+        ("batchsegv", json!({"work": "segfault", "only_slot": 1}), "batch mode: 1 of 3 workers failed: "),
+        ("batchexit", json!({"work": "exit", "exit_code": 9, "only_slot": 2}), "(exit code 9)"),
+    ] {
+        let mut sb = Sandbox::new(label);
+        let mut fg = sb.start_faulty(&config, ["--workers", "3", "--execute-times", "2", "--check-interval", "0"]);
+        assert_eq!(wait_exit(&mut fg, SOON), 8, "{label}: {}", stderr_of(&fg));
+        let stderr = stderr_of(&fg);
+        let last = stderr.lines().rev().find(|l| l.starts_with("pmhost: error:")).unwrap_or_default();
+        assert!(last.contains(expected), "{label}: {stderr}");
+    }
+    let mut sb = Sandbox::new("batchsegv2");
+    let mut fg = sb.start_faulty(&json!({"work": "segfault"}), ["--workers", "2", "--check-interval", "-1"]);
+    assert_eq!(wait_exit(&mut fg, SOON), 8, "{}", stderr_of(&fg));
+    assert!(stderr_of(&fg).contains("killed by SIGSEGV"), "{}", stderr_of(&fg));
+}
+
+#[test]
 fn outcome_retire_ends_the_worker_cleanly_and_it_is_replaced() {
     let mut sb = Sandbox::new("retire");
     let shutdown = sb.path("shutdown");

@@ -68,6 +68,7 @@ impl CommandError {
             CommandError::NotRunning { .. } => code::NOT_RUNNING,
             CommandError::PidFile(PidFileError::AlreadyRunning { .. }) => code::ALREADY_RUNNING,
             CommandError::RolledBack { .. } => code::ROLLED_BACK,
+            CommandError::Master(MasterError::BatchFailed(_)) => code::BATCH_FAILED,
             CommandError::NoPlugin | CommandError::Usage(_) | CommandError::Config(_) => code::USAGE,
             _ => code::FAILED,
         }

@@ -43,6 +43,9 @@ pub enum MasterError {
     /// The event loop itself failed.
     #[error("master event loop failed")]
     EventLoop(#[source] std::io::Error),
+    /// Batch mode ran every worker to its end, but some of them crashed.
+    #[error("{0}")]
+    BatchFailed(String),
 }
 
 /// Tells a waiting `pmhost start -d` whether the start succeeded, through a pipe.
@@ -473,15 +476,33 @@ impl Master {
     }
 
     /// Some(outcome) once the master has nothing left to supervise.
-    fn finished(&mut self) -> Option<Result<(), String>> {
+    fn finished(&mut self) -> Option<Result<(), MasterError>> {
         if !self.workers.is_empty() {
             return None;
         }
         match &mut self.phase {
-            HostPhase::Stopping { outcome, .. } => Some(std::mem::replace(outcome, Ok(()))),
+            HostPhase::Stopping { outcome, .. } => {
+                Some(std::mem::replace(outcome, Ok(())).map_err(MasterError::StartFailed))
+            }
             HostPhase::Running if self.host.check_interval.is_none() && self.startup.is_none() => {
-                info!("batch mode: every worker is done");
-                Some(Ok(()))
+                let ends: Vec<(&str, u32, Option<&ExitStatus>)> = self
+                    .tasks
+                    .iter()
+                    .flat_map(|task| {
+                        let slots = task.slots.iter().enumerate().filter(|(_, slot)| slot.spawned > 0);
+                        slots.map(|(index, slot)| (task.settings.name.as_str(), index as u32, slot.last_exit.as_ref()))
+                    })
+                    .collect();
+                match batch_outcome(&ends) {
+                    Ok(()) => {
+                        info!("batch mode: every worker is done");
+                        Some(Ok(()))
+                    }
+                    Err(reason) => {
+                        error!(target: crate::logging::FATAL_TARGET, "{reason}");
+                        Some(Err(MasterError::BatchFailed(reason)))
+                    }
+                }
             }
             HostPhase::Running => None,
         }
@@ -565,7 +586,7 @@ impl Master {
 
     /// Leaves: removes the status and metrics files and the pid file (the pid file last: it is the "running"
     /// marker).
-    fn exit(mut self, outcome: Result<(), String>) -> Result<Stopped, MasterError> {
+    fn exit(mut self, outcome: Result<(), MasterError>) -> Result<Stopped, MasterError> {
         let _ = std::fs::remove_file(self.host.status_file());
         let _ = std::fs::remove_file(self.host.status_dir().join("metrics.prom"));
         if let Some(pid_file) = self.pid_file.take() {
@@ -576,7 +597,64 @@ impl Master {
                 info!(forced = self.forced_stop, "master stopped");
                 Ok(Stopped { forced: self.forced_stop })
             }
-            Err(reason) => Err(MasterError::StartFailed(reason)),
+            Err(error) => Err(error),
         }
+    }
+}
+
+/// The verdict of a batch run, from how the last worker of each slot that ran ended (task, slot, exit): a
+/// success only if none crashed; otherwise one sentence with how many failed and why (the first few).
+fn batch_outcome(ends: &[(&str, u32, Option<&ExitStatus>)]) -> Result<(), String> {
+    const SHOWN: usize = 3;
+    let failed: Vec<String> = ends
+        .iter()
+        .filter_map(|(task, slot, exit)| {
+            let exit = exit.filter(|e| e.crash)?;
+            let code = exit.code.map(|code| format!(" (exit code {code})")).unwrap_or_default();
+            Some(format!("{task} slot {slot} (pid {}): {}{code}", exit.pid, exit.reason))
+        })
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let more = match failed.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!("; and {n} more (see the log)"),
+    };
+    Err(format!(
+        "batch mode: {} of {} workers failed: {}{more}",
+        failed.len(),
+        ends.len(),
+        failed[..failed.len().min(SHOWN)].join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(pid: i32, reason: &str, crash: bool) -> ExitStatus {
+        ExitStatus { pid, code: None, signal: None, reason: reason.to_owned(), crash, at: 0 }
+    }
+
+    #[test]
+    fn a_batch_fails_when_any_worker_crashed_and_says_which_and_why() {
+        let ok = exit(10, "normal exit", false);
+        let panicked = exit(11, "plugin panicked", true);
+        let segv = exit(12, "killed by SIGSEGV", true);
+        let code = ExitStatus { code: Some(9), ..exit(13, "exit code from plugin code", true) };
+        assert_eq!(batch_outcome(&[]), Ok(()));
+        assert_eq!(batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&ok))]), Ok(()));
+        assert_eq!(
+            batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&panicked))]),
+            Err("batch mode: 1 of 2 workers failed: t slot 1 (pid 11): plugin panicked".to_owned())
+        );
+        let all = [("a", 0, Some(&panicked)), ("a", 1, Some(&segv)), ("b", 0, Some(&code)), ("b", 1, Some(&segv))];
+        let reason = batch_outcome(&all).unwrap_err();
+        assert!(
+            reason.starts_with("batch mode: 4 of 4 workers failed: a slot 0 (pid 11): plugin panicked; "),
+            "{reason}"
+        );
+        assert!(reason.contains("b slot 0 (pid 13): exit code from plugin code (exit code 9); and 1 more"), "{reason}");
     }
 }
