@@ -79,7 +79,7 @@ pub struct ListArgs {
     /// Directory of status directories. [default: /tmp/pm/status]
     #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
     pub status_root: Option<PathBuf>,
-    /// Print JSON (an array of {name, pid, state, tasks, workers, workers_wanted, generation}).
+    /// Print JSON (an array of {name, pid, state, problem, tasks, workers, workers_wanted, generation}).
     #[arg(long)]
     pub json: bool,
 }

@@ -49,6 +49,16 @@ impl PidFile {
     pub fn acquire(path: &Path, name: &str) -> Result<PidFile, PidFileError> {
         let io_err = |source| PidFileError::Io { path: path.to_owned(), source };
         let mut file = open(path, true).map_err(io_err)?;
+        // A stale file of another user would be reused (root can write it), and then every command that checks
+        // the file's owner before signalling would refuse this master: refuse it now instead.
+        let owner = std::os::unix::fs::MetadataExt::uid(&file.metadata().map_err(io_err)?);
+        let me = nix::unistd::geteuid().as_raw();
+        if owner != me {
+            return Err(PidFileError::Untrusted {
+                path: path.to_owned(),
+                reason: format!("it belongs to uid {owner}, not to you (uid {me}); remove it if no master uses it"),
+            });
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

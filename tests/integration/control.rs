@@ -115,6 +115,19 @@ fn a_stale_pid_file_never_blocks_a_start_nor_misdirects_a_stop() {
 }
 
 #[test]
+fn a_pid_file_of_another_user_is_refused_at_start() {
+    let sb = Sandbox::new("foreignpid");
+    let pid_file = plant_pid_file(&sb, 999_999);
+    std::os::unix::fs::chown(&pid_file, Some(65534), Some(65534)).unwrap();
+    let hello = fixtures().hello.to_str().unwrap();
+    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&pid_file.display().to_string()) && stderr.contains("belongs to uid 65534"), "{stderr}");
+    assert!(sb.live_processes().is_empty(), "a refused start left processes: {:?}", sb.live_processes());
+}
+
+#[test]
 fn planted_symlinks_are_never_followed() {
     let sb = Sandbox::new("symlink");
     let victim = sb.path("victim");

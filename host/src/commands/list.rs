@@ -18,8 +18,11 @@ struct Entry {
     name: String,
     /// The master's pid, when one holds the pid file.
     pid: Option<i32>,
-    /// `running`, `starting`, `stopping` (from the status file), or `stale` (a pid file nobody holds).
+    /// `running`, `starting`, `stopping` (from the status file), `stale` (a pid file nobody holds), or `refused`
+    /// (a pid file that cannot be trusted or read: `problem` says why).
     state: String,
+    /// Why the pid file was refused.
+    problem: Option<String>,
     tasks: Vec<String>,
     workers: usize,
     workers_wanted: u32,
@@ -46,7 +49,24 @@ pub fn list(args: ListArgs) -> Result<i32, CommandError> {
         .collect();
     names.sort();
     for name in names {
-        let pid = pidfile::running_master(&pid_root.join(format!("{name}.pid")))?;
+        // One bad file (another user's, unreadable) must not hide every other master.
+        let pid = match pidfile::running_master(&pid_root.join(format!("{name}.pid"))) {
+            Ok(pid) => pid,
+            Err(e) => {
+                eprintln!("pmhost: warning: {e}");
+                entries.push(Entry {
+                    name,
+                    pid: None,
+                    state: "refused".to_owned(),
+                    problem: Some(e.to_string()),
+                    tasks: Vec::new(),
+                    workers: 0,
+                    workers_wanted: 0,
+                    generation: None,
+                });
+                continue;
+            }
+        };
         let snapshot: Option<Snapshot> =
             pid.and_then(|_| read_snapshot(&status_root.join(&name).join("status.json")).ok().flatten());
         let entry = match (pid, snapshot) {
@@ -54,6 +74,7 @@ pub fn list(args: ListArgs) -> Result<i32, CommandError> {
                 name,
                 pid: Some(pid.as_raw()),
                 state: s.state.clone(),
+                problem: None,
                 tasks: s.tasks.iter().map(|t| t.name.clone()).collect(),
                 workers: s.tasks.iter().map(|t| t.workers.len()).sum(),
                 workers_wanted: s.tasks.iter().map(|t| t.workers_wanted).sum(),
@@ -63,6 +84,7 @@ pub fn list(args: ListArgs) -> Result<i32, CommandError> {
                 name,
                 pid: Some(pid.as_raw()),
                 state: "running".to_owned(),
+                problem: None,
                 tasks: Vec::new(),
                 workers: 0,
                 workers_wanted: 0,
@@ -72,6 +94,7 @@ pub fn list(args: ListArgs) -> Result<i32, CommandError> {
                 name,
                 pid: None,
                 state: "stale".to_owned(),
+                problem: None,
                 tasks: Vec::new(),
                 workers: 0,
                 workers_wanted: 0,
