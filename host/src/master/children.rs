@@ -135,6 +135,7 @@ impl Master {
                         seq_seen: (0, now),
                         killed_for: None,
                         rss: None,
+                        stopped_since: None,
                     },
                 );
                 if let Some(startup) = &mut self.startup {

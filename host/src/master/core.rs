@@ -153,6 +153,8 @@ pub(super) struct Worker {
     /// Why the master killed it, when it did so for a fault.
     pub(super) killed_for: Option<String>,
     pub(super) rss: Option<u64>,
+    /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
+    pub(super) stopped_since: Option<Mono>,
 }
 
 /// Tracks the first wave of workers: the start succeeds once one of them is ready and fails if none gets there.
