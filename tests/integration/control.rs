@@ -532,3 +532,69 @@ fn stop_now_kills_workers_in_the_middle_of_a_call() {
     assert!(!shutdown.exists(), "shutdown ran: the workers were not killed");
     assert!(sb.live_processes().is_empty());
 }
+
+/// A pids cgroup (v1 `pids` hierarchy or v2) limiting how many processes may exist in it; removed on drop.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    /// `None` when no pids controller is writable here (not root, no delegation): the caller skips.
+    fn new(name: &str, max: u32) -> Option<PidsCgroup> {
+        for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+            let dir = std::path::Path::new(base).join(name);
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join("pids.max"), max.to_string()).is_ok() {
+                return Some(PidsCgroup(dir));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        None
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // A cgroup with processes cannot be removed: end what a failed assertion left in it first.
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            ProcessWaiter::new(pid).wait(SOON);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_daemon_start_whose_forks_fail_fails_whole() {
+    let sb = Sandbox::new("forkfail");
+    // The command, its short-lived middle child and the daemon fit; of 8 workers only a few can be forked.
+    let Some(cgroup) = PidsCgroup::new(&sb.name, 5) else {
+        eprintln!("skipped: no writable pids cgroup controller on this machine");
+        return;
+    };
+    let procs = std::ffi::CString::new(cgroup.0.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
+    let hello = fixtures().hello.to_str().unwrap();
+    let mut cmd = sb.pmhost(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "8"]);
+    // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before the fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // Writing "0" moves the writing process itself into the cgroup.
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    eprintln!("$ (pids.max 5) {cmd:?}");
+    let out = cmd.output().unwrap();
+    eprintln!("{}", describe(&out));
+    assert_eq!(out.status.code(), Some(1), "a start with unforked workers must fail: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot fork a worker for slot"), "{stderr}");
+    sb.wait_for("the failed start to end", SOON, || sb.live_processes().is_empty().then_some(()));
+    assert_eq!(sb.run(["status", "--name", &sb.name]).status.code(), Some(3), "nothing is left running");
+    drop(cgroup);
+}

@@ -157,12 +157,29 @@ pub(super) struct Worker {
     pub(super) stopped_since: Option<Mono>,
 }
 
-/// Tracks the first wave of workers: the start succeeds once one of them is ready and fails if none gets there.
+/// Tracks the first wave of workers: the start succeeds once every one of them is ready, and fails as soon as
+/// one of them cannot be started (fork failed), fails to load or `init`, or ends before it is ready.
 #[derive(Debug, Default)]
 pub(super) struct Startup {
     pub(super) pending: BTreeSet<Pid>,
     pub(super) ready: usize,
     pub(super) first_error: Option<String>,
+}
+
+impl Startup {
+    /// A first-wave worker failed (its reason is kept if it is the first).
+    pub(super) fn fail(&mut self, reason: String) {
+        self.first_error.get_or_insert(reason);
+    }
+
+    /// The start's outcome once it is decided: `Ok` when every worker is ready, `Err` with the first failure.
+    pub(super) fn verdict(&self) -> Option<Result<usize, &str>> {
+        match (&self.first_error, self.pending.is_empty()) {
+            (Some(error), _) => Some(Err(error)),
+            (None, true) => Some(Ok(self.ready)),
+            (None, false) => None,
+        }
+    }
 }
 
 /// Everything the master is built from (prepared by the CLI).
@@ -535,7 +552,7 @@ impl Master {
                     if let Some(startup) = &mut self.startup
                         && startup.pending.remove(&pid)
                     {
-                        startup.first_error.get_or_insert(message);
+                        startup.fail(message);
                     }
                 }
             }
@@ -555,12 +572,10 @@ impl Master {
             }
             return;
         }
-        if !startup.pending.is_empty() && startup.first_error.is_none() {
-            return;
-        }
-        let startup = self.startup.take().expect("checked above");
-        if startup.first_error.is_none() {
-            info!(ready = startup.ready, "start complete: workers ready");
+        let Some(verdict) = startup.verdict() else { return };
+        if let Ok(ready) = verdict {
+            self.startup = None;
+            info!(ready, "start complete: workers ready");
             // Publish first: whoever was waiting for the start may read the status right away.
             self.dirty = true;
             self.publish_status();
@@ -573,6 +588,7 @@ impl Master {
             }
             return;
         }
+        let startup = self.startup.take().expect("checked above");
         let reason = startup.first_error.unwrap_or_else(|| "no worker became ready".to_owned());
         error!(target: crate::logging::FATAL_TARGET, "start failed: {reason}");
         if let Some(ready) = self.ready.take() {
@@ -637,6 +653,25 @@ mod tests {
 
     fn exit(pid: i32, reason: &str, crash: bool) -> ExitStatus {
         ExitStatus { pid, code: None, signal: None, reason: reason.to_owned(), crash, at: 0 }
+    }
+
+    #[test]
+    fn a_start_is_decided_when_every_worker_is_ready_or_at_the_first_failure() {
+        let mut startup = Startup::default();
+        startup.pending.extend([Pid::from_raw(10), Pid::from_raw(11)]);
+        assert_eq!(startup.verdict(), None);
+        startup.pending.remove(&Pid::from_raw(10));
+        startup.ready += 1;
+        assert_eq!(startup.verdict(), None, "one worker is still starting");
+        // A slot whose worker could not even be forked fails the start while others are still starting.
+        startup.fail("cannot fork a worker for slot 2: EAGAIN".to_owned());
+        startup.fail("a later failure".to_owned());
+        assert_eq!(startup.verdict(), Some(Err("cannot fork a worker for slot 2: EAGAIN")));
+        let mut fine = Startup::default();
+        fine.pending.insert(Pid::from_raw(12));
+        fine.pending.clear();
+        fine.ready = 1;
+        assert_eq!(fine.verdict(), Some(Ok(1)));
     }
 
     #[test]
