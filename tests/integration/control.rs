@@ -598,3 +598,34 @@ fn a_daemon_start_whose_forks_fail_fails_whole() {
     assert_eq!(sb.run(["status", "--name", &sb.name]).status.code(), Some(3), "nothing is left running");
     drop(cgroup);
 }
+
+#[test]
+fn concurrent_status_calls_each_get_their_answer_promptly() {
+    let sb = Sandbox::new("statusburst");
+    let hello = fixtures().hello.to_str().unwrap();
+    sb.start_daemon(hello, &["--workers", "2", "--execute-times", "0"]);
+    // Signals of one kind merge while pending: with one SIGUSR1 per caller, the callers whose signal merged
+    // into another's waited out their whole timeout.
+    for burst in 0..3 {
+        let started = std::time::Instant::now();
+        let calls: Vec<_> = (0..30)
+            .map(|_| {
+                sb.pmhost(["status", "--name", &sb.name, "--json", "--timeout", "20s"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for call in calls {
+            let pid = call.id() as i32;
+            assert!(ProcessWaiter::new(pid).wait(SOON + SOON), "status {pid} hangs");
+            let out = call.wait_with_output().unwrap();
+            let waited = started.elapsed();
+            assert_eq!(out.status.code(), Some(0), "burst {burst}: {}", String::from_utf8_lossy(&out.stderr));
+            // Well under the 20 s timeout even on a loaded machine; a merged request waited all of it.
+            assert!(waited < Duration::from_secs(8), "burst {burst}: a status call took {waited:?}");
+        }
+    }
+    sb.stop();
+}

@@ -79,7 +79,8 @@ impl Events {
         }
         if readable(&fds[0]) {
             while let Ok(Some(info)) = self.signals.read_signal() {
-                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                // The queued snapshot request arrives as the SIGUSR1 it stands for.
+                if let Some((signal, _)) = super::signals::action_of_number(info.ssi_signo as i32) {
                     woken.signals.push((signal, Pid::from_raw(info.ssi_pid as i32)));
                 }
             }
