@@ -347,3 +347,55 @@ fn a_stop_during_a_rollout_makes_restart_say_the_host_is_stopping() {
     assert!(stderr.contains("is stopping") || stderr.contains("exited"), "{stderr}");
     assert!(!stderr.contains("keep running"), "a stopping host's workers do not keep running: {stderr}");
 }
+
+#[test]
+fn requests_a_command_gave_up_on_are_never_applied_later() {
+    let mut sb = Sandbox::new("expire");
+    let hello = fixtures().hello.to_str().unwrap().to_owned();
+    let fg = sb.start_foreground(["--plugin", &hello, "--workers", "2", "--execute-times", "0"]);
+    sb.wait_for("2 ready workers", SOON, || (sb.ready_workers().len() == 2).then_some(()));
+    let before = pids_by_slot(&sb);
+    let master = fg.child.id() as i32;
+    signal(master, Signal::SIGSTOP);
+    // Against a stopped master both commands time out, and say their request is withdrawn.
+    for args in [
+        vec!["scale", "--name", &sb.name, "4", "--timeout", "1s"],
+        vec!["restart", "--name", &sb.name, "--timeout", "1s"],
+    ] {
+        let out = sb.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("was withdrawn and will not be applied later"), "{stderr}");
+    }
+    // A command killed while it waits cannot withdraw its request: the master drops it once it has expired.
+    let requests = sb.status_root().join(&sb.name).join("requests");
+    let mut waiting = sb.pmhost(["scale", "--name", &sb.name, "3", "--timeout", "1s"]).spawn().unwrap();
+    let sent = std::time::Instant::now();
+    sb.wait_for("the scale request file", SOON, || {
+        let files = std::fs::read_dir(&requests)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count();
+        (files > 0).then_some(())
+    });
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    sb.wait_for("the request to expire", SOON, || (sent.elapsed() > Duration::from_millis(1500)).then_some(()));
+    signal(master, Signal::SIGCONT);
+    // A status round trip: the master has handled its pending SIGUSR2 (and the request files) by then.
+    let out = sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["tasks"][0]["workers_wanted"], 2, "a withdrawn or expired scale was applied: {status}");
+    assert_eq!(status["generation"], 1, "{status}");
+    assert!(status["last_restart"].is_null() && status["last_scale"].is_null(), "{status}");
+    assert_eq!(pids_by_slot(&sb), before, "a withdrawn restart was applied");
+    assert!(
+        crate::harness::stderr_of(&fg).contains("dropping a control request its command gave up on"),
+        "{}",
+        crate::harness::stderr_of(&fg)
+    );
+    let mut fg = fg;
+    assert_eq!(fg.terminate(), 0);
+}

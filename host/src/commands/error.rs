@@ -55,6 +55,11 @@ pub enum CommandError {
         "the {what} of {name} did not finish within {waited_ms} ms; `pmhost status --name {name}` shows where it is"
     )]
     StillRunning { name: String, what: &'static str, waited_ms: u64 },
+    #[error(
+        "{name} (pid {pid}) did not take the {what} request within {waited_ms} ms (is it stopped?); the request \
+         was withdrawn and will not be applied later"
+    )]
+    Withdrawn { name: String, pid: i32, what: &'static str, waited_ms: u64 },
     #[error("the master (pid {pid}) exited before it answered; see its log")]
     MasterGone { pid: i32 },
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]

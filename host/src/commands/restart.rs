@@ -70,6 +70,8 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         task: args.task.clone(),
         surge: Some(args.surge),
         init_timeout_ms: args.start.init_timeout.map(|t| t.as_millis() as u64),
+        // The request expires when this command stops waiting (a moment before its own deadline below).
+        expires_at_mono_ns: Some(crate::sysinfo::monotonic_ns().saturating_add(args.timeout.as_nanos() as u64)),
     };
     requests::submit(&status_dir, &id, &request)?;
     let started = Instant::now();
@@ -85,10 +87,18 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         (!record.in_progress).then(|| (record.clone(), snapshot.clone()))
     })?;
     let Some((record, snapshot)) = outcome else {
-        return Err(CommandError::StillRunning {
+        let waited_ms = args.timeout.as_millis() as u64;
+        let begun = watch.read()?.and_then(|s| s.last_restart).is_some_and(|r| r.request_id.as_deref() == Some(&id));
+        if begun {
+            return Err(CommandError::StillRunning { name: target.name.clone(), what: "restart", waited_ms });
+        }
+        // Not begun: take the request back (the master drops it anyway, if it already read it: it has expired).
+        requests::withdraw(&status_dir, &id);
+        return Err(CommandError::Withdrawn {
             name: target.name.clone(),
+            pid: master.pid.as_raw(),
             what: "restart",
-            waited_ms: args.timeout.as_millis() as u64,
+            waited_ms,
         });
     };
     if !record.ok && snapshot.state == "stopping" {
