@@ -213,6 +213,59 @@ fn a_build_that_is_not_a_plugin_is_refused_before_the_master_is_touched() {
     sb.stop();
 }
 
+/// The end of the last loadable segment of an ELF64 file (what the loader maps; debug sections follow).
+fn loaded_size(elf: &[u8]) -> usize {
+    let word = |at: usize, len: usize| elf[at..at + len].iter().rev().fold(0usize, |n, b| n << 8 | *b as usize);
+    let (phoff, phentsize, phnum) = (word(0x20, 8), word(0x36, 2), word(0x38, 2));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|ph| word(*ph, 4) == 1) // PT_LOAD
+        .map(|ph| word(ph + 8, 8) + word(ph + 32, 8)) // p_offset + p_filesz
+        .max()
+        .expect("a loadable segment")
+}
+
+/// A copy of the constructor fixture whose constructor does `mode` (8 bytes: `exit0___`, `abort___`, `hang____`).
+fn constructor_variant(sb: &Sandbox, mode: &[u8; 8]) -> std::path::PathBuf {
+    const PREFIX: &[u8] = b"PMHOST-CTOR-MODE:";
+    let mut bytes = std::fs::read(&fixtures().constructor).unwrap();
+    let at = bytes.windows(PREFIX.len()).position(|w| w == PREFIX).expect("the mode marker") + PREFIX.len();
+    bytes[at..at + 8].copy_from_slice(mode);
+    let path = sb.path(&format!("libctor-{}.so", String::from_utf8_lossy(mode).trim_end_matches('_')));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_build_whose_loading_exits_crashes_or_hangs_is_refused_by_a_probe() {
+    let sb = Sandbox::new("ctor");
+    start(&sb, "2", json!({}), &[]);
+    let before = pids_by_slot(&sb);
+    // A real plugin cut in the middle of what the loader maps: touching pages past the end of the file is SIGBUS
+    // (or the loader refuses the file).
+    let truncated = sb.path("libtruncated.so");
+    let whole = std::fs::read(&fixtures().hello).unwrap();
+    std::fs::write(&truncated, &whole[..loaded_size(&whole) / 2]).unwrap();
+    let cases = [
+        (constructor_variant(&sb, b"exit0___"), "ended the probe with exit code 0"),
+        (constructor_variant(&sb, b"abort___"), "crashed the probe with SIGABRT"),
+        (constructor_variant(&sb, b"hang____"), "did not finish within 2s"),
+        (truncated, ""),
+    ];
+    for (plugin, expected) in cases {
+        let args = ["restart", "--name", &sb.name, "--plugin", plugin.to_str().unwrap(), "--init-timeout", "2s"];
+        let out = sb.run(args);
+        assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("restart of") && stderr.contains(expected), "{expected:?} in {stderr}");
+        assert!(stderr.contains(plugin.to_str().unwrap()), "the message names the file: {stderr}");
+    }
+    let status = sb.status().unwrap();
+    assert!(status["last_restart"].is_null(), "the master was asked anyway: {status}");
+    assert_eq!(pids_by_slot(&sb), before);
+    sb.stop();
+}
+
 #[test]
 fn a_build_whose_init_fails_or_panics_is_rolled_back() {
     let sb = Sandbox::new("rollback");

@@ -13,7 +13,9 @@ use crate::cli::RestartArgs;
 use crate::exit::cli as code;
 use crate::master::signals::{Action, signal_for};
 use crate::plugin;
+use crate::plugin::probe::ProbeError;
 use crate::requests::{self, Request};
+use crate::settings::DEFAULT_INIT_TIMEOUT;
 use crate::status::Snapshot;
 
 /// Runs `pmhost restart`.
@@ -56,11 +58,24 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
             .map(|t| PathBuf::from(&t.plugin))
             .collect(),
     };
+    // Loading runs the library's constructors, which may exit, crash or hang: load it in a probe process, with
+    // the init timeout as its deadline, never in this one.
+    let load_timeout = args.start.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT).min(args.timeout);
     for path in &to_check {
         let refused = |reason: String| CommandError::RolledBack { name: target.name.clone(), reason };
         let staged = plugin::stage(path, &status_dir.join("plugins")).map_err(|e| refused(e.to_string()))?;
-        plugin::load(&staged.staged, &staged.original).map_err(|e| refused(e.to_string()))?;
-        println!("new build {} ({}) loads", staged.original.display(), staged.short_sha());
+        let shown = staged.original.display();
+        let loaded = plugin::probe::run(load_timeout, || {
+            plugin::load(&staged.staged, &staged.original).map(|_| ()).map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok(Ok(())) => println!("new build {shown} ({}) loads", staged.short_sha()),
+            Ok(Err(reason)) => return Err(refused(reason)),
+            Err(ProbeError::TimedOut(waited)) => {
+                return Err(refused(format!("loading {shown} did not finish within {waited:?} (--init-timeout)")));
+            }
+            Err(e) => return Err(refused(format!("loading {shown}: {e}"))),
+        }
     }
 
     let id = requests::new_id();
