@@ -16,7 +16,8 @@ Exit codes:
   4  a master already runs under that name
   5  status --check: the master runs but a worker slot is not served
   6  restart: the new build was refused or rolled back; the old workers keep running
-  7  start (foreground) or stop: stopped, but some workers had to be killed (stop timeout, immediate stop)";
+  7  start (foreground) or stop: stopped, but some workers had to be killed (stop timeout, immediate stop)
+  8  start in batch mode (check interval 0 or less): some workers crashed (the message says how many and why)";
 
 /// pmhost runs background jobs written as Rust plugins in supervised worker processes.
 ///
@@ -79,7 +80,7 @@ pub struct ListArgs {
     /// $XDG_RUNTIME_DIR/pmhost/status]
     #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
     pub status_root: Option<PathBuf>,
-    /// Print JSON (an array of {name, pid, state, tasks, workers, workers_wanted, generation}).
+    /// Print JSON (an array of {name, pid, state, problem, tasks, workers, workers_wanted, generation}).
     #[arg(long)]
     pub json: bool,
 }
@@ -257,6 +258,40 @@ pub struct StatusArgs {
     /// How long to wait for the master's fresh snapshot.
     #[arg(long, default_value = "5s", value_parser = parse_seconds, value_name = "SECS")]
     pub timeout: Duration,
+}
+
+/// When clap refused a missing value that came from an environment variable set to the empty string (clap
+/// reports it as a missing flag value, which points at the wrong place), the sentence that says so.
+pub fn empty_env_var(error: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    let (Some(ContextValue::String(value)), Some(ContextValue::String(flag))) =
+        (error.get(ContextKind::InvalidValue), error.get(ContextKind::InvalidArg))
+    else {
+        return None;
+    };
+    if !value.is_empty() {
+        return None;
+    }
+    let argv: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let command = Cli::command();
+    command.get_subcommands().flat_map(|sub| sub.get_arguments()).find_map(|arg| {
+        let (env, long) = (arg.get_env()?, arg.get_long()?);
+        let long = format!("--{long}");
+        let short = arg.get_short().map(|c| format!("-{c}"));
+        let on_command_line =
+            argv.iter().any(|a| *a == long || a.starts_with(&format!("{long}=")) || short.as_ref() == Some(a));
+        let empty = std::env::var_os(env).is_some_and(|v| v.is_empty());
+        (flag.starts_with(&format!("{long} ")) && !on_command_line && empty).then(|| {
+            format!(
+                "the environment variable {} is set but empty: unset it, or set it to the value {long} would take",
+                env.to_string_lossy()
+            )
+        })
+    })
 }
 
 fn parse_name(text: &str) -> Result<String, String> {

@@ -286,18 +286,23 @@ where
         let level = event.metadata().level();
         match self.0 {
             Format::Text => {
-                write!(writer, "[{}][{} {} {}]: ", level_word(level), title, std::process::id(), time)?;
-                ctx.field_format().format_fields(writer.by_ref(), event)?;
+                // The record is built first and escaped as a whole: a message (a plugin's, say) that contains a
+                // newline must not start a line of its own that looks like another record.
+                let mut record = String::with_capacity(256);
+                let mut line = Writer::new(&mut record);
+                write!(line, "[{}][{} {} {}]: ", level_word(level), title, std::process::id(), time)?;
+                ctx.field_format().format_fields(line.by_ref(), event)?;
                 if let Some(scope) = ctx.event_scope() {
                     for span in scope.from_root() {
                         let extensions = span.extensions();
                         if let Some(fields) = extensions.get::<FormattedFields<N>>()
                             && !fields.is_empty()
                         {
-                            write!(writer, " {fields}")?;
+                            write!(line, " {fields}")?;
                         }
                     }
                 }
+                writer.write_str(&escape_controls(&record))?;
                 writeln!(writer)
             }
             Format::Json => {
@@ -331,6 +336,23 @@ where
     }
 }
 
+/// `text` with every control character written as an escape (`\n`, `\r`, `\t`, `\u{1b}`...), so one record is
+/// always one line and cannot carry terminal escape sequences.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// Collects an event's fields as JSON values.
 struct JsonFields(serde_json::Map<String, serde_json::Value>);
 
@@ -353,5 +375,62 @@ impl Visit for JsonFields {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0.insert(field.name().to_owned(), format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer into a shared buffer, for reading what the formatter wrote.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("buffer lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_newline_in_a_message_cannot_forge_a_text_line() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(buffer.clone())
+                .with_ansi(false)
+                .event_format(LineFormat(Format::Text)),
+        );
+        let forged = "done\n[Info][process_m:Master:job 1 2026-01-30 15:36:36]: master stopped\r\u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: RUN_TARGET, plugin = "evil\nplugin", "{forged}");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.ends_with('\n'), "{text:?}");
+        assert!(text.contains(r"done\n[Info][process_m:Master:job"), "{text}");
+        assert!(text.contains(r"master stopped\r") && text.contains(r"evil\nplugin"), "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    }
+
+    #[test]
+    fn plain_text_is_not_copied() {
+        assert!(matches!(escape_controls("no controls here"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape_controls("a\tb"), r"a\tb");
     }
 }

@@ -154,8 +154,18 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     exit(code::OK)
 }
 
+/// Why a worker could not prepare itself (before any plugin code ran).
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("{0}")]
+    Os(#[from] nix::Error),
+    /// The messages carry the errno: they reach the user as one line through the report pipe.
+    #[error("cannot set {setting} to {value}: {errno} (the hard limit is {hard}{note})")]
+    Rlimit { setting: &'static str, value: u64, errno: nix::Error, hard: String, note: String },
+}
+
 /// Process setup after fork, before any plugin code runs.
-fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
+fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
     for fd in &spec.close_fds {
         // SAFETY: these descriptors belong to the master's event loop and pid file; this process never uses them.
         unsafe { libc::close(*fd) };
@@ -189,17 +199,31 @@ fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
 }
 
 /// Applies the task's resource limits (soft and hard) before any plugin code runs.
-fn set_rlimits(rlimits: &crate::settings::Rlimits) -> nix::Result<()> {
-    use nix::sys::resource::{Resource, setrlimit};
+fn set_rlimits(rlimits: &crate::settings::Rlimits) -> Result<(), SetupError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let limits = [
-        (Resource::RLIMIT_NOFILE, rlimits.nofile),
-        (Resource::RLIMIT_AS, rlimits.address_space),
-        (Resource::RLIMIT_CORE, rlimits.core),
+        ("rlimit_nofile", Resource::RLIMIT_NOFILE, rlimits.nofile),
+        ("rlimit_as", Resource::RLIMIT_AS, rlimits.address_space),
+        ("rlimit_core", Resource::RLIMIT_CORE, rlimits.core),
     ];
-    for (resource, value) in limits {
-        if let Some(value) = value {
-            setrlimit(resource, value, value)?;
-        }
+    for (setting, resource, value) in limits {
+        let Some(value) = value else { continue };
+        setrlimit(resource, value, value).map_err(|errno| {
+            let hard = match getrlimit(resource) {
+                Ok((_, hard)) if hard == libc::RLIM_INFINITY => "unlimited".to_owned(),
+                Ok((_, hard)) => hard.to_string(),
+                Err(_) => "unknown".to_owned(),
+            };
+            // Open files have a ceiling no privilege lifts: the kernel's fs.nr_open.
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok();
+            let note = match nr_open.as_deref().map(str::trim) {
+                Some(max) if resource == Resource::RLIMIT_NOFILE => {
+                    format!("; only CAP_SYS_RESOURCE raises it, and never above fs.nr_open = {max}")
+                }
+                _ => "; only CAP_SYS_RESOURCE raises it".to_owned(),
+            };
+            SetupError::Rlimit { setting, value, errno, hard, note }
+        })?;
     }
     Ok(())
 }

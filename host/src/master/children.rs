@@ -77,6 +77,9 @@ impl Master {
             Ok(cell) => cell,
             Err(e) => {
                 warn!(slot, "cannot start a worker: {e}");
+                if let Some(startup) = &mut self.startup {
+                    startup.fail(format!("cannot start a worker for slot {slot}: {e}"));
+                }
                 return None;
             }
         };
@@ -138,6 +141,7 @@ impl Master {
                         seq_seen: (0, now),
                         killed_for: None,
                         rss: None,
+                        stopped_since: None,
                     },
                 );
                 if let Some(startup) = &mut self.startup {
@@ -154,6 +158,10 @@ impl Master {
                 let delay = backoff.delay(state.crashes);
                 state.respawn_at = Some(Mono::now() + delay);
                 warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {e}");
+                // A start is all or nothing: a first wave with a slot that could not be forked is no start.
+                if let Some(startup) = &mut self.startup {
+                    startup.fail(format!("cannot fork a worker for slot {slot}: {e}"));
+                }
                 None
             }
         }
@@ -248,13 +256,13 @@ impl Master {
             ),
             (None, signal) => info!(
                 task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
-                lived_ms = fields.3, signal = ?signal, "worker ended: {reason}"
+                lived_ms = fields.3, signal = %signal.as_deref().unwrap_or("-"), "worker ended: {reason}"
             ),
         }
         if let Some(startup) = &mut self.startup
             && startup.pending.remove(&pid)
         {
-            startup.first_error.get_or_insert_with(|| format!("worker {} ended during start: {reason}", pid));
+            startup.fail(format!("worker {pid} ended during start: {reason}"));
         }
         self.dirty = true;
         if self.on_rollout_worker_exit(pid, &reason) {

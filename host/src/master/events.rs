@@ -84,7 +84,8 @@ impl Events {
                 let sender = Pid::from_raw(info.ssi_pid as i32);
                 if info.ssi_signo as i32 == crate::control::stop_signal() {
                     woken.stop_requests.push(sender);
-                } else if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                } else if let Some((signal, _)) = super::signals::action_of_number(info.ssi_signo as i32) {
+                    // The queued snapshot request arrives as the SIGUSR1 it stands for.
                     woken.signals.push((signal, sender));
                 }
             }
