@@ -148,6 +148,8 @@ pub struct TaskSettings {
     pub work_timeout: Option<Duration>,
     /// A worker whose resident memory exceeds this is retired after its current call; `None` = no limit.
     pub max_rss: Option<u64>,
+    /// Workers' stdout and stderr are logged line by line (else they are the master's).
+    pub capture_output: bool,
 }
 
 #[cfg(test)]

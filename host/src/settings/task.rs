@@ -31,6 +31,8 @@ pub enum Kind {
     Size,
     /// A fraction from 0 to 1.
     Fraction,
+    /// On or off: `true`/`false` in the file; `true`, `false`, `yes`, `no`, `on`, `off` as a flag's value.
+    Switch,
 }
 
 /// A parsed setting value.
@@ -40,6 +42,7 @@ pub enum Value {
     Duration(Duration),
     Size(u64),
     Fraction(f64),
+    Switch(bool),
 }
 
 /// One task setting: its key (`[[task]]` key; the flag is `--` and the key with dashes), kind, default as shown
@@ -72,6 +75,11 @@ impl Setting {
                 let f: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
                 self.fraction(f)
             }
+            Kind::Switch => match text.trim() {
+                "true" | "yes" | "on" => Ok(Value::Switch(true)),
+                "false" | "no" | "off" => Ok(Value::Switch(false)),
+                _ => Err(format!("{text:?} is not true or false")),
+            },
         }
     }
 
@@ -94,6 +102,8 @@ impl Setting {
             (Kind::Fraction, toml::Value::Float(f)) => self.fraction(*f),
             (Kind::Fraction, toml::Value::Integer(n)) => self.fraction(*n as f64),
             (Kind::Fraction, _) => Err(wrong("a number from 0 to 1")),
+            (Kind::Switch, toml::Value::Boolean(on)) => Ok(Value::Switch(*on)),
+            (Kind::Switch, _) => Err(wrong("true or false")),
         }
     }
 
@@ -136,6 +146,7 @@ impl FromValue for u64 {
             Value::Count(n) | Value::Size(n) => n,
             Value::Duration(d) => d.as_secs(),
             Value::Fraction(f) => f as u64,
+            Value::Switch(on) => u64::from(on),
         }
     }
 }
@@ -146,6 +157,7 @@ impl FromValue for f64 {
             Value::Fraction(f) => f,
             Value::Count(n) | Value::Size(n) => n as f64,
             Value::Duration(d) => d.as_secs_f64(),
+            Value::Switch(on) => f64::from(u8::from(on)),
         }
     }
 }
@@ -156,6 +168,18 @@ impl FromValue for Duration {
             Value::Duration(d) => d,
             Value::Count(n) | Value::Size(n) => Duration::from_secs(n),
             Value::Fraction(f) => Duration::from_secs_f64(f),
+            Value::Switch(_) => Duration::ZERO,
+        }
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(value: Value) -> Self {
+        match value {
+            Value::Switch(on) => on,
+            Value::Count(n) | Value::Size(n) => n != 0,
+            Value::Fraction(f) => f != 0.0,
+            Value::Duration(d) => !d.is_zero(),
         }
     }
 }
@@ -233,6 +257,8 @@ task_settings! {
         default "inherited", value "SIZE", "RLIMIT_AS (address space, e.g. \"4GiB\") set in each worker before the plugin loads";
     rlimit_core: u64 = Kind::Size,
         default "inherited", value "SIZE", "RLIMIT_CORE (core file size; 0 = no core dumps) set in each worker before the plugin loads";
+    capture_output: bool = Kind::Switch,
+        default "true", value "BOOL", "log what workers (and their child processes) write to stdout and stderr, line by line, in the run log; false: their output goes where the master's goes";
 }
 
 /// The command line's task values: they override the file's for every task.
@@ -264,6 +290,7 @@ impl TaskValues {
             config_json: self.config_json.clone().unwrap_or_else(|| "{}".to_owned()),
             work_timeout: self.work_timeout.and_then(zero_is_none),
             max_rss: self.max_rss.filter(|bytes| *bytes > 0),
+            capture_output: self.capture_output.unwrap_or(true),
         })
     }
 }
