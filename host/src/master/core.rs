@@ -7,13 +7,14 @@
 //! 3. handle signals in arrival order (stop, stop now, restart, snapshot, scale),
 //! 4. handle deadlines (stop grace over, `init` too slow, check tick),
 //! 5. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count),
-//! 6. publish status (only if something changed or a snapshot was asked for).
+//! 6. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
+//! 7. publish status (only if something changed or a snapshot was asked for).
 //!
 //! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
 //! its own message, not just its exit code.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::SystemTime;
 
 use nix::sys::signal::Signal;
@@ -63,11 +64,14 @@ impl ReadyNotifier {
         };
         let _ = nix::unistd::write(&self.0, message.as_bytes());
     }
+}
 
-    /// The raw descriptor (for closing in a forked worker).
-    pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
+/// Raises the master's open-file limit to its hard limit: every worker costs it two pipe ends (its captured
+/// output), so 1024 workers need more than the usual soft limit of 1024. Returns the limit to give workers back.
+fn raise_nofile() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    (soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()).then_some(soft)
 }
 
 /// What the master is doing as a whole.
@@ -254,6 +258,10 @@ pub struct Master {
     pub(super) forced_stop: bool,
     /// Whoever asked for the stop (`pmhost stop`), told the outcome at exit.
     pub(super) stop_requesters: Vec<OwnedFd>,
+    /// Workers' stdout and stderr, logged line by line.
+    pub(super) captures: super::capture::Captures,
+    /// The open-file limit pmhost was started with, when the master raised its own (see [`raise_nofile`]).
+    pub(super) inherited_nofile: Option<u64>,
 }
 
 impl Master {
@@ -324,6 +332,8 @@ impl Master {
             notifier: parts.notifier,
             forced_stop: false,
             stop_requesters: Vec::new(),
+            captures: super::capture::Captures::new()?,
+            inherited_nofile: raise_nofile(),
         })
     }
 
@@ -340,17 +350,18 @@ impl Master {
                 return self.exit(outcome);
             }
             let deadline = self.next_deadline();
-            let woken = match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports)) {
-                Ok(woken) => woken,
-                Err(e) => {
-                    error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
-                    if let Some(ready) = self.ready.take() {
-                        ready.send(Err(&format!("the master's event loop failed: {e}")));
+            let woken =
+                match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports, self.captures.as_fd())) {
+                    Ok(woken) => woken,
+                    Err(e) => {
+                        error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
+                        if let Some(ready) = self.ready.take() {
+                            ready.send(Err(&format!("the master's event loop failed: {e}")));
+                        }
+                        self.kill_all();
+                        return Err(MasterError::EventLoop(e));
                     }
-                    self.kill_all();
-                    return Err(MasterError::EventLoop(e));
-                }
-            };
+                };
             self.read_reports();
             self.reap_workers();
             for (signal, sender) in woken.signals {
@@ -364,6 +375,10 @@ impl Master {
             self.manage_workers();
             self.advance_rollout();
             self.resolve_startup();
+            // Last, and bounded: a worker printing as fast as it can delays no respawn or stop.
+            if woken.output {
+                self.captures.read_ready();
+            }
         }
     }
 

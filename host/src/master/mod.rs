@@ -1,5 +1,6 @@
 //! The master process: a single-threaded event loop that forks, watches, replaces and stops workers.
 
+mod capture;
 mod children;
 mod core;
 mod events;
