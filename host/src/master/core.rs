@@ -273,9 +273,10 @@ impl Master {
             let events = Events::new(&signals::handled())?;
             let (reports, report_tx) = crate::report::channel()?;
             let board = Scoreboard::new().map_err(std::io::Error::other)?;
-            Ok((events, reports, report_tx, board))
+            let captures = super::capture::Captures::new()?;
+            Ok((events, reports, report_tx, board, captures))
         })();
-        let (events, reports, report_tx, board) = match resources {
+        let (events, reports, report_tx, board, captures) = match resources {
             Ok(resources) => resources,
             Err(e) => {
                 if let Some(ready) = parts.ready {
@@ -332,7 +333,7 @@ impl Master {
             notifier: parts.notifier,
             forced_stop: false,
             stop_requesters: Vec::new(),
-            captures: super::capture::Captures::new()?,
+            captures,
             inherited_nofile: raise_nofile(),
         })
     }
