@@ -195,6 +195,12 @@ impl Master {
 
     /// Records a worker's end, logs it, and schedules the slot's refill (at once, or after a crash backoff).
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
+        // A worker writes its report (ready, or why it failed) before it exits, but the report may have come in
+        // after this wake-up read them: read again, so a worker that was ready is never taken for one that ended
+        // during its start (which fails a start or a rollout).
+        if self.workers.get(&pid).is_some_and(|w| !w.ready) {
+            self.read_reports();
+        }
         let Some(worker) = self.workers.remove(&pid) else {
             // An orphaned descendant adopted as subreaper (or as PID 1).
             debug!(pid = pid.as_raw(), ended = ?ended, "reaped an adopted orphan");

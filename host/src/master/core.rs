@@ -528,7 +528,7 @@ impl Master {
     }
 
     /// Records worker reports: readiness and start failures.
-    fn read_reports(&mut self) {
+    pub(super) fn read_reports(&mut self) {
         for report in self.reports.drain() {
             match report {
                 Report::Ready { pid } => {
