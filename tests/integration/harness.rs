@@ -301,6 +301,12 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// The process's state letter (`R`, `S`, `T`, `Z`...), from `/proc/PID/stat`.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rfind(')').and_then(|i| stat[i + 2..].chars().next())
+}
+
 /// The process's state letter is Z.
 pub fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -411,6 +411,8 @@ fn requests_a_command_gave_up_on_are_never_applied_later() {
     let before = pids_by_slot(&sb);
     let master = fg.child.id() as i32;
     signal(master, Signal::SIGSTOP);
+    let stopped = || crate::harness::process_state(master) == Some('T');
+    sb.wait_for("the master to be stopped", SOON, || stopped().then_some(()));
     // Against a stopped master both commands time out, and say their request is withdrawn.
     for args in [
         vec!["scale", "--name", &sb.name, "4", "--timeout", "1s"],

@@ -353,7 +353,10 @@ fn a_sigstopped_worker_shows_as_stopped_and_is_not_serving() {
     let hello = fixtures().hello.to_str().unwrap();
     sb.start_daemon(hello, &["--workers", "2", "--execute-times", "0"]);
     let pid = sb.ready_workers()[&0];
+    // The kernel stops a process when it next runs, a moment after the signal was sent.
+    let state = crate::harness::process_state;
     signal(pid, Signal::SIGSTOP);
+    sb.wait_for("the worker to be stopped", SOON, || (state(pid) == Some('T')).then_some(()));
     let out = sb.run(["status", "--name", &sb.name, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -362,6 +365,7 @@ fn a_sigstopped_worker_shows_as_stopped_and_is_not_serving() {
     let check = sb.run(["status", "--name", &sb.name, "--check"]);
     assert_eq!(check.status.code(), Some(5), "a stopped worker serves nothing: {}", describe(&check));
     signal(pid, Signal::SIGCONT);
+    sb.wait_for("the worker to run again", SOON, || (state(pid) != Some('T')).then_some(()));
     let check = sb.run(["status", "--name", &sb.name, "--check"]);
     assert_eq!(check.status.code(), Some(0), "continued, it serves again: {}", describe(&check));
     sb.stop();

@@ -221,9 +221,10 @@ impl Master {
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
         // What the worker wrote last is logged before its exit (its pipes stay open while a child holds them).
         self.captures.read_all_of(pid);
-        // A worker writes its report before it exits, but it may have exited after this wake-up read the
-        // reports: read them again, so a worker that was ready and then ended is not taken for a failed start.
-        if self.startup.as_ref().is_some_and(|s| s.pending.contains(&pid)) {
+        // A worker writes its report (ready, or why it failed) before it exits, but the report may have come in
+        // after this wake-up read them: read again, so a worker that was ready is never taken for one that ended
+        // during its start (which fails a start or a rollout).
+        if self.workers.get(&pid).is_some_and(|w| !w.ready) {
             self.read_reports();
         }
         let Some(worker) = self.workers.remove(&pid) else {
