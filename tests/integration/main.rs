@@ -8,5 +8,7 @@ mod control;
 mod ecosystem;
 mod engine;
 mod hardening;
+mod logs;
 mod restart;
 mod supervision;
+mod top;

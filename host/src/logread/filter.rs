@@ -5,7 +5,7 @@ use super::record::{LogLevel, Record};
 /// What a record must match (every condition given).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    /// The task: a `task` field, or a worker title `...:Worker:{task}`.
+    /// The task: a `task` field, or without one a worker title `...:Worker:{task}`.
     pub task: Option<String>,
     /// A `slot` field.
     pub slot: Option<u32>,
@@ -23,8 +23,13 @@ impl Filter {
     /// Whether `record` is shown.
     pub fn matches(&self, record: &Record) -> bool {
         let field_is = |key: &str, want: &str| record.field(key).any(|v| v == want);
+        // The task field when the line has one, else the worker title.
+        let of_task = |task: &str| match record.field("task").next() {
+            Some(_) => field_is("task", task),
+            None => record.title.rsplit_once(":Worker:").is_some_and(|(_, t)| t == task),
+        };
         if let Some(task) = &self.task
-            && !(field_is("task", task) || record.title.rsplit_once(":Worker:").is_some_and(|(_, t)| t == task))
+            && !of_task(task)
         {
             return false;
         }
@@ -72,6 +77,10 @@ mod tests {
             "[Warn][process_m:Master:h 9 2026-11-30 10:05:00]: worker exited task=mail slot=1 pid=10 code=1",
         );
         let output = line("Warn", 11, "10:06:00", "oops stream=stderr task=mail slot=2 pid=11");
+        let untagged = line("Info", 12, "10:07:00", "no fields");
+        let tagged_other = line("Info", 12, "10:07:00", "hi task=other");
+        let mail = Filter { task: Some("mail".into()), ..Filter::default() };
+        assert!(mail.matches(&untagged) && !mail.matches(&tagged_other), "the task field wins over the title");
         let cases: &[(Filter, [bool; 3])] = &[
             (Filter::default(), [true, true, true]),
             (Filter { task: Some("mail".into()), ..Filter::default() }, [true, true, true]),
