@@ -233,3 +233,53 @@ impl WriteAllText for std::fs::File {
         std::io::Write::write_all(&mut self, text.as_bytes()).unwrap();
     }
 }
+
+/// `pmhost logs ARGS` with its output in a file (more than a pipe holds), which must succeed; its lines.
+fn logs_to_file(sb: &Sandbox, args: &[&str]) -> Vec<String> {
+    let path = sb.path("logs.out");
+    let mut cmd = sb.pmhost([&["logs"], args].concat());
+    eprintln!("$ {cmd:?} > {}", path.display());
+    let mut child = cmd.stdout(std::fs::File::create(&path).unwrap()).spawn().expect("spawn pmhost logs");
+    assert!(ProcessWaiter::new(child.id() as i32).wait(SOON), "pmhost logs did not finish within {SOON:?}");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn logs_tail_of_large_logs_reads_back_only_as_far_as_needed_and_agrees_with_a_full_read() {
+    let sb = Sandbox::new("logsbig");
+    let log = sb.path("log");
+    std::fs::create_dir(&log).unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // 4 MB of run log, 100 lines a second, two warnings near its start; a process log whose few lines fall
+    // between the run log's lines, one of them near the end.
+    let stamp = |i: u32| format!("2026-01-01 {:02}:{:02}:{:02}", i / 360_000, i / 6000 % 60, i / 100 % 60);
+    let mut run = String::new();
+    for i in 0..40_000u32 {
+        let level = if i == 5 || i == 7 { "Warn" } else { "Info" };
+        run.push_str(&format!(
+            "[{level}][process_m:Worker:mail 10 {}]: run line {i} of a long log task=mail slot=0\n",
+            stamp(i)
+        ));
+    }
+    std::fs::write(log.join("run.2026-01-01.log"), run).unwrap();
+    let process: String = [3u32, 39_950, 39_999]
+        .iter()
+        .map(|&i| format!("[Info][process_m:Master:h 9 {}]: process line {i}\n", stamp(i)))
+        .collect();
+    std::fs::write(log.join("process.2026-01-01.log"), process).unwrap();
+
+    let all = logs_to_file(&sb, &["--name", &sb.name, "-n", "all"]);
+    assert_eq!(all.len(), 40_003);
+    for n in ["1", "4", "120"] {
+        let tail = logs(&sb, &["--name", &sb.name, "-n", n]);
+        let n: usize = n.parse().unwrap();
+        assert_eq!(tail, all[all.len() - n..], "-n {n}");
+    }
+    let warnings = logs(&sb, &["--name", &sb.name, "-n", "2", "--level", "warn"]);
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(warnings[0].contains("run line 5 ") && warnings[1].contains("run line 7 "), "{warnings:#?}");
+    let first_process = logs(&sb, &["--name", &sb.name, "-n", "3", "--pid", "9"]);
+    assert_eq!(first_process.len(), 3, "{first_process:#?}");
+    assert!(first_process[0].contains("process line 3"), "{first_process:#?}");
+}

@@ -17,9 +17,12 @@ use super::plan::resolve_target;
 use crate::cli::{LevelArg, LogsArgs, StreamArg};
 use crate::exit::cli as code;
 use crate::logging::LogSettings;
-use crate::logread::{Filter, LogLevel, LogStream, Merged, Record};
+use crate::logread::{Coverage, Filter, LogLevel, LogStream, Merged, Record};
 use crate::rundir::{self, Dir};
 use crate::sysinfo;
+
+/// How much of the end of the logs `-n` reads first (then four times more, until it has its lines).
+const TAIL_WINDOW: u64 = 1 << 20;
 
 /// Runs `pmhost logs`.
 pub fn logs(args: LogsArgs) -> Result<i32, CommandError> {
@@ -33,17 +36,10 @@ pub fn logs(args: LogsArgs) -> Result<i32, CommandError> {
     // Everything that follows needs its events from before the first read, so nothing written meanwhile is
     // missed: signals blocked and the directory watched first.
     let follow = args.follow.then(|| Follow::new(&dir)).transpose()?;
-    let mut streams = Vec::new();
-    for base in &bases {
-        let stream = LogStream::new(&dir, base, filter.since.as_deref())
-            .map_err(|e| CommandError::system(format!("list {}", target.log_dir.display()), e))?;
-        streams.push(stream);
-    }
-    let mut merged = Merged::new(streams);
     let colour = !args.json && io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut printer = Printer { out: BufWriter::new(io::stdout().lock()), json: args.json, colour };
     let printed = (|| {
-        print_backlog(&mut merged, &dir, &filter, args.lines.0, &mut printer, follow.is_none())?;
+        let mut merged = print_backlog(&dir, &bases, &filter, args.lines.0, &mut printer, follow.is_none())?;
         match &follow {
             Some(follow) => follow.run(&mut merged, &dir, &filter, &mut printer),
             None => Ok(()),
@@ -53,7 +49,7 @@ pub fn logs(args: LogsArgs) -> Result<i32, CommandError> {
         Ok(()) => Ok(code::OK),
         // A reader that went away (`pmhost logs -f | head`) ends the command, not as a failure.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(code::OK),
-        Err(e) => Err(CommandError::system("write to standard output", e)),
+        Err(e) => Err(CommandError::system(format!("show the logs in {}", target.log_dir.display()), e)),
     }
 }
 
@@ -82,36 +78,62 @@ fn filter_of(args: &LogsArgs) -> Filter {
     }
 }
 
-/// Prints the matching lines on disk now, or the last `lines` of them.
+/// The logs `bases` in `dir`, merged; with `last_bytes`, only the end of each.
+fn open_logs(dir: &Dir, bases: &[String], since: Option<&str>, last_bytes: Option<u64>) -> io::Result<Merged> {
+    let streams = bases.iter().map(|base| LogStream::new(dir, base, since, last_bytes)).collect::<io::Result<_>>()?;
+    Ok(Merged::new(streams))
+}
+
+/// Prints the matching lines on disk now, or the last `lines` of them; returns the logs read to their end (for
+/// following).
 fn print_backlog(
-    merged: &mut Merged,
     dir: &Dir,
+    bases: &[String],
     filter: &Filter,
     lines: Option<usize>,
     printer: &mut Printer<'_>,
     to_the_end: bool,
-) -> io::Result<()> {
+) -> io::Result<Merged> {
+    let since = filter.since.as_deref();
     let Some(keep) = lines else {
+        let mut merged = open_logs(dir, bases, since, None)?;
         while let Some(record) = merged.next_record(dir, to_the_end) {
             if filter.matches(&record) {
                 printer.print(&record)?;
             }
         }
-        return printer.out.flush();
+        printer.out.flush()?;
+        return Ok(merged);
     };
-    let mut tail = VecDeque::with_capacity(keep.min(4096));
-    while let Some(record) = merged.next_record(dir, to_the_end) {
-        if keep > 0 && filter.matches(&record) {
-            if tail.len() == keep {
-                tail.pop_front();
+    // The end of the logs first, and further back only while the last `keep` matching lines may lie before what
+    // was read: a large log costs what its end holds, not its size.
+    let mut window: u64 = if keep == 0 { 0 } else { TAIL_WINDOW };
+    loop {
+        let mut merged = open_logs(dir, bases, since, Some(window))?;
+        let mut tail = VecDeque::with_capacity(keep.min(4096));
+        while let Some(record) = merged.next_record(dir, to_the_end) {
+            if keep > 0 && filter.matches(&record) {
+                if tail.len() == keep {
+                    tail.pop_front();
+                }
+                tail.push_back(record);
             }
-            tail.push_back(record);
         }
+        let enough = keep == 0
+            || match merged.coverage() {
+                Coverage::Complete => true,
+                Coverage::After(time) => tail.len() == keep && tail.front().is_some_and(|r| r.time > time),
+                Coverage::Unknown => false,
+            };
+        if enough {
+            for record in &tail {
+                printer.print(record)?;
+            }
+            printer.out.flush()?;
+            return Ok(merged);
+        }
+        window = window.saturating_mul(4);
     }
-    for record in &tail {
-        printer.print(record)?;
-    }
-    printer.out.flush()
 }
 
 /// Lines out, as stored (levels coloured on a terminal) or as JSON objects.

@@ -8,4 +8,4 @@ mod stream;
 
 pub use filter::Filter;
 pub use record::{LogLevel, Record};
-pub use stream::{LineSplitter, LogStream, MAX_LINE, Merged};
+pub use stream::{Coverage, LineSplitter, LogStream, MAX_LINE, Merged};

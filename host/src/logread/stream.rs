@@ -17,6 +17,8 @@ pub const MAX_LINE: usize = 64 << 10;
 pub struct LineSplitter {
     pending: Vec<u8>,
     cut: bool,
+    /// Reading started inside a line: its rest is dropped.
+    skip_partial: bool,
 }
 
 impl LineSplitter {
@@ -24,7 +26,10 @@ impl LineSplitter {
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<String>) {
         while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             self.push(&bytes[..end]);
-            out.push(self.take());
+            let line = self.take();
+            if !std::mem::take(&mut self.skip_partial) {
+                out.push(line);
+            }
             bytes = &bytes[end + 1..];
         }
         self.push(bytes);
@@ -32,7 +37,8 @@ impl LineSplitter {
 
     /// The partial line, if any (its file ended without a newline).
     pub fn finish(&mut self) -> Option<String> {
-        (!self.pending.is_empty() || self.cut).then(|| self.take())
+        let line = (!self.pending.is_empty() || self.cut).then(|| self.take());
+        if std::mem::take(&mut self.skip_partial) { None } else { line }
     }
 
     fn push(&mut self, part: &[u8]) {
@@ -72,16 +78,55 @@ pub struct LogStream {
     previous: Option<Record>,
     ready: VecDeque<Record>,
     buffer: Vec<u8>,
+    /// Where reading starts when only the end of the log is read: a file and an offset in it.
+    start: Option<(String, u64)>,
+    /// Older bytes of the log were left out.
+    truncated: bool,
+    /// The time of the first record read with a header.
+    first_time: Option<String>,
+}
+
+/// How much of the logs a read covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coverage {
+    /// Everything (after `--since` pruning).
+    Complete,
+    /// Records at or before this time may have been left out.
+    After(String),
+    /// A log was read from inside, but no record of it was seen: anything may be missing.
+    Unknown,
 }
 
 impl LogStream {
-    /// The log `base` in `dir`, leaving out files too old to hold lines since `since`.
-    pub fn new(dir: &Dir, base: &str, since: Option<&str>) -> std::io::Result<LogStream> {
-        let queue: VecDeque<LogFile> = files::list(dir, base)?
+    /// The log `base` in `dir`, leaving out files too old to hold lines since `since`, and with `last_bytes`
+    /// everything but the log's last bytes (reading then starts at the first whole line in them).
+    pub fn new(dir: &Dir, base: &str, since: Option<&str>, last_bytes: Option<u64>) -> std::io::Result<LogStream> {
+        let mut queue: VecDeque<LogFile> = files::list(dir, base)?
             .into_iter()
             .filter(|f| since.is_none_or(|since| files::may_hold_since(&f.period, since)))
             .collect();
         let newest = queue.back().cloned();
+        let (mut start, mut truncated) = (None, false);
+        if let Some(window) = last_bytes {
+            let mut kept = VecDeque::new();
+            let mut total = 0u64;
+            while let Some(file) = queue.pop_back() {
+                let size = match dir.open_file(&file.name) {
+                    Ok(Some(handle)) => handle.metadata().map_or(0, |m| m.len()),
+                    _ => 0,
+                };
+                if total + size >= window {
+                    let offset = total + size - window;
+                    truncated = offset > 0 || !queue.is_empty();
+                    start = Some((file.name.clone(), offset));
+                    kept.push_front(file);
+                    break;
+                }
+                total += size;
+                kept.push_front(file);
+            }
+            queue = kept;
+        }
         Ok(LogStream {
             base: base.to_owned(),
             queue,
@@ -90,7 +135,34 @@ impl LogStream {
             previous: None,
             ready: VecDeque::new(),
             buffer: vec![0; 64 << 10],
+            start,
+            truncated,
+            first_time: None,
         })
+    }
+
+    /// Opens a file of the log, at the start offset if reading starts inside it.
+    fn open(&self, dir: &Dir, file: &LogFile) -> Option<OpenFile> {
+        let mut handle = match dir.open_file(&file.name) {
+            Ok(handle) => handle?,
+            Err(e) => {
+                tracing::warn!("skipping a log file: {e}");
+                return None;
+            }
+        };
+        let mut splitter = LineSplitter::default();
+        if let Some((name, offset)) = &self.start
+            && *name == file.name
+            && *offset > 0
+        {
+            // Unless the byte before the offset ends a line, reading starts inside one: its rest is dropped.
+            let mut before = [0u8; 1];
+            let at_line_start = std::os::unix::fs::FileExt::read_exact_at(&handle, &mut before, offset - 1)
+                .is_ok_and(|()| before[0] == b'\n');
+            splitter.skip_partial = !at_line_start;
+            handle.seek(SeekFrom::Start(*offset)).ok()?;
+        }
+        Some(OpenFile { handle, splitter })
     }
 
     /// Looks for files newer than any seen so far (a rotation); they are read once the current one is done.
@@ -113,11 +185,7 @@ impl LogStream {
             }
             let Some(open) = self.current.as_mut() else {
                 let file = self.queue.pop_front()?;
-                match dir.open_file(&file.name) {
-                    Ok(Some(handle)) => self.current = Some(OpenFile { handle, splitter: LineSplitter::default() }),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("skipping a log file: {e}"),
-                }
+                self.current = self.open(dir, &file);
                 continue;
             };
             let mut lines = Vec::new();
@@ -149,6 +217,9 @@ impl LogStream {
             for line in lines {
                 let mut record = Record::parse(&line);
                 if record.has_header() {
+                    if self.first_time.is_none() {
+                        self.first_time = Some(record.time.clone());
+                    }
                     self.previous = Some(record.clone());
                 } else if let Some(previous) = &self.previous {
                     record.inherit(previous);
@@ -186,6 +257,22 @@ impl Merged {
         self.streams[earliest].1.take()
     }
 
+    /// How much of the logs the records read so far cover (see [`LogStream::new`]'s `last_bytes`).
+    pub fn coverage(&self) -> Coverage {
+        let mut coverage = Coverage::Complete;
+        for (stream, _) in self.streams.iter().filter(|(s, _)| s.truncated) {
+            match &stream.first_time {
+                None => return Coverage::Unknown,
+                Some(time) => {
+                    if !matches!(&coverage, Coverage::After(later) if later >= time) {
+                        coverage = Coverage::After(time.clone());
+                    }
+                }
+            }
+        }
+        coverage
+    }
+
     /// Looks for rotated files of every log.
     pub fn rescan(&mut self, dir: &Dir) {
         for (stream, _) in &mut self.streams {
@@ -213,6 +300,17 @@ mod tests {
         assert!(out[0].starts_with("xxx") && out[0].ends_with("[line cut at 64 KiB]"));
         assert_eq!(out[0].len(), MAX_LINE + " [line cut at 64 KiB]".len());
         assert_eq!(splitter.finish().as_deref(), Some("z"));
+        assert_eq!(splitter.finish(), None);
+    }
+
+    #[test]
+    fn a_read_that_starts_inside_a_line_drops_its_rest() {
+        let mut splitter = LineSplitter { skip_partial: true, ..LineSplitter::default() };
+        let mut out = Vec::new();
+        splitter.feed(b"of a line\nwhole\n", &mut out);
+        assert_eq!(out, ["whole"]);
+        let mut splitter = LineSplitter { skip_partial: true, ..LineSplitter::default() };
+        splitter.feed(b"no newline yet", &mut out);
         assert_eq!(splitter.finish(), None);
     }
 }
