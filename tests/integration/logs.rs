@@ -283,3 +283,36 @@ fn logs_tail_of_large_logs_reads_back_only_as_far_as_needed_and_agrees_with_a_fu
     assert_eq!(first_process.len(), 3, "{first_process:#?}");
     assert!(first_process[0].contains("process line 3"), "{first_process:#?}");
 }
+
+#[test]
+fn logs_follow_a_running_host_and_move_on_to_the_next_hours_file() {
+    let sb = Sandbox::new("logslive");
+    let args = ["--workers", "1", "--execute-times", "0", "--execute-usleep", "100ms", "--log-rotation", "hourly"];
+    sb.start_daemon(&fixtures().hello, &args);
+    let mut cmd = sb.pmhost(["logs", "--name", &sb.name, "-f", "-n", "0"]);
+    eprintln!("$ {cmd:?}");
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn logs -f");
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    wait_line(&rx, "hello from slot 0", &mut seen);
+
+    // The host's hourly file now, and the next hour's made by hand as the rotation would make it ("24" sorts
+    // after "23" as the next day's file would).
+    let current = std::fs::read_dir(sb.path("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("run.") && n.len() == "run.2026-01-01-10.log".len())
+        .max()
+        .expect("an hourly run log");
+    let (date, hour) = (&current[4..14], current[15..17].parse::<u32>().unwrap());
+    let next = format!("run.{date}-{:02}.log", hour + 1);
+    let line = format!("[Info][process_m:Worker:{} 1 {date} {:02}:00:00]: from the next hour\n", sb.name, hour + 1);
+    std::fs::write(sb.path("log").join(next), line).unwrap();
+    wait_line(&rx, "from the next hour", &mut seen);
+
+    signal(child.id() as i32, Signal::SIGINT);
+    assert!(ProcessWaiter::new(child.id() as i32).wait(SOON), "logs -f did not end on SIGINT");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "logs -f ends with 0 on SIGINT");
+    sb.stop();
+}

@@ -131,7 +131,7 @@ fn top_in_a_pty(sb: &Sandbox, rows: u16) -> (std::process::Child, std::fs::File,
 }
 
 #[test]
-fn top_in_a_terminal_adds_a_worker_on_plus_and_restores_the_terminal_on_q() {
+fn top_in_a_terminal_scales_on_plus_and_minus_restarts_on_r_and_restores_the_terminal_on_q() {
     let sb = Sandbox::new("toppty");
     start_hello(&sb, "1");
     sb.wait_for("a ready worker", SOON, || (sb.ready_workers().len() == 1).then_some(()));
@@ -148,6 +148,24 @@ fn top_in_a_terminal_adds_a_worker_on_plus_and_restores_the_terminal_on_q() {
         (status["tasks"][0]["workers_wanted"] == 2 && sb.ready_workers().len() == 2).then_some(())
     });
     screen.wait_text("workers 2/2");
+
+    // r: a rolling restart, followed on the screen; - : back to one worker.
+    keyboard.write_all(b"r").unwrap();
+    sb.wait_for("the restart to generation 2", SOON, || {
+        let status = sb.status()?;
+        (status["last_restart"]["generation"] == 2 && status["last_restart"]["ok"] == true).then_some(())
+    });
+    screen.wait_text("restart: generation 2 ok");
+    keyboard.write_all(b"-").unwrap();
+    sb.wait_for("one worker again after -", SOON, || {
+        let status = sb.status()?;
+        (status["tasks"][0]["workers_wanted"] == 1 && status["tasks"][0]["workers"].as_array()?.len() == 1)
+            .then_some(())
+    });
+    screen.wait_text("workers 1/1");
+    // Drawing happens in the one thread top has: ratatui and crossterm start none.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap().count();
+    assert_eq!(threads, 1, "top runs {threads} threads");
 
     keyboard.write_all(b"q").unwrap();
     assert!(ProcessWaiter::new(child.id() as i32).wait(SOON), "top did not exit on q");
