@@ -12,7 +12,7 @@ Exit codes:
   0  success
   1  the operation failed (the message says why)
   2  invalid command line or config file
-  3  no master runs under that name (stop, status, scale)
+  3  no master runs under that name (stop, status, scale, top --once)
   4  a master already runs under that name
   5  status --check: the master runs but a worker slot is not served
   6  restart: the new build was refused or rolled back; the old workers keep running

@@ -208,7 +208,9 @@ impl Follow {
                 return Ok(());
             }
             let events = self.inotify.read_events().unwrap_or_default();
-            if events.iter().any(|e| e.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)) {
+            // A new file may be the next period's (or, after an overflow of the event queue, anything may be).
+            let new_files = AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_Q_OVERFLOW;
+            if events.iter().any(|e| e.mask.intersects(new_files)) {
                 merged.rescan(dir);
             }
             while let Some(record) = merged.next_record(dir, false) {
