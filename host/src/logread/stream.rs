@@ -84,6 +84,9 @@ pub struct LogStream {
     truncated: bool,
     /// The time of the first record read with a header.
     first_time: Option<String>,
+    /// Reading started inside the log: lines before the first header (the end of a message whose start was
+    /// left out) are dropped.
+    skip_headless: bool,
 }
 
 /// How much of the logs a read covered.
@@ -138,6 +141,7 @@ impl LogStream {
             start,
             truncated,
             first_time: None,
+            skip_headless: truncated,
         })
     }
 
@@ -216,7 +220,11 @@ impl LogStream {
             }
             for line in lines {
                 let mut record = Record::parse(&line);
+                if !record.has_header() && self.skip_headless {
+                    continue;
+                }
                 if record.has_header() {
+                    self.skip_headless = false;
                     if self.first_time.is_none() {
                         self.first_time = Some(record.time.clone());
                     }

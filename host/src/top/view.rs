@@ -110,7 +110,9 @@ impl Screen<'_> {
                 rows.push(Row::Text(Line::styled(text, style)));
                 rows.push(Row::Spark(task.name.clone()));
                 rows.push(Row::Text(Line::from(WORKER_HEADER).dim()));
-                for w in &task.workers {
+                let mut workers: Vec<_> = task.workers.iter().collect();
+                workers.sort_by_key(|w| (w.slot, w.generation));
+                for w in workers {
                     let last_exit = w.last_exit.as_ref().map_or("-", |e| e.reason.as_str());
                     rows.push(Row::Text(Line::from(format!(
                         "  {:>4} {:>8} {:<12} {:>8} {:>10} {:>8} {:>8} {}",
