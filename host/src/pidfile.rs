@@ -6,7 +6,6 @@
 
 use std::fs::{File, TryLockError};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -89,11 +88,6 @@ impl PidFile {
     /// Where the file is, for messages.
     pub fn path(&self) -> PathBuf {
         self.root.display_path(&self.name)
-    }
-
-    /// The descriptors a forked child must close (and only close): the file and the pid root.
-    pub fn raw_fds(&self) -> [RawFd; 2] {
-        [self.file.as_raw_fd(), self.root.as_fd().as_raw_fd()]
     }
 
     /// Removes the file, then releases the lock (in that order, so a new master never sees its file vanish).

@@ -3,7 +3,9 @@
 //!
 //! The CLI writes `{status_root}/{name}/requests/{id}.json` atomically, then sends SIGUSR2; the master reads and
 //! removes every request file on SIGUSR2 and records the request id in its status, which is how the CLI finds
-//! the outcome of its own request.
+//! the outcome of its own request. A restart or scale request carries the moment its command stops waiting: a
+//! command that timed out (against a stopped master, say) withdraws its file, and the master drops a request it
+//! reads, or would begin, after that moment, so nothing is applied once the user was told it failed.
 
 use std::path::PathBuf;
 
@@ -28,6 +30,9 @@ pub enum Request {
         surge: Option<u32>,
         /// Longest `init` of a new worker, in milliseconds.
         init_timeout_ms: Option<u64>,
+        /// When the command stops waiting (`CLOCK_MONOTONIC` ns): a restart not begun by then is dropped.
+        #[serde(default)]
+        expires_at_mono_ns: Option<u64>,
     },
     /// Set the worker count.
     Scale {
@@ -37,7 +42,23 @@ pub enum Request {
         task: Option<String>,
         /// Wanted workers.
         workers: u32,
+        /// When the command stops waiting (`CLOCK_MONOTONIC` ns): a request read later is dropped.
+        #[serde(default)]
+        expires_at_mono_ns: Option<u64>,
     },
+}
+
+impl Request {
+    /// Whether the command that sent this request has given up on it by `now_ns` (`CLOCK_MONOTONIC`): a request
+    /// the master reads (or would act on) later is dropped, never applied behind the user's back.
+    pub fn expired(&self, now_ns: u64) -> bool {
+        let expires = match self {
+            Request::Restart { expires_at_mono_ns, .. } | Request::Scale { expires_at_mono_ns, .. } => {
+                *expires_at_mono_ns
+            }
+        };
+        expires.is_some_and(|at| now_ns >= at)
+    }
 }
 
 /// A fresh request id (unique per CLI process and moment).
@@ -50,6 +71,13 @@ pub fn submit(status: &Dir, id: &str, request: &Request) -> Result<(), RunDirErr
     let dir = status.subdir(REQUESTS_DIR, true)?.expect("created when missing");
     let json = serde_json::to_vec(request).expect("requests serialize");
     dir.write_atomic(&format!("{id}.json"), &json)
+}
+
+/// Takes back a request the master has not read yet; returns whether it was still there (then it will never be
+/// applied).
+pub fn withdraw(status: &Dir, id: &str) -> bool {
+    let Ok(Some(dir)) = status.subdir(REQUESTS_DIR, false) else { return false };
+    dir.remove(&format!("{id}.json"))
 }
 
 /// Reads and removes every pending request, oldest first. Unreadable files (not regular, too large, not a

@@ -98,6 +98,24 @@ fn flags_override_the_file() {
 }
 
 #[test]
+fn an_empty_environment_variable_is_named_as_such() {
+    let sb = Sandbox::new("emptyenv");
+    for (var, command) in [("PMHOST_LOG_DIR", "status"), ("PMHOST_PID_ROOT", "stop"), ("PMHOST_CONFIG", "start")] {
+        let mut cmd = sb.pmhost([command, "--name", &sb.name]);
+        cmd.env(var, "");
+        eprintln!("$ {var}= {cmd:?}");
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("environment variable {var} is set but empty")), "{stderr}");
+    }
+    // An empty value on the command line is still clap's own complaint about the flag.
+    let out = sb.run(["status", "--name", &sb.name, "--log-dir", ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'--log-dir <DIR>'"), "{}", describe(&out));
+}
+
+#[test]
 fn every_mistake_is_refused_with_its_position() {
     let sb = Sandbox::new("badconfig");
     let hello = fixtures().hello.display().to_string();

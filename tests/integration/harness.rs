@@ -25,6 +25,8 @@ pub struct Fixtures {
     pub hello: PathBuf,
     pub faulty: PathBuf,
     pub not_a_plugin: PathBuf,
+    /// A library whose constructor misbehaves as a test patches it to (see plugins/constructor).
+    pub constructor: PathBuf,
     pub old_api: PathBuf,
     /// The stand-alone plugin template (examples/plugin-template), built as a user would.
     pub template: PathBuf,
@@ -58,7 +60,7 @@ pub fn fixtures() -> &'static Fixtures {
             let out = cmd.output().expect("run cargo");
             assert!(out.status.success(), "building fixtures failed:\n{}", String::from_utf8_lossy(&out.stderr));
         };
-        build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin"], target_dir);
+        build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin", "-p", "constructor"], target_dir);
         // Crates with a workspace of their own share one target directory, so they share abi_stable's build.
         let own_target = target_dir.join("fixtures");
         for manifest in ["plugins/old-api/Cargo.toml", "examples/plugin-template/Cargo.toml"] {
@@ -70,6 +72,7 @@ pub fn fixtures() -> &'static Fixtures {
             hello: profile_dir.join("libhello.so"),
             faulty: profile_dir.join("libfaulty.so"),
             not_a_plugin: profile_dir.join("libnot_a_plugin.so"),
+            constructor: profile_dir.join("libconstructor.so"),
             old_api: own_profile_dir.join("libold_api_plugin.so"),
             template: own_profile_dir.join("libjob.so"),
         }

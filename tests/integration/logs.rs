@@ -316,3 +316,41 @@ fn logs_follow_a_running_host_and_move_on_to_the_next_hours_file() {
     assert_eq!(child.wait().unwrap().code(), Some(0), "logs -f ends with 0 on SIGINT");
     sb.stop();
 }
+
+#[test]
+fn logs_select_captured_worker_output_by_stream_in_text_and_json_logs() {
+    for format in ["text", "json"] {
+        let mut sb = Sandbox::new(&format!("logsstream{format}"));
+        let faulty = fixtures().faulty.to_str().unwrap().to_owned();
+        let config = r#"{"println":"printed {call}","raw_stderr":"from C {call}\n"}"#;
+        let mut fg = sb.start_foreground([
+            "--plugin",
+            &faulty,
+            "--workers",
+            "1",
+            "--execute-times",
+            "3",
+            "--execute-usleep",
+            "10ms",
+            "--check-interval",
+            "0",
+            "--log-format",
+            format,
+            "--task-config",
+            config,
+        ]);
+        assert_eq!(wait_exit(&mut fg, SOON), 0);
+
+        let stdout = logs(&sb, &["--name", &sb.name, "-n", "all", "--stream", "stdout"]);
+        assert_eq!(stdout.len(), 3, "{format}: {stdout:#?}");
+        assert!(stdout.iter().all(|l| l.contains("printed ") && !l.contains("from C")), "{format}: {stdout:#?}");
+        let stderr = logs(&sb, &["--name", &sb.name, "-n", "all", "--stream", "stderr", "--json"]);
+        assert_eq!(stderr.len(), 3, "{format}: {stderr:#?}");
+        for line in &stderr {
+            let object: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(object["level"], "WARN", "{object}");
+            assert_eq!(object["stream"], "stderr", "{object}");
+            assert!(object["message"].as_str().unwrap().starts_with("from C "), "{object}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 mod harness;
 
 mod bad_plugins;
+mod capture;
 mod config;
 mod control;
 mod ecosystem;

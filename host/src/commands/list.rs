@@ -16,12 +16,11 @@ struct Entry {
     name: String,
     /// The master's pid, when one holds the pid file.
     pid: Option<i32>,
-    /// `running`, `starting`, `stopping` (from the status file), `stale` (a pid file nobody holds) or
-    /// `refused` (a pid file that cannot be trusted: see `error`).
+    /// `running`, `starting`, `stopping` (from the status file), `stale` (a pid file nobody holds), or `refused`
+    /// (a pid file that cannot be trusted or read: `problem` says why).
     state: String,
-    /// Why the entry was refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    /// Why the pid file was refused.
+    problem: Option<String>,
     tasks: Vec<String>,
     workers: usize,
     workers_wanted: u32,
@@ -57,7 +56,7 @@ fn entry(pids: &Dir, statuses: Option<&Dir>, name: String) -> Entry {
         name,
         pid: None,
         state: "stale".to_owned(),
-        error: None,
+        problem: None,
         tasks: Vec::new(),
         workers: 0,
         workers_wanted: 0,
@@ -67,8 +66,10 @@ fn entry(pids: &Dir, statuses: Option<&Dir>, name: String) -> Entry {
         Ok(Some(pid)) => pid,
         Ok(None) => return entry,
         Err(e) => {
+            // One bad file (another user's, a FIFO) must not hide every other master.
+            eprintln!("pmhost: warning: {e}");
             entry.state = "refused".to_owned();
-            entry.error = Some(e.to_string());
+            entry.problem = Some(e.to_string());
             return entry;
         }
     };
@@ -97,7 +98,7 @@ fn print_entries(entries: &[Entry], json: bool) {
         let pid = e.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let generation = e.generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
         let workers = format!("{}/{}", e.workers, e.workers_wanted);
-        let tail = e.error.clone().unwrap_or_else(|| e.tasks.join(","));
+        let tail = e.problem.clone().unwrap_or_else(|| e.tasks.join(","));
         println!("{:<24} {:>8} {:<10} {:>9} {:>4}  {tail}", e.name, pid, e.state, workers, generation);
     }
 }

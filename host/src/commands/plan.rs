@@ -86,21 +86,8 @@ pub struct Plan {
 pub fn overrides(args: &StartArgs) -> TaskOverrides {
     TaskOverrides {
         plugin: args.plugin.as_deref().map(absolute),
-        workers: args.workers,
-        execute_times: args.execute_times,
-        execute_usleep: args.execute_usleep,
-        limit_seconds: args.limit_seconds,
-        init_timeout: args.init_timeout,
-        backoff_initial: args.backoff_initial,
-        backoff_max: args.backoff_max,
-        backoff_reset: args.backoff_reset,
         config_json: args.task_config.clone(),
-        work_timeout: args.work_timeout,
-        max_rss: args.max_rss,
-        limit_jitter: args.limit_jitter,
-        rlimit_nofile: args.rlimit_nofile,
-        rlimit_as: args.rlimit_as,
-        rlimit_core: args.rlimit_core,
+        ..args.task.0.clone()
     }
 }
 
@@ -118,9 +105,9 @@ pub fn plan_start(args: &StartArgs) -> Result<Plan, CommandError> {
                     file.tasks.len()
                 )));
             }
-            overrides.resolve_file(file)
+            file.resolve_tasks(&overrides)
         }
-        None => vec![overrides.resolve(None, &target.name).ok_or(CommandError::NoPlugin)?],
+        None => vec![overrides.settings(&target.name).ok_or(CommandError::NoPlugin)?],
     };
     let host_spec = file.map(|f| f.host.clone()).unwrap_or_default();
     let host = HostSettings {

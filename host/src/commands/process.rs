@@ -37,23 +37,32 @@ pub fn find_master(target: &Resolved) -> Result<MasterHandle, CommandError> {
 impl MasterHandle {
     /// Sends `signal` through the pidfd (never to a process that merely reuses the pid).
     pub fn signal(&self, signal: Signal) -> Result<(), CommandError> {
+        self.send(signal as i32)
+            .map_err(|e| CommandError::system(format!("send {} to master pid {}", signal.as_str(), self.pid), e))
+    }
+
+    /// Sends signal number `signo` (a real-time one, which nix's `Signal` cannot name) through the pidfd.
+    pub fn send(&self, signo: libc::c_int) -> std::io::Result<()> {
         // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo and no flags.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 std::os::fd::AsRawFd::as_raw_fd(&self.pidfd),
-                signal as i32,
+                signo,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             )
         };
-        if rc < 0 {
-            return Err(CommandError::system(
-                format!("send {} to master pid {}", signal.as_str(), self.pid),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Whether the master blocks signal `signo` (reads it from its signalfd), from `/proc/PID/status`: a signal
+    /// it does not block would take its default action, which for a real-time signal is to end the process.
+    pub fn blocks(&self, signo: libc::c_int) -> bool {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else { return false };
+        let mask = text.lines().find_map(|line| line.strip_prefix("SigBlk:")).map(str::trim);
+        let Some(mask) = mask.and_then(|hex| u64::from_str_radix(hex, 16).ok()) else { return false };
+        (1..=64).contains(&signo) && mask & (1u64 << (signo - 1)) != 0
     }
 
     /// The pidfd: readable once the master has exited.

@@ -54,9 +54,10 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
         match daemonize(&host.name)? {
             Detached::Parent(code) => return Ok(code),
             Detached::Daemon(ready) => {
-                pid_file
-                    .record_pid()
-                    .map_err(|e| CommandError::system(format!("write pid file {}", pid_file.path().display()), e))?;
+                if let Err(e) = pid_file.record_pid() {
+                    let error = CommandError::system(format!("write pid file {}", pid_file.path().display()), e);
+                    return Err(report_to_caller(ready, error));
+                }
                 Some(ready)
             }
         }
@@ -97,6 +98,18 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
 fn close_inherited_fds() {
     // SAFETY: close_range on descriptors this process owns and has no handle to; no flags.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
+/// Sends a daemon's start error (with its causes) to the command waiting on the readiness pipe, and returns it.
+fn report_to_caller(ready: ReadyNotifier, error: CommandError) -> CommandError {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    ready.send(Err(&reason));
+    error
 }
 
 enum Detached {

@@ -1,6 +1,6 @@
-//! `pmhost status`: ask the master for a fresh snapshot (SIGUSR1), wait for its answer (SIGURG once the snapshot
-//! is written, with a deadline; no fixed sleep, no directory watch), then print it as a table or JSON, or judge
-//! health for `--check`.
+//! `pmhost status`: ask the master for a fresh snapshot (a queued real-time signal; SIGUSR1 for a master that does
+//! not take it), wait for its answer (SIGURG once the snapshot is written, with a deadline; no fixed sleep, no
+//! directory watch), then print it as a table or JSON, or judge health for `--check`.
 
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,12 @@ pub(crate) fn fresh_snapshot(
     // Blocked, the answer stays pending until we wait for it, however fast the master is.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&answer), None).map_err(|e| CommandError::system("block SIGURG", e))?;
     let asked_at = sysinfo::monotonic_ns();
-    master.signal(signal_for(Action::Snapshot))?;
+    // The queued request cannot merge with another caller's, so every caller gets its own answer. A master that
+    // does not block it (an older pmhost) would die of it: ask such a master with SIGUSR1, as before.
+    let queued = crate::master::signals::queued_snapshot_signal();
+    if !(master.blocks(queued) && master.send(queued).is_ok()) {
+        master.signal(signal_for(Action::Snapshot))?;
+    }
     let deadline = Instant::now() + timeout;
     // The status directory may be missing until the master answers (it re-creates a removed one).
     let mut dir = target.status_dir(false)?;

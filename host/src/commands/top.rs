@@ -121,11 +121,24 @@ fn interactive(app: &mut App) -> Result<i32, CommandError> {
     outcome.map(|()| code::OK).map_err(|e| CommandError::system("draw the terminal", e))
 }
 
-/// A request submitted from a key, until a snapshot shows its outcome.
-enum Pending {
-    Scale { id: String, task: String, workers: u32 },
-    Restart { id: String },
+/// A request submitted from a key, until a snapshot shows its outcome or it expires.
+struct Pending {
+    id: String,
+    asked: Asked,
+    /// When the request expires (the master drops it unread after that, and `top` withdraws it).
+    expires: Instant,
 }
+
+/// What a key asked for.
+enum Asked {
+    Scale { task: String, workers: u32 },
+    Restart,
+}
+
+/// How long a scale request from `top` stays valid (`pmhost scale`'s default timeout).
+const SCALE_EXPIRY: Duration = Duration::from_secs(60);
+/// How long a restart request from `top` may wait to begin (`pmhost restart`'s default timeout).
+const RESTART_EXPIRY: Duration = Duration::from_secs(300);
 
 struct App {
     target: Resolved,
@@ -198,30 +211,42 @@ impl App {
         self.selected = self.selected.min(tasks.saturating_sub(1));
     }
 
-    /// Reports the outcome of the pending request once a snapshot has it.
+    /// Reports the outcome of the pending request once a snapshot has it; withdraws it once it expired unread.
     fn settle_pending(&mut self) {
-        let Some(snapshot) = self.model.current() else { return };
-        match &self.pending {
-            Some(Pending::Scale { id, task, workers }) => {
-                if let Some(answer) = snapshot.last_scale.as_ref().filter(|a| &a.request_id == id) {
+        let Some(pending) = &self.pending else { return };
+        let snapshot = self.model.current();
+        match &pending.asked {
+            Asked::Scale { task, workers } => {
+                if let Some(answer) =
+                    snapshot.and_then(|s| s.last_scale.as_ref()).filter(|a| a.request_id == pending.id)
+                {
                     self.message = match &answer.error {
                         Some(error) => format!("scale refused: {error}"),
                         None => format!("{task}: {workers} workers wanted"),
                     };
                     self.pending = None;
+                    return;
                 }
             }
-            Some(Pending::Restart { id }) => {
-                if let Some(record) =
-                    snapshot.last_restart.as_ref().filter(|r| r.request_id.as_deref() == Some(id.as_str()))
-                {
+            Asked::Restart => {
+                let record = snapshot
+                    .and_then(|s| s.last_restart.as_ref())
+                    .filter(|r| r.request_id.as_deref() == Some(pending.id.as_str()));
+                if let Some(record) = record {
                     self.message = format!("restart: {}", restart_text(record));
                     if !record.in_progress {
                         self.pending = None;
                     }
+                    return;
                 }
             }
-            None => {}
+        }
+        if Instant::now() >= pending.expires {
+            if let Ok(Some(dir)) = self.target.status_dir(false) {
+                requests::withdraw(&dir, &pending.id);
+            }
+            self.message = "the master did not take the request in time; it was withdrawn".to_owned();
+            self.pending = None;
         }
     }
 
@@ -240,8 +265,8 @@ impl App {
 
     fn scale(&mut self, change: i32) {
         let Some(task) = self.model.current().and_then(|s| s.tasks.get(self.selected)).cloned() else { return };
-        let base = match &self.pending {
-            Some(Pending::Scale { task: name, workers, .. }) if *name == task.name => *workers,
+        let base = match self.pending.as_ref().map(|p| &p.asked) {
+            Some(Asked::Scale { task: name, workers }) if *name == task.name => *workers,
             _ => task.workers_wanted,
         };
         let workers = base.saturating_add_signed(change).clamp(1, 1024);
@@ -249,10 +274,12 @@ impl App {
             return;
         }
         let id = requests::new_id();
-        let request = Request::Scale { id: id.clone(), task: Some(task.name.clone()), workers };
+        let expires_at_mono_ns = Some(expiry_mono_ns(SCALE_EXPIRY));
+        let request = Request::Scale { id: id.clone(), task: Some(task.name.clone()), workers, expires_at_mono_ns };
         self.message = match self.submit(&id, &request) {
             Ok(()) => {
-                self.pending = Some(Pending::Scale { id, task: task.name.clone(), workers });
+                let asked = Asked::Scale { task: task.name.clone(), workers };
+                self.pending = Some(Pending { id, asked, expires: Instant::now() + SCALE_EXPIRY });
                 format!("{}: asking for {workers} workers", task.name)
             }
             Err(e) => format!("scale failed: {e}"),
@@ -260,15 +287,22 @@ impl App {
     }
 
     fn restart(&mut self) {
-        if matches!(self.pending, Some(Pending::Restart { .. })) {
+        if self.pending.as_ref().is_some_and(|p| matches!(p.asked, Asked::Restart)) {
             self.message = "a restart is already under way".to_owned();
             return;
         }
         let id = requests::new_id();
-        let request = Request::Restart { id: id.clone(), plugin: None, task: None, surge: None, init_timeout_ms: None };
+        let request = Request::Restart {
+            id: id.clone(),
+            plugin: None,
+            task: None,
+            surge: None,
+            init_timeout_ms: None,
+            expires_at_mono_ns: Some(expiry_mono_ns(RESTART_EXPIRY)),
+        };
         self.message = match self.submit(&id, &request) {
             Ok(()) => {
-                self.pending = Some(Pending::Restart { id });
+                self.pending = Some(Pending { id, asked: Asked::Restart, expires: Instant::now() + RESTART_EXPIRY });
                 "restart requested".to_owned()
             }
             Err(e) => format!("restart failed: {e}"),
@@ -285,4 +319,9 @@ impl App {
         requests::submit(&dir, id, request)?;
         master.signal(signal_for(Action::Requests))
     }
+}
+
+/// `CLOCK_MONOTONIC` nanoseconds `after` from now, as requests carry their expiry.
+fn expiry_mono_ns(after: Duration) -> u64 {
+    crate::sysinfo::monotonic_ns().saturating_add(after.as_nanos() as u64)
 }

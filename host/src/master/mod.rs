@@ -1,5 +1,6 @@
 //! The master process: a single-threaded event loop that forks, watches, replaces and stops workers.
 
+mod capture;
 mod children;
 mod core;
 mod events;
@@ -10,6 +11,6 @@ pub mod signals;
 mod snapshot;
 mod supervise;
 
-pub use core::{MAX_WORKERS, Master, MasterError, MasterParts, ReadyNotifier, Stopped};
+pub use core::{Master, MasterError, MasterParts, ReadyNotifier, Stopped};
 pub use orphans::WORKER_MARK;
 pub use snapshot::SNAPSHOT_WRITTEN;

@@ -13,13 +13,13 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use nix::unistd::Pid;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::core::{Build, HostPhase, Master, Slot};
 use crate::plugin;
 use crate::settings::TaskSettings;
 use crate::status::RestartStatus;
-use crate::sysinfo;
+use crate::sysinfo::{self, Mono};
 
 /// What a restart was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +34,8 @@ pub struct RestartOrder {
     pub surge: Option<u32>,
     /// Longest `init` of a new worker (default: the task's init timeout).
     pub init_timeout: Option<Duration>,
+    /// The command gave up waiting at this moment: a restart still queued then is dropped, not begun.
+    pub expires_at: Option<Mono>,
 }
 
 /// A restart worked out and staged, not applied yet.
@@ -80,6 +82,10 @@ impl Master {
         }
         while self.rollout.is_none() {
             let Some(order) = self.restart_queue.pop_front() else { return };
+            if order.expires_at.is_some_and(|at| Mono::now() >= at) {
+                warn!(request = ?order.request_id, "dropping a queued restart its command gave up on (it timed out)");
+                continue;
+            }
             self.begin_rollout(order);
         }
         self.fill_rollout();
@@ -152,7 +158,7 @@ impl Master {
         let reload = match (&self.config_path, &order.plugin) {
             (Some(path), None) => {
                 let file = crate::config::load(path).map_err(|e| e.to_string())?;
-                Some(self.overrides.resolve_file(&file))
+                Some(file.resolve_tasks(&self.overrides))
             }
             _ => None,
         };

@@ -31,8 +31,11 @@ impl Master {
             return;
         }
         if self.snapshot_wanted {
+            let now = Mono::now();
             for worker in self.workers.values_mut() {
-                worker.rss = sysinfo::rss_bytes(worker.pid.as_raw());
+                let state = sysinfo::process_state(worker.pid.as_raw());
+                worker.rss = state.map(|s| s.rss_bytes);
+                worker.note_stopped(state.is_some_and(|s| s.stopped), now);
             }
         }
         let snapshot = self.snapshot();
@@ -195,6 +198,10 @@ impl Master {
 
 fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str {
     use crate::scoreboard::Phase;
+    if worker.stopped_since.is_some() {
+        // Whatever the scoreboard says, a stopped process serves nothing until it is continued.
+        return "stopped";
+    }
     if worker.stop_sent {
         return "stopping";
     }

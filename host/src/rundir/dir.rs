@@ -226,9 +226,9 @@ impl Dir {
         renameat(&self.fd, from, &self.fd, to).map_err(io_err)
     }
 
-    /// Removes the file `name` (never a directory); a missing file is no error.
-    pub fn remove(&self, name: &str) {
-        let _ = unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir);
+    /// Removes the file `name` (never a directory); returns whether it was there to remove.
+    pub fn remove(&self, name: &str) -> bool {
+        unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir).is_ok()
     }
 
     /// Removes the empty subdirectory `name`; false if it is not empty or not there.

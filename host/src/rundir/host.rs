@@ -65,12 +65,6 @@ impl HostDirs {
         self.pid_root.display_path(&self.pid_file_name())
     }
 
-    /// The descriptors held (a forked worker closes them).
-    pub fn raw_fds(&self) -> [std::os::fd::RawFd; 2] {
-        use std::os::fd::AsRawFd;
-        [self.pid_root.as_fd().as_raw_fd(), self.status.as_fd().as_raw_fd()]
-    }
-
     /// `{status_root}/{name}`.
     pub fn status(&self) -> &Dir {
         &self.status
