@@ -95,6 +95,10 @@ fn interactive(app: &mut App) -> Result<i32, CommandError> {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
+            // A terminal that hung up has nothing more to show or read.
+            if fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)) {
+                return Ok(());
+            }
             if fds[1].revents().is_some_and(|r| r.intersects(PollFlags::POLLIN)) {
                 while let Ok(Some(info)) = signal_fd.read_signal() {
                     if info.ssi_signo != Signal::SIGWINCH as u32 {
