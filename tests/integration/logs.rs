@@ -354,3 +354,42 @@ fn logs_select_captured_worker_output_by_stream_in_text_and_json_logs() {
         }
     }
 }
+
+#[test]
+fn logs_colour_levels_on_a_terminal_only() {
+    let sb = Sandbox::new("logscolour");
+    let log = sb.path("log");
+    std::fs::create_dir(&log).unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        log.join("process.2026-01-01.log"),
+        "[Warn][m 1 2026-01-01 10:00:00]: careful\n[Error][m 1 2026-01-01 10:00:01]: broken\n",
+    )
+    .unwrap();
+    let on_terminal = |no_colour: bool| {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let mut cmd = sb.pmhost(["logs", "--name", &sb.name]);
+        cmd.stdout(Stdio::from(pty.slave.try_clone().unwrap()));
+        if no_colour {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        eprintln!("$ {cmd:?} > a terminal");
+        let mut child = cmd.spawn().expect("spawn pmhost logs");
+        assert!(ProcessWaiter::new(child.id() as i32).wait(SOON));
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        // Everything it wrote is in the terminal's buffer now; read it without waiting for more.
+        nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::fs::File::from(pty.master), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let coloured = on_terminal(false);
+    assert!(coloured.contains("\x1b[33m[Warn]\x1b[0m[m 1 2026-01-01 10:00:00]: careful"), "{coloured:?}");
+    assert!(coloured.contains("\x1b[1;31m[Error]\x1b[0m"), "{coloured:?}");
+    let plain = on_terminal(true);
+    assert!(plain.contains("[Warn][m 1") && !plain.contains('\x1b'), "NO_COLOR: {plain:?}");
+    let piped = logs(&sb, &["--name", &sb.name]);
+    assert!(piped.iter().all(|l| !l.contains('\x1b')), "a pipe gets no colour: {piped:?}");
+}
