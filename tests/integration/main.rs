@@ -9,5 +9,7 @@ mod control;
 mod ecosystem;
 mod engine;
 mod hardening;
+mod logs;
 mod restart;
 mod supervision;
+mod top;
