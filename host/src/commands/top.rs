@@ -32,8 +32,9 @@ use crate::top::view::{Connection, Screen, restart_text};
 const REFRESH: Duration = Duration::from_secs(1);
 /// Longest wait for the master's snapshot within a refresh.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(800);
-/// Width of `--once` output when standard output is not a terminal.
-const PLAIN_WIDTH: u16 = 100;
+/// Width of `--once` output when standard output is not a terminal: wide enough that nothing is cut (a host
+/// name may have 64 characters); trailing blanks are trimmed.
+const PLAIN_WIDTH: u16 = 240;
 
 /// Runs `pmhost top`.
 pub fn top(args: TopArgs) -> Result<i32, CommandError> {

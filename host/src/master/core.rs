@@ -23,6 +23,7 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use super::events::Events;
+use super::life::Life;
 use super::signals::{self, Action};
 use crate::pidfile::PidFile;
 use crate::plugin::StagedPlugin;
@@ -140,23 +141,30 @@ pub(super) struct Worker {
     pub(super) plugin_sha256: String,
     pub(super) started: Mono,
     pub(super) started_wall: SystemTime,
-    /// When a worker still not ready is killed.
-    pub(super) init_deadline: Mono,
-    /// `init` succeeded.
-    pub(super) ready: bool,
-    /// The master asked it to stop (its exit is then not a crash).
-    pub(super) stop_sent: bool,
-    /// The master sent SIGKILL.
-    pub(super) kill_sent: bool,
-    /// When a worker asked to stop gets SIGKILL if it is still there.
-    pub(super) kill_at: Option<Mono>,
+    /// Where it is in its life, with the deadline that applies.
+    pub(super) life: Life,
+    /// When `init` succeeded.
+    pub(super) ready_at: Option<Mono>,
     /// The scoreboard sequence number last seen and when it was first seen (hung-work detection).
     pub(super) seq_seen: (u64, Mono),
-    /// Why the master killed it, when it did so for a fault.
-    pub(super) killed_for: Option<String>,
+    /// What went wrong, when something did: the worker's own report (failed to load or `init`) or the master's
+    /// reason to end it (too slow, hung). Its end then counts as a crash, with this reason.
+    pub(super) fault: Option<String>,
     pub(super) rss: Option<u64>,
     /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
     pub(super) stopped_since: Option<Mono>,
+}
+
+impl Worker {
+    /// `init` succeeded (at some point: a stopping worker may have been ready).
+    pub(super) fn ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
+
+    /// Records a fault (the first one is kept: it is the cause).
+    pub(super) fn record_fault(&mut self, reason: String) {
+        self.fault.get_or_insert(reason);
+    }
 }
 
 /// Tracks the first wave of workers: the start succeeds once every one of them is ready, and fails as soon as
@@ -467,22 +475,18 @@ impl Master {
         let slow: Vec<Pid> = self
             .workers
             .values()
-            .filter(|w| !w.ready && w.killed_for.is_none() && now >= w.init_deadline)
+            .filter(|w| w.fault.is_none() && w.life.init_deadline().is_some_and(|at| now >= at))
             .map(|w| w.pid)
             .collect();
         for pid in slow {
             let worker = &self.workers[&pid];
-            let timeout = worker.init_deadline.since(worker.started);
+            let timeout = worker.life.init_deadline().unwrap_or(now).since(worker.started);
             let reason = format!("plugin init did not finish within init_timeout ({} ms)", timeout.as_millis());
             warn!(pid = pid.as_raw(), "{reason}: killing the worker");
             self.kill_worker(pid, reason);
         }
-        let overdue: Vec<Pid> = self
-            .workers
-            .values()
-            .filter(|w| !w.kill_sent && w.kill_at.is_some_and(|at| now >= at))
-            .map(|w| w.pid)
-            .collect();
+        let overdue: Vec<Pid> =
+            self.workers.values().filter(|w| w.life.kill_at().is_some_and(|at| now >= at)).map(|w| w.pid).collect();
         for pid in overdue {
             warn!(
                 pid = pid.as_raw(),
@@ -518,10 +522,10 @@ impl Master {
                 deadlines.extend(task.slots.iter().filter_map(|slot| slot.respawn_at));
             }
         }
-        for worker in self.workers.values().filter(|w| !w.ready && w.killed_for.is_none()) {
-            deadlines.push(worker.init_deadline);
+        for worker in self.workers.values().filter(|w| w.fault.is_none()) {
+            deadlines.extend(worker.life.init_deadline());
         }
-        deadlines.extend(self.workers.values().filter(|w| !w.kill_sent).filter_map(|w| w.kill_at));
+        deadlines.extend(self.workers.values().filter_map(|w| w.life.kill_at()));
         deadlines.extend(self.next_supervision);
         deadlines.extend(self.next_watchdog);
         deadlines.into_iter().min()
@@ -567,7 +571,8 @@ impl Master {
                 Report::Ready { pid } => {
                     let pid = Pid::from_raw(pid);
                     if let Some(worker) = self.workers.get_mut(&pid) {
-                        worker.ready = true;
+                        worker.ready_at = Some(Mono::now());
+                        worker.life.ready();
                         self.dirty = true;
                     }
                     self.on_rollout_worker_ready(pid);
@@ -580,7 +585,7 @@ impl Master {
                 Report::Failed { pid, message } => {
                     let pid = Pid::from_raw(pid);
                     if let Some(worker) = self.workers.get_mut(&pid) {
-                        worker.killed_for.get_or_insert(message.clone());
+                        worker.record_fault(message.clone());
                     }
                     if let Some(startup) = &mut self.startup
                         && startup.pending.remove(&pid)

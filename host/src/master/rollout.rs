@@ -274,10 +274,9 @@ impl Master {
                 continue;
             }
             for slot in 0..task.settings.workers {
-                let old = self
-                    .workers
-                    .values()
-                    .any(|w| w.task == index && w.slot == slot && !w.stop_sent && w.generation != rollout.generation);
+                let old = self.workers.values().any(|w| {
+                    w.task == index && w.slot == slot && !w.life.stop_sent() && w.generation != rollout.generation
+                });
                 if old && !rollout.switched.contains(&(index, slot)) {
                     found.push((index, slot));
                 }
@@ -306,7 +305,9 @@ impl Master {
         let old: Vec<Pid> = self
             .workers
             .values()
-            .filter(|w| w.task == task && w.slot == slot && w.pid != pid && w.generation != generation && !w.stop_sent)
+            .filter(|w| {
+                w.task == task && w.slot == slot && w.pid != pid && w.generation != generation && !w.life.stop_sent()
+            })
             .map(|w| w.pid)
             .collect();
         info!(slot, pid = pid.as_raw(), generation, replaced = ?old, "restart: slot moved to the new generation");
@@ -347,7 +348,9 @@ impl Master {
             let new: Vec<Pid> = self
                 .workers
                 .values()
-                .filter(|w| w.task == task && w.slot == slot && w.generation == rollout.generation && !w.stop_sent)
+                .filter(|w| {
+                    w.task == task && w.slot == slot && w.generation == rollout.generation && !w.life.stop_sent()
+                })
                 .map(|w| w.pid)
                 .collect();
             for pid in new {

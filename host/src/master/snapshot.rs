@@ -104,7 +104,7 @@ impl Master {
 
     /// One line for systemd's STATUS=: ready workers, wanted workers, generation.
     pub(super) fn summary(&self) -> String {
-        let ready = self.workers.values().filter(|w| w.ready && !w.stop_sent).count();
+        let ready = self.workers.values().filter(|w| w.life.serving()).count();
         let rolling = if self.rollout.is_some() { ", restarting" } else { "" };
         format!("{ready}/{} workers ready, generation {}{rolling}", self.wanted_workers(), self.generation)
     }
@@ -202,7 +202,7 @@ fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str
         // Whatever the scoreboard says, a stopped process serves nothing until it is continued.
         return "stopped";
     }
-    if worker.stop_sent {
+    if worker.life.stop_sent() {
         return "stopping";
     }
     match cell.phase() {
