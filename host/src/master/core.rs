@@ -99,6 +99,17 @@ impl Build {
     pub(super) fn new(generation: u32, plugin: StagedPlugin, settings: &TaskSettings) -> Build {
         Build { generation, plugin, limits: settings.limits, config_json: settings.config_json.clone() }
     }
+
+    /// A build of no real plugin, for unit tests of the master's decisions.
+    #[cfg(test)]
+    pub(super) fn for_tests(generation: u32) -> Build {
+        Build {
+            generation,
+            plugin: StagedPlugin::for_tests(),
+            limits: crate::settings::Limits::default(),
+            config_json: "{}".to_owned(),
+        }
+    }
 }
 
 /// One task: its settings, the build its slots run, and its worker slots.
@@ -242,7 +253,7 @@ pub struct Master {
     pub(super) generation: u32,
     /// The number the next rollout gets.
     pub(super) next_generation: u32,
-    pub(super) rollout: Option<super::rollout::Rollout>,
+    pub(super) rollout: Option<super::progress::Rollout>,
     pub(super) restart_queue: std::collections::VecDeque<super::rollout::RestartOrder>,
     pub(super) last_restart: Option<crate::status::RestartStatus>,
     pub(super) last_scale: Option<crate::status::ScaleStatus>,

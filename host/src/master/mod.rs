@@ -7,6 +7,7 @@ mod events;
 mod life;
 mod orphans;
 mod policy;
+mod progress;
 mod rollout;
 mod scaling;
 pub mod signals;
