@@ -36,7 +36,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         name: target.name.clone(),
         path: target.status_dir_path().join(crate::rundir::STATUS_FILE),
     })?;
-    if before.state == "stopping" {
+    if before.state == crate::status::HostState::Stopping {
         return Err(CommandError::Stopping { name: target.name.clone() });
     }
 
@@ -119,7 +119,7 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
             waited_ms,
         });
     };
-    if !record.ok && snapshot.state == "stopping" {
+    if !record.ok && snapshot.state == crate::status::HostState::Stopping {
         // Refused (or cut short) because a stop began: the old workers do not keep running.
         return Err(CommandError::Stopping { name: target.name.clone() });
     }

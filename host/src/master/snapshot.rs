@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::core::{HostPhase, Master, Worker};
 use crate::rundir;
-use crate::status::Snapshot;
+use crate::status::{HostState, Snapshot, WorkerState};
 use crate::sysinfo::{self, Mono};
 
 /// The signal that tells a `pmhost status` its snapshot is written. Its default action is to be ignored, so it
@@ -114,9 +114,9 @@ impl Master {
         use crate::status::{MasterStatus, TaskStatus, WorkerStatus};
         let now = SystemTime::now();
         let state = match (&self.phase, &self.startup) {
-            (HostPhase::Stopping { .. }, _) => "stopping",
-            (HostPhase::Running, Some(_)) => "starting",
-            (HostPhase::Running, None) => "running",
+            (HostPhase::Stopping { .. }, _) => HostState::Stopping,
+            (HostPhase::Running, Some(_)) => HostState::Starting,
+            (HostPhase::Running, None) => HostState::Running,
         };
         let tasks = self
             .tasks
@@ -135,7 +135,7 @@ impl Master {
                             slot: w.slot,
                             pid: w.pid.as_raw(),
                             title: self.host.worker_title(&task.settings.name),
-                            state: worker_state(w, cell).to_owned(),
+                            state: worker_state(w, cell),
                             executions: cell.executions(),
                             generation: w.generation,
                             plugin_sha256: w.plugin_sha256.clone(),
@@ -196,21 +196,21 @@ impl Master {
     }
 }
 
-fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str {
+fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> WorkerState {
     use crate::scoreboard::Phase;
     if worker.stopped_since.is_some() {
         // Whatever the scoreboard says, a stopped process serves nothing until it is continued.
-        return "stopped";
+        return WorkerState::Stopped;
     }
     if worker.life.stop_sent() {
-        return "stopping";
+        return WorkerState::Stopping;
     }
     match cell.phase() {
-        Phase::Loading => "loading",
-        Phase::Initializing => "initializing",
-        Phase::Stopping => "stopping",
-        Phase::Retiring => "retiring",
-        Phase::Running if cell.busy() => "busy",
-        Phase::Running => "idle",
+        Phase::Loading => WorkerState::Loading,
+        Phase::Initializing => WorkerState::Initializing,
+        Phase::Stopping => WorkerState::Stopping,
+        Phase::Retiring => WorkerState::Retiring,
+        Phase::Running if cell.busy() => WorkerState::Busy,
+        Phase::Running => WorkerState::Idle,
     }
 }

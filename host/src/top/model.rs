@@ -108,7 +108,7 @@ mod tests {
             slot: index as u32,
             pid,
             title: String::new(),
-            state: "idle".into(),
+            state: crate::status::WorkerState::Idle,
             executions,
             generation: 1,
             plugin_sha256: String::new(),
@@ -126,7 +126,7 @@ mod tests {
         };
         Snapshot {
             name: "h".into(),
-            state: "running".into(),
+            state: crate::status::HostState::Running,
             master: MasterStatus {
                 pid: master,
                 title: String::new(),
