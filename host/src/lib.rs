@@ -20,6 +20,7 @@ pub mod names;
 pub mod notify;
 pub mod pidfile;
 pub mod plugin;
+pub mod ready;
 pub mod report;
 pub mod requests;
 pub mod rundir;

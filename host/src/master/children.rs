@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use super::core::{Build, HostPhase, Master, Slot, Worker};
 use super::life::{KillReason, Life};
 use super::policy::{self, Ended, SlotView};
+use super::startup::StartFailure;
 use crate::status::ExitStatus;
 use crate::sysinfo::{self, Mono};
 use crate::worker::{self, WorkerSpec};
@@ -69,7 +70,7 @@ impl Master {
             Err(e) => {
                 warn!(slot, "cannot start a worker: {e}");
                 if let Some(startup) = &mut self.startup {
-                    startup.fail(format!("cannot start a worker for slot {slot}: {e}"));
+                    startup.fail(StartFailure::NoCell { slot, reason: e.to_string() });
                 }
                 return None;
             }
@@ -165,7 +166,7 @@ impl Master {
                 warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {e}");
                 // A start is all or nothing: a first wave with a slot that could not be forked is no start.
                 if let Some(startup) = &mut self.startup {
-                    startup.fail(format!("cannot fork a worker for slot {slot}: {e}"));
+                    startup.fail(StartFailure::Fork { slot, errno: e });
                 }
                 None
             }
@@ -232,7 +233,7 @@ impl Master {
         if let Some(startup) = &mut self.startup
             && startup.pending.remove(&pid)
         {
-            startup.fail(format!("worker {pid} ended during start: {}", class.reason));
+            startup.fail(StartFailure::Ended { pid, reason: class.reason.clone() });
         }
         self.dirty = true;
         if self.on_rollout_worker_exit(pid, &class.reason) {

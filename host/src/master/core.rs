@@ -13,7 +13,7 @@
 //! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
 //! its own message, not just its exit code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::SystemTime;
 
@@ -25,8 +25,10 @@ use tracing::{error, info, warn};
 use super::events::Events;
 use super::life::Life;
 use super::signals::{self, Action};
+use super::startup::{StartFailure, Startup, batch_outcome};
 use crate::pidfile::PidFile;
 use crate::plugin::StagedPlugin;
+use crate::ready::ReadyNotifier;
 use crate::report::{Report, ReportReader};
 use crate::rundir::{Dir, HostDirs};
 use crate::scoreboard::{CellIndex, Scoreboard};
@@ -37,34 +39,15 @@ use crate::sysinfo::Mono;
 /// The master could not run or its start failed.
 #[derive(Debug, Error)]
 pub enum MasterError {
-    /// No worker of a fresh start completed `init`.
-    #[error("{0}")]
-    StartFailed(String),
+    /// A worker of a fresh start failed (the first failure is the reason).
+    #[error(transparent)]
+    StartFailed(StartFailure),
     /// The event loop itself failed.
     #[error("master event loop failed")]
     EventLoop(#[source] std::io::Error),
     /// Batch mode ran every worker to its end, but some of them crashed.
     #[error("{0}")]
     BatchFailed(String),
-}
-
-/// Tells a waiting `pmhost start -d` whether the start succeeded, through a pipe.
-pub struct ReadyNotifier(OwnedFd);
-
-impl ReadyNotifier {
-    /// Wraps the write end of the readiness pipe.
-    pub fn new(fd: OwnedFd) -> ReadyNotifier {
-        ReadyNotifier(fd)
-    }
-
-    /// Sends the outcome and closes the pipe.
-    pub fn send(self, outcome: Result<(), &str>) {
-        let message = match outcome {
-            Ok(()) => format!("ready {}\n", std::process::id()),
-            Err(reason) => format!("error\n{reason}"),
-        };
-        let _ = nix::unistd::write(&self.0, message.as_bytes());
-    }
 }
 
 /// Raises the master's open-file limit to its hard limit: every worker costs it two pipe ends (its captured
@@ -82,7 +65,7 @@ pub(super) enum HostPhase {
     /// Each worker asked to stop carries its own kill deadline (`Worker::kill_at`).
     Stopping {
         /// What `run()` returns once every worker is gone.
-        outcome: Result<(), String>,
+        outcome: Result<(), StartFailure>,
     },
 }
 
@@ -175,31 +158,6 @@ impl Worker {
     /// Records a fault (the first one is kept: it is the cause).
     pub(super) fn record_fault(&mut self, reason: String) {
         self.fault.get_or_insert(reason);
-    }
-}
-
-/// Tracks the first wave of workers: the start succeeds once every one of them is ready, and fails as soon as
-/// one of them cannot be started (fork failed), fails to load or `init`, or ends before it is ready.
-#[derive(Debug, Default)]
-pub(super) struct Startup {
-    pub(super) pending: BTreeSet<Pid>,
-    pub(super) ready: usize,
-    pub(super) first_error: Option<String>,
-}
-
-impl Startup {
-    /// A first-wave worker failed (its reason is kept if it is the first).
-    pub(super) fn fail(&mut self, reason: String) {
-        self.first_error.get_or_insert(reason);
-    }
-
-    /// The start's outcome once it is decided: `Ok` when every worker is ready, `Err` with the first failure.
-    pub(super) fn verdict(&self) -> Option<Result<usize, &str>> {
-        match (&self.first_error, self.pending.is_empty()) {
-            (Some(error), _) => Some(Err(error)),
-            (None, true) => Some(Ok(self.ready)),
-            (None, false) => None,
-        }
     }
 }
 
@@ -469,7 +427,7 @@ impl Master {
     }
 
     /// Starts a graceful stop: every worker gets SIGTERM; stragglers get SIGKILL after `stop_timeout`.
-    pub(super) fn begin_stop(&mut self, outcome: Result<(), String>) {
+    pub(super) fn begin_stop(&mut self, outcome: Result<(), StartFailure>) {
         if let Some(notifier) = &self.notifier {
             notifier.stopping();
         }
@@ -601,7 +559,7 @@ impl Master {
                     if let Some(startup) = &mut self.startup
                         && startup.pending.remove(&pid)
                     {
-                        startup.fail(message);
+                        startup.fail(StartFailure::Reported(message));
                     }
                 }
             }
@@ -617,7 +575,7 @@ impl Master {
             // Asked to stop before the start was decided: the stop, not the workers' end, is the outcome.
             self.startup = None;
             if let Some(ready) = self.ready.take() {
-                ready.send(Err("stopped before every worker was ready"));
+                ready.send(Err(&StartFailure::Stopped.to_string()));
             }
             return;
         }
@@ -638,12 +596,12 @@ impl Master {
             return;
         }
         let startup = self.startup.take().expect("checked above");
-        let reason = startup.first_error.unwrap_or_else(|| "no worker became ready".to_owned());
-        error!(target: crate::logging::FATAL_TARGET, "start failed: {reason}");
+        let failure = startup.first_failure.expect("a verdict other than Ok has a failure");
+        error!(target: crate::logging::FATAL_TARGET, "start failed: {failure}");
         if let Some(ready) = self.ready.take() {
-            ready.send(Err(&reason));
+            ready.send(Err(&failure.to_string()));
         }
-        self.phase = HostPhase::Stopping { outcome: Err(reason) };
+        self.phase = HostPhase::Stopping { outcome: Err(failure) };
         self.kill_all();
     }
 
@@ -670,81 +628,5 @@ impl Master {
             }
             Err(error) => Err(error),
         }
-    }
-}
-
-/// The verdict of a batch run, from how the last worker of each slot that ran ended (task, slot, exit): a
-/// success only if none crashed; otherwise one sentence with how many failed and why (the first few).
-fn batch_outcome(ends: &[(&str, u32, Option<&ExitStatus>)]) -> Result<(), String> {
-    const SHOWN: usize = 3;
-    let failed: Vec<String> = ends
-        .iter()
-        .filter_map(|(task, slot, exit)| {
-            let exit = exit.filter(|e| e.crash)?;
-            let code = exit.code.map(|code| format!(" (exit code {code})")).unwrap_or_default();
-            Some(format!("{task} slot {slot} (pid {}): {}{code}", exit.pid, exit.reason))
-        })
-        .collect();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    let more = match failed.len().saturating_sub(SHOWN) {
-        0 => String::new(),
-        n => format!("; and {n} more (see the log)"),
-    };
-    Err(format!(
-        "batch mode: {} of {} workers failed: {}{more}",
-        failed.len(),
-        ends.len(),
-        failed[..failed.len().min(SHOWN)].join("; ")
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn exit(pid: i32, reason: &str, crash: bool) -> ExitStatus {
-        ExitStatus { pid, code: None, signal: None, reason: reason.to_owned(), crash, at: 0 }
-    }
-
-    #[test]
-    fn a_start_is_decided_when_every_worker_is_ready_or_at_the_first_failure() {
-        let mut startup = Startup::default();
-        startup.pending.extend([Pid::from_raw(10), Pid::from_raw(11)]);
-        assert_eq!(startup.verdict(), None);
-        startup.pending.remove(&Pid::from_raw(10));
-        startup.ready += 1;
-        assert_eq!(startup.verdict(), None, "one worker is still starting");
-        // A slot whose worker could not even be forked fails the start while others are still starting.
-        startup.fail("cannot fork a worker for slot 2: EAGAIN".to_owned());
-        startup.fail("a later failure".to_owned());
-        assert_eq!(startup.verdict(), Some(Err("cannot fork a worker for slot 2: EAGAIN")));
-        let mut fine = Startup::default();
-        fine.pending.insert(Pid::from_raw(12));
-        fine.pending.clear();
-        fine.ready = 1;
-        assert_eq!(fine.verdict(), Some(Ok(1)));
-    }
-
-    #[test]
-    fn a_batch_fails_when_any_worker_crashed_and_says_which_and_why() {
-        let ok = exit(10, "normal exit", false);
-        let panicked = exit(11, "plugin panicked", true);
-        let segv = exit(12, "killed by SIGSEGV", true);
-        let code = ExitStatus { code: Some(9), ..exit(13, "exit code from plugin code", true) };
-        assert_eq!(batch_outcome(&[]), Ok(()));
-        assert_eq!(batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&ok))]), Ok(()));
-        assert_eq!(
-            batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&panicked))]),
-            Err("batch mode: 1 of 2 workers failed: t slot 1 (pid 11): plugin panicked".to_owned())
-        );
-        let all = [("a", 0, Some(&panicked)), ("a", 1, Some(&segv)), ("b", 0, Some(&code)), ("b", 1, Some(&segv))];
-        let reason = batch_outcome(&all).unwrap_err();
-        assert!(
-            reason.starts_with("batch mode: 4 of 4 workers failed: a slot 0 (pid 11): plugin panicked; "),
-            "{reason}"
-        );
-        assert!(reason.contains("b slot 0 (pid 13): exit code from plugin code (exit code 9); and 1 more"), "{reason}");
     }
 }

@@ -12,8 +12,9 @@ mod rollout;
 mod scaling;
 pub mod signals;
 mod snapshot;
+mod startup;
 mod supervise;
 
-pub use core::{Master, MasterError, MasterParts, ReadyNotifier, Stopped};
+pub use core::{Master, MasterError, MasterParts, Stopped};
 pub use orphans::WORKER_MARK;
 pub use snapshot::SNAPSHOT_WRITTEN;
