@@ -185,7 +185,8 @@ pub struct Target {
     /// pmhost.toml describing the host: its name, roots, logs and tasks. Flags override the file.
     #[arg(short = 'c', long, env = "PMHOST_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Name of the master (the original's baseTitle): pid file, status directory and titles derive from it.
+    /// Name of the master: its pid file, status directory and process titles derive from it (baseTitle in
+    /// process_manage).
     /// [default: [host] name, else "process"]
     #[arg(long, value_parser = parse_name)]
     pub name: Option<String>,
@@ -204,7 +205,7 @@ pub struct Target {
     pub log_dir: Option<PathBuf>,
 }
 
-/// `pmhost start`. Settings not given fall back to the config file, then to the original's defaults.
+/// `pmhost start`. Settings not given fall back to the config file, then to the defaults.
 #[derive(Debug, Args)]
 pub struct StartArgs {
     #[command(flatten)]
@@ -239,7 +240,8 @@ pub struct StartArgs {
     /// Log level (error, warn, info, debug, trace, or RUST_LOG syntax); RUST_LOG overrides it. [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Log line format: text (the original's lines) or json (one object per line). [default: text]
+    /// Log line format: text (`[Info][title pid time]: message key=value` lines) or json (one object per line).
+    /// [default: text]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,
     /// When log files start afresh: daily, hourly or never. [default: daily]

@@ -9,10 +9,11 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, setpgid};
 use tracing::{debug, info, warn};
 
-use super::core::{Build, HostPhase, Master, Slot, Worker};
+use super::core::{HostPhase, Master};
 use super::life::{KillReason, Life};
 use super::policy::{self, Ended, SlotView};
 use super::startup::StartFailure;
+use super::state::{Build, Slot, Worker};
 use crate::status::ExitStatus;
 use crate::sysinfo::{self, Mono};
 use crate::worker::{self, WorkerSpec};

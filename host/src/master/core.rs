@@ -23,15 +23,15 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use super::events::Events;
-use super::life::Life;
 use super::signals::{self, Action};
 use super::startup::{StartFailure, Startup, batch_outcome};
+use super::state::{Build, Task, Worker};
 use crate::pidfile::PidFile;
 use crate::plugin::StagedPlugin;
 use crate::ready::ReadyNotifier;
 use crate::report::{Report, ReportReader};
 use crate::rundir::{Dir, HostDirs};
-use crate::scoreboard::{CellIndex, Scoreboard};
+use crate::scoreboard::Scoreboard;
 use crate::settings::{HostSettings, TaskSettings};
 use crate::status::ExitStatus;
 use crate::sysinfo::Mono;
@@ -67,98 +67,6 @@ pub(super) enum HostPhase {
         /// What `run()` returns once every worker is gone.
         outcome: Result<(), StartFailure>,
     },
-}
-
-/// What a worker runs: a plugin build with its limits and config, and the generation it was rolled out as.
-#[derive(Debug, Clone)]
-pub(super) struct Build {
-    pub(super) generation: u32,
-    pub(super) plugin: StagedPlugin,
-    pub(super) limits: crate::settings::Limits,
-    pub(super) config_json: String,
-}
-
-impl Build {
-    pub(super) fn new(generation: u32, plugin: StagedPlugin, settings: &TaskSettings) -> Build {
-        Build { generation, plugin, limits: settings.limits, config_json: settings.config_json.clone() }
-    }
-
-    /// A build of no real plugin, for unit tests of the master's decisions.
-    #[cfg(test)]
-    pub(super) fn for_tests(generation: u32) -> Build {
-        Build {
-            generation,
-            plugin: StagedPlugin::for_tests(),
-            limits: crate::settings::Limits::default(),
-            config_json: "{}".to_owned(),
-        }
-    }
-}
-
-/// One task: its settings, the build its slots run, and its worker slots.
-pub(super) struct Task {
-    pub(super) settings: TaskSettings,
-    /// The committed build: what new slots and respawns run (a slot may differ during a rollout).
-    pub(super) build: Build,
-    pub(super) slots: Vec<Slot>,
-    /// `work` calls finished by workers of this task that have exited.
-    pub(super) executions_done: u64,
-    /// Worker exits by reason (`normal`, `crash`, `stopped`, `killed`), for metrics.
-    pub(super) exits: BTreeMap<&'static str, u64>,
-    /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
-    pub(super) retired: bool,
-}
-
-/// The history of one worker slot.
-#[derive(Debug, Default)]
-pub(super) struct Slot {
-    /// The build this slot runs, when a rollout has moved it off the task's build.
-    pub(super) build: Option<Build>,
-    /// Workers started in this slot so far.
-    pub(super) spawned: u32,
-    /// Consecutive crashes (reset by a normal exit or by a long enough run).
-    pub(super) crashes: u32,
-    /// No respawn before this (crash backoff).
-    pub(super) respawn_at: Option<Mono>,
-    /// How the last worker of this slot ended.
-    pub(super) last_exit: Option<ExitStatus>,
-}
-
-/// A live worker process.
-#[derive(Debug)]
-pub(super) struct Worker {
-    pub(super) pid: Pid,
-    pub(super) task: usize,
-    pub(super) slot: u32,
-    pub(super) generation: u32,
-    pub(super) cell: CellIndex,
-    pub(super) plugin_sha256: String,
-    pub(super) started: Mono,
-    pub(super) started_wall: SystemTime,
-    /// Where it is in its life, with the deadline that applies.
-    pub(super) life: Life,
-    /// When `init` succeeded.
-    pub(super) ready_at: Option<Mono>,
-    /// The scoreboard sequence number last seen and when it was first seen (hung-work detection).
-    pub(super) seq_seen: (u64, Mono),
-    /// What went wrong, when something did: the worker's own report (failed to load or `init`) or the master's
-    /// reason to end it (too slow, hung). Its end then counts as a crash, with this reason.
-    pub(super) fault: Option<String>,
-    pub(super) rss: Option<u64>,
-    /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
-    pub(super) stopped_since: Option<Mono>,
-}
-
-impl Worker {
-    /// `init` succeeded (at some point: a stopping worker may have been ready).
-    pub(super) fn ready(&self) -> bool {
-        self.ready_at.is_some()
-    }
-
-    /// Records a fault (the first one is kept: it is the cause).
-    pub(super) fn record_fault(&mut self, reason: String) {
-        self.fault.get_or_insert(reason);
-    }
 }
 
 /// Everything the master is built from (prepared by the CLI).
@@ -374,69 +282,10 @@ impl Master {
         }
     }
 
-    /// TERM/INT: graceful stop; the second request stops at once.
-    fn handle_stop(&mut self, signal: Signal) {
-        if matches!(self.phase, HostPhase::Stopping { .. }) {
-            info!(signal = signal.as_str(), "second stop request: stopping at once");
-            self.kill_all();
-            return;
-        }
-        info!(
-            signal = signal.as_str(),
-            workers = self.workers.len(),
-            timeout_ms = self.host.stop_timeout.as_millis() as u64,
-            "graceful stop"
-        );
-        self.begin_stop(Ok(()));
-    }
-
-    /// `pmhost stop`: a graceful stop, answered with the grace period at once and with the outcome at exit. A
-    /// second request joins the stop under way (it never escalates it, unlike a second SIGTERM).
-    fn handle_stop_request(&mut self, sender: Pid) {
-        // The sender is held by a pidfd from now on: the answers can never reach a process that reuses its pid.
-        match crate::control::pidfd_open(sender) {
-            Ok(pidfd) => {
-                let accepted = crate::control::Reply::Accepted { grace: self.host.stop_timeout };
-                let _ = crate::control::send(pidfd.as_fd(), crate::control::reply_signal(), accepted.encode());
-                self.stop_requesters.push(pidfd);
-            }
-            Err(e) => warn!(sender = sender.as_raw(), "cannot answer a stop request: {e}"),
-        }
-        if matches!(self.phase, HostPhase::Running) {
-            info!(sender = sender.as_raw(), workers = self.workers.len(), "graceful stop requested by pmhost stop");
-            self.begin_stop(Ok(()));
-        }
-    }
-
-    /// QUIT: immediate stop.
-    fn handle_stop_now(&mut self, signal: Signal) {
-        info!(signal = signal.as_str(), workers = self.workers.len(), "immediate stop");
-        if let Some(notifier) = &self.notifier {
-            notifier.stopping();
-        }
-        if !matches!(self.phase, HostPhase::Stopping { .. }) {
-            self.phase = HostPhase::Stopping { outcome: Ok(()) };
-        }
-        self.kill_all();
-    }
-
     /// HUP: rolling restart of every task, re-reading its plugin file.
     fn handle_restart(&mut self) {
         info!("SIGHUP: rolling restart requested");
         self.restart_queue.push_back(super::rollout::RestartOrder::default());
-    }
-
-    /// Starts a graceful stop: every worker gets SIGTERM; stragglers get SIGKILL after `stop_timeout`.
-    pub(super) fn begin_stop(&mut self, outcome: Result<(), StartFailure>) {
-        if let Some(notifier) = &self.notifier {
-            notifier.stopping();
-        }
-        self.phase = HostPhase::Stopping { outcome };
-        let pids: Vec<Pid> = self.workers.keys().copied().collect();
-        for pid in pids {
-            self.stop_worker(pid);
-        }
-        self.dirty = true;
     }
 
     fn handle_deadlines(&mut self) {

@@ -13,6 +13,8 @@ mod scaling;
 pub mod signals;
 mod snapshot;
 mod startup;
+mod state;
+mod stopping;
 mod supervise;
 
 pub use core::{Master, MasterError, MasterParts, Stopped};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::unistd::Pid;
 
-use super::core::Build;
+use super::state::Build;
 
 /// A rollout in progress.
 #[derive(Debug)]

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::core::{Build, HostPhase, Master, Slot};
+use super::core::{HostPhase, Master};
 use super::progress::{Rollout, Step};
+use super::state::{Build, Slot};
 use crate::plugin;
 use crate::settings::TaskSettings;
 use crate::status::RestartStatus;
@@ -193,7 +194,7 @@ impl Master {
                 None => {
                     info!(task = %settings.name, workers = settings.workers, "config: new task");
                     let build = added.next().expect("one staged build per added task, in the same order");
-                    self.tasks.push(super::core::Task {
+                    self.tasks.push(super::state::Task {
                         settings,
                         build,
                         slots: Vec::new(),

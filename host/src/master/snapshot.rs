@@ -7,7 +7,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::warn;
 
-use super::core::{HostPhase, Master, Worker};
+use super::core::{HostPhase, Master};
+use super::state::Worker;
 use crate::rundir;
 use crate::status::{HostState, Snapshot, WorkerState};
 use crate::sysinfo::{self, Mono};

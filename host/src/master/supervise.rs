@@ -138,7 +138,7 @@ impl Hang {
     }
 }
 
-impl super::core::Worker {
+impl super::state::Worker {
     /// Records whether the worker was seen stopped at `now` (keeping since when, while it stays stopped).
     pub(super) fn note_stopped(&mut self, stopped: bool, now: Mono) {
         self.stopped_since = if stopped { Some(self.stopped_since.unwrap_or(now)) } else { None };
