@@ -312,3 +312,57 @@ fn a_refused_restart_leaves_no_staged_copy() {
     assert_eq!(count(), 1, "the refused build is staged");
     sb.stop();
 }
+
+#[test]
+fn staging_on_a_full_disk_names_the_directory_it_could_not_write() {
+    let sb = Sandbox::new("stagefull");
+    let status_root = sb.status_root();
+    std::fs::create_dir(&status_root).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .arg(&status_root)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "cannot mount a tmpfs (the tests run as root)");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&status_root);
+    // The directories exist; the plugin (much larger than 1 MiB in a test build) cannot be copied into them.
+    let plugins = status_root.join(&sb.name).join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for dir in [status_root.join(&sb.name), plugins.clone()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let out = run_bounded(&sb, &["start", "-d", "--name", &sb.name, "--plugin", faulty]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("in {}", plugins.display())) && err.contains("No space left"), "{err}");
+    assert!(!err.contains(&format!("write {faulty}")), "the source plugin is named as the write target: {err}");
+    assert!(sb.live_processes().is_empty());
+}
+
+#[test]
+fn a_stop_that_had_to_kill_the_master_says_so_and_exits_7() {
+    let sb = Sandbox::new("killmaster");
+    let hello = fixtures().hello.to_str().unwrap();
+    sb.start_daemon(hello, &["--workers", "1", "--execute-times", "0"]);
+    let master = sb.master_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), nix::sys::signal::SIGSTOP).unwrap();
+    sb.wait_for("the master stopped", SOON, || {
+        let stat = std::fs::read_to_string(format!("/proc/{master}/stat")).ok()?;
+        (stat.rsplit(')').next()?.split_whitespace().next()? == "T").then_some(())
+    });
+    // A stopped master answers nothing: the stop escalates to QUIT, then to SIGKILL.
+    let mut cmd = sb.pmhost(["stop", "--name", &sb.name, "--timeout", "1s"]);
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    eprintln!("{}", describe(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("killed") && !stdout.contains("stopped t"), "{stdout}");
+    sb.wait_for("the workers gone", SOON, || sb.live_processes().is_empty().then_some(()));
+}
