@@ -18,7 +18,7 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! pmhost-plugin-api = "0.1"
+//! pmhost-plugin-api = "0.2"
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
@@ -105,6 +105,7 @@ mod export;
 #[doc(hidden)]
 pub mod ffi;
 mod outcome;
+mod stop;
 
 pub use context::{InitContext, WorkContext};
 pub use outcome::{JobError, Outcome};

@@ -9,3 +9,4 @@ mod ecosystem;
 mod engine;
 mod restart;
 mod supervision;
+mod wakeup;
