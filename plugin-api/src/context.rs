@@ -115,6 +115,12 @@ impl<'a> InitContext<'a> {
         stop::sleep(self.stop, self.stop_fd, length)
     }
 
+    /// Resolves when the host asks this worker to stop (feature `tokio`); see [`WorkContext::stopped`].
+    #[cfg(feature = "tokio")]
+    pub async fn stopped(&self) {
+        stop::stopped(self.stop, self.stop_fd).await
+    }
+
     pub(crate) fn logger(&self) -> HostLogger {
         self.logger
     }
@@ -235,5 +241,14 @@ impl<'a> WorkContext<'a> {
     /// ```
     pub fn sleep(&self, length: Duration) -> bool {
         stop::sleep(self.stop, self.stop_fd, length)
+    }
+
+    /// Resolves when the host asks this worker to stop, at once if it already has (feature `tokio`). Await it
+    /// beside your I/O in a `tokio::select!`, so a job waiting for input returns as soon as pmhost stops or
+    /// restarts the worker; see [`AsyncJob`](crate::AsyncJob) for an example. Await it on the worker's runtime
+    /// (inside `init`, `work` or `shutdown` of an `AsyncJob`, or a task spawned there).
+    #[cfg(feature = "tokio")]
+    pub async fn stopped(&self) {
+        stop::stopped(self.stop, self.stop_fd).await
     }
 }

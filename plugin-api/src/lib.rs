@@ -99,6 +99,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod bridge;
 mod context;
 mod export;
@@ -107,6 +109,8 @@ pub mod ffi;
 mod outcome;
 mod stop;
 
+#[cfg(feature = "tokio")]
+pub use asynchronous::AsyncJob;
 pub use context::{InitContext, WorkContext};
 pub use outcome::{JobError, Outcome};
 pub use tracing;
@@ -153,6 +157,8 @@ pub trait Job: Sized + 'static {
 
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(feature = "tokio")]
+    pub use crate::asynchronous::OnRuntime;
     pub use crate::export::{API_VERSION_CSTR, API_VERSION_LEN, root_module};
     pub use crate::ffi::PluginModuleRef;
     pub use abi_stable::library::{

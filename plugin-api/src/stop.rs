@@ -47,6 +47,34 @@ pub(crate) fn sleep(stop: &AtomicBool, fd: RawFd, length: Duration) -> bool {
     }
 }
 
+/// Resolves once a stop is requested. Registers a duplicate of the stop descriptor with the current tokio
+/// runtime's reactor (a duplicate, so a job that registered `stop_fd()` itself does not clash with it); nothing
+/// ever reads the descriptor, so its readiness is never cleared.
+#[cfg(feature = "tokio")]
+pub(crate) async fn stopped(stop: &AtomicBool, fd: RawFd) {
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+    if stop.load(Ordering::Acquire) {
+        return;
+    }
+    let watch = borrow(fd).try_clone_to_owned().and_then(|own| {
+        // SAFETY: the AsyncFd owns the duplicate and nothing replaces or closes it while it is registered.
+        unsafe { AsyncFd::register_with_interest(own, Interest::READABLE) }.map_err(std::io::Error::from)
+    });
+    let failure = match watch {
+        Ok(watch) => match watch.readable().await {
+            Ok(_ready) => return,
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    // Out of descriptors, or the reactor refused it: the flag still tells, checked at a coarse pace.
+    tracing::warn!("cannot wait on the stop descriptor ({failure}); checking the stop flag every 50 ms instead");
+    while !stop.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +132,27 @@ mod tests {
     fn a_set_flag_ends_the_sleep_before_it_starts() {
         let (flag, fd) = (AtomicBool::new(true), eventfd());
         assert!(!sleep(&flag, fd.as_raw_fd(), Duration::from_secs(30)));
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn stopped_resolves_on_a_request_and_at_once_after_it() {
+        let (flag, fd) = (AtomicBool::new(false), eventfd());
+        let raw = fd.as_raw_fd();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                signal(&fd);
+            });
+            runtime.block_on(async {
+                let waited = tokio::time::timeout(Duration::from_secs(30), stopped(&flag, raw)).await;
+                assert!(waited.is_ok(), "stopped() did not resolve on the request");
+            });
+        });
+        runtime.block_on(async {
+            let again = tokio::time::timeout(Duration::from_secs(5), stopped(&flag, raw)).await;
+            assert!(again.is_ok(), "the request was consumed by the first wait");
+        });
     }
 }

@@ -28,6 +28,8 @@ pub struct Fixtures {
     pub old_api: PathBuf,
     /// The stand-alone plugin template (examples/plugin-template), built as a user would.
     pub template: PathBuf,
+    /// An async job (plugin-api's `tokio` feature) that misbehaves on request.
+    pub async_job: PathBuf,
 }
 
 fn pmhost_bin() -> PathBuf {
@@ -61,7 +63,9 @@ pub fn fixtures() -> &'static Fixtures {
         build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin"], target_dir);
         // Crates with a workspace of their own share one target directory, so they share abi_stable's build.
         let own_target = target_dir.join("fixtures");
-        for manifest in ["plugins/old-api/Cargo.toml", "examples/plugin-template/Cargo.toml"] {
+        let manifests =
+            ["plugins/old-api/Cargo.toml", "examples/plugin-template/Cargo.toml", "plugins/async-job/Cargo.toml"];
+        for manifest in manifests {
             let manifest = workspace_root().join(manifest);
             build(&["--manifest-path", manifest.to_str().expect("utf-8 path")], &own_target);
         }
@@ -72,6 +76,7 @@ pub fn fixtures() -> &'static Fixtures {
             not_a_plugin: profile_dir.join("libnot_a_plugin.so"),
             old_api: own_profile_dir.join("libold_api_plugin.so"),
             template: own_profile_dir.join("libjob.so"),
+            async_job: own_profile_dir.join("libasync_job.so"),
         }
     })
 }

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod async_jobs;
 mod bad_plugins;
 mod config;
 mod control;
