@@ -30,6 +30,8 @@ pub struct Fixtures {
     pub template: PathBuf,
     /// An async job (plugin-api's `tokio` feature) that misbehaves on request.
     pub async_job: PathBuf,
+    /// The PostgreSQL queue consumer (examples/pg-queue), built as a user would.
+    pub pg_queue: PathBuf,
 }
 
 fn pmhost_bin() -> PathBuf {
@@ -77,6 +79,7 @@ pub fn fixtures() -> &'static Fixtures {
             old_api: own_profile_dir.join("libold_api_plugin.so"),
             template: own_profile_dir.join("libjob.so"),
             async_job: own_profile_dir.join("libasync_job.so"),
+            pg_queue: own_profile_dir.join("libpg_queue.so"),
         }
     })
 }

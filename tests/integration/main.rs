@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `pmhost` binary, real plugins, real signals, one private sandbox per test.
 
 mod harness;
+mod pg;
 
 mod async_jobs;
 mod bad_plugins;
@@ -8,6 +9,7 @@ mod config;
 mod control;
 mod ecosystem;
 mod engine;
+mod pg_queue;
 mod restart;
 mod supervision;
 mod wakeup;
