@@ -210,14 +210,24 @@ impl Sandbox {
 
     /// Reads the status file the master keeps, if it is there and complete.
     pub fn status(&self) -> Option<Value> {
-        let text = std::fs::read_to_string(self.status_file()).ok()?;
+        self.status_of(&self.name)
+    }
+
+    /// Reads the status file of the master named `name` (in this sandbox's status root).
+    pub fn status_of(&self, name: &str) -> Option<Value> {
+        let text = std::fs::read_to_string(self.status_root().join(name).join("status.json")).ok()?;
         serde_json::from_str(&text).ok()
     }
 
     /// Worker pids by slot from the status file (ready workers only).
     pub fn ready_workers(&self) -> BTreeMap<u64, i32> {
+        self.ready_workers_of(&self.name)
+    }
+
+    /// Worker pids by slot from the status file of the master named `name` (ready workers only).
+    pub fn ready_workers_of(&self, name: &str) -> BTreeMap<u64, i32> {
         let mut out = BTreeMap::new();
-        if let Some(status) = self.status() {
+        if let Some(status) = self.status_of(name) {
             for task in status["tasks"].as_array().into_iter().flatten() {
                 for w in task["workers"].as_array().into_iter().flatten() {
                     if matches!(w["state"].as_str(), Some("idle" | "busy")) {

@@ -11,7 +11,8 @@
 //! pmhost stops or restarts the worker (`ctx.stopped()`).
 //!
 //! Settings (`[task.config]`): `connection` (a libpq-style connection string, required), `batch_size` (10),
-//! `channel` (`pmhost_jobs`), `idle_wait_ms` (30000), `create_schema` (true).
+//! `channel` (`pmhost_jobs`), `idle_wait_ms` (30000), `create_schema` (true), `job_delay_ms` (0: extra time each
+//! batch takes inside its transaction, to try the queue out with slow jobs).
 
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ struct Settings {
     /// Create the tables and the notify trigger if they are missing.
     #[serde(default = "default_create_schema")]
     create_schema: bool,
+    /// Extra time each batch takes inside its transaction (simulated slow jobs).
+    #[serde(default)]
+    job_delay_ms: u64,
 }
 
 fn default_batch_size() -> i64 {
@@ -83,6 +87,7 @@ struct PgQueue {
     notifications: mpsc::UnboundedReceiver<()>,
     batch_size: i64,
     idle_wait: Duration,
+    job_delay: Duration,
     /// Written into `job_effects.done_by`: which worker did the job.
     me: String,
     done: u64,
@@ -147,6 +152,7 @@ impl AsyncJob for PgQueue {
             notifications,
             batch_size: settings.batch_size,
             idle_wait: Duration::from_millis(settings.idle_wait_ms),
+            job_delay: Duration::from_millis(settings.job_delay_ms),
             me: format!("{}/{}", ctx.task(), ctx.pid()),
             done: 0,
         })
@@ -188,6 +194,9 @@ impl PgQueue {
             let (id, payload): (i64, &str) = (row.get(0), row.get(1));
             ids.push(id);
             words.push(perform(payload));
+        }
+        if !self.job_delay.is_zero() {
+            tokio::time::sleep(self.job_delay).await;
         }
         tx.execute(&self.statements.record, &[&ids, &words, &self.me]).await?;
         tx.execute(&self.statements.delete, &[&ids]).await?;
