@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::harness::{ProcessWaiter, SOON, Sandbox, describe, fixtures, signal};
-use crate::pg::PgCluster;
+use crate::pg::Pg;
 
 /// A host's settings for examples/pg-queue.
 struct Host<'a> {
@@ -25,7 +25,7 @@ struct Host<'a> {
 }
 
 /// Writes a host config running examples/pg-queue against `cluster`; returns its path.
-fn write_config(sb: &Sandbox, host: &Host<'_>, cluster: &PgCluster) -> PathBuf {
+fn write_config(sb: &Sandbox, host: &Host<'_>, cluster: &Pg) -> PathBuf {
     let Host { file, name: host, task, workers, usleep, job_delay_ms } = host;
     let text = format!(
         r#"[host]
@@ -55,7 +55,7 @@ job_delay_ms = {job_delay_ms}
 }
 
 /// `count` jobs with three-word payloads, in one statement (the insert trigger sends one NOTIFY).
-fn enqueue(cluster: &PgCluster, count: u32) {
+fn enqueue(cluster: &Pg, count: u32) {
     cluster.sql(&format!("INSERT INTO jobs (payload) SELECT 'job number ' || n FROM generate_series(1, {count}) n"));
 }
 
@@ -72,7 +72,7 @@ fn run_log_lines(sb: &Sandbox, needle: &str) -> usize {
 }
 
 /// Waits until `workers` workers are ready and idle in their `LISTEN` wait: connected, no transaction open.
-fn wait_listening(sb: &Sandbox, cluster: &PgCluster, workers: usize) -> Vec<i32> {
+fn wait_listening(sb: &Sandbox, cluster: &Pg, workers: usize) -> Vec<i32> {
     sb.wait_for("workers idle in LISTEN", SOON, || {
         let pids: Vec<i32> = sb.ready_workers().into_values().collect();
         let idle = cluster
@@ -97,7 +97,7 @@ fn timed_stop(sb: &Sandbox, workers: &[i32]) -> Duration {
 
 #[test]
 fn workers_idle_in_listen_stop_at_once_and_restart_fast() {
-    let Some(cluster) = PgCluster::start() else { return };
+    let Some(cluster) = Pg::start() else { return };
     let sb = Sandbox::new("pg-idle");
     let host = Host {
         file: "pmhost.toml",
@@ -194,7 +194,7 @@ impl Dice {
 /// The chaos run: one queue, two hosts, every fault pmhost promises to survive, and exactly-once effects.
 struct Chaos<'a> {
     sb: &'a Sandbox,
-    cluster: &'a PgCluster,
+    cluster: &'a Pg,
     dice: Dice,
     kills: usize,
 }
@@ -242,7 +242,7 @@ impl Chaos<'_> {
 #[test]
 fn every_job_is_done_exactly_once_through_crashes_restarts_and_a_second_host() {
     const JOBS: i64 = 20_000;
-    let Some(cluster) = PgCluster::start() else { return };
+    let Some(cluster) = Pg::start() else { return };
     let sb = Sandbox::new("pg-chaos");
     let started = Instant::now();
     // Workers pace themselves so the queue outlives the chaos: a batch of 5 per call, which spends 40 ms inside
