@@ -159,13 +159,17 @@ impl AsyncJob for PgQueue {
     }
 
     async fn work(&mut self, ctx: &WorkContext<'_>) -> Outcome {
+        // Notifications received so far are answered by the claim below: drop them. One that arrives after this
+        // point may announce jobs the claim does not see, so it must wake the wait.
+        while self.notifications.try_recv().is_ok() {}
         match self.take_batch().await {
             Ok(0) => {
                 self.wait_for_jobs(ctx).await;
                 Outcome::Continue
             }
             Ok(_) => Outcome::Continue,
-            // The connection is gone or the server refuses: a fresh worker reconnects (with backoff if it fails).
+            // The connection is gone: a fresh worker reconnects (its init fails, with backoff, while the server
+            // is down).
             Err(e) if self.client.is_closed() => {
                 warn!("retiring: {e}");
                 Outcome::Retire
@@ -207,8 +211,6 @@ impl PgQueue {
 
     /// Waits on an empty queue: for a notification, the idle limit or a stop request, whichever comes first.
     async fn wait_for_jobs(&mut self, ctx: &WorkContext<'_>) {
-        // Notifications that arrived before the claim found the queue empty are stale: drop them.
-        while self.notifications.try_recv().is_ok() {}
         tokio::select! {
             _ = self.notifications.recv() => {}
             () = ctx.stopped() => debug!("stop requested while idle"),
