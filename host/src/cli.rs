@@ -16,7 +16,8 @@ Exit codes:
   4  a master already runs under that name
   5  status --check: the master runs but a worker slot is not served
   6  restart: the new build was refused or rolled back; the old workers keep running
-  7  start (foreground): stopped, but some workers had to be killed (stop timeout, immediate stop)";
+  7  start (foreground) or stop: stopped, but some workers had to be killed (stop timeout, immediate stop)
+  8  start in batch mode (check interval 0 or less): some workers crashed (the message says how many and why)";
 
 /// pmhost runs background jobs written as Rust plugins in supervised worker processes.
 ///
@@ -72,13 +73,14 @@ pub enum Command {
 /// `pmhost list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Directory of pid files. [default: /tmp/pm/pid]
+    /// Directory of pid files. [default: /run/pmhost/pid as root, else $XDG_RUNTIME_DIR/pmhost/pid]
     #[arg(long, env = "PMHOST_PID_ROOT", value_name = "DIR")]
     pub pid_root: Option<PathBuf>,
-    /// Directory of status directories. [default: /tmp/pm/status]
+    /// Directory of status directories. [default: /run/pmhost/status as root, else
+    /// $XDG_RUNTIME_DIR/pmhost/status]
     #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
     pub status_root: Option<PathBuf>,
-    /// Print JSON (an array of {name, pid, state, tasks, workers, workers_wanted, generation}).
+    /// Print JSON (an array of {name, pid, state, problem, tasks, workers, workers_wanted, generation}).
     #[arg(long)]
     pub json: bool,
 }
@@ -110,13 +112,17 @@ pub struct Target {
     /// [default: [host] name, else "process"]
     #[arg(long, value_parser = parse_name)]
     pub name: Option<String>,
-    /// Directory of pid files (created 0700). [default: [host] pid_root, else /tmp/pm/pid]
+    /// Directory of pid files (created 0700; every directory above it must belong to root or you). [default:
+    /// [host] pid_root, else /run/pmhost/pid as root, $XDG_RUNTIME_DIR/pmhost/pid (or ~/.local/state/pmhost/pid)
+    /// for other users]
     #[arg(long, env = "PMHOST_PID_ROOT", value_name = "DIR")]
     pub pid_root: Option<PathBuf>,
-    /// Directory of status directories (created 0700). [default: [host] status_root, else /tmp/pm/status]
+    /// Directory of status directories (created 0700, checked like the pid root). [default: [host] status_root,
+    /// else pmhost/status beside the pid root's default]
     #[arg(long, env = "PMHOST_STATUS_ROOT", value_name = "DIR")]
     pub status_root: Option<PathBuf>,
-    /// Directory of log files (created 0700). [default: [log] dir, else /tmp/pm/log]
+    /// Directory of log files (created 0700, checked like the pid root). [default: [log] dir, else pmhost/log
+    /// beside the pid root's default]
     #[arg(long, env = "PMHOST_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 }
@@ -130,18 +136,9 @@ pub struct StartArgs {
     /// --config it is required; with a one-task config it replaces the task's plugin.
     #[arg(long, value_name = "PATH")]
     pub plugin: Option<PathBuf>,
-    /// Worker processes per task (maxWorkerNum). [default: 4]
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: Option<u32>,
-    /// `work` calls per worker before it retires and is replaced; 0 = unlimited. [default: 1]
-    #[arg(long)]
-    pub execute_times: Option<u64>,
-    /// Pause after each `work` call: microseconds, or with a unit ("100ms"); 0 = no pause. [default: 200000]
-    #[arg(long, value_parser = parse_micros, value_name = "USEC")]
-    pub execute_usleep: Option<Duration>,
-    /// Life of a worker before it retires and is replaced: seconds or with a unit; 0 = unlimited. [default: 0]
-    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
-    pub limit_seconds: Option<Duration>,
+    /// The task settings (see settings::task: each defined once).
+    #[command(flatten)]
+    pub task: crate::settings::TaskFlags,
     /// Check tick in seconds (status refresh and health checks). 0 or less: batch mode, no respawn, the master
     /// exits when its workers are done. [default: 300]
     #[arg(long, value_parser = parse_check_interval, allow_hyphen_values = true, value_name = "SECS")]
@@ -149,40 +146,8 @@ pub struct StartArgs {
     /// Grace period of a graceful stop before remaining workers are killed. [default: 10s]
     #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
     pub stop_timeout: Option<Duration>,
-    /// Longest `init` before a worker counts as failed and is killed. [default: 60s]
-    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
-    pub init_timeout: Option<Duration>,
-    /// Delay before the first respawn after a crash (doubles per consecutive crash). [default: 100ms]
-    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
-    pub backoff_initial: Option<Duration>,
-    /// Longest delay between crash respawns. [default: 30s]
-    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
-    pub backoff_max: Option<Duration>,
-    /// A worker that ran this long before it crashed starts the backoff afresh. [default: 10s]
-    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
-    pub backoff_reset: Option<Duration>,
-    /// A `work` call running longer gets its worker killed (TERM, then KILL after the stop timeout) and
-    /// replaced; 0 = no limit. [default: 0]
-    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
-    pub work_timeout: Option<Duration>,
-    /// A worker whose resident memory exceeds this ("512MiB") is retired after its current call and replaced.
-    /// [default: no limit]
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub max_rss: Option<u64>,
-    /// Spread worker retirement: stretch each worker's execute_times and limit_seconds by a random fraction up
-    /// to this (0 to 1). [default: 0]
-    #[arg(long, value_parser = parse_fraction, value_name = "FRACTION")]
-    pub limit_jitter: Option<f64>,
-    /// RLIMIT_NOFILE of workers (open files). [default: inherited]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub rlimit_nofile: Option<u64>,
-    /// RLIMIT_AS of workers (address space, e.g. "4GiB"). [default: inherited]
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub rlimit_as: Option<u64>,
-    /// RLIMIT_CORE of workers (core file size; 0 = no core dumps). [default: inherited]
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub rlimit_core: Option<u64>,
-    /// Adopt and reap orphaned descendants (PR_SET_CHILD_SUBREAPER), as when running as PID 1.
+    /// Adopt and reap orphaned descendants (PR_SET_CHILD_SUBREAPER). Always on now (every master contains its
+    /// workers' process trees); the flag is accepted so existing command lines keep working.
     #[arg(long)]
     pub subreaper: bool,
     /// Prefix of process titles: {prefix}:Master:{name}, {prefix}:Worker:{task}. [default: process_m]
@@ -241,7 +206,7 @@ pub struct RestartArgs {
     #[arg(long)]
     pub task: Option<String>,
     /// New workers started at a time during the rollout.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::settings::MAX_WORKERS as i64))]
     pub surge: u32,
     /// How long to wait for the rollout to finish.
     #[arg(long, default_value = "5m", value_parser = parse_seconds, value_name = "SECS")]
@@ -254,7 +219,7 @@ pub struct ScaleArgs {
     #[command(flatten)]
     pub target: Target,
     /// The number of workers wanted.
-    #[arg(value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=crate::settings::MAX_WORKERS as i64))]
     pub workers: u32,
     /// Scale only this task (default: every task).
     #[arg(long)]
@@ -295,27 +260,46 @@ pub struct StatusArgs {
     pub timeout: Duration,
 }
 
+/// When clap refused a missing value that came from an environment variable set to the empty string (clap
+/// reports it as a missing flag value, which points at the wrong place), the sentence that says so.
+pub fn empty_env_var(error: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    let (Some(ContextValue::String(value)), Some(ContextValue::String(flag))) =
+        (error.get(ContextKind::InvalidValue), error.get(ContextKind::InvalidArg))
+    else {
+        return None;
+    };
+    if !value.is_empty() {
+        return None;
+    }
+    let argv: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let command = Cli::command();
+    command.get_subcommands().flat_map(|sub| sub.get_arguments()).find_map(|arg| {
+        let (env, long) = (arg.get_env()?, arg.get_long()?);
+        let long = format!("--{long}");
+        let short = arg.get_short().map(|c| format!("-{c}"));
+        let on_command_line =
+            argv.iter().any(|a| *a == long || a.starts_with(&format!("{long}=")) || short.as_ref() == Some(a));
+        let empty = std::env::var_os(env).is_some_and(|v| v.is_empty());
+        (flag.starts_with(&format!("{long} ")) && !on_command_line && empty).then(|| {
+            format!(
+                "the environment variable {} is set but empty: unset it, or set it to the value {long} would take",
+                env.to_string_lossy()
+            )
+        })
+    })
+}
+
 fn parse_name(text: &str) -> Result<String, String> {
     crate::names::validate("name", text).map(|()| text.to_owned()).map_err(|e| e.to_string())
 }
 
-fn parse_micros(text: &str) -> Result<Duration, String> {
-    duration::parse(text, BareUnit::Micros).map_err(|e| e.to_string())
-}
-
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     duration::parse(text, BareUnit::Seconds).map_err(|e| e.to_string())
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    crate::size::parse(text).map_err(|e| e.to_string())
-}
-
-fn parse_fraction(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-        _ => Err(format!("{text:?} is not a fraction from 0 to 1")),
-    }
 }
 
 fn parse_check_interval(text: &str) -> Result<CheckInterval, String> {

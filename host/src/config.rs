@@ -5,6 +5,7 @@
 //! errors, with the nearest valid key suggested), then the typed values and their ranges. Relative paths in the
 //! file are relative to the file's directory, so a file works from any working directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::duration::{self, BareUnit};
 use crate::logging::{Format, Rotation};
-use crate::settings::TaskValues;
+use crate::settings::{TASK_SETTINGS, TaskSettings, TaskValues};
 
 /// A config file could not be used.
 #[derive(Debug, Error)]
@@ -72,37 +73,9 @@ pub struct LogSection {
     pub level: Option<String>,
 }
 
-/// One `[[task]]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TaskSection {
-    pub name: Spanned<String>,
-    pub plugin: Spanned<PathBuf>,
-    pub workers: Option<Spanned<i64>>,
-    pub execute_times: Option<Spanned<i64>>,
-    pub execute_usleep: Option<Spanned<DurationValue>>,
-    pub limit_seconds: Option<Spanned<DurationValue>>,
-    pub init_timeout: Option<Spanned<DurationValue>>,
-    pub backoff_initial: Option<Spanned<DurationValue>>,
-    pub backoff_max: Option<Spanned<DurationValue>>,
-    pub backoff_reset: Option<Spanned<DurationValue>>,
-    pub work_timeout: Option<Spanned<DurationValue>>,
-    pub max_rss: Option<Spanned<SizeValue>>,
-    pub limit_jitter: Option<Spanned<f64>>,
-    pub rlimit_nofile: Option<Spanned<i64>>,
-    pub rlimit_as: Option<Spanned<SizeValue>>,
-    pub rlimit_core: Option<Spanned<SizeValue>>,
-    pub config: Option<toml::Table>,
-}
-
-/// A size in bytes, as a number or a text with a unit.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum SizeValue {
-    /// Bytes.
-    Integer(i64),
-    /// A size with a unit, such as "512MiB".
-    Text(String),
-}
+/// One `[[task]]`, each value with its position: `name`, `plugin`, the settings of
+/// [`TASK_SETTINGS`](crate::settings::TASK_SETTINGS), and `config`.
+type TaskSection = BTreeMap<String, Spanned<toml::Value>>;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -161,25 +134,11 @@ const HOST_KEYS: &[&str] =
     &["name", "title_prefix", "pid_root", "status_root", "check_interval", "stop_timeout", "subreaper"];
 const LOG_KEYS: &[&str] =
     &["enabled", "dir", "process", "run", "error_prefix", "fatal_prefix", "rotation", "format", "level"];
-const TASK_KEYS: &[&str] = &[
-    "name",
-    "plugin",
-    "workers",
-    "execute_times",
-    "execute_usleep",
-    "limit_seconds",
-    "init_timeout",
-    "backoff_initial",
-    "backoff_max",
-    "backoff_reset",
-    "work_timeout",
-    "max_rss",
-    "limit_jitter",
-    "rlimit_nofile",
-    "rlimit_as",
-    "rlimit_core",
-    "config",
-];
+/// The keys of a `[[task]]`: its name and plugin, every task setting, and its `[task.config]`.
+fn task_keys() -> Vec<&'static str> {
+    let settings = TASK_SETTINGS.iter().map(|s| s.key);
+    ["name", "plugin"].into_iter().chain(settings).chain(["config"]).collect()
+}
 
 /// Reads and checks `path`.
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
@@ -201,7 +160,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             ("host", DeValue::Table(table)) => check_keys(table, HOST_KEYS, "[host]"),
             ("log", DeValue::Table(table)) => check_keys(table, LOG_KEYS, "[log]"),
             ("task", DeValue::Array(tasks)) => tasks.iter().try_for_each(|task| match task.get_ref() {
-                DeValue::Table(table) => check_keys_except(table, TASK_KEYS, "[[task]]", "config"),
+                DeValue::Table(table) => check_keys_except(table, &task_keys(), "[[task]]", "config"),
                 _ => Err((task.span(), "each task is a table: write it as [[task]]".to_owned())),
             }),
             ("task", _) => Err((value.span(), "`task` is a list of tables: write each one as [[task]]".to_owned())),
@@ -256,89 +215,79 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     };
 
     let mut tasks: Vec<TaskSpec> = Vec::new();
-    for task in &shape.task {
-        let name = task.name.get_ref();
-        crate::names::validate("task name", name).map_err(|e| at(Some(task.name.span()), e.to_string()))?;
-        if tasks.iter().any(|t| &t.name == name) {
-            return Err(at(Some(task.name.span()), format!("duplicate task name {name:?}: task names must be unique")));
-        }
-        let plugin = relative(task.plugin.get_ref());
-        if !plugin.exists() {
-            return Err(at(Some(task.plugin.span()), format!("plugin file {} does not exist", plugin.display())));
-        }
-        let workers = match &task.workers {
-            Some(w) => Some(
-                u32::try_from(*w.get_ref()).ok().filter(|n| (1..=crate::master::MAX_WORKERS).contains(n)).ok_or_else(
-                    || {
-                        at(
-                            Some(w.span()),
-                            format!("workers must be 1 to {}, not {}", crate::master::MAX_WORKERS, w.get_ref()),
-                        )
-                    },
-                )?,
-            ),
-            None => None,
-        };
-        let execute_times = match &task.execute_times {
-            Some(v) => Some(u64::try_from(*v.get_ref()).map_err(|_| {
-                at(Some(v.span()), format!("execute_times must be 0 (unlimited) or more, not {}", v.get_ref()))
-            })?),
-            None => None,
-        };
-        let size = |value: &Option<Spanned<SizeValue>>| -> Result<Option<u64>, ConfigError> {
-            value
-                .as_ref()
-                .map(|v| match v.get_ref() {
-                    SizeValue::Integer(n) => {
-                        u64::try_from(*n).map_err(|_| at(Some(v.span()), format!("a size cannot be negative ({n})")))
-                    }
-                    SizeValue::Text(text) => crate::size::parse(text).map_err(|e| at(Some(v.span()), e.to_string())),
-                })
-                .transpose()
-        };
-        let limit_jitter = match &task.limit_jitter {
-            Some(v) if !(0.0..=1.0).contains(v.get_ref()) => {
-                return Err(at(Some(v.span()), format!("limit_jitter is a fraction from 0 to 1, not {}", v.get_ref())));
-            }
-            other => other.as_ref().map(|v| *v.get_ref()),
-        };
-        let rlimit_nofile =
-            match &task.rlimit_nofile {
-                Some(v) => Some(u64::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
-                    at(Some(v.span()), format!("rlimit_nofile must be 1 or more, not {}", v.get_ref()))
-                })?),
-                None => None,
-            };
-        let config_json = match &task.config {
-            Some(table) => serde_json::to_string(table).map_err(|e| at(Some(task.name.span()), e.to_string()))?,
-            None => "{}".to_owned(),
-        };
-        tasks.push(TaskSpec {
-            name: name.clone(),
-            values: TaskValues {
-                plugin: Some(plugin),
-                workers,
-                execute_times,
-                execute_usleep: seconds(&task.execute_usleep, BareUnit::Micros)?,
-                limit_seconds: seconds(&task.limit_seconds, BareUnit::Seconds)?,
-                init_timeout: seconds(&task.init_timeout, BareUnit::Seconds)?,
-                backoff_initial: seconds(&task.backoff_initial, BareUnit::Seconds)?,
-                backoff_max: seconds(&task.backoff_max, BareUnit::Seconds)?,
-                backoff_reset: seconds(&task.backoff_reset, BareUnit::Seconds)?,
-                work_timeout: seconds(&task.work_timeout, BareUnit::Seconds)?,
-                max_rss: size(&task.max_rss)?,
-                limit_jitter,
-                rlimit_nofile,
-                rlimit_as: size(&task.rlimit_as)?,
-                rlimit_core: size(&task.rlimit_core)?,
-                config_json: Some(config_json),
-            },
-        });
+    for (index, task) in shape.task.iter().enumerate() {
+        let spec = task_spec(task, index, &tasks, &relative).map_err(|(span, message)| at(span, message))?;
+        tasks.push(spec);
     }
     if tasks.is_empty() {
         return Err(at(Some(0..0), "no [[task]]: a host needs at least one task (name and plugin)".to_owned()));
     }
     Ok(ConfigFile { path: path.to_owned(), host, log, tasks })
+}
+
+type Positioned = (Option<std::ops::Range<usize>>, String);
+
+/// Checks one `[[task]]` (the `index`th, after the `earlier` ones): its name, plugin, settings and config.
+fn task_spec(
+    task: &TaskSection,
+    index: usize,
+    earlier: &[TaskSpec],
+    relative: &dyn Fn(&Path) -> PathBuf,
+) -> Result<TaskSpec, Positioned> {
+    let text = |key: &str| -> Result<Option<(&str, std::ops::Range<usize>)>, Positioned> {
+        match task.get(key) {
+            Some(value) => match value.get_ref() {
+                toml::Value::String(text) => Ok(Some((text.as_str(), value.span()))),
+                other => {
+                    Err((Some(value.span()), format!("invalid type: {} {other}, expected a string", other.type_str())))
+                }
+            },
+            None => Ok(None),
+        }
+    };
+    let missing =
+        |key: &str| (None, format!("task {} has no `{key}`: each [[task]] needs a name and a plugin", index + 1));
+    let (name, name_span) = text("name")?.ok_or_else(|| missing("name"))?;
+    crate::names::validate("task name", name).map_err(|e| (Some(name_span.clone()), e.to_string()))?;
+    if earlier.iter().any(|t| t.name == name) {
+        return Err((Some(name_span), format!("duplicate task name {name:?}: task names must be unique")));
+    }
+    let (plugin, plugin_span) = text("plugin")?.ok_or_else(|| missing("plugin"))?;
+    let plugin = relative(Path::new(plugin));
+    if !plugin.exists() {
+        return Err((Some(plugin_span), format!("plugin file {} does not exist", plugin.display())));
+    }
+    let mut values = TaskValues { plugin: Some(plugin), ..TaskValues::default() };
+    for setting in TASK_SETTINGS {
+        if let Some(value) = task.get(setting.key) {
+            let parsed = setting.parse_toml(value.get_ref()).map_err(|message| (Some(value.span()), message))?;
+            values.set(setting.key, parsed);
+        }
+    }
+    values.config_json = Some(match task.get("config") {
+        Some(config) => match config.get_ref() {
+            toml::Value::Table(table) => {
+                serde_json::to_string(table).map_err(|e| (Some(config.span()), e.to_string()))?
+            }
+            _ => return Err((Some(config.span()), "`config` is a table: write it as [task.config]".to_owned())),
+        },
+        None => "{}".to_owned(),
+    });
+    Ok(TaskSpec { name: name.to_owned(), values })
+}
+
+impl TaskSpec {
+    /// This task's settings: `overrides` (the command line's values) over the file's, over the defaults.
+    pub fn resolve(&self, overrides: &TaskValues) -> Option<TaskSettings> {
+        overrides.or(&self.values).settings(&self.name)
+    }
+}
+
+impl ConfigFile {
+    /// Every task's settings, with the command line's `overrides` applied.
+    pub fn resolve_tasks(&self, overrides: &TaskValues) -> Vec<TaskSettings> {
+        self.tasks.iter().filter_map(|spec| spec.resolve(overrides)).collect()
+    }
 }
 
 fn to_duration(value: &DurationValue, unit: BareUnit) -> Result<Duration, String> {
@@ -468,6 +417,6 @@ queue = "mail"
     fn edit_distance_counts_single_edits() {
         assert_eq!(edit_distance("wrokers", "workers"), 2);
         assert_eq!(edit_distance("worker", "workers"), 1);
-        assert_eq!(nearest("zzz", TASK_KEYS), None);
+        assert_eq!(nearest("zzz", &task_keys()), None);
     }
 }

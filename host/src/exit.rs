@@ -20,6 +20,9 @@ pub mod cli {
     /// `start` (foreground): the master stopped, but some workers had to be killed (stop timeout reached, or an
     /// immediate stop) instead of finishing their call.
     pub const STOPPED_FORCIBLY: i32 = 7;
+    /// `start` in batch mode (`check_interval` 0 or less): every worker ran to its end, but some crashed (a panic,
+    /// a signal, a non-zero exit code); the message says how many and why.
+    pub const BATCH_FAILED: i32 = 8;
 }
 
 /// Exit codes of worker processes. The master reads them to tell a normal end from a crash.

@@ -15,6 +15,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -50,9 +51,54 @@ pub fn set_title(title: &str) {
     }
 }
 
-fn current_title() -> String {
+/// The process a record is written for when it is not this one: the master logs a worker's captured output
+/// under the worker's title and pid.
+static ON_BEHALF: Mutex<Option<(String, u32)>> = Mutex::new(None);
+
+/// Runs `log` (which records events) with the lines showing `title` and `pid` as their process.
+pub fn as_process<R>(title: &str, pid: u32, log: impl FnOnce() -> R) -> R {
+    if let Ok(mut current) = ON_BEHALF.lock() {
+        *current = Some((title.to_owned(), pid));
+    }
+    let result = log();
+    if let Ok(mut current) = ON_BEHALF.lock() {
+        *current = None;
+    }
+    result
+}
+
+/// The title and pid a record shows.
+fn current_process() -> (String, u32) {
+    if let Some(origin) = ON_BEHALF.lock().ok().and_then(|o| o.clone()) {
+        return origin;
+    }
     let title = TITLE.lock().map(|t| t.clone()).unwrap_or_default();
-    if title.is_empty() { "pmhost".to_owned() } else { title }
+    (if title.is_empty() { "pmhost".to_owned() } else { title }, std::process::id())
+}
+
+/// Where this process's stderr log lines go: fd 2, unless a worker's fd 2 is its captured output (then a copy
+/// of the master's stderr, so the worker's own records are not captured and logged twice).
+static STDERR_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(2);
+
+/// Sends this process's stderr log lines to `fd` from now on.
+pub fn set_stderr_fd(fd: std::os::fd::RawFd) {
+    STDERR_FD.store(fd, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The stderr log writer: one `write` per record to [`STDERR_FD`].
+struct StderrLog;
+
+impl Write for StderrLog {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let fd = STDERR_FD.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the descriptor is fd 2 or a copy of it this process keeps open for its whole life.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::unistd::write(fd, bytes).map_err(io::Error::from)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// When log files start afresh.
@@ -104,14 +150,11 @@ pub struct LogSettings {
     pub stderr: bool,
 }
 
-/// The default log directory.
-pub const DEFAULT_LOG_DIR: &str = "/tmp/pm/log";
-
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             enabled: true,
-            dir: PathBuf::from(DEFAULT_LOG_DIR),
+            dir: crate::rundir::default_roots().log,
             process: "process".to_owned(),
             run: "run".to_owned(),
             error_prefix: "error_".to_owned(),
@@ -167,7 +210,7 @@ pub fn init_host(settings: &LogSettings) {
             .and_then(layer(&fatal).with_filter(filter_fn(|meta| meta.is_span() || meta.target() == FATAL_TARGET)))
     });
     let stderr = settings.stderr.then(|| {
-        tracing_subscriber::fmt::layer().with_writer(io::stderr).with_ansi(false).event_format(LineFormat(format))
+        tracing_subscriber::fmt::layer().with_writer(|| StderrLog).with_ansi(false).event_format(LineFormat(format))
     });
     let _ = tracing_subscriber::registry().with(filter(&settings.level)).with(files).with(stderr).try_init();
 }
@@ -182,6 +225,15 @@ pub fn plugin_level() -> u8 {
         Some(Level::DEBUG) => 4,
         Some(Level::TRACE) => 5,
     }
+}
+
+/// The descriptors of the log files this process has open: a forked worker keeps them (it writes its own
+/// records to the same files) while it closes everything else of the master's.
+static OPEN_FILES: Mutex<Vec<std::os::fd::RawFd>> = Mutex::new(Vec::new());
+
+/// The log files open now (see [`OPEN_FILES`]).
+pub fn open_fds() -> Vec<std::os::fd::RawFd> {
+    OPEN_FILES.lock().map(|fds| fds.clone()).unwrap_or_default()
 }
 
 /// A log file that starts afresh each period. Each record is one `write` on an `O_APPEND` descriptor.
@@ -224,6 +276,12 @@ impl RollingFile {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(self.path_for(&period))?;
+            if let Ok(mut open) = OPEN_FILES.lock() {
+                if let Some((_, old)) = current.as_ref() {
+                    open.retain(|fd| *fd != old.as_raw_fd());
+                }
+                open.push(file.as_raw_fd());
+            }
             *current = Some((period, file));
         }
         let (_, file) = current.as_mut().expect("opened above");
@@ -284,23 +342,28 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let title = current_title();
+        let (title, pid) = current_process();
         let time = sysinfo::local_time_text(SystemTime::now());
         let level = event.metadata().level();
         match self.0 {
             Format::Text => {
-                write!(writer, "[{}][{} {} {}]: ", level_word(level), title, std::process::id(), time)?;
-                ctx.field_format().format_fields(writer.by_ref(), event)?;
+                // The record is built first and escaped as a whole: a message (a plugin's, say) that contains a
+                // newline must not start a line of its own that looks like another record.
+                let mut record = String::with_capacity(256);
+                let mut line = Writer::new(&mut record);
+                write!(line, "[{}][{} {} {}]: ", level_word(level), title, pid, time)?;
+                ctx.field_format().format_fields(line.by_ref(), event)?;
                 if let Some(scope) = ctx.event_scope() {
                     for span in scope.from_root() {
                         let extensions = span.extensions();
                         if let Some(fields) = extensions.get::<FormattedFields<N>>()
                             && !fields.is_empty()
                         {
-                            write!(writer, " {fields}")?;
+                            write!(line, " {fields}")?;
                         }
                     }
                 }
+                writer.write_str(&escape_controls(&record))?;
                 writeln!(writer)
             }
             Format::Json => {
@@ -308,7 +371,7 @@ where
                 object.insert("time".into(), time.into());
                 object.insert("level".into(), level.as_str().into());
                 object.insert("title".into(), title.into());
-                object.insert("pid".into(), std::process::id().into());
+                object.insert("pid".into(), pid.into());
                 object.insert("target".into(), event.metadata().target().into());
                 let mut fields = JsonFields(serde_json::Map::new());
                 event.record(&mut fields);
@@ -334,6 +397,23 @@ where
     }
 }
 
+/// `text` with every control character written as an escape (`\n`, `\r`, `\t`, `\u{1b}`...), so one record is
+/// always one line and cannot carry terminal escape sequences.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// Collects an event's fields as JSON values.
 struct JsonFields(serde_json::Map<String, serde_json::Value>);
 
@@ -356,5 +436,62 @@ impl Visit for JsonFields {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0.insert(field.name().to_owned(), format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer into a shared buffer, for reading what the formatter wrote.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("buffer lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_newline_in_a_message_cannot_forge_a_text_line() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(buffer.clone())
+                .with_ansi(false)
+                .event_format(LineFormat(Format::Text)),
+        );
+        let forged = "done\n[Info][process_m:Master:job 1 2026-01-30 15:36:36]: master stopped\r\u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: RUN_TARGET, plugin = "evil\nplugin", "{forged}");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.ends_with('\n'), "{text:?}");
+        assert!(text.contains(r"done\n[Info][process_m:Master:job"), "{text}");
+        assert!(text.contains(r"master stopped\r") && text.contains(r"evil\nplugin"), "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    }
+
+    #[test]
+    fn plain_text_is_not_copied() {
+        assert!(matches!(escape_controls("no controls here"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape_controls("a\tb"), r"a\tb");
     }
 }

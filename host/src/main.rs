@@ -6,7 +6,16 @@ use clap::Parser;
 use pmhost::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => match pmhost::cli::empty_env_var(&error) {
+            Some(sentence) => {
+                eprintln!("pmhost: error: {sentence}");
+                return ExitCode::from(pmhost::exit::cli::USAGE as u8);
+            }
+            None => error.exit(),
+        },
+    };
     if !matches!(cli.command, Command::Start(_)) {
         // `start` sets up its own logging once it knows where its files go.
         pmhost::logging::init_cli();

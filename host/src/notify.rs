@@ -2,7 +2,6 @@
 //! around a restart, `STOPPING=1`, `STATUS=` with a one-line summary, and `WATCHDOG=1` when systemd asked for a
 //! watchdog. One datagram per message to `$NOTIFY_SOCKET`; no thread, no library.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
@@ -76,10 +75,5 @@ impl Notifier {
     /// How often to send `WATCHDOG=1` (half the interval systemd asked for), if it asked.
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|interval| interval / 2)
-    }
-
-    /// The socket's descriptor (for closing in a forked worker).
-    pub fn raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
     }
 }

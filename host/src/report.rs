@@ -4,7 +4,7 @@
 //! worker's, so a single pipe serves all workers. A record is a little-endian `u32` length and a JSON body.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::pipe2;
@@ -81,11 +81,6 @@ impl ReportReader {
         }
         reports
     }
-
-    /// The raw descriptor (for closing in a forked worker).
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
 }
 
 impl AsFd for ReportReader {
@@ -101,8 +96,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_long_messages_are_cut() {
         let (mut reader, writer) = channel().unwrap();
-        send(writer.as_raw_fd(), &Report::Ready { pid: 7 });
-        send(writer.as_raw_fd(), &Report::Failed { pid: 8, message: "é".repeat(4000) });
+        send(std::os::fd::AsRawFd::as_raw_fd(&writer), &Report::Ready { pid: 7 });
+        send(std::os::fd::AsRawFd::as_raw_fd(&writer), &Report::Failed { pid: 8, message: "é".repeat(4000) });
         let reports = reader.drain();
         assert_eq!(reports[0], Report::Ready { pid: 7 });
         match &reports[1] {

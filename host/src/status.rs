@@ -113,7 +113,8 @@ pub struct WorkerStatus {
     pub slot: u32,
     pub pid: i32,
     pub title: String,
-    /// `loading`, `initializing`, `idle`, `busy`, `retiring` (limits reached, about to be replaced), `stopping`.
+    /// `loading`, `initializing`, `idle`, `busy`, `retiring` (limits reached, about to be replaced), `stopping`, or
+    /// `stopped` (the process is stopped: SIGSTOP, a debugger; it serves nothing).
     pub state: String,
     /// `work` calls finished by this worker.
     pub executions: u64,

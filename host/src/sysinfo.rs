@@ -12,6 +12,31 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// What `/proc/PID/stat` says about a process: whether it is stopped (state `T`, by SIGSTOP or a terminal; `t`,
+/// by a tracer) and its resident set size. `None` if the process is gone.
+pub fn process_state(pid: i32) -> Option<ProcessState> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat, page_size())
+}
+
+/// A process as `/proc/PID/stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessState {
+    /// Stopped by a signal or a tracer: it runs no code until it gets SIGCONT.
+    pub stopped: bool,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+}
+
+fn parse_stat(stat: &str, page_size: u64) -> Option<ProcessState> {
+    // The command name (field 2) is in parentheses and may contain anything, spaces and ')' included.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    // Field 24 (rss, in pages) is the 22nd after the name.
+    let pages: u64 = fields.nth(20)?.parse().ok()?;
+    Some(ProcessState { stopped: matches!(state, "T" | "t"), rss_bytes: pages * page_size })
+}
+
 fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |size| size as u64)
 }
@@ -52,6 +77,20 @@ mod tests {
     #[test]
     fn own_rss_is_positive() {
         assert!(super::rss_bytes(std::process::id() as i32).unwrap() > 0);
+    }
+
+    #[test]
+    fn stat_lines_give_the_stopped_state_and_rss() {
+        let line = |state: &str| {
+            format!("42 (a) b) c) {state} 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 100 1000000 250 184467 1 1")
+        };
+        let running = super::parse_stat(&line("S"), 4096).unwrap();
+        assert_eq!(running, super::ProcessState { stopped: false, rss_bytes: 250 * 4096 });
+        assert!(super::parse_stat(&line("T"), 4096).unwrap().stopped);
+        assert!(super::parse_stat(&line("t"), 4096).unwrap().stopped);
+        assert_eq!(super::parse_stat("42 (x", 4096), None);
+        let me = super::process_state(std::process::id() as i32).unwrap();
+        assert!(!me.stopped && me.rss_bytes > 0, "{me:?}");
     }
 
     #[test]

@@ -57,8 +57,14 @@ pub struct WorkerSpec {
     pub master: Pid,
     /// Write end of the report pipe.
     pub report_fd: RawFd,
-    /// Master-only descriptors to close (never unlock: see `pidfile`).
-    pub close_fds: Vec<RawFd>,
+    /// The master's descriptors this worker keeps (its report pipe, its plugin build); every other one above
+    /// stderr is closed (never unlocked: see `pidfile`), except the log files.
+    pub keep_fds: Vec<RawFd>,
+    /// The write ends of the capture pipes that become stdout and stderr (`None`: keep the master's).
+    pub output: Option<(RawFd, RawFd)>,
+    /// The open-file limit pmhost was started with, when the master raised its own (the task's `rlimit_nofile`
+    /// wins).
+    pub inherited_nofile: Option<u64>,
     /// The most verbose level the plugin should forward (0 off .. 5 trace).
     pub plugin_log_level: u8,
 }
@@ -85,7 +91,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     title::set(&spec.title);
     crate::logging::set_title(&spec.title);
 
-    let module = match plugin::load(&spec.plugin.staged, &spec.plugin.original) {
+    let module = match plugin::load(&spec.plugin.load_path(), &spec.plugin.original) {
         Ok(module) => module,
         Err(e) => {
             error!("{e}");
@@ -161,15 +167,42 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     exit(code::OK)
 }
 
+/// Why a worker could not prepare itself (before any plugin code ran).
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("{0}")]
+    Os(#[from] nix::Error),
+    /// The messages carry the errno: they reach the user as one line through the report pipe.
+    #[error("cannot set {setting} to {value}: {errno} (the hard limit is {hard}{note})")]
+    Rlimit { setting: &'static str, value: u64, errno: nix::Error, hard: String, note: String },
+}
+
 /// Process setup after fork, before any plugin code runs.
-fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
-    for fd in &spec.close_fds {
-        // SAFETY: these descriptors belong to the master's event loop and pid file; this process never uses them.
-        unsafe { libc::close(*fd) };
+fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
+    let mut keep = spec.keep_fds.clone();
+    keep.extend(crate::logging::open_fds());
+    if let Some((stdout, stderr)) = spec.output {
+        // The worker's own log lines keep going where the master's stderr goes; what the plugin writes is
+        // captured.
+        let saved = nix::fcntl::fcntl(std::io::stderr(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        keep.push(saved);
+        crate::logging::set_stderr_fd(saved);
+        for (from, to) in [(stdout, 1), (stderr, 2)] {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns; `from` is open.
+            if unsafe { libc::dup2(from, to) } < 0 {
+                return Err(nix::Error::last().into());
+            }
+        }
     }
+    close_all_but(&keep);
     // Own process group (the master sets it too, whichever runs first): stopping the worker reaches the
     // processes its plugin spawned, and the terminal's Ctrl-C reaches only the master.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // Every descendant inherits this mark; the master ends marked processes left behind when a worker ends,
+    // even those that left the process group (see `master::orphans`).
+    // SAFETY: the worker is single-threaded here (just forked from the single-threaded master, before the plugin
+    // loads), so nothing reads the environment concurrently.
+    unsafe { std::env::set_var(crate::master::WORKER_MARK, std::process::id().to_string()) };
     MASTER_PID.store(spec.master.as_raw(), Ordering::Relaxed);
     // Opened before the handler is installed, so the handler never sees a stop request it cannot signal.
     STOP_EVENT.store(open_stop_event()?.into_raw_fd(), Ordering::Relaxed);
@@ -182,6 +215,11 @@ fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
     // The master blocks its signals to read them from a signalfd; the mask survives fork and must not leak
     // into plugin code (or into processes the plugin spawns).
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    if let (None, Some(soft)) = (spec.limits.rlimits.nofile, spec.inherited_nofile) {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+    }
     set_rlimits(&spec.limits.rlimits)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     // The master may have died between fork and prctl: then no signal will ever come.
@@ -192,18 +230,49 @@ fn prepare_process(spec: &WorkerSpec) -> nix::Result<()> {
     Ok(())
 }
 
-/// Applies the task's resource limits (soft and hard) before any plugin code runs.
-fn set_rlimits(rlimits: &crate::settings::Rlimits) -> nix::Result<()> {
-    use nix::sys::resource::{Resource, setrlimit};
-    let limits = [
-        (Resource::RLIMIT_NOFILE, rlimits.nofile),
-        (Resource::RLIMIT_AS, rlimits.address_space),
-        (Resource::RLIMIT_CORE, rlimits.core),
-    ];
-    for (resource, value) in limits {
-        if let Some(value) = value {
-            setrlimit(resource, value, value)?;
+/// Closes every descriptor above stderr but `keep`: what the master holds for itself and for other workers
+/// (signalfd, pid file, run directories, other workers' output pipes, ...) is not this worker's. One
+/// `close_range` per gap, so the cost does not grow with the number of workers.
+fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().filter(|fd| **fd > 2).map(|fd| *fd as u32).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first = 3u32;
+    for fd in keep.into_iter().chain([u32::MAX]) {
+        if fd > first {
+            // SAFETY: close_range on descriptors of this process that nothing in it uses; no flags.
+            unsafe { libc::syscall(libc::SYS_close_range, first, fd - 1, 0u32) };
         }
+        first = fd.saturating_add(1);
+    }
+}
+
+/// Applies the task's resource limits (soft and hard) before any plugin code runs.
+fn set_rlimits(rlimits: &crate::settings::Rlimits) -> Result<(), SetupError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let limits = [
+        ("rlimit_nofile", Resource::RLIMIT_NOFILE, rlimits.nofile),
+        ("rlimit_as", Resource::RLIMIT_AS, rlimits.address_space),
+        ("rlimit_core", Resource::RLIMIT_CORE, rlimits.core),
+    ];
+    for (setting, resource, value) in limits {
+        let Some(value) = value else { continue };
+        setrlimit(resource, value, value).map_err(|errno| {
+            let hard = match getrlimit(resource) {
+                Ok((_, hard)) if hard == libc::RLIM_INFINITY => "unlimited".to_owned(),
+                Ok((_, hard)) => hard.to_string(),
+                Err(_) => "unknown".to_owned(),
+            };
+            // Open files have a ceiling no privilege lifts: the kernel's fs.nr_open.
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok();
+            let note = match nr_open.as_deref().map(str::trim) {
+                Some(max) if resource == Resource::RLIMIT_NOFILE => {
+                    format!("; only CAP_SYS_RESOURCE raises it, and never above fs.nr_open = {max}")
+                }
+                _ => "; only CAP_SYS_RESOURCE raises it".to_owned(),
+            };
+            SetupError::Rlimit { setting, value, errno, hard, note }
+        })?;
     }
     Ok(())
 }

@@ -98,6 +98,24 @@ fn flags_override_the_file() {
 }
 
 #[test]
+fn an_empty_environment_variable_is_named_as_such() {
+    let sb = Sandbox::new("emptyenv");
+    for (var, command) in [("PMHOST_LOG_DIR", "status"), ("PMHOST_PID_ROOT", "stop"), ("PMHOST_CONFIG", "start")] {
+        let mut cmd = sb.pmhost([command, "--name", &sb.name]);
+        cmd.env(var, "");
+        eprintln!("$ {var}= {cmd:?}");
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("environment variable {var} is set but empty")), "{stderr}");
+    }
+    // An empty value on the command line is still clap's own complaint about the flag.
+    let out = sb.run(["status", "--name", &sb.name, "--log-dir", ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'--log-dir <DIR>'"), "{}", describe(&out));
+}
+
+#[test]
 fn every_mistake_is_refused_with_its_position() {
     let sb = Sandbox::new("badconfig");
     let hello = fixtures().hello.display().to_string();
@@ -373,9 +391,9 @@ fn the_example_file_is_valid() {
     let text = example
         .replace("../target/release/libhello.so", &fixtures().hello.display().to_string())
         .replace("name = \"process\"", &format!("name = \"{}\"", sb.name))
-        .replace("/tmp/pm/pid", &sb.pid_root().display().to_string())
-        .replace("/tmp/pm/status", &sb.status_root().display().to_string())
-        .replace("/tmp/pm/log", &sb.path("log").display().to_string());
+        .replace("/run/pmhost/pid", &sb.pid_root().display().to_string())
+        .replace("/run/pmhost/status", &sb.status_root().display().to_string())
+        .replace("/run/pmhost/log", &sb.path("log").display().to_string());
     let config = write_config(&sb, &text);
     let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));

@@ -115,6 +115,19 @@ fn a_stale_pid_file_never_blocks_a_start_nor_misdirects_a_stop() {
 }
 
 #[test]
+fn a_pid_file_of_another_user_is_refused_at_start() {
+    let sb = Sandbox::new("foreignpid");
+    let pid_file = plant_pid_file(&sb, 999_999);
+    std::os::unix::fs::chown(&pid_file, Some(65534), Some(65534)).unwrap();
+    let hello = fixtures().hello.to_str().unwrap();
+    let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&pid_file.display().to_string()) && stderr.contains("belongs to uid 65534"), "{stderr}");
+    assert!(sb.live_processes().is_empty(), "a refused start left processes: {:?}", sb.live_processes());
+}
+
+#[test]
 fn planted_symlinks_are_never_followed() {
     let sb = Sandbox::new("symlink");
     let victim = sb.path("victim");
@@ -190,6 +203,42 @@ fn daemon_start_with_a_failing_init_reports_the_plugins_message() {
 }
 
 #[test]
+fn daemon_start_short_of_descriptors_reports_why() {
+    // With few descriptors allowed, a start fails at some step, before or after it detached; each failure must
+    // reach the command (a daemon's stderr is /dev/null), never "see its log".
+    let sb = Sandbox::new("emfile");
+    let hello = fixtures().hello.to_str().unwrap();
+    let mut failures = 0;
+    for limit in 3..64u64 {
+        let mut cmd = sb.pmhost(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "1"]);
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        eprintln!("$ (RLIMIT_NOFILE {limit}) {cmd:?}");
+        let out = cmd.output().unwrap();
+        eprintln!("{}", describe(&out));
+        if out.status.code() == Some(0) {
+            assert!(failures > 0, "even {limit} descriptors were enough: the test proves nothing");
+            sb.stop();
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("error while loading shared libraries") {
+            continue; // too few for the dynamic loader: pmhost never ran
+        }
+        failures += 1;
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(stderr.contains("Too many open files") && !stderr.contains("see its log"), "{limit}: {stderr}");
+        sb.wait_for("the failed start to end", SOON, || sb.live_processes().is_empty().then_some(()));
+    }
+    panic!("no start succeeded with up to 63 descriptors");
+}
+
+#[test]
 fn daemon_start_with_relative_paths() {
     let sb = Sandbox::new("relative");
     let plugin = sb.path("libjob.so");
@@ -245,9 +294,11 @@ fn stop_waits_for_everything_and_escalates_after_its_timeout() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     sb.wait_for("both workers hung", SOON, || (crate::harness::read_markers(&marker).len() >= 2).then_some(()));
     let out = sb.run(["stop", "--name", &sb.name, "--timeout", "1s"]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // A stop that had to kill workers says so and exits 7, like a forced stop of a foreground master.
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("did not stop within") && stdout.contains("stopping at once"), "{stdout}");
+    assert!(stdout.contains("forcibly"), "{stdout}");
     assert!(sb.live_processes().is_empty(), "left running: {:?}", sb.live_processes());
 }
 
@@ -482,4 +533,101 @@ fn stop_now_kills_workers_in_the_middle_of_a_call() {
     assert!(started.elapsed() < Duration::from_secs(10), "an immediate stop took {:?}", started.elapsed());
     assert!(!shutdown.exists(), "shutdown ran: the workers were not killed");
     assert!(sb.live_processes().is_empty());
+}
+
+/// A pids cgroup (v1 `pids` hierarchy or v2) limiting how many processes may exist in it; removed on drop.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    /// `None` when no pids controller is writable here (not root, no delegation): the caller skips.
+    fn new(name: &str, max: u32) -> Option<PidsCgroup> {
+        for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+            let dir = std::path::Path::new(base).join(name);
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join("pids.max"), max.to_string()).is_ok() {
+                return Some(PidsCgroup(dir));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        None
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // A cgroup with processes cannot be removed: end what a failed assertion left in it first.
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            ProcessWaiter::new(pid).wait(SOON);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_daemon_start_whose_forks_fail_fails_whole() {
+    let sb = Sandbox::new("forkfail");
+    // The command, its short-lived middle child and the daemon fit; of 8 workers only a few can be forked.
+    let Some(cgroup) = PidsCgroup::new(&sb.name, 5) else {
+        eprintln!("skipped: no writable pids cgroup controller on this machine");
+        return;
+    };
+    let procs = std::ffi::CString::new(cgroup.0.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
+    let hello = fixtures().hello.to_str().unwrap();
+    let mut cmd = sb.pmhost(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "8"]);
+    // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before the fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // Writing "0" moves the writing process itself into the cgroup.
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    eprintln!("$ (pids.max 5) {cmd:?}");
+    let out = cmd.output().unwrap();
+    eprintln!("{}", describe(&out));
+    assert_eq!(out.status.code(), Some(1), "a start with unforked workers must fail: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot fork a worker for slot"), "{stderr}");
+    sb.wait_for("the failed start to end", SOON, || sb.live_processes().is_empty().then_some(()));
+    assert_eq!(sb.run(["status", "--name", &sb.name]).status.code(), Some(3), "nothing is left running");
+    drop(cgroup);
+}
+
+#[test]
+fn concurrent_status_calls_each_get_their_answer_promptly() {
+    let sb = Sandbox::new("statusburst");
+    let hello = fixtures().hello.to_str().unwrap();
+    sb.start_daemon(hello, &["--workers", "2", "--execute-times", "0"]);
+    // Signals of one kind merge while pending: with one SIGUSR1 per caller, the callers whose signal merged
+    // into another's waited out their whole timeout.
+    for burst in 0..3 {
+        let started = std::time::Instant::now();
+        let calls: Vec<_> = (0..30)
+            .map(|_| {
+                sb.pmhost(["status", "--name", &sb.name, "--json", "--timeout", "20s"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for call in calls {
+            let pid = call.id() as i32;
+            assert!(ProcessWaiter::new(pid).wait(SOON + SOON), "status {pid} hangs");
+            let out = call.wait_with_output().unwrap();
+            let waited = started.elapsed();
+            assert_eq!(out.status.code(), Some(0), "burst {burst}: {}", String::from_utf8_lossy(&out.stderr));
+            // Well under the 20 s timeout even on a loaded machine; a merged request waited all of it.
+            assert!(waited < Duration::from_secs(8), "burst {burst}: a status call took {waited:?}");
+        }
+    }
+    sb.stop();
 }

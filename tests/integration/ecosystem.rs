@@ -176,6 +176,10 @@ fn list_shows_running_masters_and_stale_pid_files() {
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     }
     std::fs::write(sb.pid_root().join(format!("{}-gone.pid", sb.name)), "999999\n").unwrap();
+    // Another user's pid file is reported as refused, and the others are still listed.
+    let foreign = sb.pid_root().join(format!("{}-foreign.pid", sb.name));
+    std::fs::write(&foreign, "999998\n").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
     let out = sb.run(["list", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
@@ -185,6 +189,8 @@ fn list_shows_running_masters_and_stale_pid_files() {
     assert!(find("b")["pid"].is_i64());
     assert_eq!(find("gone")["state"], "stale");
     assert!(find("gone")["pid"].is_null());
+    assert_eq!(find("foreign")["state"], "refused", "{list:?}");
+    assert!(find("foreign")["problem"].as_str().unwrap().contains("belongs to uid 65534"), "{list:?}");
     let out = sb.run(["list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{}-b", sb.name)), "{}", describe(&out));
     for suffix in ["a", "b"] {

@@ -226,6 +226,11 @@ fn stragglers_are_killed_after_the_stop_timeout() {
     assert_eq!(wait_exit(&mut fg, SOON), 7, "a stop that killed a worker exits 7");
     assert!(ProcessWaiter::new(hung.pid).wait(SOON), "hung worker survived");
     assert!(stderr_of(&fg).contains("stop timeout reached"), "{}", stderr_of(&fg));
+    // The exit line names the signal plainly (not as a Rust `Option`).
+    let stderr = stderr_of(&fg);
+    let line =
+        stderr.lines().find(|l| l.contains("worker ended: killed by SIGKILL")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains(" signal=SIGKILL") && !line.contains("Some("), "{line}");
 }
 
 #[test]
@@ -303,6 +308,26 @@ fn batch_mode_exits_when_the_workers_are_done() {
     let markers = read_markers(&marker);
     assert_eq!(markers.len(), 4, "{markers:?}");
     assert_eq!(by_pid(&markers).len(), 2, "no worker was respawned");
+}
+
+#[test]
+fn batch_mode_fails_when_workers_crashed_saying_how_many_and_why() {
+    for (label, config, expected) in [
+        ("batchpanic", json!({"work": "panic"}), "batch mode: 3 of 3 workers failed: "),
+        ("batchsegv", json!({"work": "segfault", "only_slot": 1}), "batch mode: 1 of 3 workers failed: "),
+        ("batchexit", json!({"work": "exit", "exit_code": 9, "only_slot": 2}), "(exit code 9)"),
+    ] {
+        let mut sb = Sandbox::new(label);
+        let mut fg = sb.start_faulty(&config, ["--workers", "3", "--execute-times", "2", "--check-interval", "0"]);
+        assert_eq!(wait_exit(&mut fg, SOON), 8, "{label}: {}", stderr_of(&fg));
+        let stderr = stderr_of(&fg);
+        let last = stderr.lines().rev().find(|l| l.starts_with("pmhost: error:")).unwrap_or_default();
+        assert!(last.contains(expected), "{label}: {stderr}");
+    }
+    let mut sb = Sandbox::new("batchsegv2");
+    let mut fg = sb.start_faulty(&json!({"work": "segfault"}), ["--workers", "2", "--check-interval", "-1"]);
+    assert_eq!(wait_exit(&mut fg, SOON), 8, "{}", stderr_of(&fg));
+    assert!(stderr_of(&fg).contains("killed by SIGSEGV"), "{}", stderr_of(&fg));
 }
 
 #[test]

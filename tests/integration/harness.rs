@@ -25,6 +25,8 @@ pub struct Fixtures {
     pub hello: PathBuf,
     pub faulty: PathBuf,
     pub not_a_plugin: PathBuf,
+    /// A library whose constructor misbehaves as a test patches it to (see plugins/constructor).
+    pub constructor: PathBuf,
     pub old_api: PathBuf,
     /// The stand-alone plugin template (examples/plugin-template), built as a user would.
     pub template: PathBuf,
@@ -62,7 +64,7 @@ pub fn fixtures() -> &'static Fixtures {
             let out = cmd.output().expect("run cargo");
             assert!(out.status.success(), "building fixtures failed:\n{}", String::from_utf8_lossy(&out.stderr));
         };
-        build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin"], target_dir);
+        build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin", "-p", "constructor"], target_dir);
         // Crates with a workspace of their own share one target directory, so they share abi_stable's build.
         let own_target = target_dir.join("fixtures");
         let manifests =
@@ -76,6 +78,7 @@ pub fn fixtures() -> &'static Fixtures {
             hello: profile_dir.join("libhello.so"),
             faulty: profile_dir.join("libfaulty.so"),
             not_a_plugin: profile_dir.join("libnot_a_plugin.so"),
+            constructor: profile_dir.join("libconstructor.so"),
             old_api: own_profile_dir.join("libold_api_plugin.so"),
             template: own_profile_dir.join("libjob.so"),
             async_job: own_profile_dir.join("libasync_job.so"),
@@ -314,6 +317,12 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// The process's state letter (`R`, `S`, `T`, `Z`...), from `/proc/PID/stat`.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rfind(')').and_then(|i| stat[i + 2..].chars().next())
 }
 
 /// The process's state letter is Z.

@@ -5,10 +5,12 @@ mod pg;
 
 mod async_jobs;
 mod bad_plugins;
+mod capture;
 mod config;
 mod control;
 mod ecosystem;
 mod engine;
+mod hardening;
 mod pg_queue;
 mod restart;
 mod supervision;

@@ -213,6 +213,59 @@ fn a_build_that_is_not_a_plugin_is_refused_before_the_master_is_touched() {
     sb.stop();
 }
 
+/// The end of the last loadable segment of an ELF64 file (what the loader maps; debug sections follow).
+fn loaded_size(elf: &[u8]) -> usize {
+    let word = |at: usize, len: usize| elf[at..at + len].iter().rev().fold(0usize, |n, b| n << 8 | *b as usize);
+    let (phoff, phentsize, phnum) = (word(0x20, 8), word(0x36, 2), word(0x38, 2));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|ph| word(*ph, 4) == 1) // PT_LOAD
+        .map(|ph| word(ph + 8, 8) + word(ph + 32, 8)) // p_offset + p_filesz
+        .max()
+        .expect("a loadable segment")
+}
+
+/// A copy of the constructor fixture whose constructor does `mode` (8 bytes: `exit0___`, `abort___`, `hang____`).
+fn constructor_variant(sb: &Sandbox, mode: &[u8; 8]) -> std::path::PathBuf {
+    const PREFIX: &[u8] = b"PMHOST-CTOR-MODE:";
+    let mut bytes = std::fs::read(&fixtures().constructor).unwrap();
+    let at = bytes.windows(PREFIX.len()).position(|w| w == PREFIX).expect("the mode marker") + PREFIX.len();
+    bytes[at..at + 8].copy_from_slice(mode);
+    let path = sb.path(&format!("libctor-{}.so", String::from_utf8_lossy(mode).trim_end_matches('_')));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_build_whose_loading_exits_crashes_or_hangs_is_refused_by_a_probe() {
+    let sb = Sandbox::new("ctor");
+    start(&sb, "2", json!({}), &[]);
+    let before = pids_by_slot(&sb);
+    // A real plugin cut in the middle of what the loader maps: touching pages past the end of the file is SIGBUS
+    // (or the loader refuses the file).
+    let truncated = sb.path("libtruncated.so");
+    let whole = std::fs::read(&fixtures().hello).unwrap();
+    std::fs::write(&truncated, &whole[..loaded_size(&whole) / 2]).unwrap();
+    let cases = [
+        (constructor_variant(&sb, b"exit0___"), "ended the probe with exit code 0"),
+        (constructor_variant(&sb, b"abort___"), "crashed the probe with SIGABRT"),
+        (constructor_variant(&sb, b"hang____"), "did not finish within 2s"),
+        (truncated, ""),
+    ];
+    for (plugin, expected) in cases {
+        let args = ["restart", "--name", &sb.name, "--plugin", plugin.to_str().unwrap(), "--init-timeout", "2s"];
+        let out = sb.run(args);
+        assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("restart of") && stderr.contains(expected), "{expected:?} in {stderr}");
+        assert!(stderr.contains(plugin.to_str().unwrap()), "the message names the file: {stderr}");
+    }
+    let status = sb.status().unwrap();
+    assert!(status["last_restart"].is_null(), "the master was asked anyway: {status}");
+    assert_eq!(pids_by_slot(&sb), before);
+    sb.stop();
+}
+
 #[test]
 fn a_build_whose_init_fails_or_panics_is_rolled_back() {
     let sb = Sandbox::new("rollback");
@@ -323,6 +376,82 @@ fn a_restart_during_a_stop_is_refused_not_left_waiting() {
     let out = sb.run(["restart", "--name", &sb.name]);
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("stopping") || stderr.contains("exited"), "{stderr}");
+    assert!(stderr.contains("is stopping") || stderr.contains("exited"), "{stderr}");
+    assert!(!stderr.contains("keep running"), "a stopping host's workers do not keep running: {stderr}");
     assert_eq!(stopping.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn a_stop_during_a_rollout_makes_restart_say_the_host_is_stopping() {
+    let sb = Sandbox::new("rolloutstop");
+    let control = sb.path("control");
+    std::fs::write(&control, "ok").unwrap();
+    start(&sb, "1", json!({"control_file": control}), &[]);
+    std::fs::write(&control, "slow 60000").unwrap();
+    let mut restart = sb.pmhost(["restart", "--name", &sb.name]);
+    let restart = restart.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    sb.wait_for("the rollout to begin", SOON, || (sb.status()?["last_restart"]["in_progress"] == true).then_some(()));
+    // (Not `sb.stop()`: the restart command, which mentions the name too, may still be finishing.)
+    let stopped = sb.run(["stop", "--name", &sb.name]);
+    // The new worker, still in its 60 s init, is killed by the stop: a forced stop, which `stop` reports as 7.
+    assert_eq!(stopped.status.code(), Some(7), "{}", describe(&stopped));
+    let out = restart.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("is stopping") || stderr.contains("exited"), "{stderr}");
+    assert!(!stderr.contains("keep running"), "a stopping host's workers do not keep running: {stderr}");
+}
+
+#[test]
+fn requests_a_command_gave_up_on_are_never_applied_later() {
+    let mut sb = Sandbox::new("expire");
+    let hello = fixtures().hello.to_str().unwrap().to_owned();
+    let fg = sb.start_foreground(["--plugin", &hello, "--workers", "2", "--execute-times", "0"]);
+    sb.wait_for("2 ready workers", SOON, || (sb.ready_workers().len() == 2).then_some(()));
+    let before = pids_by_slot(&sb);
+    let master = fg.child.id() as i32;
+    signal(master, Signal::SIGSTOP);
+    let stopped = || crate::harness::process_state(master) == Some('T');
+    sb.wait_for("the master to be stopped", SOON, || stopped().then_some(()));
+    // Against a stopped master both commands time out, and say their request is withdrawn.
+    for args in [
+        vec!["scale", "--name", &sb.name, "4", "--timeout", "1s"],
+        vec!["restart", "--name", &sb.name, "--timeout", "1s"],
+    ] {
+        let out = sb.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("was withdrawn and will not be applied later"), "{stderr}");
+    }
+    // A command killed while it waits cannot withdraw its request: the master drops it once it has expired.
+    let requests = sb.status_root().join(&sb.name).join("requests");
+    let mut waiting = sb.pmhost(["scale", "--name", &sb.name, "3", "--timeout", "1s"]).spawn().unwrap();
+    let sent = std::time::Instant::now();
+    sb.wait_for("the scale request file", SOON, || {
+        let files = std::fs::read_dir(&requests)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count();
+        (files > 0).then_some(())
+    });
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    sb.wait_for("the request to expire", SOON, || (sent.elapsed() > Duration::from_millis(1500)).then_some(()));
+    signal(master, Signal::SIGCONT);
+    // A status round trip: the master has handled its pending SIGUSR2 (and the request files) by then.
+    let out = sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["tasks"][0]["workers_wanted"], 2, "a withdrawn or expired scale was applied: {status}");
+    assert_eq!(status["generation"], 1, "{status}");
+    assert!(status["last_restart"].is_null() && status["last_scale"].is_null(), "{status}");
+    assert_eq!(pids_by_slot(&sb), before, "a withdrawn restart was applied");
+    assert!(
+        crate::harness::stderr_of(&fg).contains("dropping a control request its command gave up on"),
+        "{}",
+        crate::harness::stderr_of(&fg)
+    );
+    let mut fg = fg;
+    assert_eq!(fg.terminate(), 0);
 }

@@ -348,6 +348,49 @@ fn a_stopped_worker_does_not_block_a_stop() {
 }
 
 #[test]
+fn a_sigstopped_worker_shows_as_stopped_and_is_not_serving() {
+    let sb = Sandbox::new("stoppedstate");
+    let hello = fixtures().hello.to_str().unwrap();
+    sb.start_daemon(hello, &["--workers", "2", "--execute-times", "0"]);
+    let pid = sb.ready_workers()[&0];
+    // The kernel stops a process when it next runs, a moment after the signal was sent.
+    let state = crate::harness::process_state;
+    signal(pid, Signal::SIGSTOP);
+    sb.wait_for("the worker to be stopped", SOON, || (state(pid) == Some('T')).then_some(()));
+    let out = sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w0 = workers(&status).into_iter().find(|w| w["slot"] == 0).unwrap();
+    assert_eq!(w0["state"], "stopped", "{status}");
+    let check = sb.run(["status", "--name", &sb.name, "--check"]);
+    assert_eq!(check.status.code(), Some(5), "a stopped worker serves nothing: {}", describe(&check));
+    signal(pid, Signal::SIGCONT);
+    sb.wait_for("the worker to run again", SOON, || (state(pid) != Some('T')).then_some(()));
+    let check = sb.run(["status", "--name", &sb.name, "--check"]);
+    assert_eq!(check.status.code(), Some(0), "continued, it serves again: {}", describe(&check));
+    sb.stop();
+}
+
+#[test]
+fn a_worker_stopped_between_calls_is_replaced_after_work_timeout() {
+    let mut sb = Sandbox::new("stoppedidle");
+    let hello = fixtures().hello.to_str().unwrap();
+    let args = ["--plugin", hello, "--workers", "1", "--execute-times", "0", "--execute-usleep", "500ms"];
+    let _fg = sb.start_foreground(args.into_iter().chain(["--work-timeout", "1s", "--stop-timeout", "1s"]));
+    let pid = sb.wait_for("a ready worker", SOON, || sb.ready_workers().get(&0).copied());
+    signal(pid, Signal::SIGSTOP);
+    let status = sb.wait_for("slot 0 replaced", SOON, || {
+        let s = sb.status()?;
+        let w0 = workers(&s).into_iter().find(|w| w["slot"] == 0)?;
+        (w0["pid"] != pid && !w0["last_exit"].is_null()).then_some(s)
+    });
+    let w0 = workers(&status).into_iter().find(|w| w["slot"] == 0).unwrap();
+    let reason = w0["last_exit"]["reason"].as_str().unwrap();
+    assert!(reason.contains("stopped") && reason.contains("work_timeout"), "{w0}");
+    assert!(ProcessWaiter::new(pid).wait(SOON), "the stopped worker is still there");
+}
+
+#[test]
 fn resource_limits_apply_to_workers() {
     let sb = Sandbox::new("rlimit");
     let hello = fixtures().hello.to_str().unwrap();
@@ -375,6 +418,21 @@ fn resource_limits_apply_to_workers() {
     assert!(line("Max core file size").ends_with("0 0 bytes"), "{limits}");
     assert!(line("Max address space").ends_with("8589934592 8589934592 bytes"), "{limits}");
     sb.stop();
+}
+
+#[test]
+fn a_resource_limit_that_cannot_be_set_is_named_with_its_value_and_the_hard_limit() {
+    let sb = Sandbox::new("rlimitbad");
+    let hello = fixtures().hello.to_str().unwrap();
+    let out =
+        sb.run(["start", "-d", "--name", &sb.name, "--plugin", hello, "--workers", "1", "--rlimit-nofile", "99999999"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot set rlimit_nofile to 99999999: EPERM") && stderr.contains("the hard limit is "),
+        "{stderr}"
+    );
+    sb.wait_for("the failed master to be gone", SOON, || sb.live_processes().is_empty().then_some(()));
 }
 
 #[test]

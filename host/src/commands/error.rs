@@ -41,6 +41,8 @@ pub enum CommandError {
     DaemonStart { name: String, reason: String },
     #[error("restart of {name} rolled back, the old workers keep running: {reason}")]
     RolledBack { name: String, reason: String },
+    #[error("{name} is stopping: the restart was not done, and its workers are ending")]
+    Stopping { name: String },
     #[error("{name} refused the request: {reason}")]
     Refused { name: String, reason: String },
     #[error("no plugin given: pass --plugin PATH, or --config FILE with [[task]] entries")]
@@ -53,6 +55,11 @@ pub enum CommandError {
         "the {what} of {name} did not finish within {waited_ms} ms; `pmhost status --name {name}` shows where it is"
     )]
     StillRunning { name: String, what: &'static str, waited_ms: u64 },
+    #[error(
+        "{name} (pid {pid}) did not take the {what} request within {waited_ms} ms (is it stopped?); the request \
+         was withdrawn and will not be applied later"
+    )]
+    Withdrawn { name: String, pid: i32, what: &'static str, waited_ms: u64 },
     #[error("the master (pid {pid}) exited before it answered; see its log")]
     MasterGone { pid: i32 },
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]
@@ -66,6 +73,7 @@ impl CommandError {
             CommandError::NotRunning { .. } => code::NOT_RUNNING,
             CommandError::PidFile(PidFileError::AlreadyRunning { .. }) => code::ALREADY_RUNNING,
             CommandError::RolledBack { .. } => code::ROLLED_BACK,
+            CommandError::Master(MasterError::BatchFailed(_)) => code::BATCH_FAILED,
             CommandError::NoPlugin | CommandError::Usage(_) | CommandError::Config(_) => code::USAGE,
             _ => code::FAILED,
         }

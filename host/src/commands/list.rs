@@ -1,7 +1,5 @@
 //! `pmhost list`: every master under the pid root, running or stale, with what its status file says.
 
-use std::path::PathBuf;
-
 use serde::Serialize;
 
 use super::CommandError;
@@ -9,7 +7,7 @@ use super::watch::read_snapshot;
 use crate::cli::ListArgs;
 use crate::exit::cli as code;
 use crate::pidfile;
-use crate::settings::{DEFAULT_PID_ROOT, DEFAULT_STATUS_ROOT};
+use crate::rundir::{self, Dir};
 use crate::status::Snapshot;
 
 /// One line of the list.
@@ -18,8 +16,11 @@ struct Entry {
     name: String,
     /// The master's pid, when one holds the pid file.
     pid: Option<i32>,
-    /// `running`, `starting`, `stopping` (from the status file), or `stale` (a pid file nobody holds).
+    /// `running`, `starting`, `stopping` (from the status file), `stale` (a pid file nobody holds), or `refused`
+    /// (a pid file that cannot be trusted or read: `problem` says why).
     state: String,
+    /// Why the pid file was refused.
+    problem: Option<String>,
     tasks: Vec<String>,
     workers: usize,
     workers_wanted: u32,
@@ -28,60 +29,63 @@ struct Entry {
 
 /// Runs `pmhost list`.
 pub fn list(args: ListArgs) -> Result<i32, CommandError> {
-    let pid_root = args.pid_root.unwrap_or_else(|| PathBuf::from(DEFAULT_PID_ROOT));
-    let status_root = args.status_root.unwrap_or_else(|| PathBuf::from(DEFAULT_STATUS_ROOT));
-    let mut entries = Vec::new();
-    let dir = match std::fs::read_dir(&pid_root) {
-        Ok(dir) => dir,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            print_entries(&entries, args.json);
-            return Ok(code::OK);
-        }
-        Err(e) => return Err(CommandError::system(format!("read {}", pid_root.display()), e)),
+    let defaults = rundir::default_roots();
+    let pid_root = args.pid_root.unwrap_or(defaults.pid);
+    let status_root = args.status_root.unwrap_or(defaults.status);
+    let Some(pids) = rundir::open_root(&pid_root, false)? else {
+        print_entries(&[], args.json);
+        return Ok(code::OK);
     };
-    let mut names: Vec<String> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".pid")).map(str::to_owned))
+    let statuses = rundir::open_root(&status_root, false).ok().flatten();
+    let mut names: Vec<String> = pids
+        .entries()
+        .map_err(|e| CommandError::system(format!("read {}", pid_root.display()), e))?
+        .into_iter()
+        .filter_map(|(name, _)| name.strip_suffix(".pid").map(str::to_owned))
         .filter(|n| crate::names::validate("name", n).is_ok())
         .collect();
     names.sort();
-    for name in names {
-        let pid = pidfile::running_master(&pid_root.join(format!("{name}.pid")))?;
-        let snapshot: Option<Snapshot> =
-            pid.and_then(|_| read_snapshot(&status_root.join(&name).join("status.json")).ok().flatten());
-        let entry = match (pid, snapshot) {
-            (Some(pid), Some(s)) => Entry {
-                name,
-                pid: Some(pid.as_raw()),
-                state: s.state.clone(),
-                tasks: s.tasks.iter().map(|t| t.name.clone()).collect(),
-                workers: s.tasks.iter().map(|t| t.workers.len()).sum(),
-                workers_wanted: s.tasks.iter().map(|t| t.workers_wanted).sum(),
-                generation: Some(s.generation),
-            },
-            (Some(pid), None) => Entry {
-                name,
-                pid: Some(pid.as_raw()),
-                state: "running".to_owned(),
-                tasks: Vec::new(),
-                workers: 0,
-                workers_wanted: 0,
-                generation: None,
-            },
-            (None, _) => Entry {
-                name,
-                pid: None,
-                state: "stale".to_owned(),
-                tasks: Vec::new(),
-                workers: 0,
-                workers_wanted: 0,
-                generation: None,
-            },
-        };
-        entries.push(entry);
-    }
+    let entries: Vec<Entry> = names.into_iter().map(|name| entry(&pids, statuses.as_ref(), name)).collect();
     print_entries(&entries, args.json);
     Ok(code::OK)
+}
+
+/// The list entry of the host `name`; a pid file that cannot be trusted is reported, not fatal.
+fn entry(pids: &Dir, statuses: Option<&Dir>, name: String) -> Entry {
+    let mut entry = Entry {
+        name,
+        pid: None,
+        state: "stale".to_owned(),
+        problem: None,
+        tasks: Vec::new(),
+        workers: 0,
+        workers_wanted: 0,
+        generation: None,
+    };
+    let pid = match pidfile::running_master(pids, &entry.name) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => return entry,
+        Err(e) => {
+            // One bad file (another user's, a FIFO) must not hide every other master.
+            eprintln!("pmhost: warning: {e}");
+            entry.state = "refused".to_owned();
+            entry.problem = Some(e.to_string());
+            return entry;
+        }
+    };
+    entry.pid = Some(pid.as_raw());
+    entry.state = "running".to_owned();
+    let snapshot: Option<Snapshot> = statuses
+        .and_then(|root| root.subdir(&entry.name, false).ok().flatten())
+        .and_then(|dir| read_snapshot(&dir).ok().flatten());
+    if let Some(s) = snapshot {
+        entry.state = s.state.clone();
+        entry.tasks = s.tasks.iter().map(|t| t.name.clone()).collect();
+        entry.workers = s.tasks.iter().map(|t| t.workers.len()).sum();
+        entry.workers_wanted = s.tasks.iter().map(|t| t.workers_wanted).sum();
+        entry.generation = Some(s.generation);
+    }
+    entry
 }
 
 fn print_entries(entries: &[Entry], json: bool) {
@@ -94,6 +98,7 @@ fn print_entries(entries: &[Entry], json: bool) {
         let pid = e.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let generation = e.generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
         let workers = format!("{}/{}", e.workers, e.workers_wanted);
-        println!("{:<24} {:>8} {:<10} {:>9} {:>4}  {}", e.name, pid, e.state, workers, generation, e.tasks.join(","));
+        let tail = e.problem.clone().unwrap_or_else(|| e.tasks.join(","));
+        println!("{:<24} {:>8} {:<10} {:>9} {:>4}  {tail}", e.name, pid, e.state, workers, generation);
     }
 }

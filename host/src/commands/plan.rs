@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use super::CommandError;
 use crate::cli::{LogFormatArg, LogRotationArg, StartArgs, Target};
 use crate::config::{self, ConfigFile};
-use crate::logging::{DEFAULT_LOG_DIR, Format, LogSettings, Rotation};
-use crate::settings::{
-    DEFAULT_NAME, DEFAULT_PID_ROOT, DEFAULT_STATUS_ROOT, DEFAULT_TITLE_PREFIX, HostSettings, TaskOverrides,
-    TaskSettings,
-};
+use crate::logging::{Format, LogSettings, Rotation};
+use crate::rundir::{self, Dir, RunDirError};
+use crate::settings::{DEFAULT_NAME, DEFAULT_TITLE_PREFIX, HostSettings, TaskOverrides, TaskSettings};
 
 /// The master a command is about, and where its files are.
 #[derive(Debug, Clone)]
@@ -28,9 +26,22 @@ impl Resolved {
         self.pid_root.join(format!("{}.pid", self.name))
     }
 
-    /// `{status_root}/{name}`.
-    pub fn status_dir(&self) -> PathBuf {
+    /// `{status_root}/{name}`, for messages.
+    pub fn status_dir_path(&self) -> PathBuf {
         self.status_root.join(&self.name)
+    }
+
+    /// The pid root, checked and held (`Ok(None)`: it does not exist).
+    pub fn pid_root_dir(&self) -> Result<Option<Dir>, RunDirError> {
+        rundir::open_root(&self.pid_root, false)
+    }
+
+    /// The host's status directory, checked and held; `create` makes it (and the way there) if missing.
+    pub fn status_dir(&self, create: bool) -> Result<Option<Dir>, RunDirError> {
+        match rundir::open_root(&self.status_root, create)? {
+            Some(root) => root.subdir(&self.name, create),
+            None => Ok(None),
+        }
     }
 }
 
@@ -43,6 +54,7 @@ pub fn resolve_target(target: &Target) -> Result<Resolved, CommandError> {
     let config = target.config.as_deref().map(config::load).transpose()?;
     let host = config.as_ref().map(|c| &c.host);
     let log = config.as_ref().map(|c| &c.log);
+    let defaults = rundir::default_roots();
     Ok(Resolved {
         name: target
             .name
@@ -50,22 +62,12 @@ pub fn resolve_target(target: &Target) -> Result<Resolved, CommandError> {
             .or_else(|| host.and_then(|h| h.name.clone()))
             .unwrap_or_else(|| DEFAULT_NAME.to_owned()),
         pid_root: absolute(
-            &target
-                .pid_root
-                .clone()
-                .or_else(|| host.and_then(|h| h.pid_root.clone()))
-                .unwrap_or(DEFAULT_PID_ROOT.into()),
+            &target.pid_root.clone().or_else(|| host.and_then(|h| h.pid_root.clone())).unwrap_or(defaults.pid),
         ),
         status_root: absolute(
-            &target
-                .status_root
-                .clone()
-                .or_else(|| host.and_then(|h| h.status_root.clone()))
-                .unwrap_or(DEFAULT_STATUS_ROOT.into()),
+            &target.status_root.clone().or_else(|| host.and_then(|h| h.status_root.clone())).unwrap_or(defaults.status),
         ),
-        log_dir: absolute(
-            &target.log_dir.clone().or_else(|| log.and_then(|l| l.dir.clone())).unwrap_or(DEFAULT_LOG_DIR.into()),
-        ),
+        log_dir: absolute(&target.log_dir.clone().or_else(|| log.and_then(|l| l.dir.clone())).unwrap_or(defaults.log)),
         config,
     })
 }
@@ -84,21 +86,8 @@ pub struct Plan {
 pub fn overrides(args: &StartArgs) -> TaskOverrides {
     TaskOverrides {
         plugin: args.plugin.as_deref().map(absolute),
-        workers: args.workers,
-        execute_times: args.execute_times,
-        execute_usleep: args.execute_usleep,
-        limit_seconds: args.limit_seconds,
-        init_timeout: args.init_timeout,
-        backoff_initial: args.backoff_initial,
-        backoff_max: args.backoff_max,
-        backoff_reset: args.backoff_reset,
         config_json: args.task_config.clone(),
-        work_timeout: args.work_timeout,
-        max_rss: args.max_rss,
-        limit_jitter: args.limit_jitter,
-        rlimit_nofile: args.rlimit_nofile,
-        rlimit_as: args.rlimit_as,
-        rlimit_core: args.rlimit_core,
+        ..args.task.0.clone()
     }
 }
 
@@ -116,9 +105,9 @@ pub fn plan_start(args: &StartArgs) -> Result<Plan, CommandError> {
                     file.tasks.len()
                 )));
             }
-            overrides.resolve_file(file)
+            file.resolve_tasks(&overrides)
         }
-        None => vec![overrides.resolve(None, &target.name).ok_or(CommandError::NoPlugin)?],
+        None => vec![overrides.settings(&target.name).ok_or(CommandError::NoPlugin)?],
     };
     let host_spec = file.map(|f| f.host.clone()).unwrap_or_default();
     let host = HostSettings {

@@ -13,7 +13,9 @@ use crate::cli::RestartArgs;
 use crate::exit::cli as code;
 use crate::master::signals::{Action, signal_for};
 use crate::plugin;
+use crate::plugin::probe::ProbeError;
 use crate::requests::{self, Request};
+use crate::settings::DEFAULT_INIT_TIMEOUT;
 use crate::status::Snapshot;
 
 /// Runs `pmhost restart`.
@@ -29,11 +31,14 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         Err(e) => return Err(e),
     };
     refuse_start_only_flags(&args)?;
-    let status_dir = target.status_dir();
-    let watch = StatusWatch::new(&status_dir)?;
-    let before = watch
-        .read()?
-        .ok_or_else(|| CommandError::NotRunning { name: target.name.clone(), path: status_dir.join("status.json") })?;
+    let watch = StatusWatch::new(target.status_dir(true)?.expect("created when missing"))?;
+    let before = watch.read()?.ok_or_else(|| CommandError::NotRunning {
+        name: target.name.clone(),
+        path: target.status_dir_path().join(crate::rundir::STATUS_FILE),
+    })?;
+    if before.state == "stopping" {
+        return Err(CommandError::Stopping { name: target.name.clone() });
+    }
 
     // Check the new build here, before the master is touched: it must exist, be an ELF and load as a plugin.
     let new_plugin = args.start.plugin.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
@@ -53,11 +58,27 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
             .map(|t| PathBuf::from(&t.plugin))
             .collect(),
     };
+    // Loading runs the library's constructors, which may exit, crash or hang: load it in a probe process, with
+    // the init timeout as its deadline, never in this one. The build is checked from a private scratch copy: a
+    // refused build leaves nothing in the host's directories.
+    let load_timeout = args.start.task.0.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT).min(args.timeout);
+    let scratch = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
+    let scratch_dir = crate::rundir::open_root(scratch.path(), false)?.expect("the temporary directory exists");
     for path in &to_check {
         let refused = |reason: String| CommandError::RolledBack { name: target.name.clone(), reason };
-        let staged = plugin::stage(path, &status_dir.join("plugins")).map_err(|e| refused(e.to_string()))?;
-        plugin::load(&staged.staged, &staged.original).map_err(|e| refused(e.to_string()))?;
-        println!("new build {} ({}) loads", staged.original.display(), staged.short_sha());
+        let staged = plugin::stage(path, &scratch_dir).map_err(|e| refused(e.to_string()))?;
+        let shown = staged.original.display();
+        let loaded = plugin::probe::run(load_timeout, || {
+            plugin::load(&staged.load_path(), &staged.original).map(|_| ()).map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok(Ok(())) => println!("new build {shown} ({}) loads", staged.short_sha()),
+            Ok(Err(reason)) => return Err(refused(reason)),
+            Err(ProbeError::TimedOut(waited)) => {
+                return Err(refused(format!("loading {shown} did not finish within {waited:?} (--init-timeout)")));
+            }
+            Err(e) => return Err(refused(format!("loading {shown}: {e}"))),
+        }
     }
 
     let id = requests::new_id();
@@ -66,9 +87,11 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         plugin: new_plugin,
         task: args.task.clone(),
         surge: Some(args.surge),
-        init_timeout_ms: args.start.init_timeout.map(|t| t.as_millis() as u64),
+        init_timeout_ms: args.start.task.0.init_timeout.map(|t| t.as_millis() as u64),
+        // The request expires when this command stops waiting (a moment before its own deadline below).
+        expires_at_mono_ns: Some(crate::sysinfo::monotonic_ns().saturating_add(args.timeout.as_nanos() as u64)),
     };
-    requests::submit(&status_dir, &id, &request)?;
+    requests::submit(watch.dir(), &id, &request)?;
     let started = Instant::now();
     master.signal(signal_for(Action::Requests))?;
 
@@ -82,12 +105,24 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         (!record.in_progress).then(|| (record.clone(), snapshot.clone()))
     })?;
     let Some((record, snapshot)) = outcome else {
-        return Err(CommandError::StillRunning {
+        let waited_ms = args.timeout.as_millis() as u64;
+        let begun = watch.read()?.and_then(|s| s.last_restart).is_some_and(|r| r.request_id.as_deref() == Some(&id));
+        if begun {
+            return Err(CommandError::StillRunning { name: target.name.clone(), what: "restart", waited_ms });
+        }
+        // Not begun: take the request back (the master drops it anyway, if it already read it: it has expired).
+        requests::withdraw(watch.dir(), &id);
+        return Err(CommandError::Withdrawn {
             name: target.name.clone(),
+            pid: master.pid.as_raw(),
             what: "restart",
-            waited_ms: args.timeout.as_millis() as u64,
+            waited_ms,
         });
     };
+    if !record.ok && snapshot.state == "stopping" {
+        // Refused (or cut short) because a stop began: the old workers do not keep running.
+        return Err(CommandError::Stopping { name: target.name.clone() });
+    }
     if !record.ok {
         let reason = record.error.unwrap_or_else(|| "rolled back".to_owned());
         return Err(CommandError::RolledBack { name: target.name.clone(), reason });

@@ -15,21 +15,25 @@ use crate::requests::{self, Request};
 pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
     let target = resolve_target(&args.target)?;
     let master = find_master(&target)?;
-    let status_dir = target.status_dir();
-    let watch = StatusWatch::new(&status_dir)?;
+    let watch = StatusWatch::new(target.status_dir(true)?.expect("created when missing"))?;
     let id = requests::new_id();
-    let request = Request::Scale { id: id.clone(), task: args.task.clone(), workers: args.workers };
-    requests::submit(&status_dir, &id, &request)?;
+    // The request expires when this command stops waiting (a moment before its own deadline below).
+    let expires_at_mono_ns = Some(crate::sysinfo::monotonic_ns().saturating_add(args.timeout.as_nanos() as u64));
+    let request = Request::Scale { id: id.clone(), task: args.task.clone(), workers: args.workers, expires_at_mono_ns };
+    requests::submit(watch.dir(), &id, &request)?;
     let started = Instant::now();
     master.signal(signal_for(Action::Requests))?;
     let deadline = started + args.timeout;
     let answer =
         watch.wait_for(&master, deadline, |s| s.last_scale.as_ref().filter(|r| r.request_id == id).cloned())?;
     let Some(answer) = answer else {
-        return Err(CommandError::NoSnapshot {
-            name: target.name.clone(),
-            pid: master.pid.as_raw(),
-            waited_ms: args.timeout.as_millis() as u64,
+        let (name, pid, waited_ms) = (target.name.clone(), master.pid.as_raw(), args.timeout.as_millis() as u64);
+        // Never answered. Still unread: take it back (and were it read now, the master would drop it: it has
+        // expired). Read: it was applied, but the status file does not say so.
+        return Err(if requests::withdraw(watch.dir(), &id) {
+            CommandError::Withdrawn { name, pid, what: "scale", waited_ms }
+        } else {
+            CommandError::NoSnapshot { name, pid, waited_ms }
         });
     };
     if let Some(error) = answer.error {

@@ -5,7 +5,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
@@ -18,28 +17,30 @@ use crate::cli::StartArgs;
 use crate::exit::cli as code;
 use crate::master::{Master, MasterParts, ReadyNotifier, signals};
 use crate::pidfile::PidFile;
-use crate::plugin::{self, StagedPlugin};
+use crate::plugin;
+use crate::rundir::HostDirs;
 use crate::{logging, rundir, title};
 
 /// Runs `pmhost start`.
 pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
+    close_inherited_fds();
     let plan = plan_start(&args)?;
     let host = &plan.host;
-    for dir in [&host.pid_root, &host.status_root, &host.status_dir(), &host.plugins_dir()] {
-        rundir::ensure_private_dir(dir)?;
-    }
+    let dirs = HostDirs::open(&host.pid_root, &host.status_root, &host.name, true)?.expect("created when missing");
+    let plugins = dirs.plugins(true)?.expect("created when missing");
     if plan.log.enabled {
-        rundir::ensure_private_dir(&plan.log.dir)?;
+        // Log files are opened by path below a root whose every parent was checked: nobody else can swap them.
+        rundir::open_root(&plan.log.dir, true)?;
     }
     // Block the master's signals before the pid file names this process: a `pmhost status` (SIGUSR1) or
     // `scale` (SIGUSR2) arriving while the plugin is staged must wait in the queue (the master's signalfd reads
     // it later), not end the process by its default action.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
         .map_err(|e| CommandError::system("block signals", e))?;
-    let mut pid_file = PidFile::acquire(&host.pid_file(), &host.name)?;
+    let mut pid_file = PidFile::acquire(dirs.pid_root(), &host.name)?;
     let mut staged = Vec::new();
     for task in &plan.tasks {
-        match plugin::stage(&task.plugin, &host.plugins_dir()) {
+        match plugin::stage(&task.plugin, &plugins) {
             Ok(plugin) => staged.push(plugin),
             Err(e) => {
                 pid_file.remove();
@@ -47,15 +48,16 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
             }
         }
     }
-    prune_staged(&host.plugins_dir(), &staged);
+    plugin::prune(&plugins, staged.iter());
 
     let ready = if args.daemon {
         match daemonize(&host.name)? {
             Detached::Parent(code) => return Ok(code),
             Detached::Daemon(ready) => {
-                pid_file
-                    .record_pid()
-                    .map_err(|e| CommandError::system(format!("write pid file {}", host.pid_file().display()), e))?;
+                if let Err(e) = pid_file.record_pid() {
+                    let error = CommandError::system(format!("write pid file {}", pid_file.path().display()), e);
+                    return Err(report_to_caller(ready, error));
+                }
                 Some(ready)
             }
         }
@@ -77,6 +79,8 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
         host: plan.host,
         tasks: plan.tasks.into_iter().zip(staged).collect(),
         pid_file,
+        dirs,
+        plugins,
         ready,
         plugin_log_level: logging::plugin_level(),
         config_path: plan.config_path,
@@ -88,16 +92,24 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     Ok(if stopped.forced { code::STOPPED_FORCIBLY } else { code::OK })
 }
 
-/// Removes staged copies other than `keep`: no master of this name runs (we hold its pid file), so no worker
-/// maps them.
-fn prune_staged(dir: &Path, keep: &[StagedPlugin]) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !keep.iter().any(|k| k.staged == path) && path.extension().is_some_and(|ext| ext == "so") {
-            let _ = std::fs::remove_file(path);
-        }
+/// Closes every descriptor above stderr that the caller left open: a daemon must not keep its caller's files,
+/// pipes or sockets (a pipe held open keeps a caller's `$(...)` waiting forever), and workers must get only what
+/// the master hands them. Nothing of pmhost's own is open yet.
+fn close_inherited_fds() {
+    // SAFETY: close_range on descriptors this process owns and has no handle to; no flags.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
+/// Sends a daemon's start error (with its causes) to the command waiting on the readiness pipe, and returns it.
+fn report_to_caller(ready: ReadyNotifier, error: CommandError) -> CommandError {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
+    ready.send(Err(&reason));
+    error
 }
 
 enum Detached {

@@ -1,13 +1,13 @@
-//! `pmhost status`: ask the master for a fresh snapshot (SIGUSR1), wait for its answer (SIGURG once the snapshot
-//! is written, with a deadline; no fixed sleep, no directory watch), then print it as a table or JSON, or judge
-//! health for `--check`.
+//! `pmhost status`: ask the master for a fresh snapshot (a queued real-time signal; SIGUSR1 for a master that does
+//! not take it), wait for its answer (SIGURG once the snapshot is written, with a deadline; no fixed sleep, no
+//! directory watch), then print it as a table or JSON, or judge health for `--check`.
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use super::CommandError;
-use super::plan::resolve_target;
+use super::plan::{Resolved, resolve_target};
 use super::process::{MasterHandle, find_master};
 use super::watch::read_snapshot;
 use crate::cli::StatusArgs;
@@ -21,13 +21,12 @@ use crate::sysinfo;
 pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
     let target = resolve_target(&args.target)?;
     let master = find_master(&target)?;
-    let path = target.status_dir().join("status.json");
     let no_snapshot = || CommandError::NoSnapshot {
         name: target.name.clone(),
         pid: master.pid.as_raw(),
         waited_ms: args.timeout.as_millis() as u64,
     };
-    let snapshot = fresh_snapshot(&master, &path, args.timeout)?.ok_or_else(no_snapshot)?;
+    let snapshot = fresh_snapshot(&master, &target, args.timeout)?.ok_or_else(no_snapshot)?;
     if args.check {
         return Ok(if snapshot.healthy() { code::OK } else { code::UNHEALTHY });
     }
@@ -42,7 +41,7 @@ pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
 /// Asks the master for a snapshot and returns it once written; `None` at the deadline.
 fn fresh_snapshot(
     master: &MasterHandle,
-    path: &std::path::Path,
+    target: &Resolved,
     timeout: Duration,
 ) -> Result<Option<Snapshot>, CommandError> {
     let mut answer = SigSet::empty();
@@ -50,10 +49,21 @@ fn fresh_snapshot(
     // Blocked, the answer stays pending until we wait for it, however fast the master is.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&answer), None).map_err(|e| CommandError::system("block SIGURG", e))?;
     let asked_at = sysinfo::monotonic_ns();
-    master.signal(signal_for(Action::Snapshot))?;
+    // The queued request cannot merge with another caller's, so every caller gets its own answer. A master that
+    // does not block it (an older pmhost) would die of it: ask such a master with SIGUSR1, as before.
+    let queued = crate::master::signals::queued_snapshot_signal();
+    if !(master.blocks(queued) && master.send(queued).is_ok()) {
+        master.signal(signal_for(Action::Snapshot))?;
+    }
     let deadline = Instant::now() + timeout;
+    // The status directory may be missing until the master answers (it re-creates a removed one).
+    let mut dir = target.status_dir(false)?;
     loop {
-        if let Some(snapshot) = read_snapshot(path)?
+        if dir.as_ref().is_none_or(|d| d.is_removed()) {
+            dir = target.status_dir(false)?;
+        }
+        if let Some(dir) = &dir
+            && let Some(snapshot) = read_snapshot(dir)?
             && snapshot.written_at_mono_ns >= asked_at
         {
             return Ok(Some(snapshot));

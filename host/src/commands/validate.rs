@@ -2,17 +2,12 @@
 //! of this command) that reports its API version and runs `init` and `shutdown` with the task's config; a probe
 //! that crashes or hangs is reported as such, and nothing else is touched.
 
-use std::io::Read;
-use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RSome;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, pipe};
 use pmhost_plugin_api::InitContext;
 use pmhost_plugin_api::ffi::{HostLogger, InitFailure};
 use serde::{Deserialize, Serialize};
@@ -21,6 +16,8 @@ use super::CommandError;
 use crate::cli::ValidateArgs;
 use crate::exit::cli as code;
 use crate::plugin;
+use crate::plugin::probe::ProbeError;
+use crate::rundir::Dir;
 
 /// What a probe found.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,10 +43,11 @@ pub fn validate(args: ValidateArgs) -> Result<i32, CommandError> {
             vec![("validate".to_owned(), plugin, args.task_config.clone().unwrap_or_else(|| "{}".to_owned()))]
         }
     };
-    let staging = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
+    let scratch = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
+    let staging = crate::rundir::open_root(scratch.path(), false)?.expect("the temporary directory exists");
     let mut failed = 0;
     for (task, path, config) in checks {
-        match check(&task, &path, &config, staging.path(), args.init_timeout) {
+        match check(&task, &path, &config, &staging, args.init_timeout) {
             Ok(line) => println!("ok      {line}"),
             Err(reason) => {
                 failed += 1;
@@ -60,33 +58,23 @@ pub fn validate(args: ValidateArgs) -> Result<i32, CommandError> {
     Ok(if failed == 0 { code::OK } else { code::FAILED })
 }
 
-fn check(task: &str, path: &Path, config: &str, staging: &Path, timeout: Duration) -> Result<String, String> {
+fn check(task: &str, path: &Path, config: &str, staging: &Dir, timeout: Duration) -> Result<String, String> {
     let staged = plugin::stage(path, staging).map_err(|e| e.to_string())?;
     let shown = staged.original.display().to_string();
-    let (read_end, write_end) = pipe().map_err(|e| format!("{shown}: cannot create a pipe: {e}"))?;
-    // SAFETY: the CLI is single-threaded; the child only probes the plugin and exits.
-    match unsafe { fork() }.map_err(|e| format!("{shown}: cannot fork a probe: {e}"))? {
-        ForkResult::Child => {
-            drop(read_end);
-            let report = probe(task, &staged.staged, &staged.original, config);
-            let _ = nix::unistd::write(&write_end, serde_json::to_string(&report).unwrap_or_default().as_bytes());
-            // SAFETY: leave at once, without running the parent's exit handlers twice.
-            unsafe { libc::_exit(0) }
-        }
-        ForkResult::Parent { child } => {
-            drop(write_end);
-            let outcome = collect(child, read_end, timeout);
-            let report = outcome.map_err(|reason| format!("{shown}: {reason}"))?;
-            let version = report.api_version.unwrap_or_else(|| "?".to_owned());
-            match (report.error, report.init_ms) {
-                (Some(error), _) => Err(error),
-                (None, Some(ms)) => Ok(format!(
-                    "{shown} (build {}): pmhost-plugin-api {version}, init and shutdown succeeded in {ms} ms",
-                    staged.short_sha()
-                )),
-                (None, None) => Err(format!("{shown}: the probe reported nothing")),
-            }
-        }
+    let report = plugin::probe::run(timeout, || probe(task, &staged.load_path(), &staged.original, config)).map_err(
+        |e| match e {
+            ProbeError::TimedOut(_) => format!("{shown}: init did not finish within {timeout:?}"),
+            other => format!("{shown}: {other}"),
+        },
+    )?;
+    let version = report.api_version.unwrap_or_else(|| "?".to_owned());
+    match (report.error, report.init_ms) {
+        (Some(error), _) => Err(error),
+        (None, Some(ms)) => Ok(format!(
+            "{shown} (build {}): pmhost-plugin-api {version}, init and shutdown succeeded in {ms} ms",
+            staged.short_sha()
+        )),
+        (None, None) => Err(format!("{shown}: the probe reported nothing")),
     }
 }
 
@@ -126,43 +114,4 @@ fn probe(task: &str, staged: &Path, original: &Path, config: &str) -> ProbeRepor
         };
     }
     ProbeReport { api_version, init_ms: Some(init_ms), error: None }
-}
-
-/// In the parent: the probe's report, or why there is none (a crash, a hang).
-fn collect(child: Pid, read_end: OwnedFd, timeout: Duration) -> Result<ProbeReport, String> {
-    let deadline = Instant::now() + timeout;
-    let mut text = Vec::new();
-    let mut file = std::fs::File::from(read_end);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, ms) {
-            Ok(0) => {
-                let _ = kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(format!("init did not finish within {timeout:?}"));
-            }
-            Ok(_) => {
-                let mut buf = [0u8; 4096];
-                match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => text.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("cannot read the probe's report: {e}")),
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("cannot wait for the probe: {e}")),
-        }
-    }
-    let ended = waitpid(child, None);
-    if let Ok(report) = serde_json::from_slice::<ProbeReport>(&text) {
-        return Ok(report);
-    }
-    Err(match ended {
-        Ok(WaitStatus::Signaled(_, signal, _)) => format!("the plugin crashed the probe with {}", signal.as_str()),
-        Ok(WaitStatus::Exited(_, code)) => format!("the plugin ended the probe with exit code {code}"),
-        _ => "the probe ended without a report".to_owned(),
-    })
 }

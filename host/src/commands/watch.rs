@@ -2,7 +2,6 @@
 //! satisfies a condition. Used by status, restart and scale.
 
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -10,29 +9,35 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::CommandError;
 use super::process::MasterHandle;
-use crate::rundir;
+use crate::rundir::{Dir, STATUS_FILE, STATUS_LIMIT};
 use crate::status::Snapshot;
 
 /// A watch on `{status_dir}/status.json`.
 pub struct StatusWatch {
     inotify: Inotify,
-    path: PathBuf,
+    dir: Dir,
 }
 
 impl StatusWatch {
-    /// Starts watching (before asking the master for anything, so no update is missed).
-    pub fn new(status_dir: &Path) -> Result<StatusWatch, CommandError> {
+    /// Starts watching (before asking the master for anything, so no update is missed). The watch is on the
+    /// held directory itself, not on whatever its path names later.
+    pub fn new(dir: Dir) -> Result<StatusWatch, CommandError> {
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| CommandError::system("watch the status directory", e))?;
         inotify
-            .add_watch(status_dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE)
-            .map_err(|e| CommandError::system(format!("watch {}", status_dir.display()), e))?;
-        Ok(StatusWatch { inotify, path: status_dir.join("status.json") })
+            .add_watch(&dir.proc_path(), AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE)
+            .map_err(|e| CommandError::system(format!("watch {}", dir.path().display()), e))?;
+        Ok(StatusWatch { inotify, dir })
+    }
+
+    /// The status directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
     }
 
     /// The current snapshot, if the file is there.
     pub fn read(&self) -> Result<Option<Snapshot>, CommandError> {
-        read_snapshot(&self.path)
+        read_snapshot(&self.dir)
     }
 
     /// Waits until `check` returns `Some` for a snapshot, re-reading on every write; `None` at the deadline.
@@ -68,10 +73,11 @@ impl StatusWatch {
     }
 }
 
-/// Reads a status file (never through a symlink); `None` when there is none.
-pub fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, CommandError> {
-    let Ok(file) = rundir::open_read_nofollow(path) else { return Ok(None) };
-    serde_json::from_reader(std::io::BufReader::new(file))
+/// Reads the status file of the status directory `dir` (a regular file of bounded size, never through a
+/// symlink); `None` when there is none.
+pub fn read_snapshot(dir: &Dir) -> Result<Option<Snapshot>, CommandError> {
+    let Some(bytes) = dir.read_file(STATUS_FILE, STATUS_LIMIT)? else { return Ok(None) };
+    serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| CommandError::BadStatus { path: path.to_owned(), source })
+        .map_err(|source| CommandError::BadStatus { path: dir.display_path(STATUS_FILE), source })
 }

@@ -77,15 +77,22 @@ impl Master {
             Ok(cell) => cell,
             Err(e) => {
                 warn!(slot, "cannot start a worker: {e}");
+                if let Some(startup) = &mut self.startup {
+                    startup.fail(format!("cannot start a worker for slot {slot}: {e}"));
+                }
                 return None;
             }
         };
         let settings = &self.tasks[task].settings;
-        let mut close_fds = vec![self.reports.raw_fd()];
-        close_fds.extend(self.events.raw_fds());
-        close_fds.extend(self.pid_file.as_ref().map(|p| p.raw_fd()));
-        close_fds.extend(self.ready.as_ref().map(|r| r.raw_fd()));
-        close_fds.extend(self.notifier.as_ref().map(|n| n.raw_fd()));
+        let title = self.host.worker_title(&settings.name);
+        // Output capture: a failure to make the pipes costs the capture, not the worker.
+        let pipes = if settings.capture_output {
+            super::capture::Captures::pipes()
+                .map_err(|e| warn!(slot, "cannot capture the output of a new worker: {e}"))
+                .ok()
+        } else {
+            None
+        };
         let spec = WorkerSpec {
             task: settings.name.clone(),
             slot,
@@ -93,10 +100,12 @@ impl Master {
             plugin: build.plugin.clone(),
             limits: build.limits,
             config_json: build.config_json.clone(),
-            title: self.host.worker_title(&settings.name),
+            title: title.clone(),
             master: Pid::this(),
             report_fd: self.report_tx.as_raw_fd(),
-            close_fds,
+            keep_fds: vec![self.report_tx.as_raw_fd(), build.plugin.raw_fd()],
+            output: pipes.as_ref().map(|(_, ends)| (ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd())),
+            inherited_nofile: self.inherited_nofile,
             plugin_log_level: self.plugin_log_level,
         };
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
@@ -111,6 +120,19 @@ impl Master {
             Ok(ForkResult::Parent { child }) => {
                 // Also set in the child: whichever runs first, the group exists before anyone signals it.
                 let _ = setpgid(child, child);
+                if let Some((reads, ends)) = pipes {
+                    drop(ends);
+                    let origin = super::capture::Origin {
+                        task: self.tasks[task].settings.name.clone(),
+                        slot,
+                        pid: child,
+                        generation: build.generation,
+                        title,
+                    };
+                    if let Err(e) = self.captures.watch(reads, origin) {
+                        warn!(slot, pid = child.as_raw(), "cannot read the output of a new worker: {e}");
+                    }
+                }
                 let now = Mono::now();
                 let state = &mut self.tasks[task].slots[slot as usize];
                 state.spawned += 1;
@@ -135,6 +157,7 @@ impl Master {
                         seq_seen: (0, now),
                         killed_for: None,
                         rss: None,
+                        stopped_since: None,
                     },
                 );
                 if let Some(startup) = &mut self.startup {
@@ -151,6 +174,10 @@ impl Master {
                 let delay = backoff.delay(state.crashes);
                 state.respawn_at = Some(Mono::now() + delay);
                 warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {e}");
+                // A start is all or nothing: a first wave with a slot that could not be forked is no start.
+                if let Some(startup) = &mut self.startup {
+                    startup.fail(format!("cannot fork a worker for slot {slot}: {e}"));
+                }
                 None
             }
         }
@@ -159,6 +186,7 @@ impl Master {
     /// Reaps every exited child. Before a worker is reaped (while its pid, and so its process group id, cannot be
     /// reused) the rest of its process group is killed: processes its plugin spawned end with it.
     pub(super) fn reap_workers(&mut self) {
+        let mut reaped = false;
         loop {
             let exited = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
@@ -173,6 +201,7 @@ impl Master {
             if self.workers.contains_key(&pid) {
                 let _ = killpg(pid, Signal::SIGKILL);
             }
+            reaped = true;
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.on_worker_exit(pid, Ended::Code(code)),
                 Ok(WaitStatus::Signaled(pid, signal, _core)) => self.on_worker_exit(pid, Ended::Signal(signal)),
@@ -183,10 +212,21 @@ impl Master {
                 }
             }
         }
+        if reaped {
+            self.end_orphans(false);
+        }
     }
 
     /// Records a worker's end, logs it, and schedules the slot's refill (at once, or after a crash backoff).
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
+        // What the worker wrote last is logged before its exit (its pipes stay open while a child holds them).
+        self.captures.read_all_of(pid);
+        // A worker writes its report (ready, or why it failed) before it exits, but the report may have come in
+        // after this wake-up read them: read again, so a worker that was ready is never taken for one that ended
+        // during its start (which fails a start or a rollout).
+        if self.workers.get(&pid).is_some_and(|w| !w.ready) {
+            self.read_reports();
+        }
         let Some(worker) = self.workers.remove(&pid) else {
             // An orphaned descendant adopted as subreaper (or as PID 1).
             debug!(pid = pid.as_raw(), ended = ?ended, "reaped an adopted orphan");
@@ -235,13 +275,13 @@ impl Master {
             ),
             (None, signal) => info!(
                 task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
-                lived_ms = fields.3, signal = ?signal, "worker ended: {reason}"
+                lived_ms = fields.3, signal = %signal.as_deref().unwrap_or("-"), "worker ended: {reason}"
             ),
         }
         if let Some(startup) = &mut self.startup
             && startup.pending.remove(&pid)
         {
-            startup.first_error.get_or_insert_with(|| format!("worker {} ended during start: {reason}", pid));
+            startup.fail(format!("worker {pid} ended during start: {reason}"));
         }
         self.dirty = true;
         if self.on_rollout_worker_exit(pid, &reason) {

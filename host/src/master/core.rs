@@ -7,13 +7,14 @@
 //! 3. handle signals in arrival order (stop, stop now, restart, snapshot, scale),
 //! 4. handle deadlines (stop grace over, `init` too slow, check tick),
 //! 5. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count),
-//! 6. publish status (only if something changed or a snapshot was asked for).
+//! 6. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
+//! 7. publish status (only if something changed or a snapshot was asked for).
 //!
 //! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
 //! its own message, not just its exit code.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::SystemTime;
 
 use nix::sys::signal::Signal;
@@ -26,13 +27,11 @@ use super::signals::{self, Action};
 use crate::pidfile::PidFile;
 use crate::plugin::StagedPlugin;
 use crate::report::{Report, ReportReader};
+use crate::rundir::{Dir, HostDirs};
 use crate::scoreboard::{CellIndex, Scoreboard};
 use crate::settings::{HostSettings, TaskSettings};
 use crate::status::ExitStatus;
 use crate::sysinfo::Mono;
-
-/// The most workers a task may have.
-pub const MAX_WORKERS: u32 = 1024;
 
 /// The master could not run or its start failed.
 #[derive(Debug, Error)]
@@ -43,6 +42,9 @@ pub enum MasterError {
     /// The event loop itself failed.
     #[error("master event loop failed")]
     EventLoop(#[source] std::io::Error),
+    /// Batch mode ran every worker to its end, but some of them crashed.
+    #[error("{0}")]
+    BatchFailed(String),
 }
 
 /// Tells a waiting `pmhost start -d` whether the start succeeded, through a pipe.
@@ -62,11 +64,14 @@ impl ReadyNotifier {
         };
         let _ = nix::unistd::write(&self.0, message.as_bytes());
     }
+}
 
-    /// The raw descriptor (for closing in a forked worker).
-    pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
+/// Raises the master's open-file limit to its hard limit: every worker costs it two pipe ends (its captured
+/// output), so 1024 workers need more than the usual soft limit of 1024. Returns the limit to give workers back.
+fn raise_nofile() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    (soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()).then_some(soft)
 }
 
 /// What the master is doing as a whole.
@@ -150,14 +155,33 @@ pub(super) struct Worker {
     /// Why the master killed it, when it did so for a fault.
     pub(super) killed_for: Option<String>,
     pub(super) rss: Option<u64>,
+    /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
+    pub(super) stopped_since: Option<Mono>,
 }
 
-/// Tracks the first wave of workers: the start succeeds once one of them is ready and fails if none gets there.
+/// Tracks the first wave of workers: the start succeeds once every one of them is ready, and fails as soon as
+/// one of them cannot be started (fork failed), fails to load or `init`, or ends before it is ready.
 #[derive(Debug, Default)]
 pub(super) struct Startup {
     pub(super) pending: BTreeSet<Pid>,
     pub(super) ready: usize,
     pub(super) first_error: Option<String>,
+}
+
+impl Startup {
+    /// A first-wave worker failed (its reason is kept if it is the first).
+    pub(super) fn fail(&mut self, reason: String) {
+        self.first_error.get_or_insert(reason);
+    }
+
+    /// The start's outcome once it is decided: `Ok` when every worker is ready, `Err` with the first failure.
+    pub(super) fn verdict(&self) -> Option<Result<usize, &str>> {
+        match (&self.first_error, self.pending.is_empty()) {
+            (Some(error), _) => Some(Err(error)),
+            (None, true) => Some(Ok(self.ready)),
+            (None, false) => None,
+        }
+    }
 }
 
 /// Everything the master is built from (prepared by the CLI).
@@ -168,6 +192,10 @@ pub struct MasterParts {
     pub tasks: Vec<(TaskSettings, StagedPlugin)>,
     /// The locked pid file.
     pub pid_file: PidFile,
+    /// The host's run directories, held open.
+    pub dirs: HostDirs,
+    /// `{status_dir}/plugins`, where builds are staged.
+    pub plugins: Dir,
     /// Readiness pipe of a daemonized start.
     pub ready: Option<ReadyNotifier>,
     /// Level the plugins forward their logs at (0 off .. 5 trace).
@@ -197,6 +225,8 @@ pub struct Master {
     pub(super) reports: ReportReader,
     pub(super) report_tx: OwnedFd,
     pub(super) pid_file: Option<PidFile>,
+    pub(super) dirs: HostDirs,
+    pub(super) plugins: Dir,
     pub(super) ready: Option<ReadyNotifier>,
     pub(super) phase: HostPhase,
     pub(super) startup: Option<Startup>,
@@ -226,14 +256,35 @@ pub struct Master {
     pub(super) next_watchdog: Option<Mono>,
     /// Workers were killed during the stop.
     pub(super) forced_stop: bool,
+    /// Whoever asked for the stop (`pmhost stop`), told the outcome at exit.
+    pub(super) stop_requesters: Vec<OwnedFd>,
+    /// Workers' stdout and stderr, logged line by line.
+    pub(super) captures: super::capture::Captures,
+    /// The open-file limit pmhost was started with, when the master raised its own (see [`raise_nofile`]).
+    pub(super) inherited_nofile: Option<u64>,
 }
 
 impl Master {
     /// Builds the master. The caller has blocked the handled signals (see [`signals::handled`]).
+    /// A failure is also sent through the readiness pipe: a daemon's stderr is /dev/null, so the waiting
+    /// `pmhost start -d` is the only one who can show it.
     pub fn new(parts: MasterParts) -> std::io::Result<Master> {
-        let events = Events::new(&signals::handled())?;
-        let (reports, report_tx) = crate::report::channel()?;
-        let board = Scoreboard::new().map_err(std::io::Error::other)?;
+        let resources = (|| -> std::io::Result<_> {
+            let events = Events::new(&signals::handled())?;
+            let (reports, report_tx) = crate::report::channel()?;
+            let board = Scoreboard::new().map_err(std::io::Error::other)?;
+            let captures = super::capture::Captures::new()?;
+            Ok((events, reports, report_tx, board, captures))
+        })();
+        let (events, reports, report_tx, board, captures) = match resources {
+            Ok(resources) => resources,
+            Err(e) => {
+                if let Some(ready) = parts.ready {
+                    ready.send(Err(&format!("cannot set up the master's event loop: {e}")));
+                }
+                return Err(e);
+            }
+        };
         let started = Mono::now();
         let tasks = parts
             .tasks
@@ -257,6 +308,8 @@ impl Master {
             reports,
             report_tx,
             pid_file: Some(parts.pid_file),
+            dirs: parts.dirs,
+            plugins: parts.plugins,
             ready: parts.ready,
             phase: HostPhase::Running,
             startup: Some(Startup::default()),
@@ -279,6 +332,9 @@ impl Master {
             next_watchdog: parts.notifier.as_ref().and_then(|n| n.watchdog_interval()).map(|i| Mono::now() + i),
             notifier: parts.notifier,
             forced_stop: false,
+            stop_requesters: Vec::new(),
+            captures,
+            inherited_nofile: raise_nofile(),
         })
     }
 
@@ -295,36 +351,34 @@ impl Master {
                 return self.exit(outcome);
             }
             let deadline = self.next_deadline();
-            let woken = match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports)) {
-                Ok(woken) => woken,
-                Err(e) => {
-                    error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
-                    self.kill_all();
-                    return Err(MasterError::EventLoop(e));
-                }
-            };
+            let woken =
+                match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports, self.captures.as_fd())) {
+                    Ok(woken) => woken,
+                    Err(e) => {
+                        error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
+                        if let Some(ready) = self.ready.take() {
+                            ready.send(Err(&format!("the master's event loop failed: {e}")));
+                        }
+                        self.kill_all();
+                        return Err(MasterError::EventLoop(e));
+                    }
+                };
             self.read_reports();
             self.reap_workers();
             for (signal, sender) in woken.signals {
                 self.handle_signal(signal, sender);
+            }
+            for sender in woken.stop_requests {
+                self.handle_stop_request(sender);
             }
             self.apply_scale_signals();
             self.handle_deadlines();
             self.manage_workers();
             self.advance_rollout();
             self.resolve_startup();
-        }
-    }
-
-    /// As PID 1 (a container's entrypoint) the kernel hands every orphan to us anyway; with `subreaper` we ask
-    /// for the orphans of our own descendants. The reap loop reaps them like workers.
-    fn adopt_orphans(&self) {
-        if std::process::id() == 1 {
-            info!("running as PID 1: adopting and reaping orphaned processes");
-        } else if self.host.subreaper {
-            match nix::sys::prctl::set_child_subreaper(true) {
-                Ok(()) => info!("subreaper: adopting and reaping orphaned descendants"),
-                Err(e) => warn!("cannot become a subreaper: {e}"),
+            // Last, and bounded: a worker printing as fast as it can delays no respawn or stop.
+            if woken.output {
+                self.captures.read_ready();
             }
         }
     }
@@ -357,6 +411,24 @@ impl Master {
             "graceful stop"
         );
         self.begin_stop(Ok(()));
+    }
+
+    /// `pmhost stop`: a graceful stop, answered with the grace period at once and with the outcome at exit. A
+    /// second request joins the stop under way (it never escalates it, unlike a second SIGTERM).
+    fn handle_stop_request(&mut self, sender: Pid) {
+        // The sender is held by a pidfd from now on: the answers can never reach a process that reuses its pid.
+        match crate::control::pidfd_open(sender) {
+            Ok(pidfd) => {
+                let accepted = crate::control::Reply::Accepted { grace: self.host.stop_timeout };
+                let _ = crate::control::send(pidfd.as_fd(), crate::control::reply_signal(), accepted.encode());
+                self.stop_requesters.push(pidfd);
+            }
+            Err(e) => warn!(sender = sender.as_raw(), "cannot answer a stop request: {e}"),
+        }
+        if matches!(self.phase, HostPhase::Running) {
+            info!(sender = sender.as_raw(), workers = self.workers.len(), "graceful stop requested by pmhost stop");
+            self.begin_stop(Ok(()));
+        }
     }
 
     /// QUIT: immediate stop.
@@ -456,22 +528,40 @@ impl Master {
     }
 
     /// Some(outcome) once the master has nothing left to supervise.
-    fn finished(&mut self) -> Option<Result<(), String>> {
+    fn finished(&mut self) -> Option<Result<(), MasterError>> {
         if !self.workers.is_empty() {
             return None;
         }
         match &mut self.phase {
-            HostPhase::Stopping { outcome, .. } => Some(std::mem::replace(outcome, Ok(()))),
+            HostPhase::Stopping { outcome, .. } => {
+                Some(std::mem::replace(outcome, Ok(())).map_err(MasterError::StartFailed))
+            }
             HostPhase::Running if self.host.check_interval.is_none() && self.startup.is_none() => {
-                info!("batch mode: every worker is done");
-                Some(Ok(()))
+                let ends: Vec<(&str, u32, Option<&ExitStatus>)> = self
+                    .tasks
+                    .iter()
+                    .flat_map(|task| {
+                        let slots = task.slots.iter().enumerate().filter(|(_, slot)| slot.spawned > 0);
+                        slots.map(|(index, slot)| (task.settings.name.as_str(), index as u32, slot.last_exit.as_ref()))
+                    })
+                    .collect();
+                match batch_outcome(&ends) {
+                    Ok(()) => {
+                        info!("batch mode: every worker is done");
+                        Some(Ok(()))
+                    }
+                    Err(reason) => {
+                        error!(target: crate::logging::FATAL_TARGET, "{reason}");
+                        Some(Err(MasterError::BatchFailed(reason)))
+                    }
+                }
             }
             HostPhase::Running => None,
         }
     }
 
     /// Records worker reports: readiness and start failures.
-    fn read_reports(&mut self) {
+    pub(super) fn read_reports(&mut self) {
         for report in self.reports.drain() {
             match report {
                 Report::Ready { pid } => {
@@ -495,7 +585,7 @@ impl Master {
                     if let Some(startup) = &mut self.startup
                         && startup.pending.remove(&pid)
                     {
-                        startup.first_error.get_or_insert(message);
+                        startup.fail(message);
                     }
                 }
             }
@@ -515,12 +605,10 @@ impl Master {
             }
             return;
         }
-        if !startup.pending.is_empty() && startup.first_error.is_none() {
-            return;
-        }
-        let startup = self.startup.take().expect("checked above");
-        if startup.first_error.is_none() {
-            info!(ready = startup.ready, "start complete: workers ready");
+        let Some(verdict) = startup.verdict() else { return };
+        if let Ok(ready) = verdict {
+            self.startup = None;
+            info!(ready, "start complete: workers ready");
             // Publish first: whoever was waiting for the start may read the status right away.
             self.dirty = true;
             self.publish_status();
@@ -533,6 +621,7 @@ impl Master {
             }
             return;
         }
+        let startup = self.startup.take().expect("checked above");
         let reason = startup.first_error.unwrap_or_else(|| "no worker became ready".to_owned());
         error!(target: crate::logging::FATAL_TARGET, "start failed: {reason}");
         if let Some(ready) = self.ready.take() {
@@ -546,11 +635,15 @@ impl Master {
         self.tasks.iter().filter(|t| !t.retired).map(|t| t.settings.workers).sum()
     }
 
-    /// Leaves: removes the status and metrics files and the pid file (the pid file last: it is the "running"
-    /// marker).
-    fn exit(mut self, outcome: Result<(), String>) -> Result<Stopped, MasterError> {
-        let _ = std::fs::remove_file(self.host.status_file());
-        let _ = std::fs::remove_file(self.host.status_dir().join("metrics.prom"));
+    /// Leaves: removes the status directory (status and metrics files, staged builds, requests) and the pid file
+    /// (the pid file last: it is the "running" marker).
+    fn exit(mut self, outcome: Result<(), MasterError>) -> Result<Stopped, MasterError> {
+        self.end_orphans(true);
+        self.dirs.remove_status();
+        let stopped = crate::control::Reply::Stopped { forced: self.forced_stop || outcome.is_err() };
+        for requester in self.stop_requesters.drain(..) {
+            let _ = crate::control::send(requester.as_fd(), crate::control::reply_signal(), stopped.encode());
+        }
         if let Some(pid_file) = self.pid_file.take() {
             pid_file.remove();
         }
@@ -559,7 +652,83 @@ impl Master {
                 info!(forced = self.forced_stop, "master stopped");
                 Ok(Stopped { forced: self.forced_stop })
             }
-            Err(reason) => Err(MasterError::StartFailed(reason)),
+            Err(error) => Err(error),
         }
+    }
+}
+
+/// The verdict of a batch run, from how the last worker of each slot that ran ended (task, slot, exit): a
+/// success only if none crashed; otherwise one sentence with how many failed and why (the first few).
+fn batch_outcome(ends: &[(&str, u32, Option<&ExitStatus>)]) -> Result<(), String> {
+    const SHOWN: usize = 3;
+    let failed: Vec<String> = ends
+        .iter()
+        .filter_map(|(task, slot, exit)| {
+            let exit = exit.filter(|e| e.crash)?;
+            let code = exit.code.map(|code| format!(" (exit code {code})")).unwrap_or_default();
+            Some(format!("{task} slot {slot} (pid {}): {}{code}", exit.pid, exit.reason))
+        })
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let more = match failed.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!("; and {n} more (see the log)"),
+    };
+    Err(format!(
+        "batch mode: {} of {} workers failed: {}{more}",
+        failed.len(),
+        ends.len(),
+        failed[..failed.len().min(SHOWN)].join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(pid: i32, reason: &str, crash: bool) -> ExitStatus {
+        ExitStatus { pid, code: None, signal: None, reason: reason.to_owned(), crash, at: 0 }
+    }
+
+    #[test]
+    fn a_start_is_decided_when_every_worker_is_ready_or_at_the_first_failure() {
+        let mut startup = Startup::default();
+        startup.pending.extend([Pid::from_raw(10), Pid::from_raw(11)]);
+        assert_eq!(startup.verdict(), None);
+        startup.pending.remove(&Pid::from_raw(10));
+        startup.ready += 1;
+        assert_eq!(startup.verdict(), None, "one worker is still starting");
+        // A slot whose worker could not even be forked fails the start while others are still starting.
+        startup.fail("cannot fork a worker for slot 2: EAGAIN".to_owned());
+        startup.fail("a later failure".to_owned());
+        assert_eq!(startup.verdict(), Some(Err("cannot fork a worker for slot 2: EAGAIN")));
+        let mut fine = Startup::default();
+        fine.pending.insert(Pid::from_raw(12));
+        fine.pending.clear();
+        fine.ready = 1;
+        assert_eq!(fine.verdict(), Some(Ok(1)));
+    }
+
+    #[test]
+    fn a_batch_fails_when_any_worker_crashed_and_says_which_and_why() {
+        let ok = exit(10, "normal exit", false);
+        let panicked = exit(11, "plugin panicked", true);
+        let segv = exit(12, "killed by SIGSEGV", true);
+        let code = ExitStatus { code: Some(9), ..exit(13, "exit code from plugin code", true) };
+        assert_eq!(batch_outcome(&[]), Ok(()));
+        assert_eq!(batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&ok))]), Ok(()));
+        assert_eq!(
+            batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&panicked))]),
+            Err("batch mode: 1 of 2 workers failed: t slot 1 (pid 11): plugin panicked".to_owned())
+        );
+        let all = [("a", 0, Some(&panicked)), ("a", 1, Some(&segv)), ("b", 0, Some(&code)), ("b", 1, Some(&segv))];
+        let reason = batch_outcome(&all).unwrap_err();
+        assert!(
+            reason.starts_with("batch mode: 4 of 4 workers failed: a slot 0 (pid 11): plugin panicked; "),
+            "{reason}"
+        );
+        assert!(reason.contains("b slot 0 (pid 13): exit code from plugin code (exit code 9); and 1 more"), "{reason}");
     }
 }

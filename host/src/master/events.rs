@@ -1,7 +1,8 @@
-//! The master's only wait: one `poll` on the signalfd, the timerfd and the worker report pipe.
+//! The master's only wait: one `poll` on the signalfd, the timerfd, the worker report pipe and the epoll set of
+//! worker output.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -19,8 +20,12 @@ use crate::sysinfo::Mono;
 pub struct Woken {
     /// Signals received, in arrival order, with the sending process.
     pub signals: Vec<(Signal, Pid)>,
+    /// Senders of stop requests ([`crate::control`]), in arrival order.
+    pub stop_requests: Vec<Pid>,
     /// The deadline timer fired.
     pub timer: bool,
+    /// Some worker wrote output.
+    pub output: bool,
 }
 
 /// The master's event sources.
@@ -56,11 +61,12 @@ impl Events {
     }
 
     /// Blocks until a signal, the timer or a worker report; returns the signals and whether the timer fired.
-    pub fn wait(&mut self, reports: &ReportReader) -> io::Result<Woken> {
+    pub fn wait(&mut self, reports: &ReportReader, output: BorrowedFd<'_>) -> io::Result<Woken> {
         let mut fds = [
             PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
             PollFd::new(reports.as_fd(), PollFlags::POLLIN),
+            PollFd::new(output, PollFlags::POLLIN),
         ];
         loop {
             match poll(&mut fds, PollTimeout::NONE) {
@@ -77,18 +83,18 @@ impl Events {
             self.armed = None;
             woken.timer = true;
         }
+        woken.output = readable(&fds[3]);
         if readable(&fds[0]) {
             while let Ok(Some(info)) = self.signals.read_signal() {
-                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
-                    woken.signals.push((signal, Pid::from_raw(info.ssi_pid as i32)));
+                let sender = Pid::from_raw(info.ssi_pid as i32);
+                if info.ssi_signo as i32 == crate::control::stop_signal() {
+                    woken.stop_requests.push(sender);
+                } else if let Some((signal, _)) = super::signals::action_of_number(info.ssi_signo as i32) {
+                    // The queued snapshot request arrives as the SIGUSR1 it stands for.
+                    woken.signals.push((signal, sender));
                 }
             }
         }
         Ok(woken)
-    }
-
-    /// Descriptors a forked worker must close.
-    pub fn raw_fds(&self) -> [RawFd; 2] {
-        [self.signals.as_raw_fd(), self.timer.as_fd().as_raw_fd()]
     }
 }

@@ -13,13 +13,13 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use nix::unistd::Pid;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::core::{Build, HostPhase, Master, Slot};
 use crate::plugin;
 use crate::settings::TaskSettings;
 use crate::status::RestartStatus;
-use crate::sysinfo;
+use crate::sysinfo::{self, Mono};
 
 /// What a restart was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +34,8 @@ pub struct RestartOrder {
     pub surge: Option<u32>,
     /// Longest `init` of a new worker (default: the task's init timeout).
     pub init_timeout: Option<Duration>,
+    /// The command gave up waiting at this moment: a restart still queued then is dropped, not begun.
+    pub expires_at: Option<Mono>,
 }
 
 /// A restart worked out and staged, not applied yet.
@@ -80,6 +82,10 @@ impl Master {
         }
         while self.rollout.is_none() {
             let Some(order) = self.restart_queue.pop_front() else { return };
+            if order.expires_at.is_some_and(|at| Mono::now() >= at) {
+                warn!(request = ?order.request_id, "dropping a queued restart its command gave up on (it timed out)");
+                continue;
+            }
             self.begin_rollout(order);
         }
         self.fill_rollout();
@@ -152,7 +158,7 @@ impl Master {
         let reload = match (&self.config_path, &order.plugin) {
             (Some(path), None) => {
                 let file = crate::config::load(path).map_err(|e| e.to_string())?;
-                Some(self.overrides.resolve_file(&file))
+                Some(file.resolve_tasks(&self.overrides))
             }
             _ => None,
         };
@@ -173,7 +179,7 @@ impl Master {
             return Err("a new plugin file needs --task when the host runs several tasks".to_owned());
         }
         let stage = |settings: &TaskSettings, path: &std::path::Path| -> Result<Build, String> {
-            let staged = plugin::stage(path, &self.host.plugins_dir()).map_err(|e| e.to_string())?;
+            let staged = plugin::stage(path, &self.plugins).map_err(|e| e.to_string())?;
             Ok(Build::new(generation, staged, settings))
         };
         let mut rolled = Vec::new();
@@ -370,18 +376,16 @@ impl Master {
     /// Removes staged plugin copies no task or slot runs any more. A worker still finishing its call keeps its
     /// mapping of a removed file: unlinking a mapped file is harmless.
     fn prune_staged_builds(&self) {
-        let in_use: Vec<&std::path::Path> = self
-            .tasks
+        plugin::prune(&self.plugins, self.builds_in_use().iter());
+    }
+
+    /// The staged builds some task or slot runs.
+    pub(super) fn builds_in_use(&self) -> Vec<plugin::StagedPlugin> {
+        self.tasks
             .iter()
             .flat_map(|t| std::iter::once(&t.build).chain(t.slots.iter().filter_map(|s| s.build.as_ref())))
-            .map(|b| b.plugin.staged.as_path())
-            .collect();
-        let Ok(entries) = std::fs::read_dir(self.host.plugins_dir()) else { return };
-        for path in entries.flatten().map(|e| e.path()) {
-            if path.extension().is_some_and(|e| e == "so") && !in_use.contains(&path.as_path()) {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+            .map(|b| b.plugin.clone())
+            .collect()
     }
 
     fn record_restart_end(&mut self, error: Option<String>) {

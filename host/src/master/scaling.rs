@@ -1,18 +1,25 @@
 //! Changing the number of workers at runtime (`pmhost scale`, SIGTTIN/SIGTTOU) and reading the CLI's control
-//! requests (restart to another build, scale, stop).
+//! requests (restart to another build, scale).
 
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
-use super::core::{HostPhase, MAX_WORKERS, Master};
+use super::core::{HostPhase, Master};
+use crate::settings::MAX_WORKERS;
+use crate::sysinfo::Mono;
 
 impl Master {
     /// USR2: the CLI left control requests.
     pub(super) fn handle_requests(&mut self) {
-        for request in crate::requests::take_all(&self.host.status_dir()) {
+        let now_ns = crate::sysinfo::monotonic_ns();
+        for request in crate::requests::take_all(self.status_dir()) {
+            if request.expired(now_ns) {
+                warn!(request = ?request, "dropping a control request its command gave up on (it timed out)");
+                continue;
+            }
             match request {
-                crate::requests::Request::Restart { id, plugin, task, surge, init_timeout_ms } => {
+                crate::requests::Request::Restart { id, plugin, task, surge, init_timeout_ms, expires_at_mono_ns } => {
                     info!(request = %id, "restart requested");
                     self.restart_queue.push_back(super::rollout::RestartOrder {
                         request_id: Some(id),
@@ -20,15 +27,10 @@ impl Master {
                         task,
                         surge,
                         init_timeout: init_timeout_ms.map(Duration::from_millis),
+                        expires_at: expires_at_mono_ns.map(|ns| Mono(Duration::from_nanos(ns))),
                     });
                 }
-                crate::requests::Request::Stop { id } => {
-                    if matches!(self.phase, HostPhase::Running) {
-                        info!(request = %id, workers = self.workers.len(), "graceful stop requested by pmhost stop");
-                        self.begin_stop(Ok(()));
-                    }
-                }
-                crate::requests::Request::Scale { id, task, workers } => {
+                crate::requests::Request::Scale { id, task, workers, .. } => {
                     let error = self.scale_to(task.as_deref(), workers).err();
                     self.last_scale = Some(crate::status::ScaleStatus { request_id: id, error });
                 }

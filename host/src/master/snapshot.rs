@@ -31,8 +31,11 @@ impl Master {
             return;
         }
         if self.snapshot_wanted {
+            let now = Mono::now();
             for worker in self.workers.values_mut() {
-                worker.rss = sysinfo::rss_bytes(worker.pid.as_raw());
+                let state = sysinfo::process_state(worker.pid.as_raw());
+                worker.rss = state.map(|s| s.rss_bytes);
+                worker.note_stopped(state.is_some_and(|s| s.stopped), now);
             }
         }
         let snapshot = self.snapshot();
@@ -47,8 +50,10 @@ impl Master {
         if let Some(notifier) = &mut self.notifier {
             notifier.status(&summary);
         }
-        let written = rundir::write_atomic(&self.host.status_file(), &json)
-            .and_then(|()| rundir::write_atomic(&self.host.status_dir().join("metrics.prom"), metrics.as_bytes()));
+        let status = self.status_dir();
+        let written = status
+            .write_atomic(rundir::STATUS_FILE, &json)
+            .and_then(|()| status.write_atomic(rundir::METRICS_FILE, metrics.as_bytes()));
         match written {
             Ok(()) => {
                 self.status_write_failed = false;
@@ -66,6 +71,35 @@ impl Master {
         }
         self.dirty = false;
         self.snapshot_wanted = false;
+    }
+
+    /// The status directory, re-created first if someone removed it (a tmp cleaner, a person): the master then
+    /// writes its status and re-stages the builds it runs from the descriptors it holds, so `status`, `restart`
+    /// and `scale` keep working. Workers never need it: they load their build through a held descriptor.
+    pub(super) fn status_dir(&mut self) -> &crate::rundir::Dir {
+        if self.dirs.status().is_removed() {
+            match self.recreate_status_dir() {
+                Ok(restaged) => warn!(
+                    dir = %self.dirs.status().path().display(),
+                    builds = restaged,
+                    "the status directory was removed: re-created it and re-staged the builds in use"
+                ),
+                Err(e) => warn!("the status directory was removed and cannot be re-created: {e}"),
+            }
+        }
+        self.dirs.status()
+    }
+
+    fn recreate_status_dir(&mut self) -> Result<usize, crate::rundir::RunDirError> {
+        self.dirs.recreate_status()?;
+        self.plugins = self.dirs.plugins(true)?.expect("created when missing");
+        let builds = self.builds_in_use();
+        for build in &builds {
+            if let Err(e) = build.restage(&self.plugins) {
+                warn!(build = build.short_sha(), "cannot re-stage: {e}");
+            }
+        }
+        Ok(builds.len())
     }
 
     /// One line for systemd's STATUS=: ready workers, wanted workers, generation.
@@ -164,6 +198,10 @@ impl Master {
 
 fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str {
     use crate::scoreboard::Phase;
+    if worker.stopped_since.is_some() {
+        // Whatever the scoreboard says, a stopped process serves nothing until it is continued.
+        return "stopped";
+    }
     if worker.stop_sent {
         return "stopping";
     }

@@ -1,7 +1,7 @@
 //! Watching running workers between events: hung `work` calls (`work_timeout`) and memory (`max_rss`).
 //!
-//! Both read what is already there: the scoreboard's sequence number (odd while a call runs) and
-//! `/proc/PID/statm`. The master only wakes for this when a task sets one of these limits, at an interval
+//! Both read what is already there: the scoreboard's sequence number (odd while a call runs), and `/proc` (memory;
+//! whether a worker between calls is stopped). The master only wakes for this when a task sets one of these limits, at an interval
 //! derived from them, so a host without them stays asleep between events.
 
 use std::time::Duration;
@@ -40,7 +40,7 @@ impl Master {
 
     /// One supervision pass: kill hung workers, retire workers over their memory limit.
     pub(super) fn supervise(&mut self, now: Mono) {
-        let mut hung: Vec<(Pid, Duration, u64)> = Vec::new();
+        let mut hung: Vec<(Pid, Duration, u64, Hang)> = Vec::new();
         let mut heavy: Vec<(Pid, u64, u64)> = Vec::new();
         for worker in self.workers.values_mut().filter(|w| w.ready && !w.stop_sent) {
             let settings = &self.tasks[worker.task].settings;
@@ -48,8 +48,17 @@ impl Master {
                 let seq = self.board.cell(worker.cell).seq();
                 if seq != worker.seq_seen.0 {
                     worker.seq_seen = (seq, now);
+                    worker.stopped_since = None;
                 } else if seq % 2 == 1 && now.since(worker.seq_seen.1) >= timeout {
-                    hung.push((worker.pid, now.since(worker.seq_seen.1), seq / 2));
+                    hung.push((worker.pid, now.since(worker.seq_seen.1), seq / 2, Hang::Call));
+                } else if seq.is_multiple_of(2) {
+                    // Between calls a worker is never hung, unless it is stopped (SIGSTOP): then it would never
+                    // make its next call.
+                    let stopped = sysinfo::process_state(worker.pid.as_raw()).is_some_and(|s| s.stopped);
+                    worker.note_stopped(stopped, now);
+                    if let Some(since) = worker.stopped_since.filter(|since| now.since(*since) >= timeout) {
+                        hung.push((worker.pid, now.since(since), seq / 2, Hang::Stopped));
+                    }
                 }
             }
             if let Some(limit) = settings.max_rss
@@ -61,7 +70,7 @@ impl Master {
                 }
             }
         }
-        for (pid, running, calls) in hung {
+        for (pid, running, calls, what) in hung {
             let worker = &self.workers[&pid];
             let timeout = self.tasks[worker.task].settings.work_timeout.unwrap_or_default();
             warn!(
@@ -70,10 +79,14 @@ impl Master {
                 pid = pid.as_raw(),
                 running_ms = running.as_millis() as u64,
                 calls_done = calls,
-                "work call exceeded work_timeout ({} ms): killing the worker and starting a replacement",
+                "{} work_timeout ({} ms): killing the worker and starting a replacement",
+                what.headline(),
                 timeout.as_millis()
             );
-            self.end_hung_worker(pid, format!("work call ran longer than work_timeout ({} ms)", timeout.as_millis()));
+            self.end_hung_worker(
+                pid,
+                format!("{} longer than work_timeout ({} ms)", what.reason(), timeout.as_millis()),
+            );
         }
         for (pid, rss, limit) in heavy {
             let worker = &self.workers[&pid];
@@ -97,5 +110,37 @@ impl Master {
         if let Some(worker) = self.workers.get_mut(&pid) {
             worker.killed_for = Some(reason);
         }
+    }
+}
+
+/// Why a worker counts as hung.
+#[derive(Debug, Clone, Copy)]
+enum Hang {
+    /// A `work` call does not return.
+    Call,
+    /// Stopped between calls (SIGSTOP), it will not make its next call.
+    Stopped,
+}
+
+impl Hang {
+    fn headline(self) -> &'static str {
+        match self {
+            Hang::Call => "work call exceeded",
+            Hang::Stopped => "worker stopped (SIGSTOP) for longer than",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Hang::Call => "work call ran",
+            Hang::Stopped => "worker was stopped (SIGSTOP)",
+        }
+    }
+}
+
+impl super::core::Worker {
+    /// Records whether the worker was seen stopped at `now` (keeping since when, while it stays stopped).
+    pub(super) fn note_stopped(&mut self, stopped: bool, now: Mono) {
+        self.stopped_since = if stopped { Some(self.stopped_since.unwrap_or(now)) } else { None };
     }
 }

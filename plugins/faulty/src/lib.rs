@@ -20,8 +20,8 @@ struct Config {
     message: Option<String>,
     /// Time `init` takes (in the slots that misbehave).
     init_ms: u64,
-    /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`, `block` (wait
-    /// for the stop descriptor with no timeout, as a blocking read would), `nap` (`ctx.sleep` for an hour).
+    /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`, `flood`, `block`
+    /// (wait for the stop descriptor with no timeout, as a blocking read would), `nap` (`ctx.sleep` for an hour).
     work: Option<String>,
     /// The misbehaviour starts at this call (1 = the first).
     from_call: u64,
@@ -51,6 +51,14 @@ struct Config {
     control_file: Option<String>,
     /// A file `init` writes the value of `$NOTIFY_SOCKET` to (`-` when unset): workers must not inherit it.
     env_file: Option<String>,
+    /// Printed with `println!` on every call (`{call}` is replaced by the call number).
+    println: Option<String>,
+    /// Written as is to file descriptor 1 with `write(2)` on every call (no newline added).
+    raw_stdout: Option<String>,
+    /// Written as is to file descriptor 2 with `write(2)` on every call, as a C library would.
+    raw_stderr: Option<String>,
+    /// A line of this many bytes (`x`s and a newline) written to stdout on the first call.
+    long_line: usize,
 }
 
 struct Faulty {
@@ -75,7 +83,37 @@ fn append(path: &str, line: &str) {
     }
 }
 
+/// Writes all of `bytes` to descriptor `fd`, as C code would.
+fn raw_write(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: write from a live buffer to a descriptor this process has open.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
 impl Faulty {
+    /// The output each call writes (see the `println`, `raw_*` and `long_line` settings).
+    fn print(&self, call: u64) {
+        if let Some(text) = &self.config.println {
+            println!("{}", text.replace("{call}", &call.to_string()));
+        }
+        if let Some(text) = &self.config.raw_stdout {
+            raw_write(1, text.replace("{call}", &call.to_string()).as_bytes());
+        }
+        if let Some(text) = &self.config.raw_stderr {
+            raw_write(2, text.replace("{call}", &call.to_string()).as_bytes());
+        }
+        if self.config.long_line > 0 && call == 1 {
+            let mut line = vec![b'x'; self.config.long_line];
+            line.push(b'\n');
+            raw_write(1, &line);
+        }
+    }
+
     fn message(&self, default: &str) -> String {
         self.config.message.clone().unwrap_or_else(|| default.to_owned())
     }
@@ -126,6 +164,7 @@ impl Job for Faulty {
 
     fn work(&mut self, ctx: &WorkContext<'_>) -> Outcome {
         self.calls += 1;
+        self.print(ctx.execution());
         if let Some(path) = &self.config.marker_file {
             let label = self.config.label.as_deref().unwrap_or("-");
             let line = format!(
@@ -173,6 +212,14 @@ impl Job for Faulty {
                 Outcome::Continue
             }
             Some("retire") => Outcome::Retire,
+            Some("flood") => {
+                // As fast as the pipe takes it, until asked to stop.
+                let block = "flood flood flood flood flood flood flood flood flood flood flood flood\n".repeat(800);
+                while !ctx.stop_requested() {
+                    raw_write(1, block.as_bytes());
+                }
+                Outcome::Continue
+            }
             Some("fail") => Outcome::failed(self.message("work failed")),
             Some("grow") => {
                 let mut block = vec![0u8; (self.config.grow_mib.max(1) * 1024 * 1024) as usize];

@@ -1,18 +1,16 @@
-//! Resolved settings of a host and its tasks, with the original `process_manage` defaults.
-//!
-//! The CLI (and later `pmhost.toml`) produce these; everything downstream reads only these types.
+//! Resolved settings of a host and its tasks, with the original `process_manage` defaults: what the command line
+//! and `pmhost.toml` produce (through [`super::task`] for task settings), and all that the master reads.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The most workers a task may have.
+pub const MAX_WORKERS: u32 = 1024;
 
 /// The default host name (the original's `baseTitle`).
 pub const DEFAULT_NAME: &str = "process";
 /// The default title prefix.
 pub const DEFAULT_TITLE_PREFIX: &str = "process_m";
-/// The default pid root.
-pub const DEFAULT_PID_ROOT: &str = "/tmp/pm/pid";
-/// The default status root.
-pub const DEFAULT_STATUS_ROOT: &str = "/tmp/pm/status";
 
 /// Settings of the master.
 #[derive(Debug, Clone)]
@@ -34,26 +32,6 @@ pub struct HostSettings {
 }
 
 impl HostSettings {
-    /// `{pid_root}/{name}.pid`.
-    pub fn pid_file(&self) -> PathBuf {
-        self.pid_root.join(format!("{}.pid", self.name))
-    }
-
-    /// `{status_root}/{name}`.
-    pub fn status_dir(&self) -> PathBuf {
-        self.status_root.join(&self.name)
-    }
-
-    /// `{status_root}/{name}/status.json`.
-    pub fn status_file(&self) -> PathBuf {
-        self.status_dir().join("status.json")
-    }
-
-    /// `{status_root}/{name}/plugins`: staged plugin copies.
-    pub fn plugins_dir(&self) -> PathBuf {
-        self.status_dir().join("plugins")
-    }
-
     /// The master's process title.
     pub fn master_title(&self) -> String {
         format!("{}:Master:{}", self.title_prefix, self.name)
@@ -170,6 +148,8 @@ pub struct TaskSettings {
     pub work_timeout: Option<Duration>,
     /// A worker whose resident memory exceeds this is retired after its current call; `None` = no limit.
     pub max_rss: Option<u64>,
+    /// Workers' stdout and stderr are logged line by line (else they are the master's).
+    pub capture_output: bool,
 }
 
 #[cfg(test)]
@@ -203,103 +183,5 @@ mod tests {
         assert_eq!(backoff.delay(2), Duration::from_millis(200));
         assert_eq!(backoff.delay(4), Duration::from_millis(800));
         assert_eq!(backoff.delay(40), Duration::from_secs(30));
-    }
-}
-
-/// Task settings as given, each possibly absent: by the command line (which overrides the file for every task)
-/// or by a `[[task]]` table of the config file.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TaskValues {
-    /// The plugin file (`--plugin`: one-task hosts only).
-    pub plugin: Option<PathBuf>,
-    pub workers: Option<u32>,
-    pub execute_times: Option<u64>,
-    pub execute_usleep: Option<Duration>,
-    pub limit_seconds: Option<Duration>,
-    pub init_timeout: Option<Duration>,
-    pub backoff_initial: Option<Duration>,
-    pub backoff_max: Option<Duration>,
-    pub backoff_reset: Option<Duration>,
-    /// `[task.config]` or `--task-config`, as JSON text.
-    pub config_json: Option<String>,
-    pub work_timeout: Option<Duration>,
-    pub max_rss: Option<u64>,
-    pub limit_jitter: Option<f64>,
-    pub rlimit_nofile: Option<u64>,
-    pub rlimit_as: Option<u64>,
-    pub rlimit_core: Option<u64>,
-}
-
-/// The command line's task values: they override the file's for every task.
-pub type TaskOverrides = TaskValues;
-
-/// The default number of workers (the original's `maxWorkerNum`).
-pub const DEFAULT_WORKERS: u32 = 4;
-/// The default longest `init`.
-pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl TaskValues {
-    /// Each value of `self`, else the one of `other`.
-    pub fn or(&self, other: &TaskValues) -> TaskValues {
-        TaskValues {
-            plugin: self.plugin.clone().or_else(|| other.plugin.clone()),
-            workers: self.workers.or(other.workers),
-            execute_times: self.execute_times.or(other.execute_times),
-            execute_usleep: self.execute_usleep.or(other.execute_usleep),
-            limit_seconds: self.limit_seconds.or(other.limit_seconds),
-            init_timeout: self.init_timeout.or(other.init_timeout),
-            backoff_initial: self.backoff_initial.or(other.backoff_initial),
-            backoff_max: self.backoff_max.or(other.backoff_max),
-            backoff_reset: self.backoff_reset.or(other.backoff_reset),
-            config_json: self.config_json.clone().or_else(|| other.config_json.clone()),
-            work_timeout: self.work_timeout.or(other.work_timeout),
-            max_rss: self.max_rss.or(other.max_rss),
-            limit_jitter: self.limit_jitter.or(other.limit_jitter),
-            rlimit_nofile: self.rlimit_nofile.or(other.rlimit_nofile),
-            rlimit_as: self.rlimit_as.or(other.rlimit_as),
-            rlimit_core: self.rlimit_core.or(other.rlimit_core),
-        }
-    }
-
-    /// The settings of a task named `name`, with defaults for what is absent; `None` without a plugin.
-    pub fn settings(&self, name: &str) -> Option<TaskSettings> {
-        let limits = Limits::default();
-        let backoff = Backoff::default();
-        let zero_is_none = |d: Duration| (!d.is_zero()).then_some(d);
-        Some(TaskSettings {
-            name: name.to_owned(),
-            plugin: self.plugin.clone()?,
-            workers: self.workers.unwrap_or(DEFAULT_WORKERS),
-            limits: Limits {
-                execute_times: self.execute_times.unwrap_or(limits.execute_times),
-                execute_usleep: self.execute_usleep.unwrap_or(limits.execute_usleep),
-                limit_seconds: self.limit_seconds.and_then(zero_is_none),
-                limit_jitter: self.limit_jitter.unwrap_or(0.0),
-                rlimits: Rlimits { nofile: self.rlimit_nofile, address_space: self.rlimit_as, core: self.rlimit_core },
-            },
-            init_timeout: self.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT),
-            backoff: Backoff {
-                initial: self.backoff_initial.unwrap_or(backoff.initial),
-                max: self.backoff_max.unwrap_or(backoff.max),
-                reset: self.backoff_reset.unwrap_or(backoff.reset),
-            },
-            config_json: self.config_json.clone().unwrap_or_else(|| "{}".to_owned()),
-            work_timeout: self.work_timeout.and_then(zero_is_none),
-            max_rss: self.max_rss.filter(|bytes| *bytes > 0),
-        })
-    }
-
-    /// The settings of a task: these (command-line) values over the file's task `spec`, over the defaults. Without
-    /// a spec the task is named `name` and needs `--plugin`.
-    pub fn resolve(&self, spec: Option<&crate::config::TaskSpec>, name: &str) -> Option<TaskSettings> {
-        match spec {
-            Some(spec) => self.or(&spec.values).settings(&spec.name),
-            None => self.settings(name),
-        }
-    }
-
-    /// Every task of a config file, with these overrides applied.
-    pub fn resolve_file(&self, file: &crate::config::ConfigFile) -> Vec<TaskSettings> {
-        file.tasks.iter().filter_map(|spec| self.resolve(Some(spec), &spec.name)).collect()
     }
 }

@@ -1,0 +1,250 @@
+//! Worker output capture: what a worker (its plugin, the libraries it uses, the processes it starts) writes to
+//! stdout and stderr reaches the run log, line by line, tagged like the plugin's own log events.
+//!
+//! Design (chosen over a per-host writer process and direct appends, which cannot tag lines or would cost a
+//! process): each worker's stdout and stderr are the write ends of two pipes whose read ends the master holds
+//! in one epoll set; the epoll descriptor is one more source of the master's `poll`, so a silent host costs no
+//! wake-up at all. Reading is bounded per wake-up ([`READ_BUDGET`] per stream), so a worker printing as fast as
+//! it can never starves the master's other events; the pipe then fills and the worker blocks in `write`: it is
+//! slowed, never killed. When a worker is reaped, what its pipes still hold is read before its exit is logged,
+//! and a stream is closed only at end of file (when every process holding its write end, the worker's
+//! children included, is gone), with a final line that lacks its newline logged too. Lines longer than
+//! [`LINE_LIMIT`] bytes are split, never dropped; bytes that are not UTF-8 and control characters are escaped
+//! (`\xNN`), so output can neither garble nor forge a log line.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::unistd::Pid;
+
+/// Longest line logged as one record; longer lines are split at this many bytes.
+pub const LINE_LIMIT: usize = 16 * 1024;
+/// Most bytes read from one stream per wake-up of the master.
+const READ_BUDGET: usize = 32 * 1024;
+
+/// Which of a worker's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+impl StreamKind {
+    fn name(self) -> &'static str {
+        match self {
+            StreamKind::Stdout => "stdout",
+            StreamKind::Stderr => "stderr",
+        }
+    }
+}
+
+/// Who wrote a stream: the tags of its lines.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub task: String,
+    pub slot: u32,
+    pub pid: Pid,
+    pub generation: u32,
+    pub title: String,
+}
+
+struct Stream {
+    fd: OwnedFd,
+    kind: StreamKind,
+    origin: Origin,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+}
+
+/// The write ends a worker gets as its stdout and stderr (the master closes its copies after the fork).
+pub struct WorkerEnds {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// The read ends of the worker pipes, in one epoll set.
+pub struct Captures {
+    epoll: Epoll,
+    streams: HashMap<RawFd, Stream>,
+}
+
+impl Captures {
+    pub fn new() -> io::Result<Captures> {
+        Ok(Captures { epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?, streams: HashMap::new() })
+    }
+
+    /// The descriptor the master polls: readable when some stream has output.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epoll.0.as_fd()
+    }
+
+    /// Creates the two pipes of a worker about to be forked: the read ends (for [`Captures::watch`] once the
+    /// worker's pid is known) and the write ends (the worker's stdout and stderr).
+    pub fn pipes() -> io::Result<([OwnedFd; 2], WorkerEnds)> {
+        // Read ends: non-blocking and close-on-exec; write ends: blocking (a worker that outpaces the log waits).
+        let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        for fd in [&out_read, &err_read] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        }
+        Ok(([out_read, err_read], WorkerEnds { stdout: out_write, stderr: err_write }))
+    }
+
+    /// Starts reading a forked worker's streams.
+    pub fn watch(&mut self, reads: [OwnedFd; 2], origin: Origin) -> io::Result<()> {
+        for (fd, kind) in reads.into_iter().zip([StreamKind::Stdout, StreamKind::Stderr]) {
+            let raw = fd.as_raw_fd();
+            self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
+            self.streams.insert(raw, Stream { fd, kind, origin: origin.clone(), partial: Vec::new() });
+        }
+        Ok(())
+    }
+
+    /// Reads what the streams that are ready hold, at most [`READ_BUDGET`] each, and logs it line by line.
+    pub fn read_ready(&mut self) {
+        let mut events = [EpollEvent::empty(); 64];
+        let Ok(n) = self.epoll.wait(&mut events, EpollTimeout::ZERO) else { return };
+        for event in &events[..n] {
+            self.read_stream(event.data() as RawFd, READ_BUDGET);
+        }
+    }
+
+    /// Reads everything the streams of `pid` hold now (a worker just reaped: its last words come before its
+    /// exit line).
+    pub fn read_all_of(&mut self, pid: Pid) {
+        let fds: Vec<RawFd> = self.streams.iter().filter(|(_, s)| s.origin.pid == pid).map(|(fd, _)| *fd).collect();
+        for fd in fds {
+            self.read_stream(fd, usize::MAX);
+        }
+    }
+
+    fn read_stream(&mut self, fd: RawFd, budget: usize) {
+        let Some(stream) = self.streams.get_mut(&fd) else { return };
+        let mut buf = [0u8; 16 * 1024];
+        let mut read = 0;
+        let ended = loop {
+            if read >= budget {
+                break false;
+            }
+            match nix::unistd::read(&stream.fd, &mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    read += n;
+                    stream.take(&buf[..n]);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break false,
+                Err(_) => break true,
+            }
+        };
+        if ended {
+            stream.flush();
+            let _ = self.epoll.delete(&stream.fd);
+            self.streams.remove(&fd);
+        }
+    }
+}
+
+impl Stream {
+    /// Logs each complete line of `bytes` (after what was pending), keeps the rest.
+    fn take(&mut self, mut bytes: &[u8]) {
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&bytes[..end]);
+            self.emit_all();
+            bytes = &bytes[end + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
+        while self.partial.len() > LINE_LIMIT {
+            let rest = self.partial.split_off(LINE_LIMIT);
+            self.emit();
+            self.partial = rest;
+        }
+    }
+
+    /// Logs what is pending as a line (the stream ended without a final newline).
+    fn flush(&mut self) {
+        if !self.partial.is_empty() {
+            self.emit_all();
+        }
+    }
+
+    /// Logs the pending line, in pieces of at most [`LINE_LIMIT`] bytes.
+    fn emit_all(&mut self) {
+        let mut line = std::mem::take(&mut self.partial);
+        while line.len() > LINE_LIMIT {
+            let rest = line.split_off(LINE_LIMIT);
+            self.partial = line;
+            self.emit();
+            line = rest;
+        }
+        self.partial = line;
+        self.emit();
+    }
+
+    fn emit(&mut self) {
+        let text = escape(&self.partial);
+        self.partial.clear();
+        let o = &self.origin;
+        let stream = self.kind.name();
+        crate::logging::as_process(&o.title, o.pid.as_raw() as u32, || match self.kind {
+            StreamKind::Stdout => tracing::info!(
+                target: crate::logging::RUN_TARGET,
+                stream = %stream, task = %o.task, slot = o.slot, pid = o.pid.as_raw(), generation = o.generation,
+                "{text}"
+            ),
+            StreamKind::Stderr => tracing::warn!(
+                target: crate::logging::RUN_TARGET,
+                stream = %stream, task = %o.task, slot = o.slot, pid = o.pid.as_raw(), generation = o.generation,
+                "{text}"
+            ),
+        });
+    }
+}
+
+/// The bytes as text: UTF-8 kept, other bytes and control characters (but tab) as `\xNN`, a trailing `\r`
+/// (CRLF output) dropped.
+pub fn escape(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() && c != '\t' {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_escaped_not_garbled() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"plain text", "plain text"),
+            (b"tab\tkept", "tab\tkept"),
+            ("ünïcödé".as_bytes(), "ünïcödé"),
+            (b"bell\x07 and escape\x1b[31m", "bell\\x07 and escape\\x1b[31m"),
+            (b"\xff\xfe binary", "\\xff\\xfe binary"),
+            (b"crlf\r", "crlf"),
+            (b"fake\rline", "fake\\x0dline"),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(escape(bytes), *expected, "{bytes:?}");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Containing a worker's whole process tree.
+//!
+//! A worker's plugin may start helpers; killing the worker's process group ends those that stayed in it, but a
+//! helper that called `setsid()` (or `setpgid`) left the group. The master is therefore always a child
+//! subreaper: when a worker dies, every descendant it leaves behind is re-parented to the master instead of to
+//! init. Each worker marks its environment with `PMHOST_WORKER={pid}` before its plugin loads, which every
+//! descendant inherits; when a worker is reaped, or an adopted process is (its own children are then adopted),
+//! the master ends each adopted process whose marker names a worker that no longer runs. When the master
+//! stops, whatever it adopted is ended too, so nothing titled as a worker outlives a stop.
+//!
+//! Orphans of a worker that still runs (a helper's child whose parent exited) are left alone until that worker
+//! ends. The list of the master's children comes from `/proc/self/task/{pid}/children`: one read, and only when
+//! a process was reaped.
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use super::core::Master;
+
+/// The environment variable that ties a process to the worker it descends from.
+pub const WORKER_MARK: &str = "PMHOST_WORKER";
+
+impl Master {
+    /// Becomes the subreaper of every descendant (as PID 1 the kernel makes us that anyway).
+    pub(super) fn adopt_orphans(&self) {
+        if std::process::id() == 1 {
+            info!("running as PID 1: adopting and reaping orphaned processes");
+        } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!("cannot become a subreaper, so helpers that leave their worker's process group may outlive it: {e}");
+        }
+    }
+
+    /// Ends the adopted processes that descend from workers no longer running (`all`: every adopted process, as
+    /// the master stops).
+    pub(super) fn end_orphans(&self, all: bool) {
+        for pid in self.adopted_children() {
+            let worker = worker_mark(pid);
+            let orphaned = all || worker.is_some_and(|w| !self.workers.contains_key(&w));
+            if orphaned {
+                info!(pid = pid.as_raw(), worker = worker.map(Pid::as_raw), "ending a process its worker left behind");
+                // Its own group first (a setsid'd helper leads one), then the process itself.
+                if nix::unistd::getpgid(Some(pid)).is_ok_and(|group| group == pid) {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// The master's children that are not its workers: processes it adopted.
+    fn adopted_children(&self) -> Vec<Pid> {
+        let me = std::process::id();
+        let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{me}/children")) else { return Vec::new() };
+        text.split_whitespace()
+            .filter_map(|pid| pid.parse().ok().map(Pid::from_raw))
+            .filter(|pid| !self.workers.contains_key(pid))
+            .collect()
+    }
+}
+
+/// The worker a process descends from, from the mark in its environment.
+fn worker_mark(pid: Pid) -> Option<Pid> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{WORKER_MARK}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok())
+        .map(Pid::from_raw)
+}

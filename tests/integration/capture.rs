@@ -1,0 +1,183 @@
+//! Worker output capture: what workers and their children write to stdout and stderr reaches the run log, line
+//! by line and tagged, with nothing lost at exit or at a kill, long lines split, binary escaped, and a flood that
+//! never stalls supervision.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{ProcessWaiter, SOON, Sandbox, describe, fixtures, read_markers, task_config};
+
+/// Every run log line written so far.
+fn run_log(sb: &Sandbox) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(sb.path("log")).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("run.") {
+            text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    text
+}
+
+fn wait_for_line(sb: &Sandbox, what: &str, mut matches: impl FnMut(&str) -> bool) -> String {
+    sb.wait_for(what, SOON, || run_log(sb).lines().find(|line| matches(line)).map(str::to_owned))
+}
+
+#[test]
+fn worker_output_reaches_the_run_log_line_by_line_and_tagged() {
+    let sb = Sandbox::new("capture");
+    let child = sb.path("child-done");
+    let config = task_config(json!({
+        "println": "printed {call}",
+        "raw_stderr": "from C {call}\n",
+        "raw_stdout": "no newline",
+        "work": "spawn",
+        "spawn": format!("echo from the child; touch {}", child.display()),
+    }));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    sb.start_daemon(
+        faulty,
+        &["--workers", "1", "--execute-times", "2", "--execute-usleep", "20ms", "--task-config", &config],
+    );
+    let printed = wait_for_line(&sb, "a printed line", |l| l.contains("printed 1 "));
+    assert!(printed.starts_with("[Info][process_m:Worker:"), "{printed}");
+    for tag in ["stream=stdout", &format!("task={}", sb.name), "slot=0", "generation=1", "pid="] {
+        assert!(printed.contains(tag), "missing {tag}: {printed}");
+    }
+    let from_c = wait_for_line(&sb, "a stderr line", |l| l.contains("from C 1"));
+    assert!(from_c.starts_with("[Warn]") && from_c.contains("stream=stderr"), "{from_c}");
+    wait_for_line(&sb, "the child's output", |l| l.contains("from the child") && l.contains("stream=stdout"));
+    // The first call's `no newline` runs into what comes next; the last one stands alone when the worker's
+    // stream ends.
+    wait_for_line(&sb, "the final partial line", |l| l.contains("]: no newline stream=stdout"));
+    // Nothing of it went to the process log (lifecycle only).
+    let process: String = std::fs::read_dir(sb.path("log"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("process."))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(!process.contains("printed 1"), "captured output is in the process log");
+    sb.stop();
+}
+
+#[test]
+fn what_a_worker_wrote_right_before_kill_9_is_kept() {
+    let sb = Sandbox::new("lastwords");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"raw_stdout": "last words\n", "work": "hang", "marker_file": marker}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    sb.start_daemon(faulty, &["--workers", "1", "--execute-times", "0", "--task-config", &config]);
+    let hung = sb.wait_for("the worker in its call", SOON, || read_markers(&marker).first().cloned());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hung.pid), nix::sys::signal::SIGKILL).unwrap();
+    assert!(ProcessWaiter::new(hung.pid).wait(SOON));
+    let line =
+        wait_for_line(&sb, "the last words", |l| l.contains("last words") && l.contains(&format!("pid={}", hung.pid)));
+    assert!(line.contains("stream=stdout"), "{line}");
+    sb.stop();
+}
+
+#[test]
+fn long_lines_are_split_and_control_bytes_escaped() {
+    let sb = Sandbox::new("longline");
+    let config = task_config(json!({"long_line": 1 << 20, "raw_stderr": "bell\u{7} esc\u{1b}[31m\n"}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    sb.start_daemon(
+        faulty,
+        &["--workers", "1", "--execute-times", "1", "--execute-usleep", "1s", "--task-config", &config],
+    );
+    let escaped = wait_for_line(&sb, "the escaped line", |l| l.contains("bell"));
+    assert!(escaped.contains("bell\\x07 esc\\x1b[31m"), "{escaped}");
+    let pieces = sb.wait_for("the 1 MiB line in 16 KiB pieces", SOON, || {
+        let log = run_log(&sb);
+        let pieces: Vec<usize> = log
+            .lines()
+            .filter(|l| l.contains("]: xxxx"))
+            .map(|l| l.split("]: ").nth(1).unwrap().split(' ').next().unwrap().len())
+            .collect();
+        (pieces.len() >= 64).then_some(pieces)
+    });
+    assert_eq!(pieces.len(), 64, "{} pieces", pieces.len());
+    assert!(pieces.iter().all(|len| *len == 16 * 1024), "{pieces:?}");
+    sb.stop();
+}
+
+#[test]
+fn a_flood_of_output_never_stalls_supervision() {
+    let sb = Sandbox::new("flood");
+    let marker = sb.path("marks");
+    let config = task_config(json!({"work": "flood", "only_slot": 0, "marker_file": marker}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    sb.start_daemon(
+        faulty,
+        &["--workers", "2", "--execute-times", "0", "--execute-usleep", "20ms", "--task-config", &config],
+    );
+    let flooder = sb.wait_for("the flooding worker", SOON, || {
+        read_markers(&marker).into_iter().find(|m| m.slot == 0).map(|m| m.pid)
+    });
+    sb.wait_for("1 MiB of flood in the log", SOON, || (run_log_size(&sb) > 1 << 20).then_some(()));
+    // The other worker, killed during the flood, is replaced at once.
+    let victim = sb.wait_for("the quiet worker", SOON, || {
+        read_markers(&marker).into_iter().rev().find(|m| m.slot == 1).map(|m| m.pid)
+    });
+    let before = run_log_size(&sb);
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::SIGKILL).unwrap();
+    let replacement = sb.wait_for("the replacement's first call", SOON, || {
+        read_markers(&marker).into_iter().find(|m| m.slot == 1 && m.pid != victim).map(|m| m.pid)
+    });
+    let took = killed_at.elapsed();
+    let flooded = run_log_size(&sb) - before;
+    eprintln!("replacement {replacement} working {took:?} after the kill; {flooded} bytes of flood logged meanwhile");
+    assert!(took < Duration::from_secs(5), "the replacement took {took:?} during the flood");
+    // The flooding worker was slowed, never killed.
+    assert!(Path::new(&format!("/proc/{flooder}")).exists(), "the flooding worker is gone");
+    sb.stop();
+}
+
+fn run_log_size(sb: &Sandbox) -> u64 {
+    std::fs::read_dir(sb.path("log"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("run."))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn with_capture_off_output_goes_where_the_masters_goes() {
+    let sb = Sandbox::new("nocapture");
+    let out_file = sb.path("master.stdout");
+    let config = task_config(json!({"println": "plain {call}"}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let mut cmd = sb.pmhost([
+        "start",
+        "--name",
+        &sb.name,
+        "--plugin",
+        faulty,
+        "--workers",
+        "1",
+        "--execute-times",
+        "0",
+        "--execute-usleep",
+        "20ms",
+        "--capture-output",
+        "false",
+        "--task-config",
+        &config,
+    ]);
+    let mut child =
+        cmd.stdout(std::fs::File::create(&out_file).unwrap()).stderr(Stdio::null()).spawn().expect("start pmhost");
+    sb.wait_for("plain output on the master's stdout", SOON, || {
+        std::fs::read_to_string(&out_file).ok().filter(|t| t.contains("plain 1")).map(|_| ())
+    });
+    assert!(!run_log(&sb).contains("plain 1"), "output was captured although capture_output is false");
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let _ = child.wait();
+}
