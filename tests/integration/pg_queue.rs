@@ -110,6 +110,12 @@ fn workers_idle_in_listen_stop_at_once_and_restart_fast() {
     let config = write_config(&sb, &host, &cluster);
     let config = config.to_str().expect("utf-8 path");
 
+    // As the README shows it: validate (init connects and creates the schema, in a probe), then start.
+    let out = sb.run(["validate", "--config", config]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("init and shutdown succeeded"), "{}", describe(&out));
+    assert_eq!(cluster.number("SELECT count(*) FROM pg_trigger WHERE tgname = 'pmhost_jobs_notify'"), 1);
+
     // The queue works: a job inserted while the workers wait in LISTEN is done (woken by NOTIFY, not a poll:
     // the idle wait is two minutes).
     let out = sb.run(["start", "-d", "--config", config]);

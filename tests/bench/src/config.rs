@@ -88,7 +88,7 @@ impl Config {
             rate_window: Duration::from_secs(2),
             steady_window: Duration::from_secs(2),
             slow_call: Duration::from_millis(300),
-            queue_jobs: 20_000,
+            queue_jobs: 50_000,
         }
     }
 
@@ -103,7 +103,7 @@ impl Config {
             rate_window: Duration::from_secs(1),
             steady_window: Duration::from_secs(1),
             slow_call: Duration::from_millis(200),
-            queue_jobs: 10_000,
+            queue_jobs: 20_000,
             ..Config::full()
         }
     }

@@ -37,9 +37,15 @@ pub fn measure(bench: &Bench<'_>) -> Result<Result<Vec<Figure>, String>> {
 
     let (mut host, mut plain) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        bench.progress(&format!("queue: {jobs} jobs through pmhost, then plain processes: run {run}/{runs}"));
-        host.push(drain_with_host(bench, &queue, &cluster, &config, jobs)?);
-        plain.push(drain_with_plain_processes(&queue, &cluster, &config, jobs)?);
+        bench.progress(&format!("queue: {jobs} jobs through pmhost and through plain processes: run {run}/{runs}"));
+        // Alternate which side goes first, so a drift of the machine (caches, other load) favours neither.
+        if run % 2 == 1 {
+            host.push(drain_with_host(bench, &queue, &cluster, &config, jobs)?);
+            plain.push(drain_with_plain_processes(&queue, &cluster, &config, jobs)?);
+        } else {
+            plain.push(drain_with_plain_processes(&queue, &cluster, &config, jobs)?);
+            host.push(drain_with_host(bench, &queue, &cluster, &config, jobs)?);
+        }
     }
     let mut stops = Vec::new();
     for run in 1..=runs {
@@ -57,9 +63,9 @@ pub fn measure(bench: &Bench<'_>) -> Result<Result<Vec<Figure>, String>> {
             .method(format!(
                 "examples/pg-queue (batch 10) on a throwaway PostgreSQL cluster (unix socket, fsync off): {jobs} \
                  jobs inserted at once into an empty queue while the consumers wait in LISTEN; jobs / (last - \
-                 first `done_at` of their effects); 4 pmhost workers (`--execute-usleep 0`) and, right after, \
-                 4 plain processes looping the same plugin build's `work` (tests/bench/src/plain_consumer.rs), \
-                 in turn per run."
+                 first `done_at` of their effects); 4 pmhost workers (`--execute-usleep 0`) and 4 plain \
+                 processes looping the same plugin build's `work` (tests/bench/src/plain_consumer.rs), one after \
+                 the other in each run, which goes first alternating."
             )),
         Figure::new("queue throughput", "queue: same plugin looped by 4 plain processes", Unit::JobsPerSec, plain)
             .target("(reference)", Check::None),
@@ -135,7 +141,8 @@ fn wait_idle(cluster: &PgCluster) -> Result<()> {
 
 /// Inserts `jobs` into the empty queue and waits for their effects; returns jobs/s by the effects' timestamps.
 fn drain(cluster: &PgCluster, jobs: u32) -> Result<f64> {
-    cluster.sql("TRUNCATE job_effects")?;
+    // A fresh table each time: the deleted rows of the last drain would slow this one's claims until vacuumed.
+    cluster.sql("TRUNCATE jobs, job_effects")?;
     cluster.sql(&format!("INSERT INTO jobs (payload) SELECT 'job number ' || n FROM generate_series(1, {jobs}) n"))?;
     wait_db("the queue drained", Duration::from_secs(600), || {
         Ok(cluster.number("SELECT count(*) FROM job_effects")? >= i64::from(jobs))
