@@ -67,8 +67,12 @@ pub fn fixtures() -> &'static Fixtures {
         build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin", "-p", "constructor"], target_dir);
         // Crates with a workspace of their own share one target directory, so they share abi_stable's build.
         let own_target = target_dir.join("fixtures");
-        let manifests =
-            ["plugins/old-api/Cargo.toml", "examples/plugin-template/Cargo.toml", "plugins/async-job/Cargo.toml"];
+        let manifests = [
+            "plugins/old-api/Cargo.toml",
+            "examples/plugin-template/Cargo.toml",
+            "plugins/async-job/Cargo.toml",
+            "examples/pg-queue/Cargo.toml",
+        ];
         for manifest in manifests {
             let manifest = workspace_root().join(manifest);
             build(&["--manifest-path", manifest.to_str().expect("utf-8 path")], &own_target);
