@@ -12,7 +12,7 @@ Exit codes:
   0  success
   1  the operation failed (the message says why)
   2  invalid command line or config file
-  3  no master runs under that name (stop, status, scale)
+  3  no master runs under that name (stop, status, scale, top --once)
   4  a master already runs under that name
   5  status --check: the master runs but a worker slot is not served
   6  restart: the new build was refused or rolled back; the old workers keep running
@@ -57,6 +57,18 @@ pub enum Command {
     /// List every master under the pid root: running or stale, with its workers.
     #[command(after_help = EXIT_CODES)]
     List(ListArgs),
+    /// Show what a host logged: its process and run logs merged in time order, filtered, optionally followed.
+    ///
+    /// Reads the log files on disk, so it works whether or not the host runs. Lines keep their stored shape
+    /// (text or JSON); --json prints every line as a JSON object.
+    #[command(after_help = EXIT_CODES)]
+    Logs(LogsArgs),
+    /// A live view of a running host: tasks, workers, call rates; keys to restart and scale.
+    ///
+    /// Keys: q quit, r rolling restart, + / - one worker more / less for the selected task, up / down select a
+    /// task, ? help. Refreshes once a second with one snapshot request to the master per refresh.
+    #[command(after_help = EXIT_CODES)]
+    Top(TopArgs),
     /// Check a plugin without starting anything: load it in a probe process, report its API version, and run
     /// its init (and shutdown) with the given config.
     #[command(after_help = EXIT_CODES)]
@@ -85,6 +97,71 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+/// `pmhost logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Keep printing lines as they are written (across log rotation) until interrupted.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print the last LINES matching lines ("all": every one). With -f, 0 prints only new lines.
+    #[arg(short = 'n', long, default_value = "50", value_parser = parse_lines, value_name = "LINES")]
+    pub lines: LineCount,
+    /// Only lines of this task.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Only lines of this worker slot.
+    #[arg(long)]
+    pub slot: Option<u32>,
+    /// Only lines written by this process or about it (the master's lines about a worker).
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// Only lines of this level and more severe.
+    #[arg(long, value_enum)]
+    pub level: Option<LevelArg>,
+    /// Only lines written in this last stretch of time ("10m", "2h", "1d"; a bare number is seconds).
+    #[arg(long, value_parser = parse_seconds, value_name = "DURATION")]
+    pub since: Option<Duration>,
+    /// Only captured worker output of this stream.
+    #[arg(long, value_enum)]
+    pub stream: Option<StreamArg>,
+    /// Print each line as a JSON object (text lines are converted).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pmhost logs -n`: a number of lines, or every line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineCount(pub Option<usize>);
+
+/// `pmhost logs --level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// `pmhost logs --stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamArg {
+    Stdout,
+    Stderr,
+}
+
+/// `pmhost top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print one screen as plain text and exit (two snapshots one second apart, so rates are real).
+    #[arg(long)]
+    pub once: bool,
+}
+
 /// `pmhost validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -108,7 +185,8 @@ pub struct Target {
     /// pmhost.toml describing the host: its name, roots, logs and tasks. Flags override the file.
     #[arg(short = 'c', long, env = "PMHOST_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Name of the master (the original's baseTitle): pid file, status directory and titles derive from it.
+    /// Name of the master: its pid file, status directory and process titles derive from it (baseTitle in
+    /// process_manage).
     /// [default: [host] name, else "process"]
     #[arg(long, value_parser = parse_name)]
     pub name: Option<String>,
@@ -127,7 +205,7 @@ pub struct Target {
     pub log_dir: Option<PathBuf>,
 }
 
-/// `pmhost start`. Settings not given fall back to the config file, then to the original's defaults.
+/// `pmhost start`. Settings not given fall back to the config file, then to the defaults.
 #[derive(Debug, Args)]
 pub struct StartArgs {
     #[command(flatten)]
@@ -162,7 +240,8 @@ pub struct StartArgs {
     /// Log level (error, warn, info, debug, trace, or RUST_LOG syntax); RUST_LOG overrides it. [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Log line format: text (the original's lines) or json (one object per line). [default: text]
+    /// Log line format: text (`[Info][title pid time]: message key=value` lines) or json (one object per line).
+    /// [default: text]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,
     /// When log files start afresh: daily, hourly or never. [default: daily]
@@ -296,6 +375,15 @@ pub fn empty_env_var(error: &clap::Error) -> Option<String> {
 
 fn parse_name(text: &str) -> Result<String, String> {
     crate::names::validate("name", text).map(|()| text.to_owned()).map_err(|e| e.to_string())
+}
+
+fn parse_lines(text: &str) -> Result<LineCount, String> {
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(LineCount(None));
+    }
+    text.parse::<usize>()
+        .map(|n| LineCount(Some(n)))
+        .map_err(|_| format!("{text:?} is not a number of lines or \"all\""))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

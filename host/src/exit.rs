@@ -9,7 +9,7 @@ pub mod cli {
     pub const FAILED: i32 = 1;
     /// The command line or the config file was invalid (clap uses 2 for usage errors too).
     pub const USAGE: i32 = 2;
-    /// No master runs under that name (`stop`, `status`, `scale`).
+    /// No master runs under that name (`stop`, `status`, `scale`, `top --once`).
     pub const NOT_RUNNING: i32 = 3;
     /// A master already runs under that name (`start`).
     pub const ALREADY_RUNNING: i32 = 4;

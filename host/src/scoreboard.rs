@@ -146,14 +146,6 @@ impl Scoreboard {
         // atomics, so sharing them with other processes is sound.
         unsafe { &*self.base.as_ptr().add(index.0) }
     }
-
-    /// A cell that outlives the scoreboard value: for the worker after fork, which never unmaps it.
-    pub fn leak_cell(self, index: CellIndex) -> &'static Cell {
-        let cell: *const Cell = self.cell(index);
-        std::mem::forget(self);
-        // SAFETY: the mapping is never unmapped in this process (the value was forgotten).
-        unsafe { &*cell }
-    }
 }
 
 impl Drop for Scoreboard {

@@ -13,8 +13,8 @@ use crate::sysinfo;
 pub struct Snapshot {
     /// Host name.
     pub name: String,
-    /// `starting`, `running`, `stopping`.
-    pub state: String,
+    /// What the host as a whole is doing.
+    pub state: HostState,
     /// The master process.
     pub master: MasterStatus,
     /// The newest rollout generation (1 after start).
@@ -29,6 +29,73 @@ pub struct Snapshot {
     pub last_scale: Option<ScaleStatus>,
     /// The tasks and their workers.
     pub tasks: Vec<TaskStatus>,
+}
+
+/// What a host as a whole is doing (`starting`, `running`, `stopping` in JSON).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    /// The first workers are not all ready yet.
+    Starting,
+    Running,
+    /// A stop is under way.
+    Stopping,
+}
+
+/// Where a worker is (lowercase in JSON).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Loading the plugin.
+    Loading,
+    /// In the plugin's `init`.
+    Initializing,
+    /// Between `work` calls.
+    Idle,
+    /// In a `work` call.
+    Busy,
+    /// Limits reached: about to be replaced.
+    Retiring,
+    /// Asked to stop.
+    Stopping,
+    /// The process is stopped (SIGSTOP, a debugger): it serves nothing.
+    Stopped,
+}
+
+impl HostState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Starting => "starting",
+            HostState::Running => "running",
+            HostState::Stopping => "stopping",
+        }
+    }
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Loading => "loading",
+            WorkerState::Initializing => "initializing",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Retiring => "retiring",
+            WorkerState::Stopping => "stopping",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A rollout of a new generation.
@@ -113,9 +180,8 @@ pub struct WorkerStatus {
     pub slot: u32,
     pub pid: i32,
     pub title: String,
-    /// `loading`, `initializing`, `idle`, `busy`, `retiring` (limits reached, about to be replaced), `stopping`, or
-    /// `stopped` (the process is stopped: SIGSTOP, a debugger; it serves nothing).
-    pub state: String,
+    /// Where the worker is.
+    pub state: WorkerState,
     /// `work` calls finished by this worker.
     pub executions: u64,
     pub generation: u32,
@@ -150,10 +216,10 @@ impl WorkerStatus {
     /// replacement of a worker that retired normally. A first worker still in `init`, or the replacement of a
     /// crashed one, does not count until it is ready.
     pub fn serves(&self) -> bool {
-        match self.state.as_str() {
-            "idle" | "busy" | "retiring" => true,
-            "loading" | "initializing" => self.last_exit.as_ref().is_some_and(|e| !e.crash),
-            _ => false,
+        match self.state {
+            WorkerState::Idle | WorkerState::Busy | WorkerState::Retiring => true,
+            WorkerState::Loading | WorkerState::Initializing => self.last_exit.as_ref().is_some_and(|e| !e.crash),
+            WorkerState::Stopping | WorkerState::Stopped => false,
         }
     }
 }
@@ -168,7 +234,7 @@ impl TaskStatus {
 impl Snapshot {
     /// Running, with every wanted slot served (what `pmhost status --check` reports).
     pub fn healthy(&self) -> bool {
-        self.state == "running" && self.tasks.iter().all(|t| t.served_slots() == t.workers_wanted as usize)
+        self.state == HostState::Running && self.tasks.iter().all(|t| t.served_slots() == t.workers_wanted as usize)
     }
 }
 
@@ -254,4 +320,100 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(slot: u32, state: WorkerState, last_crash: Option<bool>) -> WorkerStatus {
+        WorkerStatus {
+            slot,
+            pid: 100 + slot as i32,
+            title: String::new(),
+            state,
+            executions: 0,
+            generation: 1,
+            plugin_sha256: String::new(),
+            rss_bytes: None,
+            started_at: 0,
+            restarts: 0,
+            last_exit: last_crash.map(|crash| ExitStatus {
+                pid: 1,
+                code: Some(i32::from(crash)),
+                signal: None,
+                reason: String::new(),
+                crash,
+                at: 0,
+            }),
+        }
+    }
+
+    fn snapshot(state: HostState, wanted: u32, workers: Vec<WorkerStatus>) -> Snapshot {
+        Snapshot {
+            name: "h".into(),
+            state,
+            master: MasterStatus {
+                pid: 1,
+                title: String::new(),
+                rss_bytes: None,
+                started_at: 0,
+                uptime_s: 0,
+                stop_timeout_ms: 0,
+            },
+            generation: 1,
+            written_at_mono_ns: 0,
+            written_at: 0,
+            last_restart: None,
+            last_scale: None,
+            tasks: vec![TaskStatus {
+                name: "t".into(),
+                plugin: String::new(),
+                plugin_sha256: String::new(),
+                workers_wanted: wanted,
+                executions_total: 0,
+                workers,
+                backoff: Vec::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_host_is_healthy_when_running_with_every_wanted_slot_served() {
+        use HostState::{Running, Starting};
+        use WorkerState::{Busy, Idle, Initializing, Loading, Retiring, Stopped};
+        let cases: Vec<(&str, Snapshot, bool)> = vec![
+            ("all idle", snapshot(Running, 2, vec![worker(0, Idle, None), worker(1, Busy, None)]), true),
+            ("retiring serves", snapshot(Running, 1, vec![worker(0, Retiring, None)]), true),
+            ("a slot is empty", snapshot(Running, 2, vec![worker(0, Idle, None)]), false),
+            ("a first worker in init", snapshot(Running, 1, vec![worker(0, Initializing, None)]), false),
+            ("the replacement of a retired worker", snapshot(Running, 1, vec![worker(0, Loading, Some(false))]), true),
+            (
+                "the replacement of a crashed worker",
+                snapshot(Running, 1, vec![worker(0, Initializing, Some(true))]),
+                false,
+            ),
+            ("a stopped process", snapshot(Running, 1, vec![worker(0, Stopped, None)]), false),
+            ("a stopping worker", snapshot(Running, 1, vec![worker(0, WorkerState::Stopping, None)]), false),
+            ("starting", snapshot(Starting, 1, vec![worker(0, Idle, None)]), false),
+            ("stopping", snapshot(HostState::Stopping, 1, vec![worker(0, Idle, None)]), false),
+            (
+                "a worker above the wanted count does not fill a slot",
+                snapshot(Running, 1, vec![worker(1, Idle, None)]),
+                false,
+            ),
+        ];
+        for (name, snapshot, healthy) in cases {
+            assert_eq!(snapshot.healthy(), healthy, "{name}");
+        }
+    }
+
+    #[test]
+    fn states_keep_their_json_names() {
+        assert_eq!(serde_json::to_string(&WorkerState::Initializing).unwrap(), "\"initializing\"");
+        assert_eq!(serde_json::to_string(&HostState::Stopping).unwrap(), "\"stopping\"");
+        for state in [WorkerState::Loading, WorkerState::Busy, WorkerState::Stopped] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{state}\""));
+        }
+    }
 }

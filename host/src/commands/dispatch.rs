@@ -1,6 +1,6 @@
 //! From a parsed command line to the subcommand that runs it.
 
-use super::{CommandError, list, restart, scale, shell, start, status, stop, validate};
+use super::{CommandError, list, logs, restart, scale, shell, start, status, stop, top, validate};
 use crate::cli::{Cli, Command};
 
 /// Runs a parsed command line; `Ok` carries the exit code of a command that ran (0, or `status --check`'s 5).
@@ -12,6 +12,8 @@ pub fn run(cli: Cli) -> Result<i32, CommandError> {
         Command::Restart(args) => restart::restart(args),
         Command::Scale(args) => scale::scale(args),
         Command::List(args) => list::list(args),
+        Command::Logs(args) => logs::logs(args),
+        Command::Top(args) => top::top(args),
         Command::Validate(args) => validate::validate(args),
         Command::Completions { shell } => shell::completions(shell),
         Command::Man => shell::man(),

@@ -62,6 +62,8 @@ pub enum CommandError {
     Withdrawn { name: String, pid: i32, what: &'static str, waited_ms: u64 },
     #[error("the master (pid {pid}) exited before it answered; see its log")]
     MasterGone { pid: i32 },
+    #[error("there is no log directory {dir}; pass the host's --log-dir or --config (the host may log elsewhere)")]
+    NoLogDir { dir: PathBuf },
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]
     Unkillable { name: String, pid: i32 },
 }

@@ -79,7 +79,7 @@ fn entry(pids: &Dir, statuses: Option<&Dir>, name: String) -> Entry {
         .and_then(|root| root.subdir(&entry.name, false).ok().flatten())
         .and_then(|dir| read_snapshot(&dir).ok().flatten());
     if let Some(s) = snapshot {
-        entry.state = s.state.clone();
+        entry.state = s.state.to_string();
         entry.tasks = s.tasks.iter().map(|t| t.name.clone()).collect();
         entry.workers = s.tasks.iter().map(|t| t.workers.len()).sum();
         entry.workers_wanted = s.tasks.iter().map(|t| t.workers_wanted).sum();

@@ -3,6 +3,7 @@
 mod dispatch;
 mod error;
 mod list;
+mod logs;
 mod plan;
 mod process;
 mod restart;
@@ -11,6 +12,7 @@ mod shell;
 mod start;
 mod status;
 mod stop;
+mod top;
 mod validate;
 mod watch;
 

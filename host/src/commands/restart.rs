@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::CommandError;
-use super::plan::resolve_target;
-use super::process::find_master;
+use super::plan::{Resolved, resolve_target};
+use super::process::{MasterHandle, find_master};
 use super::start;
 use super::watch::StatusWatch;
 use crate::cli::RestartArgs;
@@ -16,7 +16,7 @@ use crate::plugin;
 use crate::plugin::probe::ProbeError;
 use crate::requests::{self, Request};
 use crate::settings::DEFAULT_INIT_TIMEOUT;
-use crate::status::Snapshot;
+use crate::status::{HostState, RestartStatus, Snapshot};
 
 /// Runs `pmhost restart`.
 pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
@@ -36,49 +36,15 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
         name: target.name.clone(),
         path: target.status_dir_path().join(crate::rundir::STATUS_FILE),
     })?;
-    if before.state == "stopping" {
+    if before.state == HostState::Stopping {
         return Err(CommandError::Stopping { name: target.name.clone() });
     }
-
     // Check the new build here, before the master is touched: it must exist, be an ELF and load as a plugin.
     let new_plugin = args.start.plugin.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-    let to_check: Vec<PathBuf> = match (&new_plugin, &target.config) {
-        (Some(path), _) => vec![path.clone()],
-        // With a config file, the file as it is now says which plugins the new generation runs.
-        (None, Some(file)) => file
-            .tasks
-            .iter()
-            .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
-            .filter_map(|t| t.values.plugin.clone())
-            .collect(),
-        (None, None) => before
-            .tasks
-            .iter()
-            .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
-            .map(|t| PathBuf::from(&t.plugin))
-            .collect(),
-    };
-    // Loading runs the library's constructors, which may exit, crash or hang: load it in a probe process, with
-    // the init timeout as its deadline, never in this one. The build is checked from a private scratch copy: a
-    // refused build leaves nothing in the host's directories.
     let load_timeout = args.start.task.0.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT).min(args.timeout);
-    let scratch = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
-    let scratch_dir = crate::rundir::open_root(scratch.path(), false)?.expect("the temporary directory exists");
-    for path in &to_check {
-        let refused = |reason: String| CommandError::RolledBack { name: target.name.clone(), reason };
-        let staged = plugin::stage(path, &scratch_dir).map_err(|e| refused(e.to_string()))?;
-        let shown = staged.original.display();
-        let loaded = plugin::probe::run(load_timeout, || {
-            plugin::load(&staged.load_path(), &staged.original).map(|_| ()).map_err(|e| e.to_string())
-        });
-        match loaded {
-            Ok(Ok(())) => println!("new build {shown} ({}) loads", staged.short_sha()),
-            Ok(Err(reason)) => return Err(refused(reason)),
-            Err(ProbeError::TimedOut(waited)) => {
-                return Err(refused(format!("loading {shown} did not finish within {waited:?} (--init-timeout)")));
-            }
-            Err(e) => return Err(refused(format!("loading {shown}: {e}"))),
-        }
+    for path in builds_to_check(&args, new_plugin.as_ref(), &target, &before) {
+        check_build(&path, load_timeout)
+            .map_err(|reason| CommandError::RolledBack { name: target.name.clone(), reason })?;
     }
 
     let id = requests::new_id();
@@ -94,47 +60,105 @@ pub fn restart(mut args: Box<RestartArgs>) -> Result<i32, CommandError> {
     requests::submit(watch.dir(), &id, &request)?;
     let started = Instant::now();
     master.signal(signal_for(Action::Requests))?;
+    let (record, snapshot) = follow(&watch, &master, &id, started + args.timeout, &target.name, args.timeout)?;
+    let generation = record.generation;
+    judge(&target.name, record, &snapshot)?;
+    println!(
+        "restarted {}: every slot runs generation {generation} ({}) after {} ms",
+        target.name,
+        builds(&snapshot),
+        started.elapsed().as_millis()
+    );
+    Ok(code::OK)
+}
 
+/// The plugin files the new generation will run: the one named, else the config file's as it is now, else the
+/// ones the host runs (rebuilt in place).
+fn builds_to_check(
+    args: &RestartArgs,
+    new_plugin: Option<&PathBuf>,
+    target: &Resolved,
+    before: &Snapshot,
+) -> Vec<PathBuf> {
+    let selected = |name: &str| args.task.as_ref().is_none_or(|task| task == name);
+    match (new_plugin, &target.config) {
+        (Some(path), _) => vec![path.clone()],
+        (None, Some(file)) => {
+            file.tasks.iter().filter(|t| selected(&t.name)).filter_map(|t| t.values.plugin.clone()).collect()
+        }
+        (None, None) => before.tasks.iter().filter(|t| selected(&t.name)).map(|t| PathBuf::from(&t.plugin)).collect(),
+    }
+}
+
+/// Loads a new build in a probe process, from a private scratch copy: loading runs the library's constructors,
+/// which may exit, crash or hang, never in this process, with `timeout` as the deadline; and a refused build
+/// leaves nothing in the host's directories. The error is the sentence the user reads.
+fn check_build(path: &std::path::Path, timeout: std::time::Duration) -> Result<(), String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let scratch_dir = crate::rundir::open_root(scratch.path(), false)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the temporary directory vanished".to_owned())?;
+    let staged = plugin::stage(path, &scratch_dir).map_err(|e| e.to_string())?;
+    let shown = staged.original.display();
+    let loaded = plugin::probe::run(timeout, || {
+        plugin::load(&staged.load_path(), &staged.original).map(|_| ()).map_err(|e| e.to_string())
+    });
+    match loaded {
+        Ok(Ok(())) => {
+            println!("new build {shown} ({}) loads", staged.short_sha());
+            Ok(())
+        }
+        Ok(Err(reason)) => Err(reason),
+        Err(ProbeError::TimedOut(waited)) => {
+            Err(format!("loading {shown} did not finish within {waited:?} (--init-timeout)"))
+        }
+        Err(e) => Err(format!("loading {shown}: {e}")),
+    }
+}
+
+/// Follows the rollout of request `id` slot by slot until it ends; a restart that did not even begin by the
+/// deadline is withdrawn.
+fn follow(
+    watch: &StatusWatch,
+    master: &MasterHandle,
+    id: &str,
+    deadline: Instant,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<(RestartStatus, Snapshot), CommandError> {
     let mut shown = 0;
-    let outcome = watch.wait_for(&master, started + args.timeout, |snapshot| {
-        let record = snapshot.last_restart.as_ref().filter(|r| r.request_id.as_deref() == Some(id.as_str()))?;
+    let outcome = watch.wait_for(master, deadline, |snapshot| {
+        let record = snapshot.last_restart.as_ref().filter(|r| r.request_id.as_deref() == Some(id))?;
         if record.slots_done > shown {
             shown = record.slots_done;
             println!("generation {}: {}/{} slots moved", record.generation, record.slots_done, record.slots_total);
         }
         (!record.in_progress).then(|| (record.clone(), snapshot.clone()))
     })?;
-    let Some((record, snapshot)) = outcome else {
-        let waited_ms = args.timeout.as_millis() as u64;
-        let begun = watch.read()?.and_then(|s| s.last_restart).is_some_and(|r| r.request_id.as_deref() == Some(&id));
-        if begun {
-            return Err(CommandError::StillRunning { name: target.name.clone(), what: "restart", waited_ms });
-        }
-        // Not begun: take the request back (the master drops it anyway, if it already read it: it has expired).
-        requests::withdraw(watch.dir(), &id);
-        return Err(CommandError::Withdrawn {
-            name: target.name.clone(),
-            pid: master.pid.as_raw(),
-            what: "restart",
-            waited_ms,
-        });
-    };
-    if !record.ok && snapshot.state == "stopping" {
+    if let Some(outcome) = outcome {
+        return Ok(outcome);
+    }
+    let waited_ms = timeout.as_millis() as u64;
+    let begun = watch.read()?.and_then(|s| s.last_restart).is_some_and(|r| r.request_id.as_deref() == Some(id));
+    if begun {
+        return Err(CommandError::StillRunning { name: name.to_owned(), what: "restart", waited_ms });
+    }
+    // Not begun: take the request back (the master drops it anyway, if it already read it: it has expired).
+    requests::withdraw(watch.dir(), id);
+    Err(CommandError::Withdrawn { name: name.to_owned(), pid: master.pid.as_raw(), what: "restart", waited_ms })
+}
+
+/// The outcome of a finished rollout: every slot moved, or why not.
+fn judge(name: &str, record: RestartStatus, snapshot: &Snapshot) -> Result<(), CommandError> {
+    if record.ok {
+        return Ok(());
+    }
+    if snapshot.state == HostState::Stopping {
         // Refused (or cut short) because a stop began: the old workers do not keep running.
-        return Err(CommandError::Stopping { name: target.name.clone() });
+        return Err(CommandError::Stopping { name: name.to_owned() });
     }
-    if !record.ok {
-        let reason = record.error.unwrap_or_else(|| "rolled back".to_owned());
-        return Err(CommandError::RolledBack { name: target.name.clone(), reason });
-    }
-    println!(
-        "restarted {}: every slot runs generation {} ({}) after {} ms",
-        target.name,
-        record.generation,
-        builds(&snapshot),
-        started.elapsed().as_millis()
-    );
-    Ok(code::OK)
+    let reason = record.error.unwrap_or_else(|| "rolled back".to_owned());
+    Err(CommandError::RolledBack { name: name.to_owned(), reason })
 }
 
 /// Flags that only shape a start: a running host takes them from its config file (or keeps its start flags), so

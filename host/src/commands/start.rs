@@ -3,8 +3,7 @@
 //! Every check that can fail on bad input (directories, plugin file, name) runs before the pid file is taken and
 //! before anything forks, so a refused start leaves nothing behind.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
@@ -15,9 +14,10 @@ use super::CommandError;
 use super::plan::plan_start;
 use crate::cli::StartArgs;
 use crate::exit::cli as code;
-use crate::master::{Master, MasterParts, ReadyNotifier, signals};
+use crate::master::{Master, MasterParts, signals};
 use crate::pidfile::PidFile;
 use crate::plugin;
+use crate::ready::{ReadyNotifier, wait_for_daemon};
 use crate::rundir::HostDirs;
 use crate::{logging, rundir, title};
 
@@ -160,21 +160,6 @@ fn daemonize(name: &str) -> Result<Detached, CommandError> {
             detach_stdio();
             Ok(Detached::Daemon(ReadyNotifier::new(write_end)))
         }
-    }
-}
-
-/// Reads the daemon's verdict: `ready PID` or `error` and the reason; EOF without a verdict means it died.
-fn wait_for_daemon(read_end: OwnedFd) -> Result<String, String> {
-    let mut text = String::new();
-    let mut file = std::fs::File::from(read_end);
-    if let Err(e) = file.read_to_string(&mut text) {
-        return Err(format!("cannot read the master's start report: {e}"));
-    }
-    let mut lines = text.splitn(2, '\n');
-    match (lines.next().unwrap_or(""), lines.next()) {
-        (first, _) if first.starts_with("ready") => Ok(first.trim_start_matches("ready").trim().to_owned()),
-        ("error", Some(reason)) => Err(reason.trim().to_owned()),
-        _ => Err("the master exited before its workers were ready (see its log)".to_owned()),
     }
 }
 

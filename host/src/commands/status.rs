@@ -39,7 +39,7 @@ pub fn status(args: StatusArgs) -> Result<i32, CommandError> {
 }
 
 /// Asks the master for a snapshot and returns it once written; `None` at the deadline.
-fn fresh_snapshot(
+pub(crate) fn fresh_snapshot(
     master: &MasterHandle,
     target: &Resolved,
     timeout: Duration,

@@ -9,53 +9,46 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, setpgid};
 use tracing::{debug, info, warn};
 
-use super::core::{Build, HostPhase, Master, Slot, Worker};
-use crate::exit::worker as worker_code;
+use super::core::{HostPhase, Master};
+use super::life::{KillReason, Life};
+use super::policy::{self, Ended, SlotView};
+use super::startup::StartFailure;
+use super::state::{Build, Slot, Worker};
 use crate::status::ExitStatus;
 use crate::sysinfo::{self, Mono};
 use crate::worker::{self, WorkerSpec};
 
-/// How a child ended, from `waitpid`.
-#[derive(Debug, Clone, Copy)]
-enum Ended {
-    Code(i32),
-    Signal(Signal),
-}
-
 impl Master {
-    /// Fills every empty slot whose backoff is over and asks workers above the wanted count to stop.
+    /// Fills every empty slot whose backoff is over and asks workers above the wanted count to stop. One pass
+    /// over the workers, whatever the number of tasks.
     pub(super) fn manage_workers(&mut self) {
         if matches!(self.phase, HostPhase::Stopping { .. }) {
             return;
         }
         let now = Mono::now();
         let batch = self.host.check_interval.is_none();
-        for task in 0..self.tasks.len() {
-            let wanted = if self.tasks[task].retired { 0 } else { self.tasks[task].settings.workers };
-            if self.tasks[task].slots.len() < wanted as usize {
-                self.tasks[task].slots.resize_with(wanted as usize, Slot::default);
+        let wanted: Vec<u32> = self.tasks.iter().map(|t| if t.retired { 0 } else { t.settings.workers }).collect();
+        let wanted_workers = self.workers.values().filter(|w| !w.life.stop_sent()).map(|w| (w.task, w.slot, w.pid));
+        let policy::Occupancy { occupied, surplus } = policy::occupancy(&wanted, wanted_workers);
+        for (task, occupied) in occupied.into_iter().enumerate() {
+            let slots = &mut self.tasks[task].slots;
+            if slots.len() < occupied.len() {
+                slots.resize_with(occupied.len(), Slot::default);
             }
-            for slot in 0..wanted {
-                let occupied = self.workers.values().any(|w| w.task == task && w.slot == slot && !w.stop_sent);
-                let state = &self.tasks[task].slots[slot as usize];
-                let waiting = state.respawn_at.is_some_and(|at| at > now);
-                let done = batch && state.spawned > 0;
-                if !occupied && !waiting && !done {
-                    let build = self.slot_build(task, slot);
-                    let init_timeout = self.tasks[task].settings.init_timeout;
-                    self.spawn_worker(task, slot, &build, init_timeout);
-                }
-            }
-            let surplus: Vec<Pid> = self
-                .workers
-                .values()
-                .filter(|w| w.task == task && w.slot >= wanted && !w.stop_sent)
-                .map(|w| w.pid)
+            let views: Vec<SlotView> = slots
+                .iter()
+                .zip(occupied)
+                .map(|(s, occupied)| SlotView { occupied, respawn_at: s.respawn_at, spawned: s.spawned })
                 .collect();
-            for pid in surplus {
-                info!(pid = pid.as_raw(), slot = self.workers[&pid].slot, "scaling down: stopping worker");
-                self.stop_worker(pid);
+            for slot in policy::slots_to_fill(&views, now, batch) {
+                let build = self.slot_build(task, slot);
+                let init_timeout = self.tasks[task].settings.init_timeout;
+                self.spawn_worker(task, slot, &build, init_timeout);
             }
+        }
+        for pid in surplus {
+            info!(pid = pid.as_raw(), slot = self.workers[&pid].slot, "scaling down: stopping worker");
+            self.stop_worker(pid);
         }
     }
 
@@ -78,7 +71,7 @@ impl Master {
             Err(e) => {
                 warn!(slot, "cannot start a worker: {e}");
                 if let Some(startup) = &mut self.startup {
-                    startup.fail(format!("cannot start a worker for slot {slot}: {e}"));
+                    startup.fail(StartFailure::NoCell { slot, reason: e.to_string() });
                 }
                 return None;
             }
@@ -148,14 +141,12 @@ impl Master {
                         cell,
                         plugin_sha256: build.plugin.sha256.clone(),
                         started: now,
-                        init_deadline: now + init_timeout,
+                        life: Life::starting(now + init_timeout),
+                        ready_at: None,
                         started_wall: SystemTime::now(),
-                        ready: false,
-                        stop_sent: false,
-                        kill_sent: false,
-                        kill_at: None,
+
                         seq_seen: (0, now),
-                        killed_for: None,
+                        fault: None,
                         rss: None,
                         stopped_since: None,
                     },
@@ -176,7 +167,7 @@ impl Master {
                 warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {e}");
                 // A start is all or nothing: a first wave with a slot that could not be forked is no start.
                 if let Some(startup) = &mut self.startup {
-                    startup.fail(format!("cannot fork a worker for slot {slot}: {e}"));
+                    startup.fail(StartFailure::Fork { slot, errno: e });
                 }
                 None
             }
@@ -224,7 +215,7 @@ impl Master {
         // A worker writes its report (ready, or why it failed) before it exits, but the report may have come in
         // after this wake-up read them: read again, so a worker that was ready is never taken for one that ended
         // during its start (which fails a start or a rollout).
-        if self.workers.get(&pid).is_some_and(|w| !w.ready) {
+        if self.workers.get(&pid).is_some_and(|w| !w.ready()) {
             self.read_reports();
         }
         let Some(worker) = self.workers.remove(&pid) else {
@@ -234,90 +225,53 @@ impl Master {
         };
         let executions = self.board.cell(worker.cell).executions();
         self.board.release(worker.cell);
-        let now = Mono::now();
-        let lived = now.since(worker.started);
-        let (code, signal, mut reason, crash) = match ended {
-            Ended::Code(code) => (Some(code), None, worker_code::describe(code).to_owned(), code != worker_code::OK),
-            Ended::Signal(signal) => {
-                let asked = worker.stop_sent && worker.killed_for.is_none();
-                (None, Some(signal.as_str().to_owned()), format!("killed by {}", signal.as_str()), !asked)
-            }
-        };
-        if let Some(why) = &worker.killed_for {
-            // A worker that reported why it failed knows best; a kill by the master adds the master's reason.
-            reason = match ended {
-                Ended::Code(_) => why.clone(),
-                Ended::Signal(_) => format!("{reason}: {why}"),
-            };
-        }
+        let lived = Mono::now().since(worker.started);
+        let class = policy::classify_exit(ended, &worker.life, worker.fault.as_deref());
         let task = &mut self.tasks[worker.task];
         task.executions_done += executions;
-        let category = match (crash, worker.kill_sent, worker.stop_sent) {
-            (true, _, _) => "crash",
-            (false, true, _) => "killed",
-            (false, false, true) => "stopped",
-            (false, false, false) => "normal",
-        };
-        *task.exits.entry(category).or_default() += 1;
-        let fields = (worker.slot, pid.as_raw(), executions, lived.as_millis() as u64);
-        match (code, &signal) {
-            (Some(code), _) if crash => warn!(
-                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
-                lived_ms = fields.3, code, "worker crashed: {reason}"
-            ),
-            (Some(code), _) => info!(
-                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
-                lived_ms = fields.3, code, "worker exited: {reason}"
-            ),
-            (None, Some(signal)) if crash => warn!(
-                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
-                lived_ms = fields.3, signal = %signal, "worker crashed: {reason}"
-            ),
-            (None, signal) => info!(
-                task = %task.settings.name, slot = fields.0, pid = fields.1, executions = fields.2,
-                lived_ms = fields.3, signal = %signal.as_deref().unwrap_or("-"), "worker ended: {reason}"
-            ),
-        }
+        *task.exits.entry(class.category.as_str()).or_default() += 1;
+        log_exit(&task.settings.name, &worker, ended, &class, executions, lived);
         if let Some(startup) = &mut self.startup
             && startup.pending.remove(&pid)
         {
-            startup.fail(format!("worker {pid} ended during start: {reason}"));
+            startup.fail(StartFailure::Ended { pid, reason: class.reason.clone() });
         }
         self.dirty = true;
-        if self.on_rollout_worker_exit(pid, &reason) {
+        if self.on_rollout_worker_exit(pid, &class.reason) {
             // A new-generation worker that never became ready: the rollout's failure, not the slot's crash.
             return;
         }
-        let task = &mut self.tasks[worker.task];
-        let backoff = task.settings.backoff;
-        if let Some(slot) = task.slots.get_mut(worker.slot as usize) {
-            slot.last_exit = Some(ExitStatus {
-                pid: pid.as_raw(),
-                code,
-                signal,
-                reason,
-                crash,
-                at: sysinfo::unix_seconds(SystemTime::now()),
-            });
-            if crash {
-                slot.crashes = if lived >= backoff.reset { 1 } else { slot.crashes + 1 };
-                let delay = backoff.delay(slot.crashes);
-                slot.respawn_at = Some(now + delay);
-                if matches!(self.phase, HostPhase::Running) && self.host.check_interval.is_some() {
-                    info!(
-                        slot = worker.slot,
-                        crashes = slot.crashes,
-                        delay_ms = delay.as_millis() as u64,
-                        "respawn after backoff"
-                    );
-                }
-            } else {
-                if lived >= backoff.reset {
-                    slot.crashes = 0;
-                }
-                slot.respawn_at = None;
-            }
+        self.schedule_refill(&worker, ended, class, lived);
+    }
+
+    /// Records how a slot's worker ended and when the slot gets its next worker (at once, or after the backoff).
+    fn schedule_refill(&mut self, worker: &Worker, ended: Ended, class: policy::ExitClass, lived: Duration) {
+        let backoff = self.tasks[worker.task].settings.backoff;
+        let quiet = !matches!(self.phase, HostPhase::Running) || self.host.check_interval.is_none();
+        let Some(slot) = self.tasks[worker.task].slots.get_mut(worker.slot as usize) else { return };
+        let after = policy::after_exit(slot.crashes, lived, class.crash(), &backoff);
+        slot.crashes = after.crashes;
+        slot.respawn_at = after.delay.map(|delay| Mono::now() + delay);
+        if let (Some(delay), false) = (after.delay, quiet) {
+            info!(
+                slot = worker.slot,
+                crashes = after.crashes,
+                delay_ms = delay.as_millis() as u64,
+                "respawn after backoff"
+            );
         }
+        let (code, signal) = match ended {
+            Ended::Code(code) => (Some(code), None),
+            Ended::Signal(signal) => (None, Some(signal.as_str().to_owned())),
+        };
+        slot.last_exit = Some(ExitStatus {
+            pid: worker.pid.as_raw(),
+            code,
+            signal,
+            crash: class.crash(),
+            reason: class.reason,
+            at: sysinfo::unix_seconds(SystemTime::now()),
+        });
     }
 
     /// Asks a worker (and the processes of its group) to stop gracefully; it is killed if it is still there
@@ -325,10 +279,7 @@ impl Master {
     pub(super) fn stop_worker(&mut self, pid: Pid) {
         let kill_at = Mono::now() + self.host.stop_timeout;
         if let Some(worker) = self.workers.get_mut(&pid) {
-            if !worker.stop_sent {
-                worker.kill_at = Some(kill_at);
-            }
-            worker.stop_sent = true;
+            worker.life.ask_to_stop(kill_at);
             signal_group(pid, Signal::SIGTERM);
             self.dirty = true;
         }
@@ -337,8 +288,8 @@ impl Master {
     /// Kills a worker for a fault (the reason is recorded with its exit).
     pub(super) fn kill_worker(&mut self, pid: Pid, reason: String) {
         if let Some(worker) = self.workers.get_mut(&pid) {
-            worker.killed_for = Some(reason);
-            worker.kill_sent = true;
+            worker.fault = Some(reason);
+            worker.life.kill(KillReason::Fault);
             signal_group(pid, Signal::SIGKILL);
             self.dirty = true;
         }
@@ -350,8 +301,7 @@ impl Master {
             self.forced_stop = true;
         }
         if let Some(worker) = self.workers.get_mut(&pid) {
-            worker.stop_sent = true;
-            worker.kill_sent = true;
+            worker.life.kill(KillReason::Discarded);
             signal_group(pid, Signal::SIGKILL);
             self.dirty = true;
         }
@@ -359,9 +309,26 @@ impl Master {
 
     /// Kills every worker and its processes now.
     pub(super) fn kill_all(&mut self) {
-        let alive: Vec<Pid> = self.workers.values().filter(|w| !w.kill_sent).map(|w| w.pid).collect();
+        let alive: Vec<Pid> = self.workers.values().filter(|w| !w.life.kill_sent()).map(|w| w.pid).collect();
         for pid in alive {
             self.discard_worker(pid);
+        }
+    }
+}
+
+/// The process log's line for a worker's end: a warning for a crash, with its code or signal.
+fn log_exit(task: &str, worker: &Worker, ended: Ended, class: &policy::ExitClass, executions: u64, lived: Duration) {
+    let (slot, pid, lived_ms, reason) = (worker.slot, worker.pid.as_raw(), lived.as_millis() as u64, &class.reason);
+    match ended {
+        Ended::Code(code) if class.crash() => {
+            warn!(task, slot, pid, executions, lived_ms, code, "worker crashed: {reason}")
+        }
+        Ended::Code(code) => info!(task, slot, pid, executions, lived_ms, code, "worker exited: {reason}"),
+        Ended::Signal(signal) if class.crash() => {
+            warn!(task, slot, pid, executions, lived_ms, signal = signal.as_str(), "worker crashed: {reason}")
+        }
+        Ended::Signal(signal) => {
+            info!(task, slot, pid, executions, lived_ms, signal = signal.as_str(), "worker ended: {reason}")
         }
     }
 }

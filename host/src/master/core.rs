@@ -13,7 +13,7 @@
 //! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
 //! its own message, not just its exit code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::SystemTime;
 
@@ -24,11 +24,14 @@ use tracing::{error, info, warn};
 
 use super::events::Events;
 use super::signals::{self, Action};
+use super::startup::{StartFailure, Startup, batch_outcome};
+use super::state::{Build, Task, Worker};
 use crate::pidfile::PidFile;
 use crate::plugin::StagedPlugin;
+use crate::ready::ReadyNotifier;
 use crate::report::{Report, ReportReader};
 use crate::rundir::{Dir, HostDirs};
-use crate::scoreboard::{CellIndex, Scoreboard};
+use crate::scoreboard::Scoreboard;
 use crate::settings::{HostSettings, TaskSettings};
 use crate::status::ExitStatus;
 use crate::sysinfo::Mono;
@@ -36,34 +39,15 @@ use crate::sysinfo::Mono;
 /// The master could not run or its start failed.
 #[derive(Debug, Error)]
 pub enum MasterError {
-    /// No worker of a fresh start completed `init`.
-    #[error("{0}")]
-    StartFailed(String),
+    /// A worker of a fresh start failed (the first failure is the reason).
+    #[error(transparent)]
+    StartFailed(StartFailure),
     /// The event loop itself failed.
     #[error("master event loop failed")]
     EventLoop(#[source] std::io::Error),
     /// Batch mode ran every worker to its end, but some of them crashed.
     #[error("{0}")]
     BatchFailed(String),
-}
-
-/// Tells a waiting `pmhost start -d` whether the start succeeded, through a pipe.
-pub struct ReadyNotifier(OwnedFd);
-
-impl ReadyNotifier {
-    /// Wraps the write end of the readiness pipe.
-    pub fn new(fd: OwnedFd) -> ReadyNotifier {
-        ReadyNotifier(fd)
-    }
-
-    /// Sends the outcome and closes the pipe.
-    pub fn send(self, outcome: Result<(), &str>) {
-        let message = match outcome {
-            Ok(()) => format!("ready {}\n", std::process::id()),
-            Err(reason) => format!("error\n{reason}"),
-        };
-        let _ = nix::unistd::write(&self.0, message.as_bytes());
-    }
 }
 
 /// Raises the master's open-file limit to its hard limit: every worker costs it two pipe ends (its captured
@@ -81,107 +65,8 @@ pub(super) enum HostPhase {
     /// Each worker asked to stop carries its own kill deadline (`Worker::kill_at`).
     Stopping {
         /// What `run()` returns once every worker is gone.
-        outcome: Result<(), String>,
+        outcome: Result<(), StartFailure>,
     },
-}
-
-/// What a worker runs: a plugin build with its limits and config, and the generation it was rolled out as.
-#[derive(Debug, Clone)]
-pub(super) struct Build {
-    pub(super) generation: u32,
-    pub(super) plugin: StagedPlugin,
-    pub(super) limits: crate::settings::Limits,
-    pub(super) config_json: String,
-}
-
-impl Build {
-    pub(super) fn new(generation: u32, plugin: StagedPlugin, settings: &TaskSettings) -> Build {
-        Build { generation, plugin, limits: settings.limits, config_json: settings.config_json.clone() }
-    }
-}
-
-/// One task: its settings, the build its slots run, and its worker slots.
-pub(super) struct Task {
-    pub(super) settings: TaskSettings,
-    /// The committed build: what new slots and respawns run (a slot may differ during a rollout).
-    pub(super) build: Build,
-    pub(super) slots: Vec<Slot>,
-    /// `work` calls finished by workers of this task that have exited.
-    pub(super) executions_done: u64,
-    /// Worker exits by reason (`normal`, `crash`, `stopped`, `killed`), for metrics.
-    pub(super) exits: BTreeMap<&'static str, u64>,
-    /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
-    pub(super) retired: bool,
-}
-
-/// The history of one worker slot.
-#[derive(Debug, Default)]
-pub(super) struct Slot {
-    /// The build this slot runs, when a rollout has moved it off the task's build.
-    pub(super) build: Option<Build>,
-    /// Workers started in this slot so far.
-    pub(super) spawned: u32,
-    /// Consecutive crashes (reset by a normal exit or by a long enough run).
-    pub(super) crashes: u32,
-    /// No respawn before this (crash backoff).
-    pub(super) respawn_at: Option<Mono>,
-    /// How the last worker of this slot ended.
-    pub(super) last_exit: Option<ExitStatus>,
-}
-
-/// A live worker process.
-#[derive(Debug)]
-pub(super) struct Worker {
-    pub(super) pid: Pid,
-    pub(super) task: usize,
-    pub(super) slot: u32,
-    pub(super) generation: u32,
-    pub(super) cell: CellIndex,
-    pub(super) plugin_sha256: String,
-    pub(super) started: Mono,
-    pub(super) started_wall: SystemTime,
-    /// When a worker still not ready is killed.
-    pub(super) init_deadline: Mono,
-    /// `init` succeeded.
-    pub(super) ready: bool,
-    /// The master asked it to stop (its exit is then not a crash).
-    pub(super) stop_sent: bool,
-    /// The master sent SIGKILL.
-    pub(super) kill_sent: bool,
-    /// When a worker asked to stop gets SIGKILL if it is still there.
-    pub(super) kill_at: Option<Mono>,
-    /// The scoreboard sequence number last seen and when it was first seen (hung-work detection).
-    pub(super) seq_seen: (u64, Mono),
-    /// Why the master killed it, when it did so for a fault.
-    pub(super) killed_for: Option<String>,
-    pub(super) rss: Option<u64>,
-    /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
-    pub(super) stopped_since: Option<Mono>,
-}
-
-/// Tracks the first wave of workers: the start succeeds once every one of them is ready, and fails as soon as
-/// one of them cannot be started (fork failed), fails to load or `init`, or ends before it is ready.
-#[derive(Debug, Default)]
-pub(super) struct Startup {
-    pub(super) pending: BTreeSet<Pid>,
-    pub(super) ready: usize,
-    pub(super) first_error: Option<String>,
-}
-
-impl Startup {
-    /// A first-wave worker failed (its reason is kept if it is the first).
-    pub(super) fn fail(&mut self, reason: String) {
-        self.first_error.get_or_insert(reason);
-    }
-
-    /// The start's outcome once it is decided: `Ok` when every worker is ready, `Err` with the first failure.
-    pub(super) fn verdict(&self) -> Option<Result<usize, &str>> {
-        match (&self.first_error, self.pending.is_empty()) {
-            (Some(error), _) => Some(Err(error)),
-            (None, true) => Some(Ok(self.ready)),
-            (None, false) => None,
-        }
-    }
 }
 
 /// Everything the master is built from (prepared by the CLI).
@@ -234,7 +119,7 @@ pub struct Master {
     pub(super) generation: u32,
     /// The number the next rollout gets.
     pub(super) next_generation: u32,
-    pub(super) rollout: Option<super::rollout::Rollout>,
+    pub(super) rollout: Option<super::progress::Rollout>,
     pub(super) restart_queue: std::collections::VecDeque<super::rollout::RestartOrder>,
     pub(super) last_restart: Option<crate::status::RestartStatus>,
     pub(super) last_scale: Option<crate::status::ScaleStatus>,
@@ -397,69 +282,10 @@ impl Master {
         }
     }
 
-    /// TERM/INT: graceful stop; the second request stops at once.
-    fn handle_stop(&mut self, signal: Signal) {
-        if matches!(self.phase, HostPhase::Stopping { .. }) {
-            info!(signal = signal.as_str(), "second stop request: stopping at once");
-            self.kill_all();
-            return;
-        }
-        info!(
-            signal = signal.as_str(),
-            workers = self.workers.len(),
-            timeout_ms = self.host.stop_timeout.as_millis() as u64,
-            "graceful stop"
-        );
-        self.begin_stop(Ok(()));
-    }
-
-    /// `pmhost stop`: a graceful stop, answered with the grace period at once and with the outcome at exit. A
-    /// second request joins the stop under way (it never escalates it, unlike a second SIGTERM).
-    fn handle_stop_request(&mut self, sender: Pid) {
-        // The sender is held by a pidfd from now on: the answers can never reach a process that reuses its pid.
-        match crate::control::pidfd_open(sender) {
-            Ok(pidfd) => {
-                let accepted = crate::control::Reply::Accepted { grace: self.host.stop_timeout };
-                let _ = crate::control::send(pidfd.as_fd(), crate::control::reply_signal(), accepted.encode());
-                self.stop_requesters.push(pidfd);
-            }
-            Err(e) => warn!(sender = sender.as_raw(), "cannot answer a stop request: {e}"),
-        }
-        if matches!(self.phase, HostPhase::Running) {
-            info!(sender = sender.as_raw(), workers = self.workers.len(), "graceful stop requested by pmhost stop");
-            self.begin_stop(Ok(()));
-        }
-    }
-
-    /// QUIT: immediate stop.
-    fn handle_stop_now(&mut self, signal: Signal) {
-        info!(signal = signal.as_str(), workers = self.workers.len(), "immediate stop");
-        if let Some(notifier) = &self.notifier {
-            notifier.stopping();
-        }
-        if !matches!(self.phase, HostPhase::Stopping { .. }) {
-            self.phase = HostPhase::Stopping { outcome: Ok(()) };
-        }
-        self.kill_all();
-    }
-
     /// HUP: rolling restart of every task, re-reading its plugin file.
     fn handle_restart(&mut self) {
         info!("SIGHUP: rolling restart requested");
         self.restart_queue.push_back(super::rollout::RestartOrder::default());
-    }
-
-    /// Starts a graceful stop: every worker gets SIGTERM; stragglers get SIGKILL after `stop_timeout`.
-    pub(super) fn begin_stop(&mut self, outcome: Result<(), String>) {
-        if let Some(notifier) = &self.notifier {
-            notifier.stopping();
-        }
-        self.phase = HostPhase::Stopping { outcome };
-        let pids: Vec<Pid> = self.workers.keys().copied().collect();
-        for pid in pids {
-            self.stop_worker(pid);
-        }
-        self.dirty = true;
     }
 
     fn handle_deadlines(&mut self) {
@@ -467,22 +293,18 @@ impl Master {
         let slow: Vec<Pid> = self
             .workers
             .values()
-            .filter(|w| !w.ready && w.killed_for.is_none() && now >= w.init_deadline)
+            .filter(|w| w.fault.is_none() && w.life.init_deadline().is_some_and(|at| now >= at))
             .map(|w| w.pid)
             .collect();
         for pid in slow {
             let worker = &self.workers[&pid];
-            let timeout = worker.init_deadline.since(worker.started);
+            let timeout = worker.life.init_deadline().unwrap_or(now).since(worker.started);
             let reason = format!("plugin init did not finish within init_timeout ({} ms)", timeout.as_millis());
             warn!(pid = pid.as_raw(), "{reason}: killing the worker");
             self.kill_worker(pid, reason);
         }
-        let overdue: Vec<Pid> = self
-            .workers
-            .values()
-            .filter(|w| !w.kill_sent && w.kill_at.is_some_and(|at| now >= at))
-            .map(|w| w.pid)
-            .collect();
+        let overdue: Vec<Pid> =
+            self.workers.values().filter(|w| w.life.kill_at().is_some_and(|at| now >= at)).map(|w| w.pid).collect();
         for pid in overdue {
             warn!(
                 pid = pid.as_raw(),
@@ -518,10 +340,10 @@ impl Master {
                 deadlines.extend(task.slots.iter().filter_map(|slot| slot.respawn_at));
             }
         }
-        for worker in self.workers.values().filter(|w| !w.ready && w.killed_for.is_none()) {
-            deadlines.push(worker.init_deadline);
+        for worker in self.workers.values().filter(|w| w.fault.is_none()) {
+            deadlines.extend(worker.life.init_deadline());
         }
-        deadlines.extend(self.workers.values().filter(|w| !w.kill_sent).filter_map(|w| w.kill_at));
+        deadlines.extend(self.workers.values().filter_map(|w| w.life.kill_at()));
         deadlines.extend(self.next_supervision);
         deadlines.extend(self.next_watchdog);
         deadlines.into_iter().min()
@@ -567,7 +389,8 @@ impl Master {
                 Report::Ready { pid } => {
                     let pid = Pid::from_raw(pid);
                     if let Some(worker) = self.workers.get_mut(&pid) {
-                        worker.ready = true;
+                        worker.ready_at = Some(Mono::now());
+                        worker.life.ready();
                         self.dirty = true;
                     }
                     self.on_rollout_worker_ready(pid);
@@ -580,12 +403,12 @@ impl Master {
                 Report::Failed { pid, message } => {
                     let pid = Pid::from_raw(pid);
                     if let Some(worker) = self.workers.get_mut(&pid) {
-                        worker.killed_for.get_or_insert(message.clone());
+                        worker.record_fault(message.clone());
                     }
                     if let Some(startup) = &mut self.startup
                         && startup.pending.remove(&pid)
                     {
-                        startup.fail(message);
+                        startup.fail(StartFailure::Reported(message));
                     }
                 }
             }
@@ -601,7 +424,7 @@ impl Master {
             // Asked to stop before the start was decided: the stop, not the workers' end, is the outcome.
             self.startup = None;
             if let Some(ready) = self.ready.take() {
-                ready.send(Err("stopped before every worker was ready"));
+                ready.send(Err(&StartFailure::Stopped.to_string()));
             }
             return;
         }
@@ -622,12 +445,12 @@ impl Master {
             return;
         }
         let startup = self.startup.take().expect("checked above");
-        let reason = startup.first_error.unwrap_or_else(|| "no worker became ready".to_owned());
-        error!(target: crate::logging::FATAL_TARGET, "start failed: {reason}");
+        let failure = startup.first_failure.expect("a verdict other than Ok has a failure");
+        error!(target: crate::logging::FATAL_TARGET, "start failed: {failure}");
         if let Some(ready) = self.ready.take() {
-            ready.send(Err(&reason));
+            ready.send(Err(&failure.to_string()));
         }
-        self.phase = HostPhase::Stopping { outcome: Err(reason) };
+        self.phase = HostPhase::Stopping { outcome: Err(failure) };
         self.kill_all();
     }
 
@@ -654,81 +477,5 @@ impl Master {
             }
             Err(error) => Err(error),
         }
-    }
-}
-
-/// The verdict of a batch run, from how the last worker of each slot that ran ended (task, slot, exit): a
-/// success only if none crashed; otherwise one sentence with how many failed and why (the first few).
-fn batch_outcome(ends: &[(&str, u32, Option<&ExitStatus>)]) -> Result<(), String> {
-    const SHOWN: usize = 3;
-    let failed: Vec<String> = ends
-        .iter()
-        .filter_map(|(task, slot, exit)| {
-            let exit = exit.filter(|e| e.crash)?;
-            let code = exit.code.map(|code| format!(" (exit code {code})")).unwrap_or_default();
-            Some(format!("{task} slot {slot} (pid {}): {}{code}", exit.pid, exit.reason))
-        })
-        .collect();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    let more = match failed.len().saturating_sub(SHOWN) {
-        0 => String::new(),
-        n => format!("; and {n} more (see the log)"),
-    };
-    Err(format!(
-        "batch mode: {} of {} workers failed: {}{more}",
-        failed.len(),
-        ends.len(),
-        failed[..failed.len().min(SHOWN)].join("; ")
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn exit(pid: i32, reason: &str, crash: bool) -> ExitStatus {
-        ExitStatus { pid, code: None, signal: None, reason: reason.to_owned(), crash, at: 0 }
-    }
-
-    #[test]
-    fn a_start_is_decided_when_every_worker_is_ready_or_at_the_first_failure() {
-        let mut startup = Startup::default();
-        startup.pending.extend([Pid::from_raw(10), Pid::from_raw(11)]);
-        assert_eq!(startup.verdict(), None);
-        startup.pending.remove(&Pid::from_raw(10));
-        startup.ready += 1;
-        assert_eq!(startup.verdict(), None, "one worker is still starting");
-        // A slot whose worker could not even be forked fails the start while others are still starting.
-        startup.fail("cannot fork a worker for slot 2: EAGAIN".to_owned());
-        startup.fail("a later failure".to_owned());
-        assert_eq!(startup.verdict(), Some(Err("cannot fork a worker for slot 2: EAGAIN")));
-        let mut fine = Startup::default();
-        fine.pending.insert(Pid::from_raw(12));
-        fine.pending.clear();
-        fine.ready = 1;
-        assert_eq!(fine.verdict(), Some(Ok(1)));
-    }
-
-    #[test]
-    fn a_batch_fails_when_any_worker_crashed_and_says_which_and_why() {
-        let ok = exit(10, "normal exit", false);
-        let panicked = exit(11, "plugin panicked", true);
-        let segv = exit(12, "killed by SIGSEGV", true);
-        let code = ExitStatus { code: Some(9), ..exit(13, "exit code from plugin code", true) };
-        assert_eq!(batch_outcome(&[]), Ok(()));
-        assert_eq!(batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&ok))]), Ok(()));
-        assert_eq!(
-            batch_outcome(&[("t", 0, Some(&ok)), ("t", 1, Some(&panicked))]),
-            Err("batch mode: 1 of 2 workers failed: t slot 1 (pid 11): plugin panicked".to_owned())
-        );
-        let all = [("a", 0, Some(&panicked)), ("a", 1, Some(&segv)), ("b", 0, Some(&code)), ("b", 1, Some(&segv))];
-        let reason = batch_outcome(&all).unwrap_err();
-        assert!(
-            reason.starts_with("batch mode: 4 of 4 workers failed: a slot 0 (pid 11): plugin panicked; "),
-            "{reason}"
-        );
-        assert!(reason.contains("b slot 0 (pid 13): exit code from plugin code (exit code 9); and 1 more"), "{reason}");
     }
 }

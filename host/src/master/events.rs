@@ -22,8 +22,6 @@ pub struct Woken {
     pub signals: Vec<(Signal, Pid)>,
     /// Senders of stop requests ([`crate::control`]), in arrival order.
     pub stop_requests: Vec<Pid>,
-    /// The deadline timer fired.
-    pub timer: bool,
     /// Some worker wrote output.
     pub output: bool,
 }
@@ -81,7 +79,6 @@ impl Events {
             // Reading clears the expiry count; the timer is one-shot, so it is disarmed now.
             let _ = self.timer.wait();
             self.armed = None;
-            woken.timer = true;
         }
         woken.output = readable(&fds[3]);
         if readable(&fds[0]) {

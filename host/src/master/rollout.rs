@@ -8,14 +8,15 @@
 //! and slots not reached yet keep their old workers, untouched. The common case, a broken build, fails on the
 //! first slot, so every old worker keeps its pid.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::core::{Build, HostPhase, Master, Slot};
+use super::core::{HostPhase, Master};
+use super::progress::{Rollout, Step};
+use super::state::{Build, Slot};
 use crate::plugin;
 use crate::settings::TaskSettings;
 use crate::status::RestartStatus;
@@ -46,22 +47,6 @@ struct RolloutPlan {
     rolled: Vec<(String, Build)>,
     /// Builds of the tasks the file adds, in its order.
     added: Vec<Build>,
-}
-
-/// A rollout in progress.
-#[derive(Debug)]
-pub struct Rollout {
-    generation: u32,
-    surge: usize,
-    init_timeout: Option<Duration>,
-    /// Per task: the build being rolled out (`None`: the task is not part of this rollout).
-    new_builds: Vec<Option<Build>>,
-    /// Slots still to move.
-    queue: VecDeque<(usize, u32)>,
-    /// New workers not ready yet, and their slot.
-    in_flight: BTreeMap<Pid, (usize, u32)>,
-    /// Slots already moved.
-    switched: Vec<(usize, u32)>,
 }
 
 impl Master {
@@ -127,28 +112,20 @@ impl Master {
             self.apply_reload(wanted, plan.added);
         }
         let mut new_builds = vec![None; self.tasks.len()];
-        let mut queue = VecDeque::new();
         for (name, build) in plan.rolled {
             let Some(index) = self.tasks.iter().position(|t| t.settings.name == name) else { continue };
-            queue.extend((0..self.tasks[index].settings.workers).map(|slot| (index, slot)));
             new_builds[index] = Some(build);
         }
-        info!(generation, slots = queue.len(), "restart: rolling out generation {generation}");
+        let workers: Vec<u32> = self.tasks.iter().map(|t| t.settings.workers).collect();
+        let rollout = Rollout::new(generation, order.surge.unwrap_or(1), order.init_timeout, new_builds, &workers);
+        info!(generation, slots = rollout.total(), "restart: rolling out generation {generation}");
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
         if let Some(record) = &mut self.last_restart {
-            record.slots_total = queue.len() as u32;
+            record.slots_total = rollout.total() as u32;
         }
-        self.rollout = Some(Rollout {
-            generation,
-            surge: order.surge.unwrap_or(1).max(1) as usize,
-            init_timeout: order.init_timeout,
-            new_builds,
-            queue,
-            in_flight: BTreeMap::new(),
-            switched: Vec::new(),
-        });
+        self.rollout = Some(rollout);
     }
 
     /// Works out a restart without changing anything: re-reads and checks the config file (when the host has one
@@ -217,7 +194,7 @@ impl Master {
                 None => {
                     info!(task = %settings.name, workers = settings.workers, "config: new task");
                     let build = added.next().expect("one staged build per added task, in the same order");
-                    self.tasks.push(super::core::Task {
+                    self.tasks.push(super::state::Task {
                         settings,
                         build,
                         slots: Vec::new(),
@@ -234,32 +211,28 @@ impl Master {
     /// Starts new workers up to the surge, and finishes the rollout when every slot has moved.
     fn fill_rollout(&mut self) {
         loop {
+            let tasks = &self.tasks;
             let Some(rollout) = &mut self.rollout else { return };
-            if rollout.in_flight.len() >= rollout.surge {
-                return;
-            }
-            let Some((task, slot)) = rollout.queue.pop_front() else {
-                if !rollout.in_flight.is_empty() {
-                    return;
+            match rollout.next(|task| tasks[task].settings.workers) {
+                Step::Wait => return,
+                Step::Drained => {
+                    if self.queue_stragglers() {
+                        continue;
+                    }
+                    return self.finish_rollout();
                 }
-                if self.queue_stragglers() {
-                    continue;
-                }
-                self.finish_rollout();
-                return;
-            };
-            if slot >= self.tasks[task].settings.workers {
-                continue; // scaled down meanwhile
-            }
-            let build = rollout.new_builds[task].clone().expect("queued slots belong to rolled tasks");
-            let init_timeout = rollout.init_timeout.unwrap_or(self.tasks[task].settings.init_timeout);
-            match self.spawn_worker(task, slot, &build, init_timeout) {
-                Some(pid) => {
-                    if let Some(rollout) = &mut self.rollout {
-                        rollout.in_flight.insert(pid, (task, slot));
+                Step::Spawn(task, slot) => {
+                    let build = rollout.build(task).cloned().expect("queued slots belong to rolled tasks");
+                    let init_timeout = rollout.init_timeout.unwrap_or(tasks[task].settings.init_timeout);
+                    match self.spawn_worker(task, slot, &build, init_timeout) {
+                        Some(pid) => {
+                            if let Some(rollout) = &mut self.rollout {
+                                rollout.started(pid, task, slot);
+                            }
+                        }
+                        None => return self.fail_rollout(format!("cannot fork a new worker for slot {slot}")),
                     }
                 }
-                None => return self.fail_rollout(format!("cannot fork a new worker for slot {slot}")),
             }
         }
     }
@@ -268,36 +241,27 @@ impl Master {
     /// rollout); returns whether any were queued.
     fn queue_stragglers(&mut self) -> bool {
         let Some(rollout) = &mut self.rollout else { return false };
-        let mut found = Vec::new();
-        for (index, task) in self.tasks.iter().enumerate() {
-            if rollout.new_builds.get(index).is_none_or(|b| b.is_none()) || task.retired {
-                continue;
-            }
-            for slot in 0..task.settings.workers {
-                let old = self
-                    .workers
-                    .values()
-                    .any(|w| w.task == index && w.slot == slot && !w.stop_sent && w.generation != rollout.generation);
-                if old && !rollout.switched.contains(&(index, slot)) {
-                    found.push((index, slot));
-                }
-            }
-        }
-        rollout.queue.extend(found.iter().copied());
+        let generation = rollout.generation;
+        let old: Vec<(usize, u32)> = self
+            .workers
+            .values()
+            .filter(|w| !w.life.stop_sent() && w.generation != generation)
+            .filter(|w| !self.tasks[w.task].retired && w.slot < self.tasks[w.task].settings.workers)
+            .map(|w| (w.task, w.slot))
+            .collect();
+        let queued = rollout.add_stragglers(old);
         if let Some(record) = &mut self.last_restart {
-            record.slots_total += found.len() as u32;
+            record.slots_total += queued as u32;
         }
-        !found.is_empty()
+        queued > 0
     }
 
     /// A new worker is ready: its slot moves to the new build and the slot's old worker stops gracefully.
     pub(super) fn on_rollout_worker_ready(&mut self, pid: Pid) {
         let Some(rollout) = &mut self.rollout else { return };
-        let Some((task, slot)) = rollout.in_flight.remove(&pid) else { return };
-        let build = rollout.new_builds[task].clone().expect("in-flight workers belong to rolled tasks");
-        let generation = rollout.generation;
-        rollout.switched.push((task, slot));
-        let done = rollout.switched.len() as u32;
+        let Some((task, slot)) = rollout.ready(pid) else { return };
+        let build = rollout.build(task).cloned().expect("in-flight workers belong to rolled tasks");
+        let (generation, done) = (rollout.generation, rollout.done() as u32);
         let slots = &mut self.tasks[task].slots;
         if slots.len() <= slot as usize {
             slots.resize_with(slot as usize + 1, Slot::default);
@@ -306,7 +270,8 @@ impl Master {
         let old: Vec<Pid> = self
             .workers
             .values()
-            .filter(|w| w.task == task && w.slot == slot && w.pid != pid && w.generation != generation && !w.stop_sent)
+            .filter(|w| w.task == task && w.slot == slot && w.pid != pid && w.generation != generation)
+            .filter(|w| !w.life.stop_sent())
             .map(|w| w.pid)
             .collect();
         info!(slot, pid = pid.as_raw(), generation, replaced = ?old, "restart: slot moved to the new generation");
@@ -321,8 +286,7 @@ impl Master {
 
     /// A worker ended; if it was a new worker not ready yet, the rollout fails. Returns whether it was one.
     pub(super) fn on_rollout_worker_exit(&mut self, pid: Pid, reason: &str) -> bool {
-        let Some(rollout) = &mut self.rollout else { return false };
-        let Some((_, slot)) = rollout.in_flight.remove(&pid) else { return false };
+        let Some(slot) = self.rollout.as_mut().and_then(|r| r.failed(pid)) else { return false };
         self.fail_rollout(format!("new worker for slot {slot} (pid {pid}) failed: {reason}"));
         true
     }
@@ -336,18 +300,19 @@ impl Master {
     /// Stops the rollout and puts every slot back on the old build.
     fn fail_rollout(&mut self, reason: String) {
         let Some(rollout) = self.rollout.take() else { return };
-        error!(generation = rollout.generation, "restart rolled back: {reason}");
-        for pid in rollout.in_flight.keys().copied().collect::<Vec<_>>() {
+        let back = rollout.roll_back();
+        error!(generation = back.generation, "restart rolled back: {reason}");
+        for pid in back.starting {
             self.discard_worker(pid);
         }
-        for (task, slot) in rollout.switched {
+        for (task, slot) in back.moved {
             if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
                 state.build = None;
             }
             let new: Vec<Pid> = self
                 .workers
                 .values()
-                .filter(|w| w.task == task && w.slot == slot && w.generation == rollout.generation && !w.stop_sent)
+                .filter(|w| w.task == task && w.slot == slot && w.generation == back.generation && !w.life.stop_sent())
                 .map(|w| w.pid)
                 .collect();
             for pid in new {
@@ -360,7 +325,8 @@ impl Master {
     /// Every slot moved: the new builds become the tasks' builds.
     fn finish_rollout(&mut self) {
         let Some(rollout) = self.rollout.take() else { return };
-        for (task, build) in self.tasks.iter_mut().zip(rollout.new_builds) {
+        let generation = rollout.generation;
+        for (task, build) in self.tasks.iter_mut().zip(rollout.into_builds()) {
             let Some(build) = build else { continue };
             task.settings.plugin.clone_from(&build.plugin.original);
             task.build = build;
@@ -368,8 +334,8 @@ impl Master {
                 slot.build = None;
             }
         }
-        self.generation = rollout.generation;
-        info!(generation = rollout.generation, "restart complete: every slot runs generation {}", rollout.generation);
+        self.generation = generation;
+        info!(generation, "restart complete: every slot runs generation {generation}");
         self.record_restart_end(None);
     }
 

@@ -7,9 +7,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::warn;
 
-use super::core::{HostPhase, Master, Worker};
+use super::core::{HostPhase, Master};
+use super::state::{Task, Worker};
 use crate::rundir;
-use crate::status::Snapshot;
+use crate::status::{BackoffStatus, HostState, MasterStatus, Snapshot, TaskStatus, WorkerState, WorkerStatus};
 use crate::sysinfo::{self, Mono};
 
 /// The signal that tells a `pmhost status` its snapshot is written. Its default action is to be ignored, so it
@@ -104,80 +105,29 @@ impl Master {
 
     /// One line for systemd's STATUS=: ready workers, wanted workers, generation.
     pub(super) fn summary(&self) -> String {
-        let ready = self.workers.values().filter(|w| w.ready && !w.stop_sent).count();
+        let ready = self.workers.values().filter(|w| w.life.serving()).count();
         let rolling = if self.rollout.is_some() { ", restarting" } else { "" };
         format!("{ready}/{} workers ready, generation {}{rolling}", self.wanted_workers(), self.generation)
     }
 
     /// The current state as a status snapshot.
     pub(super) fn snapshot(&self) -> Snapshot {
-        use crate::status::{MasterStatus, TaskStatus, WorkerStatus};
         let now = SystemTime::now();
         let state = match (&self.phase, &self.startup) {
-            (HostPhase::Stopping { .. }, _) => "stopping",
-            (HostPhase::Running, Some(_)) => "starting",
-            (HostPhase::Running, None) => "running",
+            (HostPhase::Stopping { .. }, _) => HostState::Stopping,
+            (HostPhase::Running, Some(_)) => HostState::Starting,
+            (HostPhase::Running, None) => HostState::Running,
         };
         let tasks = self
             .tasks
             .iter()
             .enumerate()
             .filter(|(index, task)| !task.retired || self.workers.values().any(|w| w.task == *index))
-            .map(|(index, task)| {
-                let workers: Vec<WorkerStatus> = self
-                    .workers
-                    .values()
-                    .filter(|w| w.task == index)
-                    .map(|w| {
-                        let cell = self.board.cell(w.cell);
-                        let slot = task.slots.get(w.slot as usize);
-                        WorkerStatus {
-                            slot: w.slot,
-                            pid: w.pid.as_raw(),
-                            title: self.host.worker_title(&task.settings.name),
-                            state: worker_state(w, cell).to_owned(),
-                            executions: cell.executions(),
-                            generation: w.generation,
-                            plugin_sha256: w.plugin_sha256.clone(),
-                            rss_bytes: w.rss,
-                            started_at: sysinfo::unix_seconds(w.started_wall),
-                            restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
-                            last_exit: slot.and_then(|s| s.last_exit.clone()),
-                        }
-                    })
-                    .collect();
-                let live: u64 = workers.iter().map(|w| w.executions).sum();
-                let now_mono = Mono::now();
-                let backoff = task
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(slot, _)| (*slot as u32) < task.settings.workers && !task.retired)
-                    .filter(|(slot, _)| !workers.iter().any(|w| w.slot == *slot as u32))
-                    .filter_map(|(slot, state)| {
-                        let at = state.respawn_at.filter(|at| *at > now_mono)?;
-                        Some(crate::status::BackoffStatus {
-                            slot: slot as u32,
-                            crashes: state.crashes,
-                            next_attempt_in_ms: at.since(now_mono).as_millis() as u64,
-                            last_exit: state.last_exit.clone(),
-                        })
-                    })
-                    .collect();
-                TaskStatus {
-                    name: task.settings.name.clone(),
-                    plugin: task.build.plugin.original.display().to_string(),
-                    plugin_sha256: task.build.plugin.sha256.clone(),
-                    workers_wanted: if task.retired { 0 } else { task.settings.workers },
-                    executions_total: task.executions_done + live,
-                    workers,
-                    backoff,
-                }
-            })
+            .map(|(index, task)| self.task_status(index, task))
             .collect();
         Snapshot {
             name: self.host.name.clone(),
-            state: state.to_owned(),
+            state,
             master: MasterStatus {
                 pid: std::process::id() as i32,
                 title: self.host.master_title(),
@@ -194,23 +144,74 @@ impl Master {
             tasks,
         }
     }
+
+    /// One task's part of the snapshot: its workers, and its slots waiting out a backoff.
+    fn task_status(&self, index: usize, task: &Task) -> TaskStatus {
+        let workers: Vec<WorkerStatus> =
+            self.workers.values().filter(|w| w.task == index).map(|w| self.worker_status(w, task)).collect();
+        let live: u64 = workers.iter().map(|w| w.executions).sum();
+        let now = Mono::now();
+        let backoff = task
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(slot, _)| (*slot as u32) < task.settings.workers && !task.retired)
+            .filter(|(slot, _)| !workers.iter().any(|w| w.slot == *slot as u32))
+            .filter_map(|(slot, state)| {
+                let at = state.respawn_at.filter(|at| *at > now)?;
+                Some(BackoffStatus {
+                    slot: slot as u32,
+                    crashes: state.crashes,
+                    next_attempt_in_ms: at.since(now).as_millis() as u64,
+                    last_exit: state.last_exit.clone(),
+                })
+            })
+            .collect();
+        TaskStatus {
+            name: task.settings.name.clone(),
+            plugin: task.build.plugin.original.display().to_string(),
+            plugin_sha256: task.build.plugin.sha256.clone(),
+            workers_wanted: if task.retired { 0 } else { task.settings.workers },
+            executions_total: task.executions_done + live,
+            workers,
+            backoff,
+        }
+    }
+
+    fn worker_status(&self, w: &Worker, task: &Task) -> WorkerStatus {
+        let cell = self.board.cell(w.cell);
+        let slot = task.slots.get(w.slot as usize);
+        WorkerStatus {
+            slot: w.slot,
+            pid: w.pid.as_raw(),
+            title: self.host.worker_title(&task.settings.name),
+            state: worker_state(w, cell),
+            executions: cell.executions(),
+            generation: w.generation,
+            plugin_sha256: w.plugin_sha256.clone(),
+            rss_bytes: w.rss,
+            started_at: sysinfo::unix_seconds(w.started_wall),
+            restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
+            last_exit: slot.and_then(|s| s.last_exit.clone()),
+        }
+    }
 }
 
-fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> &'static str {
+fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> WorkerState {
     use crate::scoreboard::Phase;
     if worker.stopped_since.is_some() {
         // Whatever the scoreboard says, a stopped process serves nothing until it is continued.
-        return "stopped";
+        return WorkerState::Stopped;
     }
-    if worker.stop_sent {
-        return "stopping";
+    if worker.life.stop_sent() {
+        return WorkerState::Stopping;
     }
     match cell.phase() {
-        Phase::Loading => "loading",
-        Phase::Initializing => "initializing",
-        Phase::Stopping => "stopping",
-        Phase::Retiring => "retiring",
-        Phase::Running if cell.busy() => "busy",
-        Phase::Running => "idle",
+        Phase::Loading => WorkerState::Loading,
+        Phase::Initializing => WorkerState::Initializing,
+        Phase::Stopping => WorkerState::Stopping,
+        Phase::Retiring => WorkerState::Retiring,
+        Phase::Running if cell.busy() => WorkerState::Busy,
+        Phase::Running => WorkerState::Idle,
     }
 }

@@ -42,7 +42,7 @@ impl Master {
     pub(super) fn supervise(&mut self, now: Mono) {
         let mut hung: Vec<(Pid, Duration, u64, Hang)> = Vec::new();
         let mut heavy: Vec<(Pid, u64, u64)> = Vec::new();
-        for worker in self.workers.values_mut().filter(|w| w.ready && !w.stop_sent) {
+        for worker in self.workers.values_mut().filter(|w| w.life.serving()) {
             let settings = &self.tasks[worker.task].settings;
             if let Some(timeout) = settings.work_timeout {
                 let seq = self.board.cell(worker.cell).seq();
@@ -108,7 +108,7 @@ impl Master {
     fn end_hung_worker(&mut self, pid: Pid, reason: String) {
         self.stop_worker(pid);
         if let Some(worker) = self.workers.get_mut(&pid) {
-            worker.killed_for = Some(reason);
+            worker.fault = Some(reason);
         }
     }
 }
@@ -138,7 +138,7 @@ impl Hang {
     }
 }
 
-impl super::core::Worker {
+impl super::state::Worker {
     /// Records whether the worker was seen stopped at `now` (keeping since when, while it stays stopped).
     pub(super) fn note_stopped(&mut self, stopped: bool, now: Mono) {
         self.stopped_since = if stopped { Some(self.stopped_since.unwrap_or(now)) } else { None };

@@ -98,6 +98,20 @@ impl StagedPlugin {
     }
 }
 
+#[cfg(test)]
+impl StagedPlugin {
+    /// A build that is no plugin (it holds `/dev/null`), for unit tests of the master's decisions.
+    pub(crate) fn for_tests() -> StagedPlugin {
+        let held = OwnedFd::from(fs::File::open("/dev/null").expect("/dev/null opens"));
+        StagedPlugin {
+            original: PathBuf::from("/nonexistent/libjob.so"),
+            staged: PathBuf::from("/nonexistent/plugins/0.so"),
+            sha256: "0".repeat(64),
+            held: Arc::new(held),
+        }
+    }
+}
+
 /// The plugin file cannot be used.
 #[derive(Debug, Error)]
 pub enum StageError {

@@ -230,7 +230,7 @@ macro_rules! task_settings {
 
 task_settings! {
     workers: u32 = Kind::Count { min: 1, max: MAX_WORKERS as u64, range: "1 to 1024" },
-        default "4", value "N", "worker processes (the original's maxWorkerNum), 1 to 1024";
+        default "4", value "N", "worker processes per task, 1 to 1024 (maxWorkerNum in process_manage)";
     execute_times: u64 = Kind::Count { min: 0, max: u64::MAX, range: "0 (unlimited) or more" },
         default "1", value "N", "`work` calls before a worker retires and a fresh one takes its slot; 0 = unlimited";
     execute_usleep: Duration = Kind::Duration(BareUnit::Micros),

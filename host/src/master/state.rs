@@ -1,0 +1,106 @@
+//! The master's state of its tasks: what each task runs (its build), its worker slots and their history, and
+//! its live workers with where each is in its life.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use nix::unistd::Pid;
+
+use super::life::Life;
+use crate::plugin::StagedPlugin;
+use crate::scoreboard::CellIndex;
+use crate::settings::TaskSettings;
+use crate::status::ExitStatus;
+use crate::sysinfo::Mono;
+
+/// What a worker runs: a plugin build with its limits and config, and the generation it was rolled out as.
+#[derive(Debug, Clone)]
+pub(super) struct Build {
+    pub(super) generation: u32,
+    pub(super) plugin: StagedPlugin,
+    pub(super) limits: crate::settings::Limits,
+    pub(super) config_json: String,
+}
+
+impl Build {
+    pub(super) fn new(generation: u32, plugin: StagedPlugin, settings: &TaskSettings) -> Build {
+        Build { generation, plugin, limits: settings.limits, config_json: settings.config_json.clone() }
+    }
+
+    /// A build of no real plugin, for unit tests of the master's decisions.
+    #[cfg(test)]
+    pub(super) fn for_tests(generation: u32) -> Build {
+        Build {
+            generation,
+            plugin: StagedPlugin::for_tests(),
+            limits: crate::settings::Limits::default(),
+            config_json: "{}".to_owned(),
+        }
+    }
+}
+
+/// One task: its settings, the build its slots run, and its worker slots.
+pub(super) struct Task {
+    pub(super) settings: TaskSettings,
+    /// The committed build: what new slots and respawns run (a slot may differ during a rollout).
+    pub(super) build: Build,
+    pub(super) slots: Vec<Slot>,
+    /// `work` calls finished by workers of this task that have exited.
+    pub(super) executions_done: u64,
+    /// Worker exits by reason (`normal`, `crash`, `stopped`, `killed`), for metrics.
+    pub(super) exits: BTreeMap<&'static str, u64>,
+    /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
+    pub(super) retired: bool,
+}
+
+/// The history of one worker slot.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    /// The build this slot runs, when a rollout has moved it off the task's build.
+    pub(super) build: Option<Build>,
+    /// Workers started in this slot so far.
+    pub(super) spawned: u32,
+    /// Consecutive crashes (reset by a normal exit or by a long enough run).
+    pub(super) crashes: u32,
+    /// No respawn before this (crash backoff).
+    pub(super) respawn_at: Option<Mono>,
+    /// How the last worker of this slot ended.
+    pub(super) last_exit: Option<ExitStatus>,
+}
+
+/// A live worker process.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) pid: Pid,
+    pub(super) task: usize,
+    pub(super) slot: u32,
+    pub(super) generation: u32,
+    pub(super) cell: CellIndex,
+    pub(super) plugin_sha256: String,
+    pub(super) started: Mono,
+    pub(super) started_wall: SystemTime,
+    /// Where it is in its life, with the deadline that applies.
+    pub(super) life: Life,
+    /// When `init` succeeded.
+    pub(super) ready_at: Option<Mono>,
+    /// The scoreboard sequence number last seen and when it was first seen (hung-work detection).
+    pub(super) seq_seen: (u64, Mono),
+    /// What went wrong, when something did: the worker's own report (failed to load or `init`) or the master's
+    /// reason to end it (too slow, hung). Its end then counts as a crash, with this reason.
+    pub(super) fault: Option<String>,
+    pub(super) rss: Option<u64>,
+    /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
+    pub(super) stopped_since: Option<Mono>,
+}
+
+impl Worker {
+    /// `init` succeeded (at some point: a stopping worker may have been ready).
+    pub(super) fn ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
+
+    /// Records a fault (the first one is kept: it is the cause).
+    pub(super) fn record_fault(&mut self, reason: String) {
+        self.fault.get_or_insert(reason);
+    }
+}
