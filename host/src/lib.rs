@@ -1,10 +1,38 @@
-//! pmhost: a multi-process task host. The `pmhost` binary is a thin shell around this library.
+//! pmhost: a multi-process task host. The `pmhost` binary (`main.rs`) is a thin shell around this library.
 //!
-//! Layout: [`cli`] defines the command line and [`commands`] runs it in the calling process; [`master`] is the
-//! supervising event loop and [`worker`] the life of a worker process; [`plugin`] stages and loads plugins;
-//! [`scoreboard`], [`report`], [`pidfile`], [`rundir`] and [`status`] are the shared state and files between them;
-//! [`rundir`] is also the trust boundary (every run directory checked up to `/`, then used only through held
-//! descriptors), and [`control`] the stop conversation between the CLI and a master (queued signals).
+//! # Layers
+//!
+//! Each layer uses only the ones below it:
+//!
+//! ```text
+//!  commands   cli ─▶ commands::* (start, stop, status, restart, scale, list, logs, top, validate, ...)
+//!     │          plan: flags + pmhost.toml + defaults ─▶ settings        top, logread: what the operator sees
+//!     ▼
+//!  master     core (the loop) ─ children, stopping, rollout, scaling, supervise, capture, orphans, snapshot
+//!     │          decisions as pure functions: policy, progress (rollouts), startup, life (a worker's states)
+//!     ▼
+//!  worker     worker: one worker process, from fork to exit, running the plugin
+//!     │
+//!     ▼
+//!  shared     settings (each task setting defined once), config (pmhost.toml), plugin (stage, load, probe),
+//!             rundir (the trust boundary), pidfile, requests, control, ready, report, scoreboard, status,
+//!             logging, metrics, notify, title, sysinfo, duration, size, names, exit
+//! ```
+//!
+//! # Who owns which state
+//!
+//! | state | owner | shared with |
+//! |---|---|---|
+//! | tasks, slots, builds, workers and their lives (`master::state`) | the master, alone | — (status is a copy) |
+//! | the scoreboard (`scoreboard`): a shared page per worker, phase and counters | the master maps it | each worker writes its own cell |
+//! | the report pipe (`report`): ready / failed | the master reads | every worker writes |
+//! | worker output pipes (`master::capture`) | the master reads | the worker and its children write |
+//! | the run directories (`rundir`): pid file, status, staged builds, requests | the master, through held descriptors | the CLI reads them, writes requests |
+//! | the readiness pipe (`ready`) | the daemon writes once | `start -d` waits on it |
+//! | a stop conversation (`control`) | the CLI asks | the master answers |
+//! | log files (`logging`) | every process appends whole records | `logs` reads |
+//!
+//! The master is single-threaded and never loads plugin code; workers load it after the fork.
 
 pub mod cli;
 pub mod commands;

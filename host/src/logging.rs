@@ -231,7 +231,7 @@ pub fn plugin_level() -> u8 {
 /// records to the same files) while it closes everything else of the master's.
 static OPEN_FILES: Mutex<Vec<std::os::fd::RawFd>> = Mutex::new(Vec::new());
 
-/// The log files open now (see [`OPEN_FILES`]).
+/// The log files open now (see `OPEN_FILES`).
 pub fn open_fds() -> Vec<std::os::fd::RawFd> {
     OPEN_FILES.lock().map(|fds| fds.clone()).unwrap_or_default()
 }

@@ -72,6 +72,30 @@ pub fn local_time_text(at: SystemTime) -> String {
     )
 }
 
+
+/// A point on `CLOCK_MONOTONIC` (the clock timerfd deadlines use), as time since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mono(pub Duration);
+
+impl Mono {
+    /// Now.
+    pub fn now() -> Mono {
+        Mono(Duration::from_nanos(monotonic_ns()))
+    }
+
+    /// Time from `earlier` to `self` (zero if `earlier` is later).
+    pub fn since(self, earlier: Mono) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::ops::Add<Duration> for Mono {
+    type Output = Mono;
+    fn add(self, rhs: Duration) -> Mono {
+        Mono(self.0 + rhs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -99,28 +123,5 @@ mod tests {
         assert_eq!(text.len(), 19);
         assert_eq!(&text[4..5], "-");
         assert_eq!(&text[13..14], ":");
-    }
-}
-
-/// A point on `CLOCK_MONOTONIC` (the clock timerfd deadlines use), as time since boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Mono(pub Duration);
-
-impl Mono {
-    /// Now.
-    pub fn now() -> Mono {
-        Mono(Duration::from_nanos(monotonic_ns()))
-    }
-
-    /// Time from `earlier` to `self` (zero if `earlier` is later).
-    pub fn since(self, earlier: Mono) -> Duration {
-        self.0.saturating_sub(earlier.0)
-    }
-}
-
-impl std::ops::Add<Duration> for Mono {
-    type Output = Mono;
-    fn add(self, rhs: Duration) -> Mono {
-        Mono(self.0 + rhs)
     }
 }

@@ -14,6 +14,7 @@ use super::life::{KillReason, Life};
 use super::policy::{self, Ended, SlotView};
 use super::startup::StartFailure;
 use super::state::{Build, Slot, Worker};
+use crate::scoreboard::CellIndex;
 use crate::status::ExitStatus;
 use crate::sysinfo::{self, Mono};
 use crate::worker::{self, WorkerSpec};
@@ -86,21 +87,7 @@ impl Master {
         } else {
             None
         };
-        let spec = WorkerSpec {
-            task: settings.name.clone(),
-            slot,
-            generation: build.generation,
-            plugin: build.plugin.clone(),
-            limits: build.limits,
-            config_json: build.config_json.clone(),
-            title: title.clone(),
-            master: Pid::this(),
-            report_fd: self.report_tx.as_raw_fd(),
-            keep_fds: vec![self.report_tx.as_raw_fd(), build.plugin.raw_fd()],
-            output: pipes.as_ref().map(|(_, ends)| (ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd())),
-            inherited_nofile: self.inherited_nofile,
-            plugin_log_level: self.plugin_log_level,
-        };
+        let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|(_, ends)| ends));
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
         // `worker::run`, which never returns into the master's code.
         match unsafe { fork() } {
@@ -115,62 +102,100 @@ impl Master {
                 let _ = setpgid(child, child);
                 if let Some((reads, ends)) = pipes {
                     drop(ends);
-                    let origin = super::capture::Origin {
-                        task: self.tasks[task].settings.name.clone(),
-                        slot,
-                        pid: child,
-                        generation: build.generation,
-                        title,
-                    };
+                    let name = self.tasks[task].settings.name.clone();
+                    let origin =
+                        super::capture::Origin { task: name, slot, pid: child, generation: build.generation, title };
                     if let Err(e) = self.captures.watch(reads, origin) {
                         warn!(slot, pid = child.as_raw(), "cannot read the output of a new worker: {e}");
                     }
                 }
-                let now = Mono::now();
-                let state = &mut self.tasks[task].slots[slot as usize];
-                state.spawned += 1;
-                state.respawn_at = None;
-                debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned");
-                self.workers.insert(
-                    child,
-                    Worker {
-                        pid: child,
-                        task,
-                        slot,
-                        generation: build.generation,
-                        cell,
-                        plugin_sha256: build.plugin.sha256.clone(),
-                        started: now,
-                        life: Life::starting(now + init_timeout),
-                        ready_at: None,
-                        started_wall: SystemTime::now(),
-
-                        seq_seen: (0, now),
-                        fault: None,
-                        rss: None,
-                        stopped_since: None,
-                    },
-                );
-                if let Some(startup) = &mut self.startup {
-                    startup.pending.insert(child);
-                }
-                self.dirty = true;
+                self.register_worker(child, task, slot, build, cell, init_timeout);
                 Some(child)
             }
             Err(e) => {
                 self.board.release(cell);
-                let backoff = self.tasks[task].settings.backoff;
-                let state = &mut self.tasks[task].slots[slot as usize];
-                state.crashes += 1;
-                let delay = backoff.delay(state.crashes);
-                state.respawn_at = Some(Mono::now() + delay);
-                warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {e}");
-                // A start is all or nothing: a first wave with a slot that could not be forked is no start.
-                if let Some(startup) = &mut self.startup {
-                    startup.fail(StartFailure::Fork { slot, errno: e });
-                }
+                self.on_fork_failure(task, slot, e);
                 None
             }
+        }
+    }
+
+    /// What a new worker of `task` in `slot` needs, prepared before the fork.
+    fn worker_spec(
+        &self,
+        task: usize,
+        slot: u32,
+        build: &Build,
+        title: String,
+        output: Option<&super::capture::WorkerEnds>,
+    ) -> WorkerSpec {
+        WorkerSpec {
+            task: self.tasks[task].settings.name.clone(),
+            slot,
+            generation: build.generation,
+            plugin: build.plugin.clone(),
+            limits: build.limits,
+            config_json: build.config_json.clone(),
+            title,
+            master: Pid::this(),
+            report_fd: self.report_tx.as_raw_fd(),
+            keep_fds: vec![self.report_tx.as_raw_fd(), build.plugin.raw_fd()],
+            output: output.map(|ends| (ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd())),
+            inherited_nofile: self.inherited_nofile,
+            plugin_log_level: self.plugin_log_level,
+        }
+    }
+
+    /// Records a forked worker: its slot, its life (starting, with its init deadline), the start it belongs to.
+    fn register_worker(
+        &mut self,
+        pid: Pid,
+        task: usize,
+        slot: u32,
+        build: &Build,
+        cell: CellIndex,
+        init_timeout: Duration,
+    ) {
+        let now = Mono::now();
+        let state = &mut self.tasks[task].slots[slot as usize];
+        state.spawned += 1;
+        state.respawn_at = None;
+        debug!(slot, pid = pid.as_raw(), generation = build.generation, "worker spawned");
+        self.workers.insert(
+            pid,
+            Worker {
+                pid,
+                task,
+                slot,
+                generation: build.generation,
+                cell,
+                plugin_sha256: build.plugin.sha256.clone(),
+                started: now,
+                started_wall: SystemTime::now(),
+                life: Life::starting(now + init_timeout),
+                ready_at: None,
+                seq_seen: (0, now),
+                fault: None,
+                rss: None,
+                stopped_since: None,
+            },
+        );
+        if let Some(startup) = &mut self.startup {
+            startup.pending.insert(pid);
+        }
+        self.dirty = true;
+    }
+
+    /// A failed `fork` backs the slot off like a crash, and fails a start (a start is all or nothing).
+    fn on_fork_failure(&mut self, task: usize, slot: u32, errno: Errno) {
+        let backoff = self.tasks[task].settings.backoff;
+        let state = &mut self.tasks[task].slots[slot as usize];
+        state.crashes += 1;
+        let delay = backoff.delay(state.crashes);
+        state.respawn_at = Some(Mono::now() + delay);
+        warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {errno}");
+        if let Some(startup) = &mut self.startup {
+            startup.fail(StartFailure::Fork { slot, errno });
         }
     }
 
@@ -321,14 +346,14 @@ fn log_exit(task: &str, worker: &Worker, ended: Ended, class: &policy::ExitClass
     let (slot, pid, lived_ms, reason) = (worker.slot, worker.pid.as_raw(), lived.as_millis() as u64, &class.reason);
     match ended {
         Ended::Code(code) if class.crash() => {
-            warn!(task, slot, pid, executions, lived_ms, code, "worker crashed: {reason}")
+            warn!(task = %task, slot, pid, executions, lived_ms, code, "worker crashed: {reason}")
         }
-        Ended::Code(code) => info!(task, slot, pid, executions, lived_ms, code, "worker exited: {reason}"),
+        Ended::Code(code) => info!(task = %task, slot, pid, executions, lived_ms, code, "worker exited: {reason}"),
         Ended::Signal(signal) if class.crash() => {
-            warn!(task, slot, pid, executions, lived_ms, signal = signal.as_str(), "worker crashed: {reason}")
+            warn!(task = %task, slot, pid, executions, lived_ms, signal = %signal.as_str(), "worker crashed: {reason}")
         }
         Ended::Signal(signal) => {
-            info!(task, slot, pid, executions, lived_ms, signal = signal.as_str(), "worker ended: {reason}")
+            info!(task = %task, slot, pid, executions, lived_ms, signal = %signal.as_str(), "worker ended: {reason}")
         }
     }
 }
