@@ -1,13 +1,15 @@
 //! A worker process, from the moment after `fork` to its exit: set up the process, load the staged plugin,
 //! `init`, then the work loop within the task's limits.
 //!
-//! Stop requests arrive as SIGTERM (or SIGINT) from the master. The handler only sets a flag: a `work` call in
-//! flight is never interrupted, the sleep between calls is (it waits in `ppoll` with the signal unblocked), and
-//! the plugin sees the flag through `stop_requested()`.
+//! Stop requests arrive as SIGTERM (or SIGINT) from the master. The handler sets a flag and writes to the
+//! worker's stop eventfd (both async-signal-safe): a `work` call in flight is never interrupted, the sleep
+//! between calls is (it waits on the eventfd), and the plugin sees the request through `stop_requested()` (the
+//! flag, free to check) and `stop_fd()` / `sleep()` (the eventfd, to wake a job blocked in I/O or a pause).
+//! No thread and no work-path cost: the eventfd is touched only by the handler and by waits.
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use abi_stable::std_types::{RSome, RStr};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
@@ -26,6 +28,9 @@ use crate::title;
 /// Set by the stop-signal handler. A process-wide static because a signal handler can reach nothing else;
 /// each worker process has its own copy.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The worker's stop eventfd (-1 until `prepare_process` opens it): the handler writes to it; it stays open for
+/// the worker's life, since plugins may keep it registered.
+static STOP_EVENT: AtomicI32 = AtomicI32::new(-1);
 /// The master's pid, for the handler to tell a stop request from the master's death (see `on_stop_signal`).
 static MASTER_PID: AtomicI32 = AtomicI32::new(0);
 
@@ -97,7 +102,9 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
 
     cell.set_phase(Phase::Initializing);
     let logger = HostLogger { max_level: spec.plugin_log_level, log: host_log };
-    let init_ctx = InitContext::new(&spec.task, &spec.config_json, spec.slot, spec.generation, pid, &STOP, logger);
+    let stop_fd = STOP_EVENT.load(Ordering::Relaxed);
+    let init_ctx =
+        InitContext::new(&spec.task, &spec.config_json, spec.slot, spec.generation, pid, &STOP, stop_fd, logger);
     let mut job = match (module.init())(&init_ctx).into_result() {
         Ok(job) => job,
         Err(failure) => {
@@ -114,7 +121,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     report::send(spec.report_fd, &Report::Ready { pid });
     debug!("worker ready");
 
-    let mut ctx = WorkContext::new(spec.slot, spec.generation, &STOP);
+    let mut ctx = WorkContext::new(spec.slot, spec.generation, &STOP, stop_fd);
     let limits = spec.limits.jittered(pid as u64 ^ crate::sysinfo::monotonic_ns());
     let deadline = limits.limit_seconds.map(|limit| Instant::now() + limit);
     let mut finished: u64 = 0;
@@ -142,7 +149,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             break LoopEnd::LimitSeconds;
         }
-        if !spec.limits.execute_usleep.is_zero() && !pause(spec.limits.execute_usleep) {
+        if !spec.limits.execute_usleep.is_zero() && !ctx.sleep(spec.limits.execute_usleep) {
             break LoopEnd::Stopped;
         }
     };
@@ -155,7 +162,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     // Keep the task's rhythm across the respawn: a worker that retires after its last call still waits
     // `execute_usleep` (interruptibly), so `execute_times = 1` means one call per pause, not a fork loop.
     if matches!(end, LoopEnd::ExecuteTimes | LoopEnd::LimitSeconds) && !spec.limits.execute_usleep.is_zero() {
-        pause(spec.limits.execute_usleep);
+        ctx.sleep(spec.limits.execute_usleep);
     }
     exit(code::OK)
 }
@@ -197,8 +204,10 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
     // loads), so nothing reads the environment concurrently.
     unsafe { std::env::set_var(crate::master::WORKER_MARK, std::process::id().to_string()) };
     MASTER_PID.store(spec.master.as_raw(), Ordering::Relaxed);
+    // Opened before the handler is installed, so the handler never sees a stop request it cannot signal.
+    STOP_EVENT.store(open_stop_event()?.into_raw_fd(), Ordering::Relaxed);
     let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
-    // SAFETY: the handler only touches atomics and calls async-signal-safe getppid/alarm.
+    // SAFETY: the handler only touches atomics and errno and calls async-signal-safe write/getppid/alarm.
     unsafe {
         sigaction(Signal::SIGTERM, &handler)?;
         sigaction(Signal::SIGINT, &handler)?;
@@ -268,8 +277,31 @@ fn set_rlimits(rlimits: &crate::settings::Rlimits) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// A fresh eventfd for stop requests (close-on-exec: processes the plugin starts do not inherit it;
+/// non-blocking: the handler's write can never block).
+pub fn open_stop_event() -> nix::Result<OwnedFd> {
+    // SAFETY: eventfd with valid flags returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 extern "C" fn on_stop_signal(_signal: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
+    STOP.store(true, Ordering::Release);
+    let event = STOP_EVENT.load(Ordering::Relaxed);
+    if event >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write is async-signal-safe; 8 bytes from a live buffer to the eventfd, which is never closed.
+        // errno is saved and restored, as the interrupted code may be about to read it.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(event, one.as_ptr().cast(), one.len());
+            *libc::__errno_location() = errno;
+        }
+    }
     // A stop signal while our parent is no longer the master is PR_SET_PDEATHSIG: the master died. Nobody will
     // escalate, so give the call in flight a short grace and let SIGALRM's default action end the process.
     // SAFETY: getppid and alarm are async-signal-safe.
@@ -278,31 +310,6 @@ extern "C" fn on_stop_signal(_signal: libc::c_int) {
             libc::alarm(ORPHAN_GRACE_SECS);
         }
     }
-}
-
-/// Sleeps for `length` unless a stop is requested; returns false when it was.
-fn pause(length: Duration) -> bool {
-    let mut stop_signals = SigSet::empty();
-    stop_signals.add(Signal::SIGTERM);
-    stop_signals.add(Signal::SIGINT);
-    // Block the stop signals, check the flag, then wait with them unblocked atomically (ppoll): a signal that
-    // arrives between the check and the wait still ends the wait at once.
-    let mut previous = SigSet::empty();
-    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals), Some(&mut previous)).is_err() {
-        std::thread::sleep(length);
-        return !STOP.load(Ordering::Relaxed);
-    }
-    let deadline = Instant::now() + length;
-    while !STOP.load(Ordering::Relaxed) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let timeout = nix::sys::time::TimeSpec::from_duration(left);
-        let _ = nix::poll::ppoll(&mut [], Some(timeout), Some(previous));
-    }
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
-    !STOP.load(Ordering::Relaxed)
 }
 
 fn exit(code: i32) -> ! {

@@ -1,6 +1,8 @@
 //! The contexts the host hands to a job: what `init` and `work` may know about where they run.
 
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use abi_stable::StableAbi;
 use abi_stable::std_types::RStr;
@@ -8,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::JobError;
 use crate::ffi::HostLogger;
+use crate::stop;
 
 /// What a job learns once, when its worker starts: the task it belongs to, its worker slot and its settings.
 ///
@@ -31,11 +34,14 @@ pub struct InitContext<'a> {
     generation: u32,
     pid: i32,
     stop: &'a AtomicBool,
+    stop_fd: RawFd,
     logger: HostLogger,
 }
 
 impl<'a> InitContext<'a> {
+    /// Host side. `stop_fd` must stay open for the life of the process (plugins may keep it).
     #[doc(hidden)]
+    #[expect(clippy::too_many_arguments, reason = "one argument per field of this repr(C) struct, host side only")]
     pub fn new(
         task: &'a str,
         config_json: &'a str,
@@ -43,6 +49,7 @@ impl<'a> InitContext<'a> {
         generation: u32,
         pid: i32,
         stop: &'a AtomicBool,
+        stop_fd: RawFd,
         logger: HostLogger,
     ) -> Self {
         Self {
@@ -52,6 +59,7 @@ impl<'a> InitContext<'a> {
             generation,
             pid,
             stop,
+            stop_fd,
             logger,
         }
     }
@@ -95,6 +103,24 @@ impl<'a> InitContext<'a> {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// A descriptor that becomes readable when the host asks this worker to stop; the same one as
+    /// [`WorkContext::stop_fd`]. See there.
+    pub fn stop_fd(&self) -> BorrowedFd<'static> {
+        stop::borrow(self.stop_fd)
+    }
+
+    /// Sleeps for `length`, or less if the host asks this worker to stop: returns `true` after the full pause,
+    /// `false` on a stop request (at once, also when the request came before the call).
+    pub fn sleep(&self, length: Duration) -> bool {
+        stop::sleep(self.stop, self.stop_fd, length)
+    }
+
+    /// Resolves when the host asks this worker to stop (feature `tokio`); see [`WorkContext::stopped`].
+    #[cfg(feature = "tokio")]
+    pub async fn stopped(&self) {
+        stop::stopped(self.stop, self.stop_fd).await
+    }
+
     pub(crate) fn logger(&self) -> HostLogger {
         self.logger
     }
@@ -122,12 +148,14 @@ pub struct WorkContext<'a> {
     slot: u32,
     generation: u32,
     stop: &'a AtomicBool,
+    stop_fd: RawFd,
 }
 
 impl<'a> WorkContext<'a> {
+    /// Host side. `stop_fd` must stay open for the life of the process (plugins may keep it).
     #[doc(hidden)]
-    pub fn new(slot: u32, generation: u32, stop: &'a AtomicBool) -> Self {
-        Self { execution: 0, slot, generation, stop }
+    pub fn new(slot: u32, generation: u32, stop: &'a AtomicBool, stop_fd: RawFd) -> Self {
+        Self { execution: 0, slot, generation, stop, stop_fd }
     }
 
     #[doc(hidden)]
@@ -159,5 +187,68 @@ impl<'a> WorkContext<'a> {
     #[inline]
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// A descriptor that becomes readable when the host asks this worker to stop, for a job that blocks in
+    /// I/O: wait on it together with your socket (`poll`, `mio`, `tokio::io::unix::AsyncFd`) and you are woken
+    /// at once by a stop request instead of when your read times out.
+    ///
+    /// It stays open, and once readable stays readable, for the life of the worker, so it may be registered
+    /// once in `init` and kept. Wait for it to become readable; never read from it (reading would consume the
+    /// wake-up) and never close it.
+    ///
+    /// ```
+    /// # use pmhost_plugin_api::WorkContext;
+    /// use std::os::fd::{AsFd, AsRawFd};
+    ///
+    /// /// Waits until `socket` has data (true) or a stop is requested (false).
+    /// fn wait_for_input(ctx: &WorkContext<'_>, socket: &impl AsFd) -> bool {
+    ///     let mut fds = [
+    ///         libc::pollfd { fd: socket.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ///         libc::pollfd { fd: ctx.stop_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ///     ];
+    ///     loop {
+    ///         // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.
+    ///         let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    ///         if ready > 0 {
+    ///             return fds[1].revents == 0;
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn stop_fd(&self) -> BorrowedFd<'static> {
+        stop::borrow(self.stop_fd)
+    }
+
+    /// Sleeps for `length`, or less if the host asks this worker to stop: returns `true` after the full pause,
+    /// `false` on a stop request (at once, also when the request came before the call). A job that backs off
+    /// (the queue is empty, a server is down) sleeps with this, so a stop or restart never waits for the pause.
+    ///
+    /// ```
+    /// # use pmhost_plugin_api::{Outcome, WorkContext};
+    /// # use std::time::Duration;
+    /// fn poll_queue(ctx: &WorkContext<'_>, fetch: impl Fn() -> Option<String>) -> Outcome {
+    ///     loop {
+    ///         match fetch() {
+    ///             Some(job) => return Outcome::from(handle(&job)),
+    ///             // Nothing to do: wait a second, unless pmhost stops this worker meanwhile.
+    ///             None if ctx.sleep(Duration::from_secs(1)) => continue,
+    ///             None => return Outcome::Continue,
+    ///         }
+    ///     }
+    /// }
+    /// # fn handle(_job: &str) -> Result<(), std::io::Error> { Ok(()) }
+    /// ```
+    pub fn sleep(&self, length: Duration) -> bool {
+        stop::sleep(self.stop, self.stop_fd, length)
+    }
+
+    /// Resolves when the host asks this worker to stop, at once if it already has (feature `tokio`). Await it
+    /// beside your I/O in a `tokio::select!`, so a job waiting for input returns as soon as pmhost stops or
+    /// restarts the worker; see [`AsyncJob`](crate::AsyncJob) for an example. Await it on the worker's runtime
+    /// (inside `init`, `work` or `shutdown` of an `AsyncJob`, or a task spawned there).
+    #[cfg(feature = "tokio")]
+    pub async fn stopped(&self) {
+        stop::stopped(self.stop, self.stop_fd).await
     }
 }

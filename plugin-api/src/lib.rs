@@ -18,7 +18,7 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! pmhost-plugin-api = "0.1"
+//! pmhost-plugin-api = "0.2"
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
@@ -79,8 +79,10 @@
 //!   worker. Return an error to refuse to start: on a fresh `pmhost start` the start fails with your message; on a
 //!   `pmhost restart` the rollout is rolled back and the old workers keep running.
 //! - **`work`** is never interrupted by the host. When pmhost stops or replaces a worker it sets
-//!   [`WorkContext::stop_requested`]; a call in flight finishes, then [`Job::shutdown`] runs and the worker exits.
-//!   A long call should check the flag and return early.
+//!   [`WorkContext::stop_requested`] and makes [`WorkContext::stop_fd`] readable; a call in flight finishes,
+//!   then [`Job::shutdown`] runs and the worker exits. A long call should check the flag and return early; a
+//!   call that blocks (waiting for input, backing off) should wait on the stop descriptor too, or pause with
+//!   [`WorkContext::sleep`], so that a stop or restart never waits for it (see below).
 //! - **[`Outcome`]** says what happens next: `Continue`, `Retire` (exit cleanly now; a fresh worker takes the slot)
 //!   or `Failed(message)` (logged at error level; the loop goes on).
 //! - **Panics** never cross into the host: a panic in `init` fails the worker like an error (with the panic message
@@ -89,6 +91,74 @@
 //! - **Logging**: use `tracing` (re-exported as [`tracing`]). Events reach the host's run log with the task, slot and
 //!   pid of the worker. Events above the host's level are filtered inside the plugin and cost next to nothing.
 //! - **Config**: the task's `[task.config]` table in `pmhost.toml` reaches `init` through [`InitContext::config`].
+//!
+//! ## Jobs that block: the stop descriptor
+//!
+//! A queue consumer spends its idle time blocked: in a read on a socket, a long poll, a `LISTEN`, a back-off
+//! pause. The host cannot interrupt that, and would otherwise wait out its stop timeout and kill the worker.
+//! Instead, wait on [`WorkContext::stop_fd`] beside your own descriptor (it becomes readable on a stop request
+//! and stays readable), and pause with [`WorkContext::sleep`], which returns `false` at once on a stop request.
+//! Here a consumer takes messages from a datagram socket, one per call, and returns as soon as pmhost stops it:
+//!
+//! ```
+//! use std::os::fd::{AsFd, AsRawFd};
+//! use std::os::unix::net::UnixDatagram;
+//! use std::time::Duration;
+//!
+//! use pmhost_plugin_api::{InitContext, Job, JobError, Outcome, WorkContext, export_job};
+//!
+//! struct Consumer {
+//!     socket: UnixDatagram,
+//! }
+//!
+//! impl Job for Consumer {
+//!     fn init(ctx: &InitContext<'_>) -> Result<Self, JobError> {
+//!         let path = format!("/run/myjob/{}.sock", ctx.slot());
+//!         let _ = std::fs::remove_file(&path);
+//!         Ok(Consumer { socket: UnixDatagram::bind(path)? })
+//!     }
+//!
+//!     fn work(&mut self, ctx: &WorkContext<'_>) -> Outcome {
+//!         // Wait for a message or a stop request, whichever comes first; no timeout needed.
+//!         let mut fds = [
+//!             libc::pollfd { fd: self.socket.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+//!             libc::pollfd { fd: ctx.stop_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+//!         ];
+//!         // SAFETY: two valid pollfd structs, alive for the call.
+//!         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } <= 0 || fds[1].revents != 0 {
+//!             return Outcome::Continue; // a stop request (or a signal): return, the host shuts down
+//!         }
+//!         let mut message = [0u8; 4096];
+//!         match self.socket.recv(&mut message) {
+//!             Ok(length) => handle(&message[..length]),
+//!             // The source is unwell: back off for a second, unless pmhost stops us meanwhile.
+//!             Err(e) => {
+//!                 ctx.sleep(Duration::from_secs(1));
+//!                 Outcome::failed(e)
+//!             }
+//!         }
+//!     }
+//! }
+//! # fn handle(_message: &[u8]) -> Outcome { Outcome::Continue }
+//!
+//! export_job!(Consumer);
+//! # fn main() {}
+//! ```
+//!
+//! With `mio` or tokio, register the descriptor like any other (`SourceFd(&ctx.stop_fd().as_raw_fd())`,
+//! `AsyncFd`): it stays open for the worker's life, so it may be registered once in `init`. Never read from it
+//! or close it.
+//!
+//! ## Async jobs (feature `tokio`)
+//!
+//! Clients that are async (tokio-postgres, lapin, rdkafka, reqwest) fit `AsyncJob` (enable the `tokio`
+//! feature: `pmhost-plugin-api = { version = "0.2", features = ["tokio"] }`): the same three calls as `async fn`s,
+//! exported with `export_async_job!`. The host builds a tokio runtime in each worker after the fork
+//! (current-thread unless the job asks for another), runs each call to completion on it, catches panics as for
+//! sync jobs, and `WorkContext::stopped` is a future that resolves on a stop request, to `select!` beside the
+//! job's own I/O. The trait's documentation has a complete consumer; `examples/pg-queue` in the pmhost
+//! repository is a PostgreSQL queue consumer built this way. Without the feature, a plugin gets no tokio
+//! dependency.
 //!
 //! ## Compatibility
 //!
@@ -99,13 +169,18 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod bridge;
 mod context;
 mod export;
 #[doc(hidden)]
 pub mod ffi;
 mod outcome;
+mod stop;
 
+#[cfg(feature = "tokio")]
+pub use asynchronous::AsyncJob;
 pub use context::{InitContext, WorkContext};
 pub use outcome::{JobError, Outcome};
 pub use tracing;
@@ -152,6 +227,8 @@ pub trait Job: Sized + 'static {
 
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(feature = "tokio")]
+    pub use crate::asynchronous::OnRuntime;
     pub use crate::export::{API_VERSION_CSTR, API_VERSION_LEN, root_module};
     pub use crate::ffi::PluginModuleRef;
     pub use abi_stable::library::{

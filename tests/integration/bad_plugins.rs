@@ -49,12 +49,13 @@ fn library_that_is_not_a_pmhost_plugin() {
 #[test]
 fn plugin_built_against_an_incompatible_api() {
     let f = fixtures();
-    let host_version = env!("CARGO_PKG_VERSION");
+    // The fixture stands for a plugin built against the previous release, 0.1.
+    let host_version = format!("this pmhost speaks {}", pmhost_plugin_api::API_VERSION);
     refused(
         "oldapi",
         &f.old_api,
         &[],
-        &["libold_api_plugin.so", "built against pmhost-plugin-api 0.0.1", host_version, "rebuild"],
+        &["libold_api_plugin.so", "built against pmhost-plugin-api 0.1.0", &host_version, "rebuild"],
     );
 }
 

@@ -136,7 +136,7 @@ fn validate_reports_the_api_version_and_the_init_outcome_without_starting_anythi
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(&format!("pmhost-plugin-api {}", env!("CARGO_PKG_VERSION")))
+        stdout.contains(&format!("pmhost-plugin-api {}", pmhost_plugin_api::API_VERSION))
             && stdout.contains("init and shutdown succeeded"),
         "{stdout}"
     );
@@ -145,7 +145,7 @@ fn validate_reports_the_api_version_and_the_init_outcome_without_starting_anythi
         (f.faulty.clone(), json!({"init": "abort"}), "crashed the probe with SIGABRT"),
         (f.faulty.clone(), json!({"init_ms": 60000}), "did not finish within"),
         (f.not_a_plugin.clone(), json!({}), "is not a pmhost plugin"),
-        (f.old_api.clone(), json!({}), "built against pmhost-plugin-api 0.0.1"),
+        (f.old_api.clone(), json!({}), "built against pmhost-plugin-api 0.1.0"),
     ];
     for (plugin, config, expected) in cases {
         let config = task_config(config);

@@ -30,6 +30,10 @@ pub struct Fixtures {
     pub old_api: PathBuf,
     /// The stand-alone plugin template (examples/plugin-template), built as a user would.
     pub template: PathBuf,
+    /// An async job (plugin-api's `tokio` feature) that misbehaves on request.
+    pub async_job: PathBuf,
+    /// The PostgreSQL queue consumer (examples/pg-queue), built as a user would.
+    pub pg_queue: PathBuf,
 }
 
 fn pmhost_bin() -> PathBuf {
@@ -63,7 +67,13 @@ pub fn fixtures() -> &'static Fixtures {
         build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin", "-p", "constructor"], target_dir);
         // Crates with a workspace of their own share one target directory, so they share abi_stable's build.
         let own_target = target_dir.join("fixtures");
-        for manifest in ["plugins/old-api/Cargo.toml", "examples/plugin-template/Cargo.toml"] {
+        let manifests = [
+            "plugins/old-api/Cargo.toml",
+            "examples/plugin-template/Cargo.toml",
+            "plugins/async-job/Cargo.toml",
+            "examples/pg-queue/Cargo.toml",
+        ];
+        for manifest in manifests {
             let manifest = workspace_root().join(manifest);
             build(&["--manifest-path", manifest.to_str().expect("utf-8 path")], &own_target);
         }
@@ -75,6 +85,8 @@ pub fn fixtures() -> &'static Fixtures {
             constructor: profile_dir.join("libconstructor.so"),
             old_api: own_profile_dir.join("libold_api_plugin.so"),
             template: own_profile_dir.join("libjob.so"),
+            async_job: own_profile_dir.join("libasync_job.so"),
+            pg_queue: own_profile_dir.join("libpg_queue.so"),
         }
     })
 }
@@ -205,14 +217,24 @@ impl Sandbox {
 
     /// Reads the status file the master keeps, if it is there and complete.
     pub fn status(&self) -> Option<Value> {
-        let text = std::fs::read_to_string(self.status_file()).ok()?;
+        self.status_of(&self.name)
+    }
+
+    /// Reads the status file of the master named `name` (in this sandbox's status root).
+    pub fn status_of(&self, name: &str) -> Option<Value> {
+        let text = std::fs::read_to_string(self.status_root().join(name).join("status.json")).ok()?;
         serde_json::from_str(&text).ok()
     }
 
     /// Worker pids by slot from the status file (ready workers only).
     pub fn ready_workers(&self) -> BTreeMap<u64, i32> {
+        self.ready_workers_of(&self.name)
+    }
+
+    /// Worker pids by slot from the status file of the master named `name` (ready workers only).
+    pub fn ready_workers_of(&self, name: &str) -> BTreeMap<u64, i32> {
         let mut out = BTreeMap::new();
-        if let Some(status) = self.status() {
+        if let Some(status) = self.status_of(name) {
             for task in status["tasks"].as_array().into_iter().flatten() {
                 for w in task["workers"].as_array().into_iter().flatten() {
                     if matches!(w["state"].as_str(), Some("idle" | "busy")) {

@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `pmhost` binary, real plugins, real signals, one private sandbox per test.
 
 mod harness;
+mod pg;
 
+mod async_jobs;
 mod bad_plugins;
 mod capture;
 mod config;
@@ -10,6 +12,8 @@ mod ecosystem;
 mod engine;
 mod hardening;
 mod logs;
+mod pg_queue;
 mod restart;
 mod supervision;
 mod top;
+mod wakeup;

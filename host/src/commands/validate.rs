@@ -2,6 +2,7 @@
 //! of this command) that reports its API version and runs `init` and `shutdown` with the task's config; a probe
 //! that crashes or hangs is reported as such, and nothing else is touched.
 
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -86,7 +87,14 @@ fn probe(task: &str, staged: &Path, original: &Path, config: &str) -> ProbeRepor
     let api_version = Some(module.api_version().as_str().to_owned());
     static STOP: AtomicBool = AtomicBool::new(false);
     let logger = HostLogger { max_level: crate::logging::plugin_level(), log: crate::worker::host_log };
-    let ctx = InitContext::new(task, config, 0, 0, std::process::id() as i32, &STOP, logger);
+    // Never signalled (nothing stops a probe but its deadline); open for the probe's life, as in a worker.
+    let stop_fd = match crate::worker::open_stop_event() {
+        Ok(fd) => fd.into_raw_fd(),
+        Err(e) => {
+            return ProbeReport { api_version, init_ms: None, error: Some(format!("cannot open an eventfd: {e}")) };
+        }
+    };
+    let ctx = InitContext::new(task, config, 0, 0, std::process::id() as i32, &STOP, stop_fd, logger);
     let started = Instant::now();
     let mut job = match (module.init())(&ctx).into_result() {
         Ok(job) => job,

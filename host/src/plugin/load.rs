@@ -159,6 +159,8 @@ mod tests {
     fn versions_compatible_as_cargo_sees_them() {
         assert!(super::compatible("0.1.3", "0.1.0"));
         assert!(!super::compatible("0.0.1", "0.1.0"));
+        assert!(!super::compatible("0.1.0", "0.2.0"));
+        assert!(super::compatible("0.2.5", "0.2.0"));
         assert!(super::compatible("1.4.0", "1.2.0"));
         assert!(!super::compatible("2.0.0", "1.2.0"));
         assert!(!super::compatible("garbage", "0.1.0"));

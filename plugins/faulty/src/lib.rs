@@ -5,6 +5,7 @@
 //! `shutdown` appends `shutdown pid calls` to `shutdown_file`, so tests observe the worker from outside.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use pmhost_plugin_api::tracing::{error, info};
@@ -19,7 +20,8 @@ struct Config {
     message: Option<String>,
     /// Time `init` takes (in the slots that misbehave).
     init_ms: u64,
-    /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`, `flood`.
+    /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`, `flood`, `block`
+    /// (wait for the stop descriptor with no timeout, as a blocking read would), `nap` (`ctx.sleep` for an hour).
     work: Option<String>,
     /// The misbehaviour starts at this call (1 = the first).
     from_call: u64,
@@ -197,6 +199,18 @@ impl Job for Faulty {
             Some("hang") => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
+            Some("block") => {
+                let mut entry = libc::pollfd { fd: ctx.stop_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd living through the call.
+                while unsafe { libc::poll(&mut entry, 1, -1) } <= 0 {}
+                info!("stop descriptor readable");
+                Outcome::Continue
+            }
+            Some("nap") => {
+                let slept = ctx.sleep(Duration::from_secs(3600));
+                info!(slept, "nap ended");
+                Outcome::Continue
+            }
             Some("retire") => Outcome::Retire,
             Some("flood") => {
                 // As fast as the pipe takes it, until asked to stop.

@@ -3,6 +3,7 @@
 //! `host/src/worker.rs` built from those two.
 
 use std::hint::black_box;
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use abi_stable::std_types::RStr;
@@ -34,12 +35,13 @@ fn hot_path(c: &mut Criterion) {
     let module = pmhost::plugin::load(&artifacts.plugin, &artifacts.plugin).expect("load the bench plugin");
     let logger = HostLogger { max_level: 0, log: discard_log };
     let pid = std::process::id() as i32;
-    let init_ctx = InitContext::new("bench", r#"{"mode": "empty"}"#, 0, 1, pid, &STOP, logger);
+    let stop_fd = pmhost::worker::open_stop_event().expect("an eventfd").into_raw_fd();
+    let init_ctx = InitContext::new("bench", r#"{"mode": "empty"}"#, 0, 1, pid, &STOP, stop_fd, logger);
     let mut job = match (module.init())(&init_ctx).into_result() {
         Ok(job) => job,
         Err(failure) => panic!("bench plugin init failed: {failure:?}"),
     };
-    let mut ctx = WorkContext::new(0, 1, &STOP);
+    let mut ctx = WorkContext::new(0, 1, &STOP, stop_fd);
 
     // The result is matched, not passed to black_box: black_box would force the whole `WorkResult` (an enum
     // with string variants) through memory, which the worker never does.

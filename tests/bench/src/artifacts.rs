@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 /// The programs a benchmark drives.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
+    /// The target directory everything is built into.
+    pub target_dir: PathBuf,
     /// The `pmhost` binary.
     pub pmhost: PathBuf,
     /// The bench plugin (`libbench.so`).
@@ -53,11 +55,58 @@ pub fn build() -> Result<Artifacts> {
     if !out.status.success() {
         bail!("building pmhost and the bench plugin failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    let artifacts = Artifacts { pmhost: profile_dir.join("pmhost"), plugin: profile_dir.join("libbench.so"), profile };
+    let artifacts = Artifacts {
+        target_dir: target_dir.to_owned(),
+        pmhost: profile_dir.join("pmhost"),
+        plugin: profile_dir.join("libbench.so"),
+        profile,
+    };
     for path in [&artifacts.pmhost, &artifacts.plugin] {
         if !path.is_file() {
             bail!("cargo built nothing at {}", path.display());
         }
     }
     Ok(artifacts)
+}
+
+/// What the queue figures drive, built like the rest: examples/pg-queue (a crate of its own, built into
+/// `fixtures/` of the target directory, as the integration tests do) and the plain consumer binary.
+#[derive(Debug, Clone)]
+pub struct QueueArtifacts {
+    /// `libpg_queue.so`.
+    pub plugin: PathBuf,
+    /// `pmhost-plain-consumer`.
+    pub plain_consumer: PathBuf,
+}
+
+/// Builds examples/pg-queue and the plain consumer with the profile of `artifacts`.
+pub fn build_queue(artifacts: &Artifacts) -> Result<QueueArtifacts> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let fixtures = artifacts.target_dir.join("fixtures");
+    let manifest = workspace_root().join("examples/pg-queue/Cargo.toml");
+    let builds: [(&[&str], &Path); 2] = [
+        (&["-p", "pmhost-bench", "--bin", "pmhost-plain-consumer"], &artifacts.target_dir),
+        (&["--manifest-path", manifest.to_str().context("utf-8 path")?], &fixtures),
+    ];
+    for (args, target_dir) in builds {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["build", "--quiet"]).args(args).args(["--profile", &artifacts.profile, "--target-dir"]);
+        cmd.arg(target_dir).current_dir(workspace_root());
+        eprintln!("$ {cmd:?}");
+        let out = cmd.output().with_context(|| format!("run {cargo}"))?;
+        if !out.status.success() {
+            bail!("building the queue benchmark failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let dir_name = artifacts.pmhost.parent().and_then(Path::file_name).context("profile dir name")?;
+    let queue = QueueArtifacts {
+        plugin: fixtures.join(dir_name).join("libpg_queue.so"),
+        plain_consumer: artifacts.pmhost.with_file_name("pmhost-plain-consumer"),
+    };
+    for path in [&queue.plugin, &queue.plain_consumer] {
+        if !path.is_file() {
+            bail!("cargo built nothing at {}", path.display());
+        }
+    }
+    Ok(queue)
 }

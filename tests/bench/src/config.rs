@@ -33,6 +33,8 @@ pub struct Config {
     /// How long each call lasts in the "stop with work in flight" figure.
     #[serde(with = "millis", rename = "slow_call_ms")]
     pub slow_call: Duration,
+    /// Jobs drained per run in the queue figures.
+    pub queue_jobs: u32,
 }
 
 /// A group of figures that share a host setup (`--only`).
@@ -51,12 +53,21 @@ pub enum Group {
     Quiet,
     /// Host overhead per call, empty and with a write.
     Overhead,
+    /// A PostgreSQL queue (examples/pg-queue): jobs/s with and without pmhost, stop of LISTEN-idle workers.
+    Queue,
 }
 
 impl Group {
     /// Every group, in the order they run.
-    pub const ALL: [Group; 6] =
-        [Group::Lifecycle, Group::Respawn, Group::Inflight, Group::Restart, Group::Quiet, Group::Overhead];
+    pub const ALL: [Group; 7] = [
+        Group::Lifecycle,
+        Group::Respawn,
+        Group::Inflight,
+        Group::Restart,
+        Group::Quiet,
+        Group::Overhead,
+        Group::Queue,
+    ];
 }
 
 /// The pause between calls where a steady rhythm matters (`--execute-usleep`).
@@ -77,6 +88,7 @@ impl Config {
             rate_window: Duration::from_secs(2),
             steady_window: Duration::from_secs(2),
             slow_call: Duration::from_millis(300),
+            queue_jobs: 50_000,
         }
     }
 
@@ -91,6 +103,7 @@ impl Config {
             rate_window: Duration::from_secs(1),
             steady_window: Duration::from_secs(1),
             slow_call: Duration::from_millis(200),
+            queue_jobs: 20_000,
             ..Config::full()
         }
     }
@@ -109,6 +122,7 @@ impl Config {
             rate_window: Duration::from_secs(1),
             steady_window: Duration::from_secs(1),
             slow_call: Duration::from_millis(200),
+            queue_jobs: 500,
         }
     }
 }

@@ -44,6 +44,18 @@ pub fn run(config: &Config, artifacts: &Artifacts) -> Result<Report> {
     let restart = if wanted(Group::Restart) { measure::restart::measure(&bench)? } else { Vec::new() };
     let quiet = if wanted(Group::Quiet) { measure::quiet::measure(&bench)? } else { Vec::new() };
     let overhead = if wanted(Group::Overhead) { measure::overhead::measure(&bench)? } else { Vec::new() };
+    let mut notes = Vec::new();
+    let queue = if wanted(Group::Queue) {
+        match measure::queue::measure(&bench)? {
+            Ok(figures) => figures,
+            Err(skipped) => {
+                notes.push(skipped);
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
 
     // Table order follows the targets' list, which interleaves the groups.
     let mut figures = Vec::new();
@@ -56,6 +68,7 @@ pub fn run(config: &Config, artifacts: &Artifacts) -> Result<Report> {
     figures.extend(status);
     figures.extend(quiet);
     figures.extend(overhead);
+    figures.extend(queue);
     report::share_methods(&mut figures);
     Ok(Report {
         config: config.clone(),
@@ -66,6 +79,7 @@ pub fn run(config: &Config, artifacts: &Artifacts) -> Result<Report> {
         load_before,
         load_after: load_average(),
         figures,
+        notes,
     })
 }
 

@@ -18,6 +18,8 @@ pub enum Unit {
     WakeUps,
     /// Finished calls out of calls in flight: each sample carries its denominator.
     CallsFinished,
+    /// Jobs per second.
+    JobsPerSec,
 }
 
 /// What the figure is judged against (the text of the target column says it to the reader).
@@ -26,6 +28,8 @@ pub enum Unit {
 pub enum Check {
     /// Median at most this.
     MedianAtMost(f64),
+    /// Median at least this.
+    MedianAtLeast(f64),
     /// Median and max at most these.
     MedianAndMaxAtMost(f64, f64),
     /// Every sample at most this.
@@ -98,6 +102,7 @@ impl Figure {
         self.check = check;
         self.met = match check {
             Check::MedianAtMost(limit) => Some(self.median <= limit),
+            Check::MedianAtLeast(limit) => Some(self.median >= limit),
             Check::MedianAndMaxAtMost(median, max) => Some(self.median <= median && self.max <= max),
             Check::AllAtMost(limit) => Some(self.samples.iter().all(|&s| s <= limit)),
             Check::AllOfThem => Some(self.samples.iter().zip(&self.of).all(|(done, of)| done == of)),
@@ -119,6 +124,7 @@ impl Figure {
             Unit::MiB => format!("{:.2} MiB", value),
             Unit::Ticks => format!("{value:.0} ticks"),
             Unit::WakeUps => format!("{value:.0}"),
+            Unit::JobsPerSec => format!("{value:.0} jobs/s"),
             Unit::CallsFinished => match index {
                 Some(i) if i < self.samples.len() => format!("{:.0}/{:.0}", self.samples[i], self.of[i]),
                 _ => "-".to_owned(),
@@ -210,6 +216,8 @@ pub struct Report {
     pub load_before: String,
     pub load_after: String,
     pub figures: Vec<Figure>,
+    /// Figures that could not be measured here, and why (printed under the table).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -242,6 +250,9 @@ impl Report {
             );
         }
         out.push('\n');
+        for note in &self.notes {
+            let _ = writeln!(out, "Note: {note}\n");
+        }
         let mut families: Vec<&str> = Vec::new();
         for f in &self.figures {
             if !families.contains(&f.family.as_str()) {

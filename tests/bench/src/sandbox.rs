@@ -44,12 +44,14 @@ pub struct StartSpec {
     pub mode: Mode,
     /// More `pmhost start` flags.
     pub extra: Vec<String>,
+    /// The `--task-config` JSON, instead of the bench plugin's for `mode` (for another plugin).
+    pub task_config: Option<String>,
 }
 
 impl StartSpec {
     /// `workers` workers, unlimited calls `usleep` apart, doing `mode`.
     pub fn new(workers: u32, usleep: &str, mode: Mode) -> StartSpec {
-        StartSpec { workers, usleep: usleep.to_owned(), mode, extra: Vec::new() }
+        StartSpec { workers, usleep: usleep.to_owned(), mode, extra: Vec::new(), task_config: None }
     }
 }
 
@@ -157,7 +159,7 @@ impl Sandbox {
     /// `pmhost start -d` with `plugin`; returns once every worker finished `init` (as `-d` promises).
     pub fn start_with(&self, spec: &StartSpec, plugin: &Path) -> Result<()> {
         let workers = spec.workers.to_string();
-        let config = self.task_config(spec.mode);
+        let config = spec.task_config.clone().unwrap_or_else(|| self.task_config(spec.mode));
         let mut args: Vec<&OsStr> = Vec::new();
         for arg in ["start", "-d", "--name", &self.name, "--workers", &workers, "--execute-times", "0"] {
             args.push(arg.as_ref());

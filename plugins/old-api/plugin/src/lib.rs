@@ -11,10 +11,10 @@ extern "C" fn run(calls: u64) -> u64 {
 
 #[export_root_module]
 fn root_module() -> PluginModuleRef {
-    PluginModule { api_version: RStr::from_str("0.0.1"), run }.leak_into_prefix()
+    PluginModule { api_version: RStr::from_str("0.1.0"), run }.leak_into_prefix()
 }
 
 /// The version marker pmhost plugins export.
 #[unsafe(no_mangle)]
 #[allow(non_upper_case_globals)]
-pub static pmhost_plugin_api_version: [u8; 6] = *b"0.0.1\0";
+pub static pmhost_plugin_api_version: [u8; 6] = *b"0.1.0\0";

@@ -3,6 +3,7 @@
 pub mod inflight;
 pub mod lifecycle;
 pub mod overhead;
+pub mod queue;
 pub mod quiet;
 pub mod respawn;
 pub mod restart;
