@@ -217,14 +217,7 @@ pub fn init_host(settings: &LogSettings) {
 
 /// The most verbose level a plugin should forward, given the filter (0 off .. 5 trace).
 pub fn plugin_level() -> u8 {
-    match tracing::level_filters::LevelFilter::current().into_level() {
-        None => 0,
-        Some(Level::ERROR) => 1,
-        Some(Level::WARN) => 2,
-        Some(Level::INFO) => 3,
-        Some(Level::DEBUG) => 4,
-        Some(Level::TRACE) => 5,
-    }
+    pmhost_plugin_api::ffi::level::filter_code(tracing::level_filters::LevelFilter::current())
 }
 
 /// The descriptors of the log files this process has open: a forked worker keeps them (it writes its own

@@ -320,11 +320,19 @@ fn exit(code: i32) -> ! {
 /// the worker span, with target `pmhost::run` so they land in the run log.
 pub(crate) extern "C" fn host_log(level: u8, target: RStr<'_>, message: RStr<'_>) {
     let (target, message) = (target.as_str(), message.as_str());
-    match level {
-        1 => tracing::error!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
-        2 => tracing::warn!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
-        3 => tracing::info!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
-        4 => tracing::debug!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
-        _ => tracing::trace!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
+    // tracing's macros take their level as a constant: one arm per level.
+    match pmhost_plugin_api::ffi::level::filter(level).into_level() {
+        Some(tracing::Level::ERROR) => {
+            tracing::error!(target: crate::logging::RUN_TARGET, plugin = target, "{message}")
+        }
+        Some(tracing::Level::WARN) => tracing::warn!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
+        Some(tracing::Level::INFO) => tracing::info!(target: crate::logging::RUN_TARGET, plugin = target, "{message}"),
+        Some(tracing::Level::DEBUG) => {
+            tracing::debug!(target: crate::logging::RUN_TARGET, plugin = target, "{message}")
+        }
+        Some(tracing::Level::TRACE) => {
+            tracing::trace!(target: crate::logging::RUN_TARGET, plugin = target, "{message}")
+        }
+        None => {}
     }
 }

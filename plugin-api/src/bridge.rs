@@ -10,22 +10,12 @@ use std::sync::Once;
 use abi_stable::std_types::RStr;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::{Event, Metadata, Subscriber};
 
 use crate::ffi::HostLogger;
 
 struct Bridge {
     logger: HostLogger,
-}
-
-fn level_code(level: &Level) -> u8 {
-    match *level {
-        Level::ERROR => 1,
-        Level::WARN => 2,
-        Level::INFO => 3,
-        Level::DEBUG => 4,
-        Level::TRACE => 5,
-    }
 }
 
 /// Installs the bridge as the plugin's global subscriber (once per process; later calls do nothing).
@@ -39,18 +29,11 @@ pub(crate) fn install(logger: HostLogger) {
 
 impl Subscriber for Bridge {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        level_code(metadata.level()) <= self.logger.max_level
+        crate::ffi::level::code(metadata.level()) <= self.logger.max_level
     }
 
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(match self.logger.max_level {
-            0 => tracing::level_filters::LevelFilter::OFF,
-            1 => tracing::level_filters::LevelFilter::ERROR,
-            2 => tracing::level_filters::LevelFilter::WARN,
-            3 => tracing::level_filters::LevelFilter::INFO,
-            4 => tracing::level_filters::LevelFilter::DEBUG,
-            _ => tracing::level_filters::LevelFilter::TRACE,
-        })
+        Some(crate::ffi::level::filter(self.logger.max_level))
     }
 
     fn new_span(&self, _span: &Attributes<'_>) -> Id {
@@ -66,7 +49,7 @@ impl Subscriber for Bridge {
         event.record(&mut text);
         let metadata = event.metadata();
         (self.logger.log)(
-            level_code(metadata.level()),
+            crate::ffi::level::code(metadata.level()),
             RStr::from_str(metadata.target()),
             RStr::from_str(&text.finish()),
         );

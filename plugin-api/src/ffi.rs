@@ -88,3 +88,53 @@ pub struct HostLogger {
     /// Records one event: level (as above), the event's target, the formatted message and fields.
     pub log: extern "C" fn(level: u8, target: RStr<'_>, message: RStr<'_>),
 }
+
+/// The log level numbers that cross the boundary (`HostLogger::max_level` and `HostLogger::log`): 0 is off,
+/// 1 error, 2 warn, 3 info, 4 debug, 5 trace. Host and plugin both convert through these functions only.
+pub mod level {
+    use tracing::Level;
+    use tracing::level_filters::LevelFilter;
+
+    /// The number of a level.
+    pub fn code(level: &Level) -> u8 {
+        match *level {
+            Level::ERROR => 1,
+            Level::WARN => 2,
+            Level::INFO => 3,
+            Level::DEBUG => 4,
+            Level::TRACE => 5,
+        }
+    }
+
+    /// The most verbose level a filter lets through, as a number (0: none).
+    pub fn filter_code(filter: LevelFilter) -> u8 {
+        filter.into_level().map_or(0, |level| code(&level))
+    }
+
+    /// The filter a number stands for (a number above 5 is trace).
+    pub fn filter(code: u8) -> LevelFilter {
+        match code {
+            0 => LevelFilter::OFF,
+            1 => LevelFilter::ERROR,
+            2 => LevelFilter::WARN,
+            3 => LevelFilter::INFO,
+            4 => LevelFilter::DEBUG,
+            _ => LevelFilter::TRACE,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn numbers_round_trip() {
+            for level in [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG, Level::TRACE] {
+                assert_eq!(filter(code(&level)).into_level(), Some(level));
+                assert_eq!(filter_code(LevelFilter::from_level(level)), code(&level));
+            }
+            assert_eq!(filter_code(LevelFilter::OFF), 0);
+            assert_eq!(filter(0), LevelFilter::OFF);
+        }
+    }
+}
