@@ -14,7 +14,7 @@ use std::time::Instant;
 use abi_stable::std_types::{RSome, RStr};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
 use nix::unistd::Pid;
-use pmhost_plugin_api::ffi::{HostLogger, InitFailure, WorkResult};
+use pmhost_plugin_api::ffi::{HostLogger, InitFailure, JobBox, WorkResult};
 use pmhost_plugin_api::{InitContext, WorkContext};
 use tracing::{debug, error, warn};
 
@@ -84,45 +84,62 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     let span = tracing::info_span!("worker", task = %spec.task, slot = spec.slot, pid, generation = spec.generation);
     let _entered = span.enter();
     if let Err(e) = prepare_process(&spec) {
-        error!("worker setup failed: {e}");
-        report::send(spec.report_fd, &Report::Failed { pid, message: format!("worker setup failed: {e}") });
-        exit(code::SETUP_FAILED);
+        fail(&spec, format!("worker setup failed: {e}"), code::SETUP_FAILED);
     }
     title::set(&spec.title);
     crate::logging::set_title(&spec.title);
-
-    let module = match plugin::load(&spec.plugin.load_path(), &spec.plugin.original) {
-        Ok(module) => module,
-        Err(e) => {
-            error!("{e}");
-            report::send(spec.report_fd, &Report::Failed { pid, message: e.to_string() });
-            exit(code::LOAD_FAILED);
-        }
-    };
-
-    cell.set_phase(Phase::Initializing);
-    let logger = HostLogger { max_level: spec.plugin_log_level, log: host_log };
-    let stop_fd = STOP_EVENT.load(Ordering::Relaxed);
-    let init_ctx =
-        InitContext::new(&spec.task, &spec.config_json, spec.slot, spec.generation, pid, &STOP, stop_fd, logger);
-    let mut job = match (module.init())(&init_ctx).into_result() {
-        Ok(job) => job,
-        Err(failure) => {
-            let message = match failure {
-                InitFailure::Failed(message) => format!("plugin init failed: {message}"),
-                InitFailure::Panicked(message) => format!("plugin init panicked: {message}"),
-            };
-            error!("{message}");
-            report::send(spec.report_fd, &Report::Failed { pid, message });
-            exit(code::INIT_FAILED);
-        }
-    };
+    let mut job = start_job(&spec, cell);
     cell.set_phase(Phase::Running);
     report::send(spec.report_fd, &Report::Ready { pid });
     debug!("worker ready");
 
-    let mut ctx = WorkContext::new(spec.slot, spec.generation, &STOP, stop_fd);
+    let mut ctx = WorkContext::new(spec.slot, spec.generation, &STOP, STOP_EVENT.load(Ordering::Relaxed));
     let limits = spec.limits.jittered(pid as u64 ^ crate::sysinfo::monotonic_ns());
+    let (end, finished) = work_loop(&mut job, &mut ctx, cell, &limits);
+    cell.set_phase(if end == LoopEnd::Stopped { Phase::Stopping } else { Phase::Retiring });
+    debug!(calls = finished, reason = ?end, "work loop ended");
+    if let RSome(message) = job.shutdown() {
+        error!("plugin panicked in shutdown: {message}");
+        exit(code::PANICKED);
+    }
+    // Keep the task's rhythm across the respawn: a worker that retires after its last call still waits
+    // `execute_usleep` (interruptibly), so `execute_times = 1` means one call per pause, not a fork loop.
+    if matches!(end, LoopEnd::ExecuteTimes | LoopEnd::LimitSeconds) && !limits.execute_usleep.is_zero() {
+        ctx.sleep(limits.execute_usleep);
+    }
+    exit(code::OK)
+}
+
+/// Reports why the worker cannot go on (the master records it as the reason) and exits with `exit_code`.
+fn fail(spec: &WorkerSpec, message: String, exit_code: i32) -> ! {
+    error!("{message}");
+    report::send(spec.report_fd, &Report::Failed { pid: std::process::id() as i32, message });
+    exit(exit_code)
+}
+
+/// Loads the staged build and runs the job's `init`; a failure of either ends the worker.
+fn start_job(spec: &WorkerSpec, cell: &Cell) -> JobBox {
+    let module = plugin::load(&spec.plugin.load_path(), &spec.plugin.original)
+        .unwrap_or_else(|e| fail(spec, e.to_string(), code::LOAD_FAILED));
+    cell.set_phase(Phase::Initializing);
+    let logger = HostLogger { max_level: spec.plugin_log_level, log: host_log };
+    let pid = std::process::id() as i32;
+    let stop_fd = STOP_EVENT.load(Ordering::Relaxed);
+    let init_ctx =
+        InitContext::new(&spec.task, &spec.config_json, spec.slot, spec.generation, pid, &STOP, stop_fd, logger);
+    match (module.init())(&init_ctx).into_result() {
+        Ok(job) => job,
+        Err(InitFailure::Failed(message)) => fail(spec, format!("plugin init failed: {message}"), code::INIT_FAILED),
+        Err(InitFailure::Panicked(message)) => {
+            fail(spec, format!("plugin init panicked: {message}"), code::INIT_FAILED)
+        }
+    }
+}
+
+/// Calls `work` until a stop request, the limits, or the job retires; returns why it ended and the calls done.
+/// The hot path: per call, two scoreboard stores and the limit checks, no syscall (the pause only when
+/// `execute_usleep` is set).
+fn work_loop(job: &mut JobBox, ctx: &mut WorkContext<'_>, cell: &Cell, limits: &Limits) -> (LoopEnd, u64) {
     let deadline = limits.limit_seconds.map(|limit| Instant::now() + limit);
     let mut finished: u64 = 0;
     let end = loop {
@@ -131,7 +148,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
         }
         ctx.set_execution(finished + 1);
         cell.begin_work(finished);
-        let result = job.work(&ctx);
+        let result = job.work(ctx);
         finished += 1;
         cell.end_work(finished);
         match result {
@@ -149,22 +166,11 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             break LoopEnd::LimitSeconds;
         }
-        if !spec.limits.execute_usleep.is_zero() && !ctx.sleep(spec.limits.execute_usleep) {
+        if !limits.execute_usleep.is_zero() && !ctx.sleep(limits.execute_usleep) {
             break LoopEnd::Stopped;
         }
     };
-    cell.set_phase(if end == LoopEnd::Stopped { Phase::Stopping } else { Phase::Retiring });
-    debug!(calls = finished, reason = ?end, "work loop ended");
-    if let RSome(message) = job.shutdown() {
-        error!("plugin panicked in shutdown: {message}");
-        exit(code::PANICKED);
-    }
-    // Keep the task's rhythm across the respawn: a worker that retires after its last call still waits
-    // `execute_usleep` (interruptibly), so `execute_times = 1` means one call per pause, not a fork loop.
-    if matches!(end, LoopEnd::ExecuteTimes | LoopEnd::LimitSeconds) && !spec.limits.execute_usleep.is_zero() {
-        ctx.sleep(spec.limits.execute_usleep);
-    }
-    exit(code::OK)
+    (end, finished)
 }
 
 /// Why a worker could not prepare itself (before any plugin code ran).
