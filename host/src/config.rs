@@ -149,12 +149,31 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
 
 /// Checks `text` as the content of `path`.
 pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
-    let at = |span: Option<std::ops::Range<usize>>, message: String| {
+    let at = |(span, message): Positioned| {
         let (line, column) = line_column(text, span.map_or(0, |s| s.start));
         ConfigError::Invalid { path: path.to_owned(), line, column, message }
     };
-    let tree = DeTable::parse(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
-    check_keys(tree.get_ref(), ROOT_KEYS, "the top level").map_err(|(span, message)| at(Some(span), message))?;
+    check_all_keys(text).map_err(at)?;
+    let shape: FileShape = toml::from_str(text).map_err(|e| at((e.span(), e.message().trim().to_owned())))?;
+    let base = path.parent().unwrap_or(Path::new("/")).to_owned();
+    let relative = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+    let host = host_spec(&shape.host, &relative).map_err(at)?;
+    let log = log_spec(&shape.log, &relative).map_err(at)?;
+    let mut tasks: Vec<TaskSpec> = Vec::new();
+    for (index, task) in shape.task.iter().enumerate() {
+        let spec = task_spec(task, index, &tasks, &relative).map_err(at)?;
+        tasks.push(spec);
+    }
+    if tasks.is_empty() {
+        return Err(at((Some(0..0), "no [[task]]: a host needs at least one task (name and plugin)".to_owned())));
+    }
+    Ok(ConfigFile { path: path.to_owned(), host, log, tasks })
+}
+
+/// The syntax, then every key of every section: unknown keys are refused with the nearest valid one.
+fn check_all_keys(text: &str) -> Result<(), Positioned> {
+    let tree = DeTable::parse(text).map_err(|e| (e.span(), e.message().trim().to_owned()))?;
+    check_keys(tree.get_ref(), ROOT_KEYS, "the top level").map_err(|(span, message)| (Some(span), message))?;
     for (key, value) in tree.get_ref() {
         match (key.get_ref().as_ref(), value.get_ref()) {
             ("host", DeValue::Table(table)) => check_keys(table, HOST_KEYS, "[host]"),
@@ -166,63 +185,60 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             ("task", _) => Err((value.span(), "`task` is a list of tables: write each one as [[task]]".to_owned())),
             (section, _) => Err((value.span(), format!("`{section}` is a table: write it as [{section}]"))),
         }
-        .map_err(|(span, message)| at(Some(span), message))?;
+        .map_err(|(span, message)| (Some(span), message))?;
     }
-    let shape: FileShape = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
-    let base = path.parent().unwrap_or(Path::new("/")).to_owned();
-    let relative = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+    Ok(())
+}
 
-    let seconds = |value: &Option<Spanned<DurationValue>>, unit| -> Result<Option<Duration>, ConfigError> {
-        value.as_ref().map(|v| to_duration(v.get_ref(), unit).map_err(|m| at(Some(v.span()), m))).transpose()
+/// `[host]`, checked.
+fn host_spec(host: &HostSection, relative: &dyn Fn(&Path) -> PathBuf) -> Result<HostSpec, Positioned> {
+    let name = match &host.name {
+        Some(name) => {
+            crate::names::validate("host name", name.get_ref()).map_err(|e| (Some(name.span()), e.to_string()))?;
+            Some(name.get_ref().clone())
+        }
+        None => None,
     };
-    let host = HostSpec {
-        name: match &shape.host.name {
-            Some(name) => {
-                crate::names::validate("host name", name.get_ref())
-                    .map_err(|e| at(Some(name.span()), e.to_string()))?;
-                Some(name.get_ref().clone())
-            }
-            None => None,
-        },
-        title_prefix: shape.host.title_prefix.clone(),
-        pid_root: shape.host.pid_root.as_deref().map(relative),
-        status_root: shape.host.status_root.as_deref().map(relative),
-        check_interval: match &shape.host.check_interval {
-            Some(v) => Some(check_interval(v.get_ref()).map_err(|m| at(Some(v.span()), m))?),
-            None => None,
-        },
-        stop_timeout: seconds(&shape.host.stop_timeout, BareUnit::Seconds)?,
-        subreaper: shape.host.subreaper,
+    let check_interval = match &host.check_interval {
+        Some(v) => Some(check_interval(v.get_ref()).map_err(|m| (Some(v.span()), m))?),
+        None => None,
     };
-    let file_name = |v: &Option<Spanned<String>>| -> Result<Option<String>, ConfigError> {
+    let stop_timeout = match &host.stop_timeout {
+        Some(v) => Some(to_duration(v.get_ref(), BareUnit::Seconds).map_err(|m| (Some(v.span()), m))?),
+        None => None,
+    };
+    Ok(HostSpec {
+        name,
+        title_prefix: host.title_prefix.clone(),
+        pid_root: host.pid_root.as_deref().map(relative),
+        status_root: host.status_root.as_deref().map(relative),
+        check_interval,
+        stop_timeout,
+        subreaper: host.subreaper,
+    })
+}
+
+/// `[log]`, checked.
+fn log_spec(log: &LogSection, relative: &dyn Fn(&Path) -> PathBuf) -> Result<LogSpec, Positioned> {
+    let file_name = |v: &Option<Spanned<String>>| -> Result<Option<String>, Positioned> {
         match v {
             Some(name) => crate::names::validate("log file name", name.get_ref())
                 .map(|()| Some(name.get_ref().clone()))
-                .map_err(|e| at(Some(name.span()), e.to_string())),
+                .map_err(|e| (Some(name.span()), e.to_string())),
             None => Ok(None),
         }
     };
-    let log = LogSpec {
-        enabled: shape.log.enabled,
-        dir: shape.log.dir.as_deref().map(relative),
-        process: file_name(&shape.log.process)?,
-        run: file_name(&shape.log.run)?,
-        error_prefix: shape.log.error_prefix.clone(),
-        fatal_prefix: shape.log.fatal_prefix.clone(),
-        rotation: shape.log.rotation,
-        format: shape.log.format,
-        level: shape.log.level.clone(),
-    };
-
-    let mut tasks: Vec<TaskSpec> = Vec::new();
-    for (index, task) in shape.task.iter().enumerate() {
-        let spec = task_spec(task, index, &tasks, &relative).map_err(|(span, message)| at(span, message))?;
-        tasks.push(spec);
-    }
-    if tasks.is_empty() {
-        return Err(at(Some(0..0), "no [[task]]: a host needs at least one task (name and plugin)".to_owned()));
-    }
-    Ok(ConfigFile { path: path.to_owned(), host, log, tasks })
+    Ok(LogSpec {
+        enabled: log.enabled,
+        dir: log.dir.as_deref().map(relative),
+        process: file_name(&log.process)?,
+        run: file_name(&log.run)?,
+        error_prefix: log.error_prefix.clone(),
+        fatal_prefix: log.fatal_prefix.clone(),
+        rotation: log.rotation,
+        format: log.format,
+        level: log.level.clone(),
+    })
 }
 
 type Positioned = (Option<std::ops::Range<usize>>, String);

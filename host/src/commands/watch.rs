@@ -1,5 +1,5 @@
 //! Watching a master's status file: read the snapshot, and wait (inotify, with a deadline) for one that
-//! satisfies a condition. Used by status, restart and scale.
+//! satisfies a condition. Used by restart and scale (status asks with a signal and waits for the answer).
 
 use std::os::fd::AsFd;
 use std::time::Instant;
