@@ -46,6 +46,23 @@ fn monotonic_ns() -> u64 {
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
+/// A file system of `size` of its own at `dir` (to fill it up), unmounted when the guard is dropped.
+fn mount_tmpfs(dir: &Path, size: &str) -> impl Drop {
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "cannot mount a tmpfs (the tests run as root)");
+    Unmount(dir.to_owned())
+}
+
 #[test]
 fn a_run_root_below_a_directory_another_user_owns_is_refused() {
     let sb = Sandbox::new("theirs");
@@ -134,19 +151,7 @@ fn stop_needs_no_disk_and_keeps_the_hosts_own_grace() {
     // The status root on a tiny file system of its own, filled up once the host runs.
     let status_root = sb.status_root();
     std::fs::create_dir(&status_root).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=128m,mode=0700", "tmpfs"])
-        .arg(&status_root)
-        .status()
-        .expect("run mount");
-    assert!(mounted.success(), "cannot mount a tmpfs (the tests run as root)");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&status_root);
+    let _unmount = mount_tmpfs(&status_root, "128m");
     let shutdown = sb.path("shutdown");
     let config = task_config(json!({"work_ms": 300, "shutdown_file": shutdown}));
     let faulty = fixtures().faulty.to_str().unwrap();
@@ -318,19 +323,7 @@ fn staging_on_a_full_disk_names_the_directory_it_could_not_write() {
     let sb = Sandbox::new("stagefull");
     let status_root = sb.status_root();
     std::fs::create_dir(&status_root).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
-        .arg(&status_root)
-        .status()
-        .expect("run mount");
-    assert!(mounted.success(), "cannot mount a tmpfs (the tests run as root)");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&status_root);
+    let _unmount = mount_tmpfs(&status_root, "1m");
     // The directories exist; the plugin (much larger than 1 MiB in a test build) cannot be copied into them.
     let plugins = status_root.join(&sb.name).join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
