@@ -128,8 +128,13 @@ impl Sandbox {
         self.path("status")
     }
 
+    /// The host's own directory under the status root (status file, metrics, staged plugins, requests).
+    pub fn host_status_dir(&self) -> PathBuf {
+        self.status_root().join(&self.name)
+    }
+
     pub fn status_file(&self) -> PathBuf {
-        self.status_root().join(&self.name).join("status.json")
+        self.host_status_dir().join("status.json")
     }
 
     /// `pmhost ARGS` with this sandbox's roots in the environment.
@@ -239,6 +244,11 @@ impl Sandbox {
     pub fn status_of(&self, name: &str) -> Option<Value> {
         let text = std::fs::read_to_string(self.status_root().join(name).join("status.json")).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// The first task's workers from the status file (none when there is no file yet).
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.snapshot().map(|s| s.workers().to_vec()).unwrap_or_default()
     }
 
     /// Worker pids by slot from the status file (ready workers only).
