@@ -344,18 +344,22 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// The fields of `/proc/PID/stat` after the command name: state, ppid, pgrp... (`proc_stat(pid)[0]` is field 3
+/// of proc(5)).
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// The process's state letter (`R`, `S`, `T`, `Z`...), from `/proc/PID/stat`.
 pub fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rfind(')').and_then(|i| stat[i + 2..].chars().next())
+    proc_stat(pid)?.first()?.chars().next()
 }
 
 /// The process's state letter is Z.
 pub fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rfind(')').map(|i| stat[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
+    process_state(pid) == Some('Z')
 }
 
 /// The command line of a process as `ps -o args` shows it (NULs as spaces, trimmed).
