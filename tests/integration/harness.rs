@@ -274,6 +274,17 @@ impl Sandbox {
         out
     }
 
+    /// The text of the log files (in the sandbox's log directory) whose names start with `prefix` (`run.`,
+    /// `process.`), in name order; empty when there are none.
+    pub fn log_text(&self, prefix: &str) -> String {
+        let dir = self.path("log");
+        file_names(&dir)
+            .iter()
+            .filter(|name| name.starts_with(prefix))
+            .map(|name| std::fs::read_to_string(dir.join(name)).unwrap_or_default())
+            .collect()
+    }
+
     /// Waits until `condition` holds, re-checking whenever a file in the sandbox changes (and at least every
     /// 100 ms, for conditions no file reflects). Panics with `what` at the deadline.
     pub fn wait_for<T>(&self, what: &str, deadline: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
