@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{ProcessWaiter, SOON, Sandbox, describe, fixtures, read_markers, signal, task_config};
+use crate::harness::{
+    ProcessWaiter, SOON, Sandbox, describe, fixtures, process_state, read_markers, signal, task_config,
+};
 
 /// Runs `pmhost ARGS`, which must finish within 10 s (a hang is the defect some tests look for).
 fn run_bounded(sb: &Sandbox, args: &[&str]) -> Output {
@@ -352,11 +354,8 @@ fn a_stop_that_had_to_kill_the_master_says_so_and_exits_7() {
     let hello = fixtures().hello.to_str().unwrap();
     sb.start_daemon(hello, &["--workers", "1", "--execute-times", "0"]);
     let master = sb.master_pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), nix::sys::signal::SIGSTOP).unwrap();
-    sb.wait_for("the master stopped", SOON, || {
-        let stat = std::fs::read_to_string(format!("/proc/{master}/stat")).ok()?;
-        (stat.rsplit(')').next()?.split_whitespace().next()? == "T").then_some(())
-    });
+    signal(master, nix::sys::signal::Signal::SIGSTOP);
+    sb.wait_for("the master stopped", SOON, || (process_state(master) == Some('T')).then_some(()));
     // A stopped master answers nothing: the stop escalates to QUIT, then to SIGKILL.
     let mut cmd = sb.pmhost(["stop", "--name", &sb.name, "--timeout", "1s"]);
     let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
