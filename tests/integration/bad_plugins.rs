@@ -22,7 +22,7 @@ fn refused(label: &str, plugin: &std::path::Path, extra: &[&str], expected: &[&s
     }
     assert!(!stderr.contains("Attempted to panic across the ffi boundary"), "{stderr}");
     assert!(sandbox.live_processes().is_empty(), "processes left: {:?}", sandbox.live_processes());
-    let pid_file = sandbox.pid_root().join(format!("{}.pid", sandbox.name));
+    let pid_file = sandbox.pid_file();
     assert!(!pid_file.exists(), "pid file left behind at {}", pid_file.display());
 }
 

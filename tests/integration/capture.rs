@@ -6,20 +6,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::harness::{ProcessWaiter, SOON, Sandbox, describe, fixtures, read_markers, task_config};
+use crate::harness::{ProcessWaiter, SOON, Sandbox, describe, fixtures, read_markers, signal, task_config};
 
 /// Every run log line written so far.
 fn run_log(sb: &Sandbox) -> String {
-    let mut text = String::new();
-    for entry in std::fs::read_dir(sb.path("log")).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("run.") {
-            text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-    }
-    text
+    sb.log_text("run.")
 }
 
 fn wait_for_line(sb: &Sandbox, what: &str, mut matches: impl FnMut(&str) -> bool) -> String {
@@ -54,12 +48,7 @@ fn worker_output_reaches_the_run_log_line_by_line_and_tagged() {
     // stream ends.
     wait_for_line(&sb, "the final partial line", |l| l.contains("]: no newline stream=stdout"));
     // Nothing of it went to the process log (lifecycle only).
-    let process: String = std::fs::read_dir(sb.path("log"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("process."))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let process = sb.log_text("process.");
     assert!(!process.contains("printed 1"), "captured output is in the process log");
     sb.stop();
 }
@@ -72,7 +61,7 @@ fn what_a_worker_wrote_right_before_kill_9_is_kept() {
     let faulty = fixtures().faulty.to_str().unwrap();
     sb.start_daemon(faulty, &["--workers", "1", "--execute-times", "0", "--task-config", &config]);
     let hung = sb.wait_for("the worker in its call", SOON, || read_markers(&marker).first().cloned());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hung.pid), nix::sys::signal::SIGKILL).unwrap();
+    signal(hung.pid, Signal::SIGKILL);
     assert!(ProcessWaiter::new(hung.pid).wait(SOON));
     let line =
         wait_for_line(&sb, "the last words", |l| l.contains("last words") && l.contains(&format!("pid={}", hung.pid)));
@@ -125,7 +114,7 @@ fn a_flood_of_output_never_stalls_supervision() {
     });
     let before = run_log_size(&sb);
     let killed_at = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::SIGKILL).unwrap();
+    signal(victim, Signal::SIGKILL);
     let replacement = sb.wait_for("the replacement's first call", SOON, || {
         read_markers(&marker).into_iter().find(|m| m.slot == 1 && m.pid != victim).map(|m| m.pid)
     });

@@ -6,24 +6,12 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::harness::{SOON, Sandbox, cmdline, describe, fixtures, read_markers, signal};
+use crate::harness::{SOON, Sandbox, SnapshotExt, cmdline, describe, file_names, fixtures, read_markers, signal};
 
 fn write_config(sb: &Sandbox, text: &str) -> PathBuf {
     let path = sb.path("pmhost.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn task_workers(status: &Value, task: &str) -> Vec<Value> {
-    status["tasks"]
-        .as_array()
-        .and_then(|tasks| tasks.iter().find(|t| t["name"] == task))
-        .and_then(|t| t["workers"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn ready(status: &Value, task: &str) -> usize {
-    task_workers(status, task).iter().filter(|w| matches!(w["state"].as_str(), Some("idle" | "busy"))).count()
 }
 
 fn two_tasks(sb: &Sandbox, marker: &Path) -> String {
@@ -64,13 +52,13 @@ fn a_two_task_file_runs_both_tasks_with_their_counts_titles_and_config() {
     let config = write_config(&sb, &two_tasks(&sb, &marker));
     let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let status = sb.status().unwrap();
+    let status = sb.snapshot().unwrap();
     let greeter = format!("{}-greeter", sb.name);
     let marker_task = format!("{}-marker", sb.name);
-    assert_eq!(ready(&status, &greeter), 2, "{status}");
-    assert_eq!(ready(&status, &marker_task), 1, "{status}");
-    for w in task_workers(&status, &greeter) {
-        assert_eq!(cmdline(w["pid"].as_i64().unwrap() as i32), format!("process_m:Worker:{greeter}"));
+    assert_eq!(status.ready(&greeter), 2, "{status:#?}");
+    assert_eq!(status.ready(&marker_task), 1, "{status:#?}");
+    for w in status.task_workers(&greeter) {
+        assert_eq!(cmdline(w.pid), format!("process_m:Worker:{greeter}"));
     }
     // [task.config] reached the plugin's init: the marker task writes where its config says.
     sb.wait_for("marker lines", SOON, || (!read_markers(&marker).is_empty()).then_some(()));
@@ -91,9 +79,9 @@ fn flags_override_the_file() {
     let config = write_config(&sb, &two_tasks(&sb, &marker));
     let out = sb.run(["start", "-d", "--config", config.to_str().unwrap(), "--workers", "3"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let status = sb.status().unwrap();
-    assert_eq!(ready(&status, &format!("{}-greeter", sb.name)), 3, "{status}");
-    assert_eq!(ready(&status, &format!("{}-marker", sb.name)), 3, "{status}");
+    let status = sb.snapshot().unwrap();
+    assert_eq!(status.ready(&format!("{}-greeter", sb.name)), 3, "{status:#?}");
+    assert_eq!(status.ready(&format!("{}-marker", sb.name)), 3, "{status:#?}");
     sb.stop();
 }
 
@@ -163,12 +151,12 @@ fn sighup_rereads_the_file_adding_a_task_and_changing_a_count() {
     write_config(&sb, &edited);
     signal(sb.master_pid(), Signal::SIGHUP);
     let status = sb.wait_for("3 greeters and 2 extras on the new generation", SOON, || {
-        let s = sb.status()?;
-        let moved = task_workers(&s, &greeter).iter().all(|w| w["generation"] == 2);
-        let done = s["last_restart"]["in_progress"] == false;
-        (ready(&s, &greeter) == 3 && ready(&s, &extra) == 2 && moved && done).then_some(s)
+        let s = sb.snapshot()?;
+        let moved = s.task_workers(&greeter).iter().all(|w| w.generation == 2);
+        let done = s.last_restart.as_ref().is_some_and(|r| !r.in_progress);
+        (s.ready(&greeter) == 3 && s.ready(&extra) == 2 && moved && done).then_some(s)
     });
-    assert_eq!(status["last_restart"]["ok"], true, "{status}");
+    assert_eq!(status.last_restart.as_ref().map(|r| r.ok), Some(true), "{status:#?}");
 
     // A broken edit is refused with its position; nothing changes.
     write_config(&sb, &edited.replacen("workers = 3", "workers = -1", 1));
@@ -177,12 +165,13 @@ fn sighup_rereads_the_file_adding_a_task_and_changing_a_count() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("workers must be 1 to 1024"), "{}", describe(&out));
     signal(sb.master_pid(), Signal::SIGHUP);
     let status = sb.wait_for("the refused reload recorded", SOON, || {
-        let s = sb.status()?;
-        (s["last_restart"]["generation"] == 3 && s["last_restart"]["in_progress"] == false).then_some(s)
+        let s = sb.snapshot()?;
+        s.last_restart.as_ref().is_some_and(|r| r.generation == 3 && !r.in_progress).then_some(s)
     });
-    assert_eq!(status["last_restart"]["ok"], false, "{status}");
-    assert!(status["last_restart"]["error"].as_str().unwrap().contains("pmhost.toml:"), "{status}");
-    assert_eq!(ready(&status, &greeter), 3, "{status}");
+    let restart = status.last_restart.as_ref().unwrap();
+    assert!(!restart.ok, "{status:#?}");
+    assert!(restart.error.as_deref().unwrap().contains("pmhost.toml:"), "{status:#?}");
+    assert_eq!(status.ready(&greeter), 3, "{status:#?}");
     sb.stop();
 }
 
@@ -203,13 +192,14 @@ fn a_refused_reload_changes_nothing() {
     write_config(&sb, &edited);
     signal(sb.master_pid(), Signal::SIGHUP);
     let status = sb.wait_for("the refusal", SOON, || {
-        let s = sb.status()?;
-        (s["last_restart"]["in_progress"] == false).then_some(s)
+        let s = sb.snapshot()?;
+        s.last_restart.as_ref().is_some_and(|r| !r.in_progress).then_some(s)
     });
-    assert!(status["last_restart"]["error"].as_str().unwrap().contains("not a shared library"), "{status}");
+    let error = status.last_restart.as_ref().and_then(|r| r.error.as_deref());
+    assert!(error.unwrap().contains("not a shared library"), "{status:#?}");
     let greeter = format!("{}-greeter", sb.name);
-    assert_eq!(status["tasks"][0]["workers_wanted"], 2, "{status}");
-    assert_eq!(task_workers(&status, &greeter).len(), 2, "{status}");
+    assert_eq!(status.tasks[0].workers_wanted, 2, "{status:#?}");
+    assert_eq!(status.task_workers(&greeter).len(), 2, "{status:#?}");
     sb.stop();
 }
 
@@ -222,16 +212,16 @@ fn restart_with_task_rolls_only_that_task() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let greeter = format!("{}-greeter", sb.name);
     let marker_task = format!("{}-marker", sb.name);
-    let before = task_workers(&sb.status().unwrap(), &marker_task);
+    let before = sb.snapshot().unwrap().task_workers(&marker_task).to_vec();
     let out = sb.run(["restart", "--config", config.to_str().unwrap(), "--task", &greeter]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let status = sb.wait_for("greeters on generation 2", SOON, || {
-        let s = sb.status()?;
-        let w = task_workers(&s, &greeter);
-        (w.len() == 2 && w.iter().all(|w| w["generation"] == 2)).then_some(s)
+        let s = sb.snapshot()?;
+        let w = s.task_workers(&greeter);
+        (w.len() == 2 && w.iter().all(|w| w.generation == 2)).then_some(s)
     });
-    let after = task_workers(&status, &marker_task);
-    assert_eq!(before[0]["pid"], after[0]["pid"], "the other task was touched");
+    let after = status.task_workers(&marker_task);
+    assert_eq!(before[0].pid, after[0].pid, "the other task was touched");
     sb.stop();
 }
 
@@ -318,11 +308,7 @@ fn log_level_filters_and_daemons_log_only_to_files() {
     let victim = sb.ready_workers()[&0];
     signal(victim, Signal::SIGKILL);
     sb.wait_for("the crash logged", SOON, || {
-        let name = std::fs::read_dir(sb.path("log"))
-            .ok()?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|n| n.starts_with("process."))?;
+        let name = file_names(&sb.path("log")).into_iter().find(|n| n.starts_with("process."))?;
         let text = std::fs::read_to_string(sb.path("log").join(&name)).ok()?;
         // Hourly names: process.YYYY-MM-DD-HH.log.
         assert_eq!(name.len(), "process.2026-01-30-15.log".len(), "{name}");
@@ -398,9 +384,9 @@ fn the_example_file_is_valid() {
     let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     // execute_times = 1: workers retire after every call, so count the slots, not the ready workers.
-    let status = sb.status().unwrap();
-    assert_eq!(status["tasks"][0]["name"], "hello", "{status}");
-    assert_eq!(status["tasks"][0]["workers_wanted"], 4, "{status}");
+    let status = sb.snapshot().unwrap();
+    assert_eq!(status.tasks[0].name, "hello", "{status:#?}");
+    assert_eq!(status.tasks[0].workers_wanted, 4, "{status:#?}");
     let out = sb.run(["stop", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }

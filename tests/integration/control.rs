@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, describe, fixtures, processes_mentioning, task_config};
+use crate::harness::{
+    ProcessWaiter, SOON, Sandbox, cmdline, describe, fixtures, is_ready, processes_mentioning, task_config,
+};
 
 /// `start -d` of the hello plugin with `workers` workers; asserts success.
 fn start_daemon(sb: &Sandbox, workers: &str, extra: &[&str]) {
@@ -88,7 +90,7 @@ fn concurrent_starts_exactly_one_wins() {
 fn plant_pid_file(sb: &Sandbox, pid: u32) -> std::path::PathBuf {
     std::fs::create_dir_all(sb.pid_root()).unwrap();
     std::fs::set_permissions(sb.pid_root(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let pid_file = sb.pid_root().join(format!("{}.pid", sb.name));
+    let pid_file = sb.pid_file();
     std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
     pid_file
 }
@@ -132,7 +134,7 @@ fn planted_symlinks_are_never_followed() {
     let sb = Sandbox::new("symlink");
     let victim = sb.path("victim");
     std::fs::write(&victim, "precious").unwrap();
-    let status_dir = sb.status_root().join(&sb.name);
+    let status_dir = sb.host_status_dir();
     std::fs::create_dir_all(&status_dir).unwrap();
     for dir in [sb.status_root(), status_dir.clone()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -145,7 +147,7 @@ fn planted_symlinks_are_never_followed() {
     sb.stop();
 
     // A symlink where the pid file goes: refused, victim untouched.
-    std::os::unix::fs::symlink(&victim, sb.pid_root().join(format!("{}.pid", sb.name))).unwrap();
+    std::os::unix::fs::symlink(&victim, sb.pid_file()).unwrap();
     let plugin = fixtures().hello.to_str().unwrap();
     let out = sb.run(["start", "-d", "--name", &sb.name, "--plugin", plugin]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -176,10 +178,10 @@ fn daemon_start_returns_once_every_worker_is_ready() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("started"), "{}", describe(&out));
-    let status: Value = serde_json::from_slice(&std::fs::read(sb.status_file()).unwrap()).unwrap();
-    let workers = status["tasks"][0]["workers"].as_array().unwrap();
-    assert_eq!(workers.len(), 3, "{status}");
-    assert!(workers.iter().all(|w| matches!(w["state"].as_str(), Some("idle" | "busy"))), "{status}");
+    let status = sb.snapshot().unwrap();
+    let workers = &status.tasks[0].workers;
+    assert_eq!(workers.len(), 3, "{status:#?}");
+    assert!(workers.iter().all(is_ready), "{status:#?}");
     let check = sb.run(["status", "--name", &sb.name, "--check"]);
     assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
     sb.stop();

@@ -82,7 +82,7 @@ fn the_metrics_file_follows_the_prometheus_text_format() {
     let sb = Sandbox::new("metrics");
     let hello = fixtures().hello.to_str().unwrap();
     sb.start_daemon(hello, &["--workers", "2", "--execute-times", "0"]);
-    let path = sb.status_root().join(&sb.name).join("metrics.prom");
+    let path = sb.host_status_dir().join("metrics.prom");
     let victim = sb.ready_workers()[&0];
     signal(victim, Signal::SIGKILL);
     let text = sb.wait_for("a crash counted and slot 0 refilled", SOON, || {
@@ -229,11 +229,7 @@ fn the_plugin_template_builds_and_runs_as_the_walkthrough_says() {
     sb.wait_for("every item handled", SOON, || (std::fs::read_dir(&done).ok()?.count() == 5).then_some(()));
     assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0);
     sb.stop();
-    let run_log = std::fs::read_dir(sb.path("log"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("run."));
-    let text = std::fs::read_to_string(run_log.unwrap().path()).unwrap();
+    let text = sb.log_text("run.");
     assert!(text.contains("handled") && text.contains("bye handled="), "{text}");
 }
 

@@ -8,7 +8,8 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::harness::{
-    Marker, ProcessWaiter, SOON, Sandbox, cmdline, fixtures, read_markers, signal, stderr_of, task_config, wait_exit,
+    Marker, ProcessWaiter, SOON, Sandbox, SnapshotExt, cmdline, fixtures, parse_snapshot, read_markers, signal,
+    stderr_of, task_config, wait_exit,
 };
 
 fn by_pid(markers: &[Marker]) -> BTreeMap<i32, Vec<Marker>> {
@@ -89,9 +90,9 @@ fn execute_usleep_zero_runs_calls_back_to_back() {
     // take longer than the deadline.
     let worker = sb.wait_for("100000 calls", SOON, || {
         let out = sb.pmhost(["status", "--name", &sb.name, "--json"]).output().ok()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let w = status["tasks"][0]["workers"][0].clone();
-        (w["executions"].as_u64()? >= 100_000).then(|| w["pid"].as_i64())?
+        let status = parse_snapshot(&out.stdout)?;
+        let w = status.workers().first()?;
+        (w.executions >= 100_000).then_some(w.pid)
     });
     // A worker that never sleeps gives up the CPU voluntarily only when it must.
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
@@ -139,10 +140,10 @@ fn a_killed_worker_is_replaced_at_once() {
     let after =
         sb.wait_for("slot 0 refilled", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 2 && w[&0] != victim));
     assert_eq!(after[&1], before[&1], "the other worker was left alone");
-    let status = sb.status().unwrap();
-    let slot0 = status["tasks"][0]["workers"].as_array().unwrap().iter().find(|w| w["slot"] == 0).unwrap().clone();
-    assert_eq!(slot0["last_exit"]["signal"], "SIGKILL", "{slot0}");
-    assert_eq!(slot0["restarts"], 1, "{slot0}");
+    let status = sb.snapshot().unwrap();
+    let slot0 = status.worker(0).unwrap();
+    assert_eq!(slot0.last_exit.as_ref().and_then(|e| e.signal.as_deref()), Some("SIGKILL"), "{slot0:#?}");
+    assert_eq!(slot0.restarts, 1, "{slot0:#?}");
     assert_eq!(fg.terminate(), 0);
 }
 
@@ -157,9 +158,7 @@ fn a_crash_looping_plugin_backs_off() {
     );
     // Backoff 100, 200, 400, 800 ms: the fifth worker cannot start before 1.5 s have passed.
     let restarts = sb.wait_for("4 restarts", SOON, || {
-        let status = sb.status()?;
-        let w = status["tasks"][0]["workers"].as_array()?.first()?.clone();
-        let restarts = w["restarts"].as_u64()?;
+        let restarts = sb.snapshot()?.workers().first()?.restarts;
         (restarts >= 4).then_some(restarts)
     });
     let elapsed = started.elapsed();
@@ -288,9 +287,9 @@ fn overwriting_the_plugin_file_does_not_disturb_running_workers() {
     let seen = read_markers(&marker).len();
     sb.wait_for("50 more calls", SOON, || (read_markers(&marker).len() >= seen + 50).then_some(()));
     assert_eq!(sb.ready_workers(), workers, "workers were replaced");
-    let status = sb.status().unwrap();
-    for w in status["tasks"][0]["workers"].as_array().unwrap() {
-        assert!(w["last_exit"].is_null(), "a worker ended: {w}");
+    let status = sb.snapshot().unwrap();
+    for w in &status.tasks[0].workers {
+        assert!(w.last_exit.is_none(), "a worker ended: {w:#?}");
     }
     assert_eq!(fg.terminate(), 0);
 }
@@ -337,11 +336,11 @@ fn outcome_retire_ends_the_worker_cleanly_and_it_is_replaced() {
     let config = json!({"work": "retire", "from_call": 3, "shutdown_file": shutdown});
     let mut fg = sb.start_faulty(&config, ["--workers", "1", "--execute-times", "0", "--execute-usleep", "10ms"]);
     let status = sb.wait_for("a retired worker replaced", SOON, || {
-        let s = sb.status()?;
-        (s["tasks"][0]["workers"][0]["last_exit"]["reason"] == "normal exit").then_some(s)
+        let s = sb.snapshot()?;
+        (s.workers().first()?.last_exit.as_ref()?.reason == "normal exit").then_some(s)
     });
-    let last = &status["tasks"][0]["workers"][0]["last_exit"];
-    assert_eq!(last["crash"], false, "{status}");
+    let last = status.workers()[0].last_exit.as_ref();
+    assert_eq!(last.map(|e| e.crash), Some(false), "{status:#?}");
     let lines = std::fs::read_to_string(&shutdown).unwrap();
     assert!(lines.lines().next().unwrap().ends_with(" 3"), "retired after its third call, shutdown ran: {lines}");
     assert_eq!(fg.terminate(), 0);

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{ProcessWaiter, SOON, Sandbox, describe, fixtures, read_markers, task_config};
+use crate::harness::{
+    ProcessWaiter, SOON, Sandbox, describe, fixtures, process_state, read_markers, signal, task_config,
+};
 
 /// Runs `pmhost ARGS`, which must finish within 10 s (a hang is the defect some tests look for).
 fn run_bounded(sb: &Sandbox, args: &[&str]) -> Output {
@@ -102,7 +104,7 @@ fn swapped_run_directories_are_never_followed_while_workers_respawn() {
         faulty,
         &["--workers", "2", "--execute-times", "3", "--execute-usleep", "20ms", "--task-config", &config],
     );
-    let status_dir = sb.status_root().join(&sb.name);
+    let status_dir = sb.host_status_dir();
     // The attacker's directory: a status file of theirs and a plugin of theirs under every staged build's name.
     let evil = sb.path("evil");
     std::fs::create_dir_all(evil.join("plugins")).unwrap();
@@ -184,7 +186,7 @@ fn a_removed_status_directory_is_recreated_and_the_host_keeps_working() {
         faulty,
         &["--workers", "2", "--execute-times", "2", "--execute-usleep", "20ms", "--task-config", &config],
     );
-    let status_dir = sb.status_root().join(&sb.name);
+    let status_dir = sb.host_status_dir();
     std::fs::remove_dir_all(&status_dir).unwrap();
     let removed_at = monotonic_ns();
     sb.wait_for("4 workers started after the removal", SOON, || {
@@ -218,7 +220,7 @@ fn special_files_never_hang_a_command_or_the_master() {
         );
     }
     sb.start_daemon(hello, &["--workers", "1", "--execute-times", "0", "--execute-usleep", "50ms"]);
-    let status_dir = sb.status_root().join(&sb.name);
+    let status_dir = sb.host_status_dir();
     // A FIFO and a 50 MB file among the requests: the master skips both, and answers the next request.
     let requests = status_dir.join("requests");
     std::fs::create_dir_all(&requests).unwrap();
@@ -261,7 +263,7 @@ fn helpers_that_leave_the_process_group_end_with_their_worker() {
     // Its worker is killed: the helper, in a session of its own, ends with it.
     std::fs::remove_file(&helper_pid).unwrap();
     let worker = *sb.wait_for("a ready worker", SOON, || sb.ready_workers().into_values().next().map(Box::new));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), nix::sys::signal::SIGKILL).unwrap();
+    signal(worker, nix::sys::signal::Signal::SIGKILL);
     assert!(ProcessWaiter::new(first).wait(SOON), "the helper of a killed worker survived it");
     // The replacement's helper ends with the host.
     let second = sb.wait_for("the replacement's helper", SOON, read_helper);
@@ -308,7 +310,7 @@ fn a_refused_restart_leaves_no_staged_copy() {
     let sb = Sandbox::new("refusedstage");
     let hello = fixtures().hello.to_str().unwrap();
     sb.start_daemon(hello, &["--workers", "1", "--execute-times", "0"]);
-    let plugins = sb.status_root().join(&sb.name).join("plugins");
+    let plugins = sb.host_status_dir().join("plugins");
     let count = || std::fs::read_dir(&plugins).unwrap().flatten().count();
     assert_eq!(count(), 1);
     let not_a_plugin = fixtures().not_a_plugin.to_str().unwrap();
@@ -345,11 +347,8 @@ fn a_stop_that_had_to_kill_the_master_says_so_and_exits_7() {
     let hello = fixtures().hello.to_str().unwrap();
     sb.start_daemon(hello, &["--workers", "1", "--execute-times", "0"]);
     let master = sb.master_pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), nix::sys::signal::SIGSTOP).unwrap();
-    sb.wait_for("the master stopped", SOON, || {
-        let stat = std::fs::read_to_string(format!("/proc/{master}/stat")).ok()?;
-        (stat.rsplit(')').next()?.split_whitespace().next()? == "T").then_some(())
-    });
+    signal(master, nix::sys::signal::Signal::SIGSTOP);
+    sb.wait_for("the master stopped", SOON, || (process_state(master) == Some('T')).then_some(()));
     // A stopped master answers nothing: the stop escalates to QUIT, then to SIGKILL.
     let mut cmd = sb.pmhost(["stop", "--name", &sb.name, "--timeout", "1s"]);
     let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();

@@ -61,14 +61,7 @@ fn enqueue(cluster: &Pg, count: u32) {
 
 /// Lines of the run logs (what plugins log) that contain `needle`.
 fn run_log_lines(sb: &Sandbox, needle: &str) -> usize {
-    let mut count = 0;
-    for entry in std::fs::read_dir(sb.path("log")).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with("run") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            count += text.lines().filter(|line| line.contains(needle)).count();
-        }
-    }
-    count
+    sb.log_text("run").lines().filter(|line| line.contains(needle)).count()
 }
 
 /// Waits until `workers` workers are ready and idle in their `LISTEN` wait: connected, no transaction open.

@@ -6,9 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use pmhost::status::{HostState, WorkerState};
 use serde_json::{Value, json};
 
-use crate::harness::{SOON, Sandbox, describe, fixtures, read_markers, signal, task_config};
+use crate::harness::{
+    SOON, Sandbox, describe, file_names, fixtures, is_ready, parse_snapshot, read_markers, signal, task_config,
+};
 
 /// A "rebuilt" plugin: the faulty fixture with bytes appended (the loader ignores them, the hash does not).
 fn rebuild(path: &Path, build: u8) {
@@ -20,12 +23,8 @@ fn rebuild(path: &Path, build: u8) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn workers(sb: &Sandbox) -> Vec<Value> {
-    sb.status().map(|s| s["tasks"][0]["workers"].as_array().cloned().unwrap_or_default()).unwrap_or_default()
-}
-
-fn pids_by_slot(sb: &Sandbox) -> BTreeMap<u64, i64> {
-    workers(sb).iter().map(|w| (w["slot"].as_u64().unwrap(), w["pid"].as_i64().unwrap())).collect()
+fn pids_by_slot(sb: &Sandbox) -> BTreeMap<u32, i32> {
+    sb.workers().iter().map(|w| (w.slot, w.pid)).collect()
 }
 
 /// Starts the faulty plugin (as a copy in the sandbox) as a daemon with `config`; returns the plugin path.
@@ -47,33 +46,29 @@ fn restart_after_a_rebuild_moves_every_slot_to_the_new_build() {
     let sb = Sandbox::new("rebuild");
     let plugin = start(&sb, "3", json!({}), &["--execute-usleep", "50ms"]);
     let old = pids_by_slot(&sb);
-    let old_sha = sb.status().unwrap()["tasks"][0]["plugin_sha256"].clone();
+    let old_sha = sb.snapshot().unwrap().tasks[0].plugin_sha256.clone();
     rebuild(&plugin, 2);
     let out = sb.run(["restart", "--name", &sb.name]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("every slot runs generation 2"), "{}", describe(&out));
     let status = sb.wait_for("old workers gone", SOON, || {
-        let s = sb.status()?;
-        let w = s["tasks"][0]["workers"].as_array()?.clone();
-        (w.len() == 3 && w.iter().all(|w| w["generation"] == 2)).then_some(s)
+        let s = sb.snapshot()?;
+        let w = &s.tasks.first()?.workers;
+        (w.len() == 3 && w.iter().all(|w| w.generation == 2)).then_some(s)
     });
-    let new_sha = &status["tasks"][0]["plugin_sha256"];
-    assert_ne!(new_sha, &old_sha, "{status}");
-    for w in status["tasks"][0]["workers"].as_array().unwrap() {
-        assert_eq!(&w["plugin_sha256"], new_sha, "{w}");
-        assert!(!old.values().any(|pid| w["pid"] == *pid), "an old worker survived: {w}");
+    let new_sha = &status.tasks[0].plugin_sha256;
+    assert_ne!(new_sha, &old_sha, "{status:#?}");
+    for w in &status.tasks[0].workers {
+        assert_eq!(&w.plugin_sha256, new_sha, "{w:#?}");
+        assert!(!old.values().any(|pid| w.pid == *pid), "an old worker survived: {w:#?}");
     }
-    assert_eq!(status["generation"], 2);
-    assert_eq!(status["last_restart"]["ok"], true, "{status}");
-    assert_eq!(status["last_restart"]["generation"], 2, "{status}");
+    assert_eq!(status.generation, 2);
+    assert_eq!(status.last_restart.as_ref().map(|r| r.ok), Some(true), "{status:#?}");
+    assert_eq!(status.last_restart.as_ref().map(|r| r.generation), Some(2), "{status:#?}");
     // Only the build in use stays staged.
-    let staged: Vec<String> = std::fs::read_dir(sb.status_root().join(&sb.name).join("plugins"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".so"))
-        .collect();
-    assert_eq!(staged, [format!("{}.so", new_sha.as_str().unwrap())], "{staged:?}");
+    let staged: Vec<String> =
+        file_names(&sb.host_status_dir().join("plugins")).into_iter().filter(|n| n.ends_with(".so")).collect();
+    assert_eq!(staged, [format!("{new_sha}.so")], "{staged:?}");
     sb.stop();
 }
 
@@ -84,8 +79,8 @@ fn restart_to_another_plugin_file() {
     let hello = fixtures().hello.to_str().unwrap();
     let out = sb.run(["restart", "--name", &sb.name, "--plugin", hello]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let status = sb.status().unwrap();
-    assert_eq!(status["tasks"][0]["plugin"], hello, "{status}");
+    let status = sb.snapshot().unwrap();
+    assert_eq!(status.tasks[0].plugin, hello, "{status:#?}");
     sb.stop();
 }
 
@@ -137,13 +132,13 @@ fn surge_bounds_the_extra_workers_and_status_follows_the_rollout() {
     let mut most = 0;
     let mut seen_in_progress = false;
     sb.wait_for("the rollout to end", SOON, || {
-        let s = sb.status()?;
-        most = most.max(workers(&sb).iter().filter(|w| w["state"] != "stopping").count());
-        let record = &s["last_restart"];
-        if record["in_progress"] == true && record["slots_total"] == 4 {
+        let s = sb.snapshot()?;
+        most = most.max(sb.workers().iter().filter(|w| w.state != WorkerState::Stopping).count());
+        let record = s.last_restart.as_ref();
+        if record.is_some_and(|r| r.in_progress && r.slots_total == 4) {
             seen_in_progress = true;
         }
-        (record["in_progress"] == false && !record.is_null()).then_some(())
+        record.is_some_and(|r| !r.in_progress).then_some(())
     });
     let out = restart.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -162,11 +157,12 @@ fn sighup_rolls_back_a_failing_build_too() {
     std::fs::write(&control, "fail the vault is sealed").unwrap();
     signal(sb.master_pid(), Signal::SIGHUP);
     let status = sb.wait_for("the rollback", SOON, || {
-        let s = sb.status()?;
-        (s["last_restart"]["in_progress"] == false && workers(&sb).len() == 2).then_some(s)
+        let s = sb.snapshot()?;
+        (s.last_restart.as_ref().is_some_and(|r| !r.in_progress) && sb.workers().len() == 2).then_some(s)
     });
-    assert_eq!(status["last_restart"]["ok"], false, "{status}");
-    assert!(status["last_restart"]["error"].as_str().unwrap().contains("the vault is sealed"), "{status}");
+    let restart = status.last_restart.as_ref().unwrap();
+    assert!(!restart.ok, "{status:#?}");
+    assert!(restart.error.as_deref().unwrap().contains("the vault is sealed"), "{status:#?}");
     assert_eq!(pids_by_slot(&sb), before);
     sb.stop();
 }
@@ -183,16 +179,15 @@ fn a_build_failing_on_a_later_slot_puts_moved_slots_back_on_the_old_build() {
     let out = sb.run(["restart", "--name", &sb.name]);
     assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
     let status = sb.wait_for("slot 0 back on the old build", SOON, || {
-        let s = sb.status()?;
-        let w = workers(&sb);
-        let settled = w.len() == 2
-            && w.iter().all(|w| w["generation"] == 1 && matches!(w["state"].as_str(), Some("idle" | "busy")));
+        let s = sb.snapshot()?;
+        let w = sb.workers();
+        let settled = w.len() == 2 && w.iter().all(|w| w.generation == 1 && is_ready(w));
         settled.then_some(s)
     });
     let after = pids_by_slot(&sb);
     assert_eq!(after[&1], before[&1], "slot 1 was never moved: its old worker stays");
     assert_ne!(after[&0], before[&0], "slot 0 moved, then came back with a fresh worker of the old build");
-    assert_eq!(status["generation"], 1, "{status}");
+    assert_eq!(status.generation, 1, "{status:#?}");
     sb.stop();
 }
 
@@ -207,8 +202,8 @@ fn a_build_that_is_not_a_plugin_is_refused_before_the_master_is_touched() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("old workers keep running"), "{stderr}");
     }
-    let status = sb.status().unwrap();
-    assert!(status["last_restart"].is_null(), "the master was asked anyway: {status}");
+    let status = sb.snapshot().unwrap();
+    assert!(status.last_restart.is_none(), "the master was asked anyway: {status:#?}");
     assert_eq!(pids_by_slot(&sb), before);
     sb.stop();
 }
@@ -260,8 +255,8 @@ fn a_build_whose_loading_exits_crashes_or_hangs_is_refused_by_a_probe() {
         assert!(stderr.contains("restart of") && stderr.contains(expected), "{expected:?} in {stderr}");
         assert!(stderr.contains(plugin.to_str().unwrap()), "the message names the file: {stderr}");
     }
-    let status = sb.status().unwrap();
-    assert!(status["last_restart"].is_null(), "the master was asked anyway: {status}");
+    let status = sb.snapshot().unwrap();
+    assert!(status.last_restart.is_none(), "the master was asked anyway: {status:#?}");
     assert_eq!(pids_by_slot(&sb), before);
     sb.stop();
 }
@@ -281,12 +276,13 @@ fn a_build_whose_init_fails_or_panics_is_rolled_back() {
         assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected) && stderr.contains("rolled back"), "{stderr}");
-        let status = sb.status().unwrap();
-        assert_eq!(status["last_restart"]["ok"], false, "{status}");
-        assert!(status["last_restart"]["error"].as_str().unwrap().contains(expected), "{status}");
-        assert_eq!(status["generation"], 1, "{status}");
+        let status = sb.snapshot().unwrap();
+        let restart = status.last_restart.as_ref().unwrap();
+        assert!(!restart.ok, "{status:#?}");
+        assert!(restart.error.as_deref().unwrap().contains(expected), "{status:#?}");
+        assert_eq!(status.generation, 1, "{status:#?}");
         let after = sb.wait_for("only the old workers", SOON, || {
-            let w = workers(&sb);
+            let w = sb.workers();
             (w.len() == 2).then(|| pids_by_slot(&sb))
         });
         assert_eq!(after, before, "the old workers were touched");
@@ -313,11 +309,11 @@ fn sighup_rolls_out_like_restart() {
     let master = sb.master_pid();
     signal(master, Signal::SIGHUP);
     let status = sb.wait_for("generation 2 everywhere", SOON, || {
-        let s = sb.status()?;
-        let w = s["tasks"][0]["workers"].as_array()?.clone();
-        (s["generation"] == 2 && w.len() == 2 && w.iter().all(|w| w["generation"] == 2)).then_some(s)
+        let s = sb.snapshot()?;
+        let w = &s.tasks.first()?.workers;
+        (s.generation == 2 && w.len() == 2 && w.iter().all(|w| w.generation == 2)).then_some(s)
     });
-    assert!(status["last_restart"]["request_id"].is_null());
+    assert!(status.last_restart.as_ref().and_then(|r| r.request_id.as_ref()).is_none(), "{status:#?}");
     assert!(pids_by_slot(&sb).values().all(|pid| !before.values().any(|old| old == pid)));
     sb.stop();
 }
@@ -329,7 +325,7 @@ fn restart_of_a_host_that_is_not_running_starts_it() {
     let out = sb.run(["restart", "--name", &sb.name, "--plugin", hello, "--workers", "2", "--execute-times", "0"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not running: starting"), "{}", describe(&out));
-    assert_eq!(workers(&sb).len(), 2);
+    assert_eq!(sb.workers().len(), 2);
     sb.stop();
 }
 
@@ -360,9 +356,9 @@ fn ttin_and_ttou_add_and_remove_one_worker() {
     start(&sb, "2", json!({}), &[]);
     let master = sb.master_pid();
     signal(master, Signal::SIGTTIN);
-    sb.wait_for("3 workers", SOON, || (sb.ready_workers().len() == 3 && workers(&sb).len() == 3).then_some(()));
+    sb.wait_for("3 workers", SOON, || (sb.ready_workers().len() == 3 && sb.workers().len() == 3).then_some(()));
     signal(master, Signal::SIGTTOU);
-    sb.wait_for("2 workers", SOON, || (workers(&sb).len() == 2).then_some(()));
+    sb.wait_for("2 workers", SOON, || (sb.workers().len() == 2).then_some(()));
     assert_eq!(sb.ready_workers().keys().copied().collect::<Vec<_>>(), [0, 1]);
     sb.stop();
 }
@@ -372,7 +368,7 @@ fn a_restart_during_a_stop_is_refused_not_left_waiting() {
     let sb = Sandbox::new("restartstop");
     start(&sb, "2", json!({"work_ms": 1500}), &[]);
     let stopping = sb.pmhost(["stop", "--name", &sb.name]).stdout(std::process::Stdio::null()).spawn().unwrap();
-    sb.wait_for("the stop to begin", SOON, || (sb.status()?["state"] == "stopping").then_some(()));
+    sb.wait_for("the stop to begin", SOON, || (sb.snapshot()?.state == HostState::Stopping).then_some(()));
     let out = sb.run(["restart", "--name", &sb.name]);
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -390,7 +386,7 @@ fn a_stop_during_a_rollout_makes_restart_say_the_host_is_stopping() {
     std::fs::write(&control, "slow 60000").unwrap();
     let mut restart = sb.pmhost(["restart", "--name", &sb.name]);
     let restart = restart.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    sb.wait_for("the rollout to begin", SOON, || (sb.status()?["last_restart"]["in_progress"] == true).then_some(()));
+    sb.wait_for("the rollout to begin", SOON, || sb.snapshot()?.last_restart?.in_progress.then_some(()));
     // (Not `sb.stop()`: the restart command, which mentions the name too, may still be finishing.)
     let stopped = sb.run(["stop", "--name", &sb.name]);
     // The new worker, still in its 60 s init, is killed by the stop: a forced stop, which `stop` reports as 7.
@@ -424,7 +420,7 @@ fn requests_a_command_gave_up_on_are_never_applied_later() {
         assert!(stderr.contains("was withdrawn and will not be applied later"), "{stderr}");
     }
     // A command killed while it waits cannot withdraw its request: the master drops it once it has expired.
-    let requests = sb.status_root().join(&sb.name).join("requests");
+    let requests = sb.host_status_dir().join("requests");
     let mut waiting = sb.pmhost(["scale", "--name", &sb.name, "3", "--timeout", "1s"]).spawn().unwrap();
     let sent = std::time::Instant::now();
     sb.wait_for("the scale request file", SOON, || {
@@ -442,10 +438,10 @@ fn requests_a_command_gave_up_on_are_never_applied_later() {
     // A status round trip: the master has handled its pending SIGUSR2 (and the request files) by then.
     let out = sb.run(["status", "--name", &sb.name, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["tasks"][0]["workers_wanted"], 2, "a withdrawn or expired scale was applied: {status}");
-    assert_eq!(status["generation"], 1, "{status}");
-    assert!(status["last_restart"].is_null() && status["last_scale"].is_null(), "{status}");
+    let status = parse_snapshot(&out.stdout).unwrap();
+    assert_eq!(status.tasks[0].workers_wanted, 2, "a withdrawn or expired scale was applied: {status:#?}");
+    assert_eq!(status.generation, 1, "{status:#?}");
+    assert!(status.last_restart.is_none() && status.last_scale.is_none(), "{status:#?}");
     assert_eq!(pids_by_slot(&sb), before, "a withdrawn restart was applied");
     assert!(
         crate::harness::stderr_of(&fg).contains("dropping a control request its command gave up on"),

@@ -7,25 +7,22 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
+use pmhost::status::{Snapshot, WorkerState};
+use serde_json::json;
 
 use crate::harness::{
-    ProcessWaiter, SOON, Sandbox, describe, fixtures, processes_mentioning, read_markers, signal, stderr_of,
-    task_config, wait_exit,
+    ProcessWaiter, SOON, Sandbox, SnapshotExt, describe, fixtures, parse_snapshot, proc_stat, processes_mentioning,
+    read_markers, signal, stderr_of, task_config, wait_exit,
 };
 
-fn workers(status: &Value) -> Vec<Value> {
-    status["tasks"][0]["workers"].as_array().cloned().unwrap_or_default()
-}
-
-fn slot_pid(status: &Value, slot: u64) -> Option<i64> {
-    workers(status).iter().find(|w| w["slot"] == slot && w["state"] != "stopping").and_then(|w| w["pid"].as_i64())
+/// The pid of the worker serving `slot` (a stopping one does not).
+fn slot_pid(status: &Snapshot, slot: u32) -> Option<i32> {
+    status.workers().iter().find(|w| w.slot == slot && w.state != WorkerState::Stopping).map(|w| w.pid)
 }
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let fields = proc_stat(pid).unwrap();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -33,11 +30,8 @@ fn zombie_children_of(parent: i32) -> Vec<i32> {
     let mut zombies = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
-        let field =
-            |name: &str| status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_owned());
-        if field("State:").is_some_and(|s| s.starts_with('Z')) && field("PPid:").as_deref() == Some(&parent.to_string())
-        {
+        let Some(stat) = proc_stat(pid) else { continue };
+        if stat[0].starts_with('Z') && stat[1] == parent.to_string() {
             zombies.push(pid);
         }
     }
@@ -65,14 +59,13 @@ fn a_crash_loop_backs_off_shows_in_status_and_costs_the_master_nothing() {
     );
     let master = fg.child.id() as i32;
     let status = sb.wait_for("a slot in backoff", SOON, || {
-        let s = sb.status()?;
-        let backoff = s["tasks"][0]["backoff"].as_array()?;
-        (!backoff.is_empty()).then_some(s)
+        let s = sb.snapshot()?;
+        (!s.tasks.first()?.backoff.is_empty()).then_some(s)
     });
-    let entry = &status["tasks"][0]["backoff"][0];
-    assert!(entry["crashes"].as_u64().unwrap() >= 1, "{status}");
-    assert!(entry["next_attempt_in_ms"].as_u64().unwrap() <= 1000, "{status}");
-    assert!(entry["last_exit"]["reason"].as_str().unwrap().contains("panicked"), "{status}");
+    let entry = &status.tasks[0].backoff[0];
+    assert!(entry.crashes >= 1, "{status:#?}");
+    assert!(entry.next_attempt_in_ms <= 1000, "{status:#?}");
+    assert!(entry.last_exit.as_ref().unwrap().reason.contains("panicked"), "{status:#?}");
     // Four slots crash-looping for three seconds: the master sleeps between respawns.
     let before = cpu_ticks(master);
     let until = Instant::now() + Duration::from_secs(3);
@@ -105,13 +98,12 @@ fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
     );
     let first = sb.wait_for("slot 0's first call", SOON, || read_markers(&marker).into_iter().find(|m| m.slot == 0));
     let status = sb.wait_for("slot 0 replaced", SOON, || {
-        let s = sb.status()?;
+        let s = sb.snapshot()?;
         let pid = slot_pid(&s, 0)?;
-        (pid != first.pid as i64 && workers(&s).iter().any(|w| w["slot"] == 0 && !w["last_exit"].is_null()))
-            .then_some(s)
+        (pid != first.pid && s.workers().iter().any(|w| w.slot == 0 && w.last_exit.is_some())).then_some(s)
     });
     let replaced_after = Duration::from_nanos(
-        crate::harness::read_markers(&marker)
+        read_markers(&marker)
             .iter()
             .filter(|m| m.slot == 0 && m.pid != first.pid)
             .map(|m| m.mono_ns)
@@ -122,8 +114,8 @@ fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
     assert!(replaced_after >= Duration::from_millis(1000), "replaced before work_timeout: {replaced_after:?}");
     // work_timeout 1 s, checked every 250 ms; the replacement starts at detection, not after the kill.
     assert!(replaced_after < Duration::from_secs(5), "replaced only after {replaced_after:?}");
-    let w0 = workers(&status).into_iter().find(|w| w["slot"] == 0).unwrap();
-    assert!(w0["last_exit"]["reason"].as_str().unwrap().contains("work_timeout"), "{w0}");
+    let w0 = status.worker(0).unwrap();
+    assert!(w0.last_exit.as_ref().unwrap().reason.contains("work_timeout"), "{w0:#?}");
     assert!(ProcessWaiter::new(first.pid).wait(SOON), "the hung worker is still there");
     let log = stderr_of(&fg);
     let line = log.lines().find(|l| l.contains("exceeded work_timeout")).unwrap_or_else(|| panic!("{log}"));
@@ -134,7 +126,7 @@ fn a_hung_call_is_killed_and_replaced_after_work_timeout() {
     let running_ms: u64 = line.split("running_ms=").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
     assert!(running_ms >= 1000, "{line}");
     // Slot 1 was never disturbed.
-    assert!(workers(&status).iter().any(|w| w["slot"] == 1 && w["last_exit"].is_null()), "{status}");
+    assert!(status.workers().iter().any(|w| w.slot == 1 && w.last_exit.is_none()), "{status:#?}");
 }
 
 #[test]
@@ -148,7 +140,7 @@ fn an_idle_worker_in_a_long_pause_is_not_taken_for_hung() {
     );
     let marks = sb.wait_for("two calls, a pause apart", SOON, || Some(read_markers(&marker)).filter(|m| m.len() >= 2));
     assert_eq!(marks[0].pid, marks[1].pid, "the idle worker was replaced: {marks:?}");
-    assert!(workers(&sb.status().unwrap())[0]["last_exit"].is_null());
+    assert!(sb.snapshot().unwrap().workers()[0].last_exit.is_none());
 }
 
 #[test]
@@ -171,10 +163,10 @@ fn a_worker_over_max_rss_is_retired_and_replaced() {
         ],
     );
     let status = sb.wait_for("the grower retired", SOON, || {
-        let s = sb.status()?;
-        workers(&s).iter().any(|w| w["last_exit"]["reason"] == "normal exit").then_some(s)
+        let s = sb.snapshot()?;
+        s.workers().iter().any(|w| w.last_exit.as_ref().is_some_and(|e| e.reason == "normal exit")).then_some(s)
     });
-    assert_eq!(workers(&status)[0]["last_exit"]["crash"], false, "{status}");
+    assert_eq!(status.workers()[0].last_exit.as_ref().map(|e| e.crash), Some(false), "{status:#?}");
     let log = stderr_of(&fg);
     assert!(log.contains("over max_rss") && log.contains("rss_bytes="), "{log}");
 }
@@ -259,8 +251,7 @@ fn as_pid_1_the_master_reaps_orphans_and_stops_on_term() {
     let mut unshare = cmd.spawn().expect("run unshare");
     // The master is unshare's child, PID 1 of its namespace.
     let master = sb.wait_for("the master in its namespace", SOON, || {
-        let status = sb.status()?;
-        (status["master"]["pid"] == 1).then_some(())?;
+        (sb.snapshot()?.master.pid == 1).then_some(())?;
         processes_mentioning(&format!("Master:{}", sb.name)).first().copied()
     });
     let (_, adopted_by) = sb.wait_for("the orphan to finish", SOON, || orphan(&done));
@@ -302,10 +293,10 @@ fn a_signal_storm_leaves_the_master_responsive() {
     }
     let out = sb.run(["status", "--name", &sb.name, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let wanted = status["tasks"][0]["workers_wanted"].as_u64().unwrap();
+    let status = parse_snapshot(&out.stdout).unwrap();
+    let wanted = status.tasks[0].workers_wanted;
     assert!((3..=32).contains(&wanted), "TTIN in the storm: {wanted} workers wanted");
-    sb.wait_for("every wanted worker ready", SOON, || (sb.ready_workers().len() as u64 == wanted).then_some(()));
+    sb.wait_for("every wanted worker ready", SOON, || (sb.ready_workers().len() == wanted as usize).then_some(()));
     sb.stop();
     assert!(sb.live_processes().is_empty());
 }
@@ -319,7 +310,7 @@ fn an_unwritable_status_file_does_not_stop_supervision() {
     let master = fg.child.id() as i32;
     let worker = sb.wait_for("a ready worker", SOON, || sb.ready_workers().get(&0).copied());
     // A directory where the master's temp file goes: every status write fails from now on.
-    let blocker = sb.status_root().join(&sb.name).join(format!(".status.json.tmp.{master}"));
+    let blocker = sb.host_status_dir().join(format!(".status.json.tmp.{master}"));
     std::fs::create_dir(&blocker).unwrap();
     signal(worker, Signal::SIGKILL);
     // Supervision goes on: a new worker writes markers, though the status file is stale.
@@ -328,8 +319,8 @@ fn an_unwritable_status_file_does_not_stop_supervision() {
     std::fs::remove_dir(&blocker).unwrap();
     let out = sb.run(["status", "--name", &sb.name, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_ne!(slot_pid(&status, 0), Some(worker as i64), "{status}");
+    let status = parse_snapshot(&out.stdout).unwrap();
+    assert_ne!(slot_pid(&status, 0), Some(worker), "{status:#?}");
 }
 
 #[test]
@@ -359,9 +350,9 @@ fn a_sigstopped_worker_shows_as_stopped_and_is_not_serving() {
     sb.wait_for("the worker to be stopped", SOON, || (state(pid) == Some('T')).then_some(()));
     let out = sb.run(["status", "--name", &sb.name, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let w0 = workers(&status).into_iter().find(|w| w["slot"] == 0).unwrap();
-    assert_eq!(w0["state"], "stopped", "{status}");
+    let status = parse_snapshot(&out.stdout).unwrap();
+    let w0 = status.worker(0).unwrap();
+    assert_eq!(w0.state, WorkerState::Stopped, "{status:#?}");
     let check = sb.run(["status", "--name", &sb.name, "--check"]);
     assert_eq!(check.status.code(), Some(5), "a stopped worker serves nothing: {}", describe(&check));
     signal(pid, Signal::SIGCONT);
@@ -380,13 +371,13 @@ fn a_worker_stopped_between_calls_is_replaced_after_work_timeout() {
     let pid = sb.wait_for("a ready worker", SOON, || sb.ready_workers().get(&0).copied());
     signal(pid, Signal::SIGSTOP);
     let status = sb.wait_for("slot 0 replaced", SOON, || {
-        let s = sb.status()?;
-        let w0 = workers(&s).into_iter().find(|w| w["slot"] == 0)?;
-        (w0["pid"] != pid && !w0["last_exit"].is_null()).then_some(s)
+        let s = sb.snapshot()?;
+        let w0 = s.worker(0)?;
+        (w0.pid != pid && w0.last_exit.is_some()).then_some(s)
     });
-    let w0 = workers(&status).into_iter().find(|w| w["slot"] == 0).unwrap();
-    let reason = w0["last_exit"]["reason"].as_str().unwrap();
-    assert!(reason.contains("stopped") && reason.contains("work_timeout"), "{w0}");
+    let w0 = status.worker(0).unwrap();
+    let reason = &w0.last_exit.as_ref().unwrap().reason;
+    assert!(reason.contains("stopped") && reason.contains("work_timeout"), "{w0:#?}");
     assert!(ProcessWaiter::new(pid).wait(SOON), "the stopped worker is still there");
 }
 

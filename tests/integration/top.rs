@@ -144,23 +144,23 @@ fn top_in_a_terminal_scales_on_plus_and_minus_restarts_on_r_and_restores_the_ter
 
     keyboard.write_all(b"+").unwrap();
     sb.wait_for("a second ready worker after +", SOON, || {
-        let status = sb.status()?;
-        (status["tasks"][0]["workers_wanted"] == 2 && sb.ready_workers().len() == 2).then_some(())
+        let status = sb.snapshot()?;
+        (status.tasks.first()?.workers_wanted == 2 && sb.ready_workers().len() == 2).then_some(())
     });
     screen.wait_text("workers 2/2");
 
     // r: a rolling restart, followed on the screen; - : back to one worker.
     keyboard.write_all(b"r").unwrap();
     sb.wait_for("the restart to generation 2", SOON, || {
-        let status = sb.status()?;
-        (status["last_restart"]["generation"] == 2 && status["last_restart"]["ok"] == true).then_some(())
+        let restart = sb.snapshot()?.last_restart?;
+        (restart.generation == 2 && restart.ok).then_some(())
     });
     screen.wait_text("restart: generation 2 ok");
     keyboard.write_all(b"-").unwrap();
     sb.wait_for("one worker again after -", SOON, || {
-        let status = sb.status()?;
-        (status["tasks"][0]["workers_wanted"] == 1 && status["tasks"][0]["workers"].as_array()?.len() == 1)
-            .then_some(())
+        let status = sb.snapshot()?;
+        let task = status.tasks.first()?;
+        (task.workers_wanted == 1 && task.workers.len() == 1).then_some(())
     });
     screen.wait_text("workers 1/1");
     // Drawing happens in the one thread top has: ratatui and crossterm start none.
