@@ -72,7 +72,6 @@ pub fn local_time_text(at: SystemTime) -> String {
     )
 }
 
-
 /// A point on `CLOCK_MONOTONIC` (the clock timerfd deadlines use), as time since boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Mono(pub Duration);

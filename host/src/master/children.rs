@@ -277,13 +277,15 @@ impl Master {
         let after = policy::after_exit(slot.crashes, lived, class.crash(), &backoff);
         slot.crashes = after.crashes;
         slot.respawn_at = after.delay.map(|delay| Mono::now() + delay);
-        if let (Some(delay), false) = (after.delay, quiet) {
-            info!(
+        match (after.delay, quiet) {
+            (Some(delay), false) => info!(
                 slot = worker.slot,
                 crashes = after.crashes,
                 delay_ms = delay.as_millis() as u64,
                 "respawn after backoff"
-            );
+            ),
+            (None, false) if class.crash() => info!(slot = worker.slot, crashes = after.crashes, "respawn at once"),
+            _ => {}
         }
         let (code, signal) = match ended {
             Ended::Code(code) => (Some(code), None),
