@@ -10,6 +10,7 @@ mod ecosystem;
 mod engine;
 mod hardening;
 mod logs;
+mod many;
 mod restart;
 mod supervision;
 mod top;

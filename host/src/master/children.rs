@@ -229,7 +229,7 @@ impl Master {
             }
         }
         if reaped {
-            self.end_orphans(false);
+            self.schedule_orphan_scan();
         }
     }
 
