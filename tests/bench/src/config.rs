@@ -17,6 +17,8 @@ pub struct Config {
     pub worker_counts: Vec<u32>,
     /// Workers of every other figure (8 in the targets).
     pub workers: u32,
+    /// Workers of the large-host figures of the spawn group (1024 in the targets).
+    pub many_workers: u32,
     /// `pmhost status` calls per host in the status rows.
     pub status_calls: usize,
     /// Workers killed (one at a time) in the respawn figure.
@@ -51,12 +53,21 @@ pub enum Group {
     Quiet,
     /// Host overhead per call, empty and with a write.
     Overhead,
+    /// The spawn path: slot turnover, churn, respawn with default settings, 1024 workers.
+    Spawn,
 }
 
 impl Group {
     /// Every group, in the order they run.
-    pub const ALL: [Group; 6] =
-        [Group::Lifecycle, Group::Respawn, Group::Inflight, Group::Restart, Group::Quiet, Group::Overhead];
+    pub const ALL: [Group; 7] = [
+        Group::Lifecycle,
+        Group::Respawn,
+        Group::Inflight,
+        Group::Restart,
+        Group::Quiet,
+        Group::Overhead,
+        Group::Spawn,
+    ];
 }
 
 /// The pause between calls where a steady rhythm matters (`--execute-usleep`).
@@ -71,6 +82,7 @@ impl Config {
             groups: Group::ALL.to_vec(),
             worker_counts: vec![1, 8, 64, 256],
             workers: 8,
+            many_workers: 1024,
             status_calls: 4,
             kills: 20,
             idle_window: Duration::from_secs(30),
@@ -103,6 +115,7 @@ impl Config {
             groups: Group::ALL.to_vec(),
             worker_counts: vec![2],
             workers: 2,
+            many_workers: 4,
             status_calls: 1,
             kills: 1,
             idle_window: Duration::from_secs(1),

@@ -44,6 +44,7 @@ pub fn run(config: &Config, artifacts: &Artifacts) -> Result<Report> {
     let restart = if wanted(Group::Restart) { measure::restart::measure(&bench)? } else { Vec::new() };
     let quiet = if wanted(Group::Quiet) { measure::quiet::measure(&bench)? } else { Vec::new() };
     let overhead = if wanted(Group::Overhead) { measure::overhead::measure(&bench)? } else { Vec::new() };
+    let spawn = if wanted(Group::Spawn) { measure::spawn::measure(&bench)? } else { Vec::new() };
 
     // Table order follows the targets' list, which interleaves the groups.
     let mut figures = Vec::new();
@@ -56,6 +57,7 @@ pub fn run(config: &Config, artifacts: &Artifacts) -> Result<Report> {
     figures.extend(status);
     figures.extend(quiet);
     figures.extend(overhead);
+    figures.extend(spawn);
     report::share_methods(&mut figures);
     Ok(Report {
         config: config.clone(),

@@ -18,6 +18,9 @@ pub enum Unit {
     WakeUps,
     /// Finished calls out of calls in flight: each sample carries its denominator.
     CallsFinished,
+    /// A rate.
+    PerSecond,
+    Us,
 }
 
 /// What the figure is judged against (the text of the target column says it to the reader).
@@ -26,6 +29,8 @@ pub enum Unit {
 pub enum Check {
     /// Median at most this.
     MedianAtMost(f64),
+    /// Median at least this.
+    MedianAtLeast(f64),
     /// Median and max at most these.
     MedianAndMaxAtMost(f64, f64),
     /// Every sample at most this.
@@ -98,6 +103,7 @@ impl Figure {
         self.check = check;
         self.met = match check {
             Check::MedianAtMost(limit) => Some(self.median <= limit),
+            Check::MedianAtLeast(floor) => Some(self.median >= floor),
             Check::MedianAndMaxAtMost(median, max) => Some(self.median <= median && self.max <= max),
             Check::AllAtMost(limit) => Some(self.samples.iter().all(|&s| s <= limit)),
             Check::AllOfThem => Some(self.samples.iter().zip(&self.of).all(|(done, of)| done == of)),
@@ -119,6 +125,8 @@ impl Figure {
             Unit::MiB => format!("{:.2} MiB", value),
             Unit::Ticks => format!("{value:.0} ticks"),
             Unit::WakeUps => format!("{value:.0}"),
+            Unit::PerSecond => format!("{value:.0} /s"),
+            Unit::Us => format!("{} µs", significant(value)),
             Unit::CallsFinished => match index {
                 Some(i) if i < self.samples.len() => format!("{:.0}/{:.0}", self.samples[i], self.of[i]),
                 _ => "-".to_owned(),

@@ -42,6 +42,8 @@ pub struct StartSpec {
     /// `--execute-usleep`.
     pub usleep: String,
     pub mode: Mode,
+    /// `--execute-times` (0: unlimited).
+    pub execute_times: u32,
     /// More `pmhost start` flags.
     pub extra: Vec<String>,
 }
@@ -49,7 +51,7 @@ pub struct StartSpec {
 impl StartSpec {
     /// `workers` workers, unlimited calls `usleep` apart, doing `mode`.
     pub fn new(workers: u32, usleep: &str, mode: Mode) -> StartSpec {
-        StartSpec { workers, usleep: usleep.to_owned(), mode, extra: Vec::new() }
+        StartSpec { workers, usleep: usleep.to_owned(), mode, execute_times: 0, extra: Vec::new() }
     }
 }
 
@@ -157,9 +159,10 @@ impl Sandbox {
     /// `pmhost start -d` with `plugin`; returns once every worker finished `init` (as `-d` promises).
     pub fn start_with(&self, spec: &StartSpec, plugin: &Path) -> Result<()> {
         let workers = spec.workers.to_string();
+        let execute_times = spec.execute_times.to_string();
         let config = self.task_config(spec.mode);
         let mut args: Vec<&OsStr> = Vec::new();
-        for arg in ["start", "-d", "--name", &self.name, "--workers", &workers, "--execute-times", "0"] {
+        for arg in ["start", "-d", "--name", &self.name, "--workers", &workers, "--execute-times", &execute_times] {
             args.push(arg.as_ref());
         }
         args.extend(["--plugin".as_ref(), plugin.as_os_str()]);

@@ -6,3 +6,4 @@ pub mod overhead;
 pub mod quiet;
 pub mod respawn;
 pub mod restart;
+pub mod spawn;
