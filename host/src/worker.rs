@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use abi_stable::std_types::{RSome, RStr};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
 use nix::unistd::Pid;
-use pmhost_plugin_api::ffi::{HostLogger, InitFailure, WorkResult};
+use pmhost_plugin_api::ffi::{HostLogger, InitFailure, PluginModuleRef, WorkResult};
 use pmhost_plugin_api::{InitContext, WorkContext};
 use tracing::{debug, error, warn};
 
@@ -33,6 +33,7 @@ static MASTER_PID: AtomicI32 = AtomicI32::new(0);
 const ORPHAN_GRACE_SECS: u32 = 1;
 
 /// Everything a worker needs, prepared by the master before the fork.
+#[derive(Clone)]
 pub struct WorkerSpec {
     /// Task name.
     pub task: String,
@@ -73,8 +74,9 @@ enum LoopEnd {
     Retired,
 }
 
-/// Runs the worker; never returns.
-pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
+/// Runs the worker; never returns. `preloaded`: the plugin, when this worker was forked by a zygote that loaded
+/// and checked it already (see `zygote`); else the worker loads it.
+pub fn run(spec: WorkerSpec, cell: &'static Cell, preloaded: Option<PluginModuleRef>) -> ! {
     let pid = std::process::id() as i32;
     let span = tracing::info_span!("worker", task = %spec.task, slot = spec.slot, pid, generation = spec.generation);
     let _entered = span.enter();
@@ -86,7 +88,11 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     title::set(&spec.title);
     crate::logging::set_title(&spec.title);
 
-    let module = match plugin::load(&spec.plugin.load_path(), &spec.plugin.original) {
+    let loaded = match preloaded {
+        Some(module) => Ok(module),
+        None => plugin::load(&spec.plugin.load_path(), &spec.plugin.original),
+    };
+    let module = match loaded {
         Ok(module) => module,
         Err(e) => {
             error!("{e}");
@@ -224,7 +230,7 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
 /// Closes every descriptor above stderr but `keep`: what the master holds for itself and for other workers
 /// (signalfd, pid file, run directories, other workers' output pipes, ...) is not this worker's. One
 /// `close_range` per gap, so the cost does not grow with the number of workers.
-fn close_all_but(keep: &[RawFd]) {
+pub(crate) fn close_all_but(keep: &[RawFd]) {
     let mut keep: Vec<u32> = keep.iter().filter(|fd| **fd > 2).map(|fd| *fd as u32).collect();
     keep.sort_unstable();
     keep.dedup();

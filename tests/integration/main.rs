@@ -14,3 +14,4 @@ mod many;
 mod restart;
 mod supervision;
 mod top;
+mod warm;

@@ -151,6 +151,8 @@ pub struct Master {
     pub(super) stop_requesters: Vec<OwnedFd>,
     /// Workers' stdout and stderr, logged line by line.
     pub(super) captures: super::capture::Captures,
+    /// The zygotes of the builds being run (see `warm`).
+    pub(super) zygotes: Vec<super::warm::Zygote>,
     /// The open-file limit pmhost was started with, when the master raised its own (see [`raise_nofile`]).
     pub(super) inherited_nofile: Option<u64>,
 }
@@ -229,6 +231,7 @@ impl Master {
             stop_requesters: Vec::new(),
             captures,
             inherited_nofile: raise_nofile(),
+            zygotes: Vec::new(),
         })
     }
 
@@ -475,6 +478,7 @@ impl Master {
     /// Leaves: removes the status directory (status and metrics files, staged builds, requests) and the pid file
     /// (the pid file last: it is the "running" marker).
     fn exit(mut self, outcome: Result<(), MasterError>) -> Result<Stopped, MasterError> {
+        self.kill_zygotes();
         self.end_orphans(true);
         self.dirs.remove_status();
         let stopped = crate::control::Reply::Stopped { forced: self.forced_stop || outcome.is_err() };

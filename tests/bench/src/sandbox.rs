@@ -200,9 +200,10 @@ impl Sandbox {
         serde_json::from_slice(&out.stdout).context("parse `pmhost status --json`")
     }
 
-    /// Worker pids, from the status file.
+    /// Worker pids, from a fresh snapshot (the status file follows changes at a pace, see the master's
+    /// `publish_status`).
     pub fn worker_pids(&self) -> Result<Vec<i32>> {
-        Ok(self.status_file()?.tasks.iter().flat_map(|t| t.workers.iter().map(|w| w.pid)).collect())
+        Ok(self.query_status()?.tasks.iter().flat_map(|t| t.workers.iter().map(|w| w.pid)).collect())
     }
 
     /// `pmhost stop`: returns (when it was issued, when the master, every worker and the CLI itself were gone),
