@@ -11,7 +11,8 @@
 //!  master     core (the loop) ─ children, stopping, rollout, scaling, supervise, capture, orphans, snapshot
 //!     │          decisions as pure functions: policy, progress (rollouts), startup, life (a worker's states)
 //!     ▼
-//!  worker     worker: one worker process, from fork to exit, running the plugin
+//!  worker     worker: one worker process, from fork to exit, running the plugin; zygote: a process per
+//!             (task, build) that loads the plugin once and forks that build's workers for the master
 //!     │
 //!     ▼
 //!  shared     settings (each task setting defined once), config (pmhost.toml), plugin (stage, load, probe),
@@ -32,7 +33,8 @@
 //! | a stop conversation (`control`) | the CLI asks | the master answers |
 //! | log files (`logging`) | every process appends whole records | `logs` reads |
 //!
-//! The master is single-threaded and never loads plugin code; workers load it after the fork.
+//! The master is single-threaded and never loads plugin code; workers load it after the fork, or inherit it
+//! loaded from their build's zygote.
 
 pub mod cli;
 pub mod commands;
@@ -60,3 +62,4 @@ pub mod sysinfo;
 pub mod title;
 pub mod top;
 pub mod worker;
+pub mod zygote;

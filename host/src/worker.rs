@@ -14,7 +14,7 @@ use std::time::Instant;
 use abi_stable::std_types::{RSome, RStr};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
 use nix::unistd::Pid;
-use pmhost_plugin_api::ffi::{HostLogger, InitFailure, JobBox, WorkResult};
+use pmhost_plugin_api::ffi::{HostLogger, InitFailure, JobBox, PluginModuleRef, WorkResult};
 use pmhost_plugin_api::{InitContext, WorkContext};
 use tracing::{debug, error, warn};
 
@@ -38,6 +38,7 @@ static MASTER_PID: AtomicI32 = AtomicI32::new(0);
 const ORPHAN_GRACE_SECS: u32 = 1;
 
 /// Everything a worker needs, prepared by the master before the fork.
+#[derive(Clone)]
 pub struct WorkerSpec {
     /// Task name.
     pub task: String,
@@ -78,8 +79,9 @@ enum LoopEnd {
     Retired,
 }
 
-/// Runs the worker; never returns.
-pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
+/// Runs the worker; never returns. `preloaded`: the plugin, when this worker was forked by a zygote that loaded
+/// and checked it already (see `zygote`); else the worker loads it.
+pub fn run(spec: WorkerSpec, cell: &'static Cell, preloaded: Option<PluginModuleRef>) -> ! {
     let pid = std::process::id() as i32;
     let span = tracing::info_span!("worker", task = %spec.task, slot = spec.slot, pid, generation = spec.generation);
     let _entered = span.enter();
@@ -88,7 +90,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell) -> ! {
     }
     title::set(&spec.title);
     crate::logging::set_title(&spec.title);
-    let mut job = start_job(&spec, cell);
+    let mut job = start_job(&spec, cell, preloaded);
     cell.set_phase(Phase::Running);
     report::send(spec.report_fd, &Report::Ready { pid });
     debug!("worker ready");
@@ -117,10 +119,14 @@ fn fail(spec: &WorkerSpec, message: String, exit_code: i32) -> ! {
     exit(exit_code)
 }
 
-/// Loads the staged build and runs the job's `init`; a failure of either ends the worker.
-fn start_job(spec: &WorkerSpec, cell: &Cell) -> JobBox {
-    let module = plugin::load(&spec.plugin.load_path(), &spec.plugin.original)
-        .unwrap_or_else(|e| fail(spec, e.to_string(), code::LOAD_FAILED));
+/// Loads the staged build (unless a zygote already did: `preloaded`) and runs the job's `init`; a failure of
+/// either ends the worker.
+fn start_job(spec: &WorkerSpec, cell: &Cell, preloaded: Option<PluginModuleRef>) -> JobBox {
+    let module = match preloaded {
+        Some(module) => module,
+        None => plugin::load(&spec.plugin.load_path(), &spec.plugin.original)
+            .unwrap_or_else(|e| fail(spec, e.to_string(), code::LOAD_FAILED)),
+    };
     cell.set_phase(Phase::Initializing);
     let logger = HostLogger { max_level: spec.plugin_log_level, log: host_log };
     let pid = std::process::id() as i32;
@@ -239,7 +245,7 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
 /// Closes every descriptor above stderr but `keep`: what the master holds for itself and for other workers
 /// (signalfd, pid file, run directories, other workers' output pipes, ...) is not this worker's. One
 /// `close_range` per gap, so the cost does not grow with the number of workers.
-fn close_all_but(keep: &[RawFd]) {
+pub(crate) fn close_all_but(keep: &[RawFd]) {
     let mut keep: Vec<u32> = keep.iter().filter(|fd| **fd > 2).map(|fd| *fd as u32).collect();
     keep.sort_unstable();
     keep.dedup();

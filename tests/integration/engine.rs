@@ -156,10 +156,11 @@ fn a_crash_looping_plugin_backs_off() {
         &config,
         ["--workers", "1", "--execute-times", "0", "--execute-usleep", "0", "--backoff-initial", "100ms"],
     );
-    // Backoff 100, 200, 400, 800 ms: the fifth worker cannot start before 1.5 s have passed.
-    let restarts = sb.wait_for("4 restarts", SOON, || {
+    // The first crash is replaced at once, then the backoff is 100, 200, 400, 800 ms: the sixth worker cannot
+    // start before 1.5 s have passed.
+    let restarts = sb.wait_for("5 restarts", SOON, || {
         let restarts = sb.snapshot()?.workers().first()?.restarts;
-        (restarts >= 4).then_some(restarts)
+        (restarts >= 5).then_some(restarts)
     });
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(1500), "{restarts} restarts in {elapsed:?}: no backoff");

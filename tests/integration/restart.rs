@@ -451,3 +451,22 @@ fn requests_a_command_gave_up_on_are_never_applied_later() {
     let mut fg = fg;
     assert_eq!(fg.terminate(), 0);
 }
+
+#[test]
+fn a_rollout_replaces_the_zygote_of_the_old_build() {
+    let sb = Sandbox::new("zygoteroll");
+    let plugin = start(&sb, "2", json!({}), &["--execute-usleep", "50ms"]);
+    let zygotes = || crate::harness::processes_mentioning(&format!(":Zygote:{}", sb.name));
+    let old = sb.wait_for("the first build's zygote", SOON, || zygotes().first().copied());
+    rebuild(&plugin, 2);
+    let out = sb.run(["restart", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(crate::harness::ProcessWaiter::new(old).wait(SOON), "the old build's zygote outlived the rollout");
+    let new = sb.wait_for("the new build's zygote", SOON, || zygotes().first().copied());
+    assert_ne!(new, old);
+    // The new zygote holds the new build: its staged copy, by hash.
+    let sha = sb.status().unwrap()["tasks"][0]["plugin_sha256"].as_str().unwrap().to_owned();
+    let maps = std::fs::read_to_string(format!("/proc/{new}/maps")).unwrap();
+    assert!(maps.contains(&sha), "the new zygote does not map build {sha}:\n{maps}");
+    sb.stop();
+}

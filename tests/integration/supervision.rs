@@ -463,10 +463,32 @@ fn backoff_starts_afresh_after_a_stable_run() {
         &config,
         ["--workers", "1", "--execute-times", "0", "--execute-usleep", "100ms", "--backoff-reset", "200ms"],
     );
+    // Each crash is the first of a fresh count, so each is replaced at once, never after a backoff.
     let lines = sb.wait_for("three respawns", SOON, || {
-        let lines: Vec<String> =
-            stderr_of(&fg).lines().filter(|l| l.contains("respawn after backoff")).map(str::to_owned).collect();
+        let lines: Vec<String> = stderr_of(&fg)
+            .lines()
+            .filter(|l| l.contains("respawn at once") || l.contains("respawn after backoff"))
+            .map(str::to_owned)
+            .collect();
         (lines.len() >= 3).then_some(lines)
     });
-    assert!(lines.iter().all(|l| l.contains("crashes=1") && l.contains("delay_ms=100")), "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("respawn at once") && l.contains("crashes=1")), "{lines:#?}");
+}
+
+#[test]
+fn the_first_kill_of_a_healthy_worker_is_replaced_at_once_and_a_second_backs_off() {
+    let mut sb = Sandbox::new("firstkill");
+    // Default backoff settings: the first crash of a healthy slot is no reason to wait.
+    let fg = sb.start_faulty(&json!({}), ["--workers", "1", "--execute-times", "0", "--execute-usleep", "50ms"]);
+    let first = sb.wait_for("a ready worker", SOON, || sb.ready_workers().get(&0).copied());
+    signal(first, Signal::SIGKILL);
+    let second = sb.wait_for("the replacement", SOON, || sb.ready_workers().get(&0).copied().filter(|p| *p != first));
+    let log = stderr_of(&fg);
+    assert!(log.contains("respawn at once") && log.contains("crashes=1"), "{log}");
+    assert!(!log.contains("respawn after backoff"), "{log}");
+    // A second crash in a row (the replacement lived well under backoff_reset) waits the initial 100 ms.
+    signal(second, Signal::SIGKILL);
+    sb.wait_for("the third worker", SOON, || sb.ready_workers().get(&0).copied().filter(|p| *p != second));
+    let log = stderr_of(&fg);
+    assert!(log.contains("respawn after backoff") && log.contains("crashes=2 delay_ms=100"), "{log}");
 }

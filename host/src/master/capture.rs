@@ -70,11 +70,17 @@ pub struct WorkerEnds {
 pub struct Captures {
     epoll: Epoll,
     streams: HashMap<RawFd, Stream>,
+    /// The streams of each worker still open, so reaping one reads its own without a look at every stream.
+    by_pid: HashMap<Pid, Vec<RawFd>>,
 }
 
 impl Captures {
     pub fn new() -> io::Result<Captures> {
-        Ok(Captures { epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?, streams: HashMap::new() })
+        Ok(Captures {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            streams: HashMap::new(),
+            by_pid: HashMap::new(),
+        })
     }
 
     /// The descriptor the master polls: readable when some stream has output.
@@ -100,6 +106,7 @@ impl Captures {
             let raw = fd.as_raw_fd();
             self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
             self.streams.insert(raw, Stream { fd, kind, origin: origin.clone(), partial: Vec::new() });
+            self.by_pid.entry(origin.pid).or_default().push(raw);
         }
         Ok(())
     }
@@ -116,7 +123,7 @@ impl Captures {
     /// Reads everything the streams of `pid` hold now (a worker just reaped: its last words come before its
     /// exit line).
     pub fn read_all_of(&mut self, pid: Pid) {
-        let fds: Vec<RawFd> = self.streams.iter().filter(|(_, s)| s.origin.pid == pid).map(|(fd, _)| *fd).collect();
+        let fds = self.by_pid.get(&pid).cloned().unwrap_or_default();
         for fd in fds {
             self.read_stream(fd, usize::MAX);
         }
@@ -144,7 +151,14 @@ impl Captures {
         if ended {
             stream.flush();
             let _ = self.epoll.delete(&stream.fd);
+            let pid = stream.origin.pid;
             self.streams.remove(&fd);
+            if let Some(fds) = self.by_pid.get_mut(&pid) {
+                fds.retain(|open| *open != fd);
+                if fds.is_empty() {
+                    self.by_pid.remove(&pid);
+                }
+            }
         }
     }
 }

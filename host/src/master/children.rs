@@ -87,6 +87,11 @@ impl Master {
         } else {
             None
         };
+        if let Some(child) = self.warm_spawn(task, slot, build, cell, pipes.as_ref().map(|(_, ends)| ends)) {
+            debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned warm");
+            self.on_spawned(child, task, slot, build, cell, init_timeout, pipes, title);
+            return Some(child);
+        }
         let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|(_, ends)| ends));
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
         // `worker::run`, which never returns into the master's code.
@@ -95,21 +100,11 @@ impl Master {
                 let cell_ptr: *const crate::scoreboard::Cell = self.board.cell(cell);
                 // SAFETY: the scoreboard mapping stays mapped for the child's whole life: `worker::run` never
                 // returns, so no destructor of the master's state (which would unmap it) runs in the child.
-                worker::run(spec, unsafe { &*cell_ptr })
+                worker::run(spec, unsafe { &*cell_ptr }, None)
             }
             Ok(ForkResult::Parent { child }) => {
-                // Also set in the child: whichever runs first, the group exists before anyone signals it.
-                let _ = setpgid(child, child);
-                if let Some((reads, ends)) = pipes {
-                    drop(ends);
-                    let name = self.tasks[task].settings.name.clone();
-                    let origin =
-                        super::capture::Origin { task: name, slot, pid: child, generation: build.generation, title };
-                    if let Err(e) = self.captures.watch(reads, origin) {
-                        warn!(slot, pid = child.as_raw(), "cannot read the output of a new worker: {e}");
-                    }
-                }
-                self.register_worker(child, task, slot, build, cell, init_timeout);
+                debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned cold");
+                self.on_spawned(child, task, slot, build, cell, init_timeout, pipes, title);
                 Some(child)
             }
             Err(e) => {
@@ -120,8 +115,35 @@ impl Master {
         }
     }
 
+    /// Takes a new worker (forked here or by its build's zygote) under supervision: its process group, its
+    /// output, its slot.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one spawn, passed on from spawn_worker")]
+    fn on_spawned(
+        &mut self,
+        child: Pid,
+        task: usize,
+        slot: u32,
+        build: &Build,
+        cell: CellIndex,
+        init_timeout: Duration,
+        pipes: Option<([std::os::fd::OwnedFd; 2], super::capture::WorkerEnds)>,
+        title: String,
+    ) {
+        // Also set in the child: whichever runs first, the group exists before anyone signals it.
+        let _ = setpgid(child, child);
+        if let Some((reads, ends)) = pipes {
+            drop(ends);
+            let name = self.tasks[task].settings.name.clone();
+            let origin = super::capture::Origin { task: name, slot, pid: child, generation: build.generation, title };
+            if let Err(e) = self.captures.watch(reads, origin) {
+                warn!(slot, pid = child.as_raw(), "cannot read the output of a new worker: {e}");
+            }
+        }
+        self.register_worker(child, task, slot, build, cell, init_timeout);
+    }
+
     /// What a new worker of `task` in `slot` needs, prepared before the fork.
-    fn worker_spec(
+    pub(super) fn worker_spec(
         &self,
         task: usize,
         slot: u32,
@@ -160,7 +182,6 @@ impl Master {
         let state = &mut self.tasks[task].slots[slot as usize];
         state.spawned += 1;
         state.respawn_at = None;
-        debug!(slot, pid = pid.as_raw(), generation = build.generation, "worker spawned");
         self.workers.insert(
             pid,
             Worker {
@@ -229,7 +250,7 @@ impl Master {
             }
         }
         if reaped {
-            self.end_orphans(false);
+            self.schedule_orphan_scan();
         }
     }
 
@@ -244,6 +265,9 @@ impl Master {
             self.read_reports();
         }
         let Some(worker) = self.workers.remove(&pid) else {
+            if self.forget_zygote(pid) {
+                return;
+            }
             // An orphaned descendant adopted as subreaper (or as PID 1).
             debug!(pid = pid.as_raw(), ended = ?ended, "reaped an adopted orphan");
             return;
@@ -277,13 +301,15 @@ impl Master {
         let after = policy::after_exit(slot.crashes, lived, class.crash(), &backoff);
         slot.crashes = after.crashes;
         slot.respawn_at = after.delay.map(|delay| Mono::now() + delay);
-        if let (Some(delay), false) = (after.delay, quiet) {
-            info!(
+        match (after.delay, quiet) {
+            (Some(delay), false) => info!(
                 slot = worker.slot,
                 crashes = after.crashes,
                 delay_ms = delay.as_millis() as u64,
                 "respawn after backoff"
-            );
+            ),
+            (None, false) if class.crash() => info!(slot = worker.slot, crashes = after.crashes, "respawn at once"),
+            _ => {}
         }
         let (code, signal) = match ended {
             Ended::Code(code) => (Some(code), None),

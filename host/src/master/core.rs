@@ -8,7 +8,8 @@
 //! 4. handle deadlines (stop grace over, `init` too slow, check tick),
 //! 5. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count),
 //! 6. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
-//! 7. publish status (only if something changed or a snapshot was asked for).
+//! 7. publish status (only if something changed or a snapshot was asked for; changes alone are paced, see
+//!    `snapshot`).
 //!
 //! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
 //! its own message, not just its exit code.
@@ -126,6 +127,11 @@ pub struct Master {
     pub(super) started_wall: SystemTime,
     pub(super) next_tick: Option<Mono>,
     pub(super) dirty: bool,
+    /// Changes are written no earlier than this (see `publish_status`).
+    pub(super) next_publish: Option<Mono>,
+    /// A look for orphans is due (see `orphans`), and when the last one was.
+    pub(super) orphan_scan_at: Option<Mono>,
+    pub(super) last_orphan_scan: Option<Mono>,
     pub(super) snapshot_wanted: bool,
     /// Processes that asked for a snapshot (SIGUSR1) and get SIGURG once it is written.
     pub(super) snapshot_acks: Vec<Pid>,
@@ -145,6 +151,8 @@ pub struct Master {
     pub(super) stop_requesters: Vec<OwnedFd>,
     /// Workers' stdout and stderr, logged line by line.
     pub(super) captures: super::capture::Captures,
+    /// The zygotes of the builds being run (see `warm`).
+    pub(super) zygotes: Vec<super::warm::Zygote>,
     /// The open-file limit pmhost was started with, when the master raised its own (see [`raise_nofile`]).
     pub(super) inherited_nofile: Option<u64>,
 }
@@ -206,6 +214,9 @@ impl Master {
             last_scale: None,
             started_wall: SystemTime::now(),
             dirty: true,
+            next_publish: None,
+            orphan_scan_at: None,
+            last_orphan_scan: None,
             snapshot_wanted: true,
             snapshot_acks: Vec::new(),
             plugin_log_level: parts.plugin_log_level,
@@ -220,6 +231,7 @@ impl Master {
             stop_requesters: Vec::new(),
             captures,
             inherited_nofile: raise_nofile(),
+            zygotes: Vec::new(),
         })
     }
 
@@ -317,6 +329,9 @@ impl Master {
         if self.next_supervision.is_some_and(|at| now >= at) {
             self.supervise(now);
         }
+        if self.orphan_scan_at.is_some_and(|at| now >= at) {
+            self.end_orphans(false);
+        }
         if self.next_watchdog.is_some_and(|at| now >= at)
             && let Some(notifier) = &self.notifier
         {
@@ -346,6 +361,8 @@ impl Master {
         deadlines.extend(self.workers.values().filter_map(|w| w.life.kill_at()));
         deadlines.extend(self.next_supervision);
         deadlines.extend(self.next_watchdog);
+        deadlines.extend(self.status_due());
+        deadlines.extend(self.orphan_scan_at);
         deadlines.into_iter().min()
     }
 
@@ -434,7 +451,7 @@ impl Master {
             info!(ready, "start complete: workers ready");
             // Publish first: whoever was waiting for the start may read the status right away.
             self.dirty = true;
-            self.publish_status();
+            self.publish_status_now();
             let summary = self.summary();
             if let Some(notifier) = &mut self.notifier {
                 notifier.ready(&summary);
@@ -461,6 +478,7 @@ impl Master {
     /// Leaves: removes the status directory (status and metrics files, staged builds, requests) and the pid file
     /// (the pid file last: it is the "running" marker).
     fn exit(mut self, outcome: Result<(), MasterError>) -> Result<Stopped, MasterError> {
+        self.kill_zygotes();
         self.end_orphans(true);
         self.dirs.remove_status();
         let stopped = crate::control::Reply::Stopped { forced: self.forced_stop || outcome.is_err() };

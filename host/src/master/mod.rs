@@ -16,6 +16,7 @@ mod startup;
 mod state;
 mod stopping;
 mod supervise;
+mod warm;
 
 pub use core::{Master, MasterError, MasterParts, Stopped};
 pub use orphans::WORKER_MARK;

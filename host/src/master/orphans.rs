@@ -9,19 +9,35 @@
 //! stops, whatever it adopted is ended too, so nothing titled as a worker outlives a stop.
 //!
 //! Orphans of a worker that still runs (a helper's child whose parent exited) are left alone until that worker
-//! ends. The list of the master's children comes from `/proc/self/task/{pid}/children`: one read, and only when
-//! a process was reaped.
+//! ends. The list of the master's children comes from `/proc/self/task/{pid}/children`: one read, only when a
+//! process was reaped, and at most once per [`ORPHAN_SCAN_GAP`]. That list holds every worker, so reading it per
+//! reap would make each exit cost O(workers); paced, a churn of thousands of exits a second costs a fixed number
+//! of reads, and an orphan lives at most that gap longer.
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::core::Master;
+use crate::sysinfo::Mono;
 
 /// The environment variable that ties a process to the worker it descends from.
 pub const WORKER_MARK: &str = "PMHOST_WORKER";
 
+/// The least time between two looks for orphans.
+const ORPHAN_SCAN_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Master {
+    /// A process was reaped: look for orphans it left now, or when the last look is [`ORPHAN_SCAN_GAP`] old.
+    pub(super) fn schedule_orphan_scan(&mut self) {
+        let now = Mono::now();
+        let at = self.last_orphan_scan.map_or(now, |last| (last + ORPHAN_SCAN_GAP).max(now));
+        self.orphan_scan_at = Some(self.orphan_scan_at.map_or(at, |due| due.min(at)));
+        if at <= now {
+            self.end_orphans(false);
+        }
+    }
+
     /// Becomes the subreaper of every descendant (as PID 1 the kernel makes us that anyway).
     pub(super) fn adopt_orphans(&self) {
         if std::process::id() == 1 {
@@ -33,7 +49,10 @@ impl Master {
 
     /// Ends the adopted processes that descend from workers no longer running (`all`: every adopted process, as
     /// the master stops).
-    pub(super) fn end_orphans(&self, all: bool) {
+    pub(super) fn end_orphans(&mut self, all: bool) {
+        let now = Mono::now();
+        self.last_orphan_scan = Some(now);
+        self.orphan_scan_at = None;
         for pid in self.adopted_children() {
             let worker = worker_mark(pid);
             let orphaned = all || worker.is_some_and(|w| !self.workers.contains_key(&w));

@@ -99,16 +99,17 @@ pub struct SlotAfterExit {
     pub delay: Option<Duration>,
 }
 
-/// The backoff schedule: a crash doubles the wait from `initial` up to `max`; a worker that ran `reset` or longer
-/// starts the count afresh (its crash counts as the first), and so does a normal exit after such a run.
+/// The backoff schedule. The first crash of a slot that was running fine (no crash since its last normal exit or
+/// stable run) is replaced at once: a `kill -9` or an OOM kill of a healthy worker costs no pause. From the second
+/// consecutive crash the wait doubles from `initial` up to `max`, so a crash loop sleeps between attempts. An end
+/// that is not a crash (the worker's limits, a stop) breaks the run of crashes, and a worker that ran `reset` or
+/// longer before crashing starts the count afresh (its crash counts as the first).
 pub fn after_exit(crashes: u32, lived: Duration, crash: bool, backoff: &Backoff) -> SlotAfterExit {
-    let stable = lived >= backoff.reset;
-    if crash {
-        let crashes = if stable { 1 } else { crashes + 1 };
-        SlotAfterExit { crashes, delay: Some(backoff.delay(crashes)) }
-    } else {
-        SlotAfterExit { crashes: if stable { 0 } else { crashes }, delay: None }
+    if !crash {
+        return SlotAfterExit { crashes: 0, delay: None };
     }
+    let crashes = if lived >= backoff.reset { 1 } else { crashes + 1 };
+    SlotAfterExit { crashes, delay: (crashes > 1).then(|| backoff.delay(crashes - 1)) }
 }
 
 /// What the master knows of a slot when it decides whether to fill it.
@@ -255,17 +256,20 @@ mod tests {
     }
 
     #[test]
-    fn the_backoff_doubles_per_crash_and_a_stable_run_resets_it() {
+    fn a_first_crash_respawns_at_once_then_the_backoff_doubles_and_a_stable_run_resets_it() {
         let backoff = Backoff { initial: ms(100), max: ms(1000), reset: ms(10_000) };
         // (crashes before, lived, crash) → (crashes after, delay)
         let cases: &[(u32, u64, bool, u32, Option<u64>)] = &[
-            (0, 5, true, 1, Some(100)),
-            (1, 5, true, 2, Some(200)),
-            (2, 5, true, 3, Some(400)),
-            (4, 5, true, 5, Some(1000)),
+            (0, 5, true, 1, None),
+            (1, 5, true, 2, Some(100)),
+            (2, 5, true, 3, Some(200)),
+            (3, 5, true, 4, Some(400)),
+            (5, 5, true, 6, Some(1000)),
             (30, 5, true, 31, Some(1000)),
-            (7, 10_000, true, 1, Some(100)),
-            (3, 5, false, 3, None),
+            (7, 10_000, true, 1, None),
+            (7, 10_000, false, 0, None),
+            (1, 5, false, 0, None),
+            (3, 5, false, 0, None),
             (3, 10_000, false, 0, None),
             (0, 0, false, 0, None),
         ];

@@ -356,6 +356,7 @@ impl Master {
 
     fn record_restart_end(&mut self, error: Option<String>) {
         self.prune_staged_builds();
+        self.prune_zygotes();
         let summary = self.summary();
         if let Some(notifier) = &mut self.notifier {
             notifier.ready(&summary);

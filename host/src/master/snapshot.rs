@@ -17,6 +17,10 @@ use crate::sysinfo::{self, Mono};
 /// harms no process that merely sent SIGUSR1 by hand.
 pub const SNAPSHOT_WRITTEN: Signal = Signal::SIGURG;
 
+/// A status write driven by changes alone waits this many times as long as the previous write took, counted from
+/// that write's start: writes then take at most 1/20 of the master's time (see [`Master::publish_status`]).
+const PUBLISH_COST_SHARE: u32 = 20;
+
 impl Master {
     /// USR1: write a fresh snapshot, then tell the sender.
     pub(super) fn handle_snapshot_request(&mut self, sender: Pid) {
@@ -27,8 +31,33 @@ impl Master {
     }
 
     /// Writes `status.json` if anything changed or a snapshot was asked for (then with fresh memory figures).
+    ///
+    /// A snapshot is a copy of every worker, so writing one per worker event would make each spawn and exit cost
+    /// O(workers) (about 300 KB of JSON at 1024 workers). Changes alone are therefore written at most once per
+    /// [`PUBLISH_COST_SHARE`] times the cost of the previous write: an isolated change is written at once, a
+    /// churn of thousands of workers a second is written a few dozen times a second, and status writes never take
+    /// more than about 5 % of the master's time. A snapshot someone asked for (`pmhost status`) is never held back.
     pub(super) fn publish_status(&mut self) {
+        self.publish(false);
+    }
+
+    /// Writes `status.json` now if anything changed, without waiting for the pace of change writes (the outcome of
+    /// a start, which whoever waits for the start may read at once).
+    pub(super) fn publish_status_now(&mut self) {
+        self.publish(true);
+    }
+
+    /// When the changes held back since the last write are due (see [`Master::publish_status`]).
+    pub(super) fn status_due(&self) -> Option<Mono> {
+        self.next_publish.filter(|_| self.dirty)
+    }
+
+    fn publish(&mut self, force: bool) {
         if !self.dirty && !self.snapshot_wanted {
+            return;
+        }
+        let began = Mono::now();
+        if !force && !self.snapshot_wanted && self.next_publish.is_some_and(|at| at > began) {
             return;
         }
         if self.snapshot_wanted {
@@ -72,6 +101,7 @@ impl Master {
         }
         self.dirty = false;
         self.snapshot_wanted = false;
+        self.next_publish = Some(began + Mono::now().since(began).saturating_mul(PUBLISH_COST_SHARE));
     }
 
     /// The status directory, re-created first if someone removed it (a tmp cleaner, a person): the master then

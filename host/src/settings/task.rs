@@ -240,7 +240,7 @@ task_settings! {
     init_timeout: Duration = Kind::Duration(BareUnit::Seconds),
         default "60s", value "SECS", "longest `init`; a slower worker is killed and counts as failed";
     backoff_initial: Duration = Kind::Duration(BareUnit::Seconds),
-        default "100ms", value "SECS", "delay before the first respawn after a crash; doubles per consecutive crash";
+        default "100ms", value "SECS", "delay before the respawn after a second crash in a row (the first crash of a healthy slot is replaced at once); doubles per further consecutive crash";
     backoff_max: Duration = Kind::Duration(BareUnit::Seconds),
         default "30s", value "SECS", "longest delay between crash respawns";
     backoff_reset: Duration = Kind::Duration(BareUnit::Seconds),

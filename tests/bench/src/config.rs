@@ -17,6 +17,8 @@ pub struct Config {
     pub worker_counts: Vec<u32>,
     /// Workers of every other figure (8 in the targets).
     pub workers: u32,
+    /// Workers of the large-host figures of the spawn group (1024 in the targets).
+    pub many_workers: u32,
     /// `pmhost status` calls per host in the status rows.
     pub status_calls: usize,
     /// Workers killed (one at a time) in the respawn figure.
@@ -55,11 +57,13 @@ pub enum Group {
     Overhead,
     /// A PostgreSQL queue (examples/pg-queue): jobs/s with and without pmhost, stop of LISTEN-idle workers.
     Queue,
+    /// The spawn path: slot turnover, churn, respawn with default settings, 1024 workers.
+    Spawn,
 }
 
 impl Group {
     /// Every group, in the order they run.
-    pub const ALL: [Group; 7] = [
+    pub const ALL: [Group; 8] = [
         Group::Lifecycle,
         Group::Respawn,
         Group::Inflight,
@@ -67,6 +71,7 @@ impl Group {
         Group::Quiet,
         Group::Overhead,
         Group::Queue,
+        Group::Spawn,
     ];
 }
 
@@ -82,6 +87,7 @@ impl Config {
             groups: Group::ALL.to_vec(),
             worker_counts: vec![1, 8, 64, 256],
             workers: 8,
+            many_workers: 1024,
             status_calls: 4,
             kills: 20,
             idle_window: Duration::from_secs(30),
@@ -116,6 +122,7 @@ impl Config {
             groups: Group::ALL.to_vec(),
             worker_counts: vec![2],
             workers: 2,
+            many_workers: 4,
             status_calls: 1,
             kills: 1,
             idle_window: Duration::from_secs(1),

@@ -56,6 +56,7 @@ pub fn run(config: &Config, artifacts: &Artifacts) -> Result<Report> {
     } else {
         Vec::new()
     };
+    let spawn = if wanted(Group::Spawn) { measure::spawn::measure(&bench)? } else { Vec::new() };
 
     // Table order follows the targets' list, which interleaves the groups.
     let mut figures = Vec::new();
@@ -69,6 +70,7 @@ pub fn run(config: &Config, artifacts: &Artifacts) -> Result<Report> {
     figures.extend(quiet);
     figures.extend(overhead);
     figures.extend(queue);
+    figures.extend(spawn);
     report::share_methods(&mut figures);
     Ok(Report {
         config: config.clone(),

@@ -48,6 +48,24 @@ pub fn pss_bytes(pid: i32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Resident set size of `pid` in bytes (`VmRSS` of `/proc/PID/status`).
+pub fn rss_bytes(pid: i32) -> Result<u64> {
+    let status = read(pid, "status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of [`cpu_ticks`].
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
 /// Whether the process is a zombie (exited, not yet reaped).
 pub fn is_zombie(pid: i32) -> bool {
     read(pid, "stat")

@@ -20,6 +20,9 @@ pub enum Unit {
     CallsFinished,
     /// Jobs per second.
     JobsPerSec,
+    /// A rate.
+    PerSecond,
+    Us,
 }
 
 /// What the figure is judged against (the text of the target column says it to the reader).
@@ -125,6 +128,8 @@ impl Figure {
             Unit::Ticks => format!("{value:.0} ticks"),
             Unit::WakeUps => format!("{value:.0}"),
             Unit::JobsPerSec => format!("{value:.0} jobs/s"),
+            Unit::PerSecond => format!("{value:.0} /s"),
+            Unit::Us => format!("{} µs", significant(value)),
             Unit::CallsFinished => match index {
                 Some(i) if i < self.samples.len() => format!("{:.0}/{:.0}", self.samples[i], self.of[i]),
                 _ => "-".to_owned(),

@@ -42,6 +42,8 @@ pub struct StartSpec {
     /// `--execute-usleep`.
     pub usleep: String,
     pub mode: Mode,
+    /// `--execute-times` (0: unlimited).
+    pub execute_times: u32,
     /// More `pmhost start` flags.
     pub extra: Vec<String>,
     /// The `--task-config` JSON, instead of the bench plugin's for `mode` (for another plugin).
@@ -51,7 +53,7 @@ pub struct StartSpec {
 impl StartSpec {
     /// `workers` workers, unlimited calls `usleep` apart, doing `mode`.
     pub fn new(workers: u32, usleep: &str, mode: Mode) -> StartSpec {
-        StartSpec { workers, usleep: usleep.to_owned(), mode, extra: Vec::new(), task_config: None }
+        StartSpec { workers, usleep: usleep.to_owned(), mode, execute_times: 0, extra: Vec::new(), task_config: None }
     }
 }
 
@@ -159,9 +161,10 @@ impl Sandbox {
     /// `pmhost start -d` with `plugin`; returns once every worker finished `init` (as `-d` promises).
     pub fn start_with(&self, spec: &StartSpec, plugin: &Path) -> Result<()> {
         let workers = spec.workers.to_string();
+        let execute_times = spec.execute_times.to_string();
         let config = spec.task_config.clone().unwrap_or_else(|| self.task_config(spec.mode));
         let mut args: Vec<&OsStr> = Vec::new();
-        for arg in ["start", "-d", "--name", &self.name, "--workers", &workers, "--execute-times", "0"] {
+        for arg in ["start", "-d", "--name", &self.name, "--workers", &workers, "--execute-times", &execute_times] {
             args.push(arg.as_ref());
         }
         args.extend(["--plugin".as_ref(), plugin.as_os_str()]);
@@ -199,9 +202,10 @@ impl Sandbox {
         serde_json::from_slice(&out.stdout).context("parse `pmhost status --json`")
     }
 
-    /// Worker pids, from the status file.
+    /// Worker pids, from a fresh snapshot (the status file follows changes at a pace, see the master's
+    /// `publish_status`).
     pub fn worker_pids(&self) -> Result<Vec<i32>> {
-        Ok(self.status_file()?.tasks.iter().flat_map(|t| t.workers.iter().map(|w| w.pid)).collect())
+        Ok(self.query_status()?.tasks.iter().flat_map(|t| t.workers.iter().map(|w| w.pid)).collect())
     }
 
     /// `pmhost stop`: returns (when it was issued, when the master, every worker and the CLI itself were gone),

@@ -28,6 +28,17 @@ fn the_benchmark_produces_every_figure() {
         "host overhead per empty `work` call",
         "`work` = one 32-byte `write`",
         "plain Rust loop, same `write`",
+        "spawn: slot turnover (worker",
+        "spawn: slot turnover, p99",
+        "churn: workers/s",
+        "churn: master CPU per spawn",
+        "respawn, default settings",
+        "start, 4 workers",
+        "`pmhost status --json`, 4 workers",
+        "restart, 4 workers",
+        "stop, 4 workers (idle)",
+        "memory: master RSS, 4 workers",
+        "memory: master PSS, 4 workers",
     ];
     // The queue figures need PostgreSQL; without it the report says they were skipped.
     let queue = [

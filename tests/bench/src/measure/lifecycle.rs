@@ -98,7 +98,7 @@ pub fn measure(bench: &Bench<'_>) -> Result<Lifecycle> {
 }
 
 /// Starts `workers` workers; returns the milliseconds from the command to every worker's first call.
-fn start_host(sb: &Sandbox, watch: &DirWatch, workers: u32) -> Result<f64> {
+pub(crate) fn start_host(sb: &Sandbox, watch: &DirWatch, workers: u32) -> Result<f64> {
     let issued = mono_ns();
     sb.start(&StartSpec::new(workers, RHYTHM, Mode::Marker { first_only: true }))?;
     let deadline = Duration::from_secs(30) + Duration::from_millis(100) * workers;
@@ -111,7 +111,7 @@ fn start_host(sb: &Sandbox, watch: &DirWatch, workers: u32) -> Result<f64> {
 }
 
 /// One `pmhost status --json`; returns its wall time in milliseconds after checking it lists every worker.
-fn status_call(sb: &Sandbox, workers: u32) -> Result<f64> {
+pub(crate) fn status_call(sb: &Sandbox, workers: u32) -> Result<f64> {
     let issued = mono_ns();
     let out = sb.run(["status", "--name", &sb.name, "--json"])?;
     let took = ms(mono_ns() - issued);

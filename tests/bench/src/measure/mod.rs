@@ -7,3 +7,4 @@ pub mod queue;
 pub mod quiet;
 pub mod respawn;
 pub mod restart;
+pub mod spawn;

@@ -24,11 +24,11 @@ fn write_build(source: &Path, path: &Path, build: u32) -> Result<()> {
 }
 
 /// One run's results.
-struct Run {
+pub(crate) struct Run {
     steady_gap_ms: f64,
     restart_gap_ms: f64,
-    all_new_ms: f64,
-    slowest_init_ms: f64,
+    pub(crate) all_new_ms: f64,
+    pub(crate) slowest_init_ms: f64,
 }
 
 /// One fresh host per run: steady state for a window, then `pmhost restart` to a new build.
@@ -79,7 +79,7 @@ pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
     ])
 }
 
-fn restart_once(bench: &Bench<'_>, workers: u32) -> Result<Run> {
+pub(crate) fn restart_once(bench: &Bench<'_>, workers: u32) -> Result<Run> {
     let sb = Sandbox::new(bench.artifacts, "restart")?;
     let plugin = sb.path("libjob.so");
     write_build(&bench.artifacts.plugin, &plugin, 1)?;

@@ -1,0 +1,186 @@
+//! A zygote: one process per (task, build) that loads and checks the staged plugin once, then forks that task's
+//! workers on the master's request, already loaded.
+//!
+//! # Why
+//!
+//! Measured on main (2 cores, release, `--execute-times 1 --execute-usleep 0`, perf): a worker spent most of its
+//! short life in the dynamic loader (relocations, symbol lookup) and in abi_stable's layout check, and the
+//! master spent ~250 µs per spawn, much of it copying its own page tables in `fork`. A zygote pays the load once
+//! per build, and its children share its already relocated plugin pages.
+//!
+//! # How
+//!
+//! - The master forks the zygote (lazily, the first time a task's build is spawned) with one end of a
+//!   `SOCK_SEQPACKET` socket pair. The zygote closes everything else the master holds, dies with the master
+//!   (`PR_SET_PDEATHSIG` = SIGKILL), loads the plugin through the descriptor the master opened and hash-checked
+//!   (`StagedPlugin::load_path`, `/proc/self/fd/N`: the trust property of a cold spawn is kept), and says it is
+//!   ready with one byte. Until then, and whenever it is gone, the master spawns cold (forks the worker itself):
+//!   a zygote is a cache.
+//! - A request is one message: the slot and scoreboard cell, with the worker's two capture pipe ends attached
+//!   (`SCM_RIGHTS`) when its output is captured. The zygote `clone`s with `CLONE_PARENT`, so the worker is the
+//!   master's own child: the master reaps, signals and supervises it exactly like a cold one, and the worker's
+//!   `PR_SET_PDEATHSIG` follows the master. The zygote answers with the pid.
+//! - The worker then runs the same path as a cold one ([`crate::worker::run`]: process setup, title, rlimits,
+//!   process group, pdeathsig, `init`, the loop), minus the load.
+//! - The zygote itself keeps the master's blocked signal mask, so nothing but SIGKILL ends it: the master kills it
+//!   when a rollout leaves its build unused and when it stops; the zygote ends on its own when its socket closes.
+//!
+//! The master never loads plugin code: the zygote is a separate process, forked before any load.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use nix::unistd::Pid;
+
+use crate::exit::worker as code;
+use crate::scoreboard::{CellIndex, Scoreboard};
+use crate::worker::WorkerSpec;
+
+/// The byte a zygote sends once its plugin is loaded.
+pub const READY: u8 = b'R';
+
+/// A spawn request: slot, scoreboard cell, and whether two capture descriptors are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub slot: u32,
+    pub cell: u32,
+    pub output: bool,
+}
+
+impl Request {
+    pub const LEN: usize = 9;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        bytes[..4].copy_from_slice(&self.slot.to_le_bytes());
+        bytes[4..8].copy_from_slice(&self.cell.to_le_bytes());
+        bytes[8] = u8::from(self.output);
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Request> {
+        let bytes: &[u8; Self::LEN] = bytes.try_into().ok()?;
+        Some(Request {
+            slot: u32::from_le_bytes(bytes[..4].try_into().ok()?),
+            cell: u32::from_le_bytes(bytes[4..8].try_into().ok()?),
+            output: bytes[8] != 0,
+        })
+    }
+}
+
+/// Runs a zygote for the build of `template` (its slot and output are per request); never returns.
+pub fn run(template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) -> ! {
+    let mut keep = vec![template.report_fd, template.plugin.raw_fd(), socket.as_raw_fd()];
+    keep.extend(crate::logging::open_fds());
+    crate::worker::close_all_but(&keep);
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid() != template.master
+    {
+        std::process::exit(code::ORPHANED);
+    }
+    let title = template.title.replace(":Worker:", ":Zygote:");
+    crate::title::set(&title);
+    let module = match crate::plugin::load(&template.plugin.load_path(), &template.plugin.original) {
+        Ok(module) => module,
+        Err(e) => {
+            // The master falls back to cold spawns, whose workers report the error as theirs.
+            tracing::debug!("zygote cannot load its plugin: {e}");
+            std::process::exit(code::LOAD_FAILED);
+        }
+    };
+    if nix::unistd::write(&socket, &[READY]).is_err() {
+        std::process::exit(code::OK);
+    }
+    loop {
+        let Some((request, fds)) = receive(&socket) else { std::process::exit(code::OK) };
+        // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork (the child gets a copy of this
+        // single-threaded process and returns 0 here); CLONE_PARENT makes the master its parent.
+        let pid = unsafe {
+            libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0)
+        };
+        if pid == 0 {
+            let output = match (request.output, fds.as_slice()) {
+                (true, [stdout, stderr]) => Some((stdout.as_raw_fd(), stderr.as_raw_fd())),
+                _ => None,
+            };
+            let spec = WorkerSpec {
+                slot: request.slot,
+                output,
+                keep_fds: vec![template.report_fd, template.plugin.raw_fd()],
+                ..template.clone()
+            };
+            let cell = board.cell(CellIndex(request.cell as usize));
+            crate::worker::run(spec, cell, Some(module));
+        }
+        drop(fds);
+        let answer = if pid > 0 { pid as i32 } else { -1 };
+        if nix::unistd::write(&socket, &answer.to_le_bytes()).is_err() {
+            std::process::exit(code::OK);
+        }
+    }
+}
+
+/// The next request and its descriptors; `None` when the master closed the socket (or sent garbage).
+fn receive(socket: &OwnedFd) -> Option<(Request, Vec<OwnedFd>)> {
+    let mut bytes = [0u8; Request::LEN];
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
+        let received =
+            recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map(|msg| {
+                let mut fds = Vec::new();
+                for cmsg in msg.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmRights(received) = cmsg {
+                        // SAFETY: the kernel just installed these descriptors in this process for us.
+                        fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+                (msg.bytes, fds)
+            });
+        match received {
+            Ok((0, _)) => return None,
+            Ok((len, fds)) => return Some((Request::decode(&bytes[..len])?, fds)),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Sends a request (the master's side); the capture ends go along when given.
+pub fn send(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, sendmsg};
+    let bytes = request.encode();
+    let iov = [IoSlice::new(&bytes)];
+    let fds;
+    let cmsgs: Vec<ControlMessage<'_>> = match &output {
+        Some(ends) => {
+            fds = *ends;
+            vec![ControlMessage::ScmRights(&fds)]
+        }
+        None => Vec::new(),
+    };
+    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
+}
+
+/// The pid a zygote answered (`None`: it could not clone).
+pub fn decode_answer(bytes: &[u8]) -> Option<Pid> {
+    let bytes: [u8; 4] = bytes.try_into().ok()?;
+    let pid = i32::from_le_bytes(bytes);
+    (pid > 0).then(|| Pid::from_raw(pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for request in [Request { slot: 0, cell: 0, output: false }, Request { slot: 1023, cell: 77, output: true }] {
+            assert_eq!(Request::decode(&request.encode()), Some(request));
+        }
+        assert_eq!(Request::decode(&[1, 2, 3]), None);
+        assert_eq!(decode_answer(&42i32.to_le_bytes()), Some(Pid::from_raw(42)));
+        assert_eq!(decode_answer(&(-1i32).to_le_bytes()), None);
+    }
+}

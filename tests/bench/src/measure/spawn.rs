@@ -1,0 +1,197 @@
+//! The spawn path: how fast a slot turns over from one worker to the next, how many workers two slots get
+//! through a second (and what each costs the master), how soon the first `kill -9` of a healthy worker is
+//! replaced with default settings, and a host of 1024 workers.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::Bench;
+use crate::clock::{mono_ns, ms, sleep_window};
+use crate::config::RHYTHM;
+use crate::markers;
+use crate::procfs;
+use crate::report::{Check, Figure, Unit};
+use crate::sandbox::{Mode, Sandbox, StartSpec};
+
+/// Slots of the churn figures (the target is stated for 2).
+const CHURN_SLOTS: u32 = 2;
+
+/// One churn run: slot turnovers (ms), workers per second, master CPU per spawn (µs).
+struct Churn {
+    turnovers: Vec<f64>,
+    workers_per_s: f64,
+    master_us_per_spawn: f64,
+}
+
+/// Every figure of the group.
+pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
+    let mut runs = Vec::new();
+    for run in 1..=bench.config.runs {
+        bench.progress(&format!("spawn: churn of {CHURN_SLOTS} slots, run {run}/{}", bench.config.runs));
+        runs.push(churn(bench)?);
+    }
+    let turnover_median: Vec<f64> = runs.iter().map(|r| percentile(&r.turnovers, 50.0)).collect();
+    let turnover_p99: Vec<f64> = runs.iter().map(|r| percentile(&r.turnovers, 99.0)).collect();
+    let churn_method = format!(
+        "{CHURN_SLOTS} slots, `--execute-times 1 --execute-usleep 0`, the bench plugin writing one marker per worker \
+         (its only call); over a {} ms window per run: a slot's turnover = one worker's `work` marker → the next \
+         worker's in the same slot (plugin clock; the old worker's return, exit and reaping, the fork, load and \
+         `init` of the new one: an upper bound of fork request → first `work`), one sample per run (median, p99 of \
+         that run); workers/s = new workers' markers in the window / window; master CPU = utime+stime of the \
+         master over the window (10 ms ticks) / workers started in it.",
+        bench.config.rate_window.as_millis()
+    );
+    let mut figures = vec![
+        Figure::new(
+            "spawn: churn",
+            "spawn: slot turnover (worker → next worker's first `work`), median",
+            Unit::Ms,
+            turnover_median,
+        )
+        .target("≤ 0.3 ms", Check::MedianAtMost(0.3))
+        .method(churn_method),
+        Figure::new("spawn: churn", "spawn: slot turnover, p99", Unit::Ms, turnover_p99),
+        Figure::new(
+            "spawn: churn",
+            &format!("churn: workers/s, {CHURN_SLOTS} slots"),
+            Unit::PerSecond,
+            runs.iter().map(|r| r.workers_per_s).collect(),
+        )
+        .target("≥ 5000 /s", Check::MedianAtLeast(5000.0)),
+        Figure::new(
+            "spawn: churn",
+            "churn: master CPU per spawn",
+            Unit::Us,
+            runs.iter().map(|r| r.master_us_per_spawn).collect(),
+        ),
+    ];
+    figures.push(respawn_default(bench)?);
+    figures.extend(many(bench)?);
+    Ok(figures)
+}
+
+/// The `p`th percentile (nearest rank) of `samples`; NaN for none.
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn churn(bench: &Bench<'_>) -> Result<Churn> {
+    let sb = Sandbox::new(bench.artifacts, "churn")?;
+    let mut spec = StartSpec::new(CHURN_SLOTS, "0", Mode::Marker { first_only: true });
+    spec.execute_times = 1;
+    sb.start(&spec)?;
+    let master = sb.master_pid()?;
+    // Settle, then count over the window.
+    sleep_window(Duration::from_millis(300))?;
+    let (from, ticks_before) = (mono_ns(), procfs::cpu_ticks(master)?);
+    sleep_window(bench.config.rate_window)?;
+    let (to, ticks_after) = (mono_ns(), procfs::cpu_ticks(master)?);
+    let marks: Vec<markers::Mark> = markers::read(&sb.marker_file()).into_iter().filter(|m| m.is_call()).collect();
+    let mut turnovers = Vec::new();
+    for slot in 0..CHURN_SLOTS {
+        let mut times: Vec<u64> = marks.iter().filter(|m| m.slot == slot).map(|m| m.ns).collect();
+        times.sort_unstable();
+        turnovers.extend(times.windows(2).filter(|w| w[0] >= from && w[1] <= to).map(|w| ms(w[1] - w[0])));
+    }
+    let started = marks.iter().filter(|m| m.ns >= from && m.ns <= to).count().max(1);
+    let window_s = (to - from) as f64 / 1e9;
+    let tick_us = 1e6 / procfs::ticks_per_second() as f64;
+    // Workers come and go: stop through the CLI alone (`Sandbox::stop` watches a fixed set of pids).
+    sb.run(["stop", "--name", &sb.name])?;
+    Ok(Churn {
+        turnovers,
+        workers_per_s: started as f64 / window_s,
+        master_us_per_spawn: (ticks_after - ticks_before) as f64 * tick_us / started as f64,
+    })
+}
+
+/// `kill -9` of each worker once (the first crash of a healthy slot), with no backoff flag.
+fn respawn_default(bench: &Bench<'_>) -> Result<Figure> {
+    let workers = bench.config.kills as u32;
+    bench.progress(&format!("spawn: first kill -9 of each of {workers} workers, default settings"));
+    let sb = Sandbox::new(bench.artifacts, "firstkill")?;
+    sb.start(&StartSpec::new(workers, RHYTHM, Mode::Marker { first_only: true }))?;
+    let watch = sb.watch()?;
+    let deadline = Duration::from_secs(30);
+    let firsts = watch.wait_for("the first call of every worker", deadline, || {
+        let firsts = markers::first_calls(&markers::read(&sb.marker_file()), 1);
+        (firsts.len() == workers as usize).then_some(firsts)
+    })?;
+    let mut samples = Vec::new();
+    for (slot, first) in firsts {
+        let killed_at = mono_ns();
+        kill(Pid::from_raw(first.pid), Signal::SIGKILL).with_context(|| format!("kill -9 {}", first.pid))?;
+        let replacement = watch.wait_for(&format!("a replacement in slot {slot}"), deadline, || {
+            markers::read(&sb.marker_file())
+                .into_iter()
+                .find(|m| m.slot == slot && m.is_call() && m.pid != first.pid && m.ns > killed_at)
+        })?;
+        samples.push(ms(replacement.ns - killed_at));
+    }
+    sb.stop()?;
+    Ok(Figure::new(
+        "respawn: default settings",
+        "respawn, default settings: first kill -9 → replacement's first `work`",
+        Unit::Ms,
+        samples,
+    )
+    .target("median ≤ 2 ms", Check::MedianAtMost(2.0))
+    .method(format!(
+        "as **respawn**, but with the default crash backoff and each of {workers} workers killed once (the first \
+             crash of a healthy slot, which is replaced at once; backoff starts at the second crash in a row)."
+    )))
+}
+
+/// A host of `many_workers` (1024) workers: start, `status`, master memory, restart, stop.
+fn many(bench: &Bench<'_>) -> Result<Vec<Figure>> {
+    let many = bench.config.many_workers;
+    bench.progress(&format!("spawn: a host of {many} workers"));
+    let sb = Sandbox::new(bench.artifacts, "many")?;
+    let watch = sb.watch()?;
+    let start = super::lifecycle::start_host(&sb, &watch, many)?;
+    let mut status = Vec::new();
+    for _ in 0..bench.config.status_calls {
+        status.push(super::lifecycle::status_call(&sb, many)?);
+    }
+    let master = sb.master_pid()?;
+    let rss = procfs::rss_bytes(master)? as f64 / (1024.0 * 1024.0);
+    let pss = procfs::pss_bytes(master)? as f64 / (1024.0 * 1024.0);
+    let (issued, gone) = sb.stop()?;
+    drop(watch);
+    bench.progress(&format!("spawn: a rolling restart of {many} workers"));
+    let restart = super::restart::restart_once(bench, many)?;
+    let restart_limit = 1500.0 + restart.slowest_init_ms;
+    let method = format!(
+        "one host of {many} workers (`--execute-usleep 100ms`): start and status as **start** and **status**; master \
+         memory from /proc/PID/status (VmRSS) and smaps_rollup (Pss) after the status calls; stop as **stop**; \
+         restart as **restart: every slot on the new build**, on its own host of {many} workers."
+    );
+    Ok(vec![
+        Figure::new("many workers", &format!("start, {many} workers"), Unit::Ms, vec![start])
+            .target("≤ 400 ms", Check::MedianAtMost(400.0))
+            .method(method),
+        Figure::new("many workers", &format!("`pmhost status --json`, {many} workers"), Unit::Ms, status)
+            .target("≤ 20 ms", Check::MedianAtMost(20.0)),
+        Figure::new(
+            "many workers",
+            &format!("restart, {many} workers: every slot on the new generation"),
+            Unit::Ms,
+            vec![restart.all_new_ms],
+        )
+        .target(format!("≤ 1.5 s + slowest init = {restart_limit:.0} ms"), Check::MedianAtMost(restart_limit)),
+        Figure::new("many workers", &format!("stop, {many} workers (idle)"), Unit::Ms, vec![ms(gone - issued)])
+            .target("≤ 300 ms", Check::MedianAtMost(300.0)),
+        Figure::new("many workers", &format!("memory: master RSS, {many} workers"), Unit::MiB, vec![rss]),
+        Figure::new("many workers", &format!("memory: master PSS, {many} workers"), Unit::MiB, vec![pss])
+            .target("≤ 2 MiB", Check::MedianAtMost(2.0)),
+    ])
+}

@@ -1,0 +1,80 @@
+//! Warm spawns: workers forked by their build's zygote are the master's own children and behave like workers
+//! the master forked itself; a zygote is a cache that can die or be replaced without costing a slot.
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, processes_mentioning, signal, stderr_of};
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`.
+fn stat_field(pid: i32, n: usize) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(n - 3).unwrap().parse().unwrap()
+}
+
+/// The pids of the workers the master logged as spawned warm (a log line's `pid=`).
+fn warm_pids(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter(|l| l.contains("worker spawned warm"))
+        .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn zygotes(sb: &Sandbox) -> Vec<i32> {
+    processes_mentioning(&format!(":Zygote:{}", sb.name))
+}
+
+#[test]
+fn a_warm_worker_is_the_masters_child_with_its_title_group_and_signals() {
+    let mut sb = Sandbox::new("warm");
+    let fg = sb.start_faulty(
+        &json!({}),
+        ["--workers", "2", "--execute-times", "0", "--execute-usleep", "50ms", "--log-level", "debug"],
+    );
+    let master = fg.child.id() as i32;
+    let first = sb.wait_for("two ready workers", SOON, || {
+        let ready = sb.ready_workers();
+        (ready.len() == 2).then(|| *ready.values().next().unwrap())
+    });
+    sb.wait_for("a zygote", SOON, || zygotes(&sb).first().copied());
+    // The first crash of a healthy slot is replaced at once, by the zygote now that it is loaded.
+    signal(first, Signal::SIGKILL);
+    let warm = sb.wait_for("a warm replacement", SOON, || {
+        let warm = warm_pids(&stderr_of(&fg));
+        let ready = sb.ready_workers();
+        warm.into_iter().find(|pid| ready.values().any(|r| r == pid))
+    });
+    assert_eq!(stat_field(warm, 4), i64::from(master), "parent");
+    assert_eq!(stat_field(warm, 5), i64::from(warm), "process group");
+    assert_eq!(cmdline(warm).trim_end_matches(['\0', ' ']), format!("process_m:Worker:{}", sb.name));
+    let status = std::fs::read_to_string(format!("/proc/{warm}/status")).unwrap();
+    let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim();
+    assert_eq!(u64::from_str_radix(blocked, 16).unwrap(), 0, "the master's signal mask leaked: {status}");
+    // It stops like any worker: asked with TERM by the master, reaped by it.
+    sb.stop();
+    assert!(ProcessWaiter::new(warm).wait(SOON), "the warm worker outlived the stop");
+}
+
+#[test]
+fn a_killed_zygote_costs_no_slot_and_is_started_again() {
+    let mut sb = Sandbox::new("zygotekill");
+    // Every worker makes one call: slots turn over all the time, so spawns keep coming.
+    let fg = sb.start_faulty(&json!({}), ["--workers", "2", "--execute-times", "1", "--execute-usleep", "20ms"]);
+    let zygote = sb.wait_for("a zygote", SOON, || zygotes(&sb).first().copied());
+    signal(zygote, Signal::SIGKILL);
+    assert!(ProcessWaiter::new(zygote).wait(SOON) || crate::harness::is_zombie(zygote), "the zygote lived on");
+    let again = sb.wait_for("another zygote", SOON, || zygotes(&sb).into_iter().find(|pid| *pid != zygote));
+    assert_ne!(again, zygote);
+    // Both slots keep turning over, with no crash recorded.
+    let before = sb.status().unwrap()["tasks"][0]["executions_total"].as_u64().unwrap();
+    sb.wait_for("more workers done", SOON, || {
+        let s = sb.status()?;
+        let workers = s["tasks"][0]["workers"].as_array()?.len();
+        (s["tasks"][0]["executions_total"].as_u64()? >= before + 10 && workers == 2).then_some(())
+    });
+    let log = stderr_of(&fg);
+    assert!(!log.contains("worker crashed"), "{log}");
+    sb.stop();
+    assert!(zygotes(&sb).is_empty(), "a zygote outlived the stop");
+}
