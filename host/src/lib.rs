@@ -40,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod duration;
 pub mod exit;
+pub mod identity;
 pub mod logging;
 pub mod logread;
 pub mod master;

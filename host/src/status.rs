@@ -193,6 +193,9 @@ pub struct WorkerStatus {
     pub restarts: u32,
     /// How the previous worker of this slot ended, if one did.
     pub last_exit: Option<ExitStatus>,
+    /// The user the worker runs as, when it is not the master's (the task's `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 /// How a worker ended.
@@ -291,7 +294,10 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         );
         let _ = writeln!(out, "{WORKER_HEADER}");
         for w in &task.workers {
-            let last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
+            let mut last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
+            if let Some(uid) = w.uid {
+                last_exit = format!("{last_exit}  (uid {uid})");
+            }
             let _ = writeln!(
                 out,
                 "{:<8} {:>8} {:<32} {:>10} {:<19} {:>8} {:>10} {:>4} {:<12} {:>4} {:<12} {:>8} {}",
@@ -338,6 +344,7 @@ mod tests {
             rss_bytes: None,
             started_at: 0,
             restarts: 0,
+            uid: None,
             last_exit: last_crash.map(|crash| ExitStatus {
                 pid: 1,
                 code: Some(i32::from(crash)),

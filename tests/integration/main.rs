@@ -9,6 +9,7 @@ mod control;
 mod ecosystem;
 mod engine;
 mod hardening;
+mod identity;
 mod logs;
 mod restart;
 mod supervision;

@@ -193,6 +193,7 @@ impl Master {
             started_at: sysinfo::unix_seconds(w.started_wall),
             restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
             last_exit: slot.and_then(|s| s.last_exit.clone()),
+            uid: sysinfo::process_uid(w.pid.as_raw()).filter(|uid| *uid != nix::unistd::Uid::effective().as_raw()),
         }
     }
 }

@@ -20,11 +20,19 @@ pub(super) struct Build {
     pub(super) plugin: StagedPlugin,
     pub(super) limits: crate::settings::Limits,
     pub(super) config_json: String,
+    /// Who the workers run as and in which environment.
+    pub(super) process: std::sync::Arc<crate::settings::ProcessSettings>,
 }
 
 impl Build {
     pub(super) fn new(generation: u32, plugin: StagedPlugin, settings: &TaskSettings) -> Build {
-        Build { generation, plugin, limits: settings.limits, config_json: settings.config_json.clone() }
+        Build {
+            generation,
+            plugin,
+            limits: settings.limits,
+            config_json: settings.config_json.clone(),
+            process: std::sync::Arc::new(settings.process.clone()),
+        }
     }
 
     /// A build of no real plugin, for unit tests of the master's decisions.
@@ -35,6 +43,7 @@ impl Build {
             plugin: StagedPlugin::for_tests(),
             limits: crate::settings::Limits::default(),
             config_json: "{}".to_owned(),
+            process: Default::default(),
         }
     }
 }

@@ -150,6 +150,28 @@ pub struct TaskSettings {
     pub max_rss: Option<u64>,
     /// Workers' stdout and stderr are logged line by line (else they are the master's).
     pub capture_output: bool,
+    /// Who the workers run as and in which environment.
+    pub process: ProcessSettings,
+}
+
+/// Who a worker runs as and in which environment, applied after the fork and before the plugin loads (see
+/// `crate::identity`). `None`: as the master.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessSettings {
+    /// User name or id: uid, its primary group and its supplementary groups.
+    pub user: Option<String>,
+    /// Group name or id: the primary group (instead of the user's).
+    pub group: Option<String>,
+    /// Variables added to the environment, in order.
+    pub environment: Vec<(String, String)>,
+    /// Start from an empty environment (plus `PATH` and `environment`).
+    pub clear_env: bool,
+    /// Working directory (absolute).
+    pub working_directory: Option<PathBuf>,
+    /// File creation mask.
+    pub umask: Option<u32>,
+    /// Scheduling niceness.
+    pub nice: Option<i32>,
 }
 
 #[cfg(test)]

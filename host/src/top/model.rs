@@ -115,6 +115,7 @@ mod tests {
             rss_bytes: None,
             started_at: 0,
             restarts: 0,
+            uid: None,
             last_exit: crashed.get(index).map(|&(pid, at)| ExitStatus {
                 pid,
                 code: Some(1),
