@@ -60,4 +60,5 @@ pub mod status;
 pub mod sysinfo;
 pub mod title;
 pub mod top;
+pub mod upgrade;
 pub mod worker;

@@ -6,6 +6,12 @@ use clap::Parser;
 use pmhost::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Asked by `pmhost upgrade` (and by a master about to re-execute itself) of a new binary: which handover
+    // versions it reads. Answered before any parsing, so every future pmhost can answer it the same way.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "--handover-version") {
+        println!("{}", pmhost::upgrade::version_line());
+        return ExitCode::SUCCESS;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => match pmhost::cli::empty_env_var(&error) {
