@@ -244,3 +244,30 @@ fn a_directory_the_user_cannot_enter_fails_the_worker_with_the_reason() {
     assert!(stderr.contains("worker setup failed"), "{}", describe(&out));
     assert!(stderr.contains(&format!("working_directory {}", private.display())), "{}", describe(&out));
 }
+
+#[test]
+fn a_restart_to_a_user_that_cannot_apply_rolls_back_with_the_reason() {
+    let sb = Sandbox::new("identity-restart");
+    let settings = "execute_times = 0\nexecute_usleep = \"50ms\"";
+    let config = one_task(&sb, settings);
+    let out = sb.run(["start", "-d", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let before = sb.wait_for("a ready worker", SOON, || Some(sb.ready_workers()).filter(|w| w.len() == 1));
+
+    // The file now names a user nobody has: `validate` says so, and a restart's new worker fails its setup, so
+    // the restart rolls back and the old worker carries on.
+    one_task(&sb, &format!("{settings}\nuser = \"no-such-user-pmhost\""));
+    let out = sb.run(["validate", "--config", config.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unknown user \"no-such-user-pmhost\""),
+        "{}",
+        describe(&out)
+    );
+    let out = sb.run(["restart", "--config", config.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rolled back") && stderr.contains("unknown user"), "{}", describe(&out));
+    assert_eq!(sb.ready_workers(), before, "the old worker keeps running");
+    sb.stop();
+}
