@@ -8,9 +8,19 @@ use pmhost::cli::{Cli, Command};
 fn main() -> ExitCode {
     // Asked by `pmhost upgrade` (and by a master about to re-execute itself) of a new binary: which handover
     // versions it reads. Answered before any parsing, so every future pmhost can answer it the same way.
-    if std::env::args_os().nth(1).is_some_and(|arg| arg == "--handover-version") {
+    let first = std::env::args_os().nth(1);
+    if first.as_ref().is_some_and(|arg| arg == "--handover-version") {
         println!("{}", pmhost::upgrade::version_line());
         return ExitCode::SUCCESS;
+    }
+    // Run by a master about to upgrade: can this binary read its state (on stdin)?
+    if first.as_ref().is_some_and(|arg| arg == "--handover-check") {
+        return ExitCode::from(pmhost::master::handover_check() as u8);
+    }
+    // The new image of an upgraded master (same pid): take the state over and run.
+    if first.as_ref().is_some_and(|arg| arg == "--resume-handover") {
+        let args: Vec<_> = std::env::args_os().collect();
+        return ExitCode::from(pmhost::master::resume_handover(&args) as u8);
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -100,7 +100,7 @@ impl Cell {
 }
 
 /// Index of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CellIndex(pub usize);
 
 /// The shared mapping and the master's record of which cells are in use.

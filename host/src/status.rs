@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub last_restart: Option<RestartStatus>,
     /// The most recent scale request handled, if any.
     pub last_scale: Option<ScaleStatus>,
+    /// The most recent upgrade of pmhost itself (`pmhost upgrade`), if any.
+    #[serde(default)]
+    pub last_upgrade: Option<UpgradeStatus>,
     /// The tasks and their workers.
     pub tasks: Vec<TaskStatus>,
 }
@@ -98,6 +101,25 @@ impl std::fmt::Display for WorkerState {
     }
 }
 
+/// An upgrade of the master's own binary, in place.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpgradeStatus {
+    /// The CLI request that asked for it (`None` for the signal).
+    pub request_id: Option<String>,
+    /// The binary asked for.
+    pub binary: String,
+    /// The pmhost version before.
+    pub from_version: String,
+    /// The pmhost version after (the old one when it was refused or rolled back).
+    pub to_version: String,
+    /// The new binary runs, with the same workers.
+    pub ok: bool,
+    /// Why it was refused or rolled back.
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
 /// A rollout of a new generation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RestartStatus {
@@ -142,6 +164,9 @@ pub struct MasterStatus {
     /// The host's grace period for a graceful stop, in milliseconds.
     #[serde(default)]
     pub stop_timeout_ms: u64,
+    /// The pmhost version the master runs.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// One task.
@@ -367,12 +392,14 @@ mod tests {
                 started_at: 0,
                 uptime_s: 0,
                 stop_timeout_ms: 0,
+                version: String::new(),
             },
             generation: 1,
             written_at_mono_ns: 0,
             written_at: 0,
             last_restart: None,
             last_scale: None,
+            last_upgrade: None,
             tasks: vec![TaskStatus {
                 name: "t".into(),
                 plugin: String::new(),

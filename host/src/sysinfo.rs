@@ -80,7 +80,7 @@ pub fn local_time_text(at: SystemTime) -> String {
 }
 
 /// A point on `CLOCK_MONOTONIC` (the clock timerfd deadlines use), as time since boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Mono(pub Duration);
 
 impl Mono {

@@ -135,12 +135,14 @@ impl Master {
                 started_at: sysinfo::unix_seconds(self.started_wall),
                 uptime_s: now.duration_since(self.started_wall).unwrap_or(Duration::ZERO).as_secs(),
                 stop_timeout_ms: self.host.stop_timeout.as_millis() as u64,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
             },
             generation: self.generation,
             written_at_mono_ns: sysinfo::monotonic_ns(),
             written_at: sysinfo::unix_seconds(now),
             last_restart: self.last_restart.clone(),
             last_scale: self.last_scale.clone(),
+            last_upgrade: self.last_upgrade.clone(),
             tasks,
         }
     }

@@ -61,6 +61,12 @@ impl StagedPlugin {
         PathBuf::from(format!("/proc/self/fd/{}", self.held.as_raw_fd()))
     }
 
+    /// A build handed over by a previous image of this master (`pmhost upgrade`): `held` is the descriptor it
+    /// kept open across `execve`.
+    pub fn handed_over(original: PathBuf, staged: PathBuf, sha256: String, held: Arc<OwnedFd>) -> StagedPlugin {
+        StagedPlugin { original, staged, sha256, held }
+    }
+
     /// The held descriptor's number (a worker keeps it open; the master closes nothing of it).
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.held.as_raw_fd()

@@ -269,7 +269,7 @@ macro_rules! task_settings {
     ($( $field:ident: $ty:ty = $kind:expr, default $default:literal, value $value_name:literal, $help:literal; )+) => {
         /// Task settings as given, each possibly absent: by the command line (which overrides the file for every
         /// task) or by a `[[task]]` table of the config file.
-        #[derive(Debug, Clone, Default, PartialEq)]
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
         pub struct TaskValues {
             /// The plugin file (`--plugin`: one-task hosts only).
             pub plugin: Option<PathBuf>,
