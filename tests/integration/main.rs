@@ -14,3 +14,4 @@ mod logs;
 mod restart;
 mod supervision;
 mod top;
+mod upgrade;
