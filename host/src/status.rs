@@ -295,6 +295,14 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         };
         let _ = writeln!(out, "Last restart  generation {}: {outcome}", restart.generation);
     }
+    if !m.version.is_empty() {
+        let upgrade = match &snapshot.last_upgrade {
+            Some(u) if u.ok => format!("  last upgrade: {} to {} ({})", u.from_version, u.to_version, u.binary),
+            Some(u) => format!("  last upgrade: refused: {}", u.error.as_deref().unwrap_or("unknown reason")),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "pmhost {}{upgrade}", m.version);
+    }
     let _ = writeln!(out, "{MASTER_HEADER}");
     let _ = writeln!(
         out,
