@@ -208,3 +208,60 @@ fn a_worker_killed_during_the_handover_is_reaped_and_replaced_after_it() {
     assert!(slot1["last_exit"]["reason"].as_str().unwrap_or("").contains("SIGKILL"), "{slot1}");
     sb.stop();
 }
+
+/// Receives datagrams until one contains `needle` (or the deadline passes).
+fn receive_until(socket: &std::os::unix::net::UnixDatagram, needle: &str, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + SOON;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        socket.set_read_timeout(Some(left)).unwrap();
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(message.clone());
+            if message.contains(needle) {
+                return message;
+            }
+        }
+    }
+    panic!("no {needle:?} from pmhost; got {seen:#?}");
+}
+
+#[test]
+fn systemd_sees_reloading_then_ready_from_the_same_main_pid() {
+    let sb = Sandbox::new("upgradenotify");
+    let socket_path = sb.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let env_file = sb.path("worker-env");
+    let config = task_config(json!({"env_file": env_file}));
+    let faulty = fixtures().faulty.to_str().unwrap().to_owned();
+    let stderr_path = sb.path("notify.stderr");
+    let mut cmd = sb.pmhost(["start", "--name", &sb.name, "--plugin", &faulty, "--workers", "2"]);
+    cmd.args(["--execute-times", "0", "--task-config", &config]);
+    cmd.env("NOTIFY_SOCKET", &socket_path).env("WATCHDOG_USEC", "400000");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&stderr_path).unwrap());
+    let child = cmd.spawn().unwrap();
+    let mut fg = crate::harness::Foreground { child, stderr_path };
+    let mut seen = Vec::new();
+    receive_until(&socket, "READY=1", &mut seen);
+    let before = all_ready(&sb, 2);
+    let out = upgrade(&sb, &pmhost_bin());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let reloading = receive_until(&socket, "RELOADING=1", &mut seen);
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    receive_until(&socket, "READY=1", &mut seen);
+    // The watchdog carries over, and the process systemd watches is the one it started.
+    seen.clear();
+    receive_until(&socket, "WATCHDOG=1", &mut seen);
+    assert_eq!(sb.master_pid(), fg.child.id() as i32);
+    assert_eq!(sb.ready_workers(), before);
+    // Workers started by the new image do not see the socket either.
+    let victim = before[&0];
+    signal(victim, Signal::SIGKILL);
+    sb.wait_for("slot 0 refilled", SOON, || sb.ready_workers().get(&0).filter(|pid| **pid != victim).copied());
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert_eq!(env.lines().collect::<Vec<_>>(), ["-", "-", "-"], "workers inherited NOTIFY_SOCKET: {env}");
+    signal(fg.child.id() as i32, Signal::SIGTERM);
+    receive_until(&socket, "STOPPING=1", &mut seen);
+    assert_eq!(crate::harness::wait_exit(&mut fg, SOON), 0);
+}

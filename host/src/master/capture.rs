@@ -139,12 +139,11 @@ impl Captures {
 
     /// Watches the streams a previous image of the master handed over.
     pub fn take_over(&mut self, handed: Vec<HandedStream>) -> io::Result<()> {
-        use std::os::fd::FromRawFd;
         for stream in handed {
-            // SAFETY: the previous image kept this descriptor open across `execve` for us, and nothing else in
-            // this image owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(stream.fd) };
-            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+            // A close-on-exec duplicate: the original stays open (for a rollback) until the new image runs.
+            // SAFETY: the previous image kept this descriptor open across `execve`; it is only borrowed here.
+            let fd = unsafe { BorrowedFd::borrow_raw(stream.fd) }.try_clone_to_owned()?;
+            let raw = fd.as_raw_fd();
             let kind = if stream.stderr { StreamKind::Stderr } else { StreamKind::Stdout };
             let origin = Origin {
                 task: stream.task,
@@ -153,8 +152,8 @@ impl Captures {
                 generation: stream.generation,
                 title: stream.title,
             };
-            self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, stream.fd as u64))?;
-            self.streams.insert(stream.fd, Stream { fd, kind, origin, partial: stream.partial });
+            self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
+            self.streams.insert(raw, Stream { fd, kind, origin, partial: stream.partial });
         }
         Ok(())
     }

@@ -313,12 +313,12 @@ pub fn resume(args: &[OsString]) -> i32 {
         Err(reason) => return roll_back(handover_fd, rollback_fd, &reason),
     };
     crate::logging::init_host(&state.log);
+    let originals = handed_fds(&state);
     match take_over(state, rolled_back) {
         Ok(master) => {
-            // SAFETY: ours since the exec; nothing else refers to it.
-            drop(unsafe { OwnedFd::from_raw_fd(handover_fd) });
-            if let Some(fd) = rollback_fd {
-                // SAFETY: as above.
+            // Running on duplicates now: the originals, the handover and the old image's descriptor go.
+            for fd in originals.into_iter().chain([handover_fd]).chain(rollback_fd) {
+                // SAFETY: handed over for this image, which holds nothing else under these numbers.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
             match master.run() {
@@ -359,17 +359,12 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
     let events = super::events::Events::new(&super::signals::handled()).map_err(|e| e.to_string())?;
     let mut captures = super::capture::Captures::new().map_err(|e| e.to_string())?;
     let notifier = crate::notify::Notifier::from_env();
-    // From here on, descriptors are taken over (and would be closed on failure): nothing below fails.
+    // Handed-over descriptors are duplicated, never taken: should anything below fail, the old image takes over
+    // again with every original still open (see `resume`, which closes the originals once this succeeded).
     let cells: Vec<_> = state.workers.iter().map(|w| w.cell).collect();
-    // SAFETY: the previous image kept each of these open across execve for this image; each is taken once.
-    let (memfd, report_fd, report_tx, pid_fd) = unsafe {
-        (
-            OwnedFd::from_raw_fd(state.scoreboard_fd),
-            OwnedFd::from_raw_fd(state.report_fd),
-            OwnedFd::from_raw_fd(state.report_tx_fd),
-            (state.pid_file_fd >= 0).then(|| OwnedFd::from_raw_fd(state.pid_file_fd)),
-        )
-    };
+    let (memfd, report_fd, report_tx) =
+        (duplicate(state.scoreboard_fd)?, duplicate(state.report_fd)?, duplicate(state.report_tx_fd)?);
+    let pid_fd = (state.pid_file_fd >= 0).then(|| duplicate(state.pid_file_fd)).transpose()?;
     let board = crate::scoreboard::Scoreboard::from_fd(memfd, &cells).map_err(|e| e.to_string())?;
     let reports = crate::report::ReportReader::handed_over(report_fd, state.report_pending);
     let pid_file = pid_fd
@@ -377,14 +372,6 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
         .transpose()
         .map_err(|e| e.to_string())?;
     captures.take_over(state.captures).map_err(|e| e.to_string())?;
-    for fd in [reports.fd().as_raw_fd(), report_tx.as_raw_fd()]
-        .into_iter()
-        .chain(pid_file.as_ref().map(|p| p.fd().as_raw_fd()))
-        .chain(staged::held_fds())
-    {
-        // SAFETY: F_SETFD on descriptors this image now holds.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
     let title = state.host.master_title();
     crate::title::set(&title);
     crate::logging::set_title(&title);
@@ -450,6 +437,22 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
         notifier.ready("running");
     }
     Ok(master)
+}
+
+/// A close-on-exec duplicate of a descriptor the previous image handed over.
+pub(super) fn duplicate(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: the previous image kept `fd` open across execve; it is only borrowed for the duplication.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned().map_err(|e| format!("handed-over descriptor {fd}: {e}"))
+}
+
+/// The descriptors the previous image handed over, by number (closed once this image runs on its duplicates).
+fn handed_fds(state: &State) -> Vec<RawFd> {
+    let mut fds = vec![state.scoreboard_fd, state.report_fd, state.report_tx_fd];
+    fds.extend((state.pid_file_fd >= 0).then_some(state.pid_file_fd));
+    fds.extend(state.captures.iter().map(|c| c.fd));
+    fds.extend(staged::held_fds());
+    fds
 }
 
 /// `Pid` as its number.
@@ -534,9 +537,9 @@ pub(super) mod staged {
                     if std::env::args_os().nth(1).is_some_and(|a| a == "--handover-check") {
                         return Arc::new(nix::unistd::dup(std::io::stdin().as_fd()).expect("dup stdin"));
                     }
-                    // SAFETY: the previous image kept this descriptor open across execve; it is wrapped once
-                    // (the map shares it between the builds that name it).
-                    Arc::new(unsafe { OwnedFd::from_raw_fd(handed.fd) })
+                    // A duplicate: the original stays open for a rollback until the new image runs (the map
+                    // shares one duplicate between the builds that name it).
+                    Arc::new(super::duplicate(handed.fd).unwrap_or_else(|e| panic!("{e}")))
                 })
                 .clone()
         });
