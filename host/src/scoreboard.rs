@@ -120,6 +120,9 @@ pub const CAPACITY: usize = 4096;
 pub enum ScoreboardError {
     #[error("cannot map the shared scoreboard")]
     Map(#[source] nix::Error),
+    /// Its memfd: the message carries the errno (it reaches a daemon's caller as one line).
+    #[error("cannot create the shared scoreboard: {0}")]
+    Create(nix::Error),
     #[error("the handed-over scoreboard is {found} bytes, not {expected}")]
     Size { found: u64, expected: u64 },
     #[error("too many workers: one master runs at most {CAPACITY}")]
@@ -129,8 +132,8 @@ pub enum ScoreboardError {
 impl Scoreboard {
     /// Maps a zeroed scoreboard of [`CAPACITY`] cells. Pages are only backed once touched.
     pub fn new() -> Result<Scoreboard, ScoreboardError> {
-        let memfd = memfd_create(c"pmhost-scoreboard", MFdFlags::MFD_CLOEXEC).map_err(ScoreboardError::Map)?;
-        nix::unistd::ftruncate(&memfd, Self::len() as libc::off_t).map_err(ScoreboardError::Map)?;
+        let memfd = memfd_create(c"pmhost-scoreboard", MFdFlags::MFD_CLOEXEC).map_err(ScoreboardError::Create)?;
+        nix::unistd::ftruncate(&memfd, Self::len() as libc::off_t).map_err(ScoreboardError::Create)?;
         Self::map(memfd, &[])
     }
 

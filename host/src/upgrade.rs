@@ -7,26 +7,28 @@
 //! workers' parent are unchanged) and hands its state over through an inherited descriptor:
 //!
 //! - **Format.** An [`Envelope`] (`format`, `version`, the writing pmhost's version, the state as JSON) in a
-//!   memfd without `O_CLOEXEC`, whose number is passed as `--handover-fd N` to the new image. A binary states the
-//!   versions it reads with `pmhost --handover-version` ([`version_line`]); the CLI and the master refuse a binary
-//!   that cannot read the running master's [`HANDOVER_VERSION`] before anything is executed ([`check_binary`]),
-//!   and [`read`] refuses any other version after the exec (then the rollback below).
-//! - **Descriptors.** Everything the state refers to by number (the pid file, the run directories, the report
-//!   pipe's read end and the write end workers share, each worker's capture pipes, each held plugin build, the
-//!   scoreboard memfd) has `FD_CLOEXEC` cleared just before the exec and is re-wrapped by number after it, then
-//!   marked close-on-exec again. The signalfd and the timerfd are not handed over: the new image makes its own
-//!   (the signal mask survives `execve`, so nothing is lost in between: pending signals stay pending).
+//!   memfd without `O_CLOEXEC`, whose number is passed as `--resume-handover N` to the new image. A binary states
+//!   the versions it reads with `pmhost --handover-version` ([`version_line`]); the CLI and the master refuse a
+//!   binary that cannot read the running master's [`HANDOVER_VERSION`] before anything is executed
+//!   ([`check_binary`]), and [`read`] refuses any other version after the exec (then the rollback below).
+//! - **Descriptors.** Everything the state refers to by number (the locked pid file, the report pipe's read end
+//!   and the write end workers share, each worker's capture pipes, each held plugin build, the scoreboard memfd)
+//!   has `FD_CLOEXEC` cleared just before the exec; the new image duplicates each (close-on-exec) and closes the
+//!   originals once it runs. The run directories are opened again by path (and checked again). The signalfd and
+//!   the timerfd are made anew: the signal mask survives `execve`, so signals that arrive meanwhile stay pending.
 //! - **Scoreboard.** A memfd-backed shared mapping ([`crate::scoreboard::Scoreboard::from_fd`]): `execve` drops
 //!   the master's mapping, workers keep theirs, the new image maps the same pages with the cells in use taken.
 //! - **Time.** Deadlines (init, stop, backoff, supervision, check tick) are `CLOCK_MONOTONIC` values, system-wide,
 //!   so they are handed over as they are.
-//! - **Rollback.** Before the exec the master keeps a descriptor of its own image (`/proc/self/exe`, opened
-//!   `O_PATH`) and passes it as `--rollback-fd`. The new image reports healthy (READY on the readiness pipe of
-//!   `pmhost upgrade`, `READY=1` to systemd) once it has rebuilt its state; when it cannot read the handover or
-//!   fails to rebuild, it re-executes the old image from that descriptor with the same handover (the old binary
-//!   reads its own version), so the same workers carry on. A new binary that hangs is caught by `pmhost upgrade`'s
-//!   timeout: the check with `--handover-version` runs it first as a child with a deadline, so a binary that
-//!   hangs or exits 1 is refused before the master execs anything.
+//! - **Rollback.** Nothing is replaced until the new binary proved it can take over: the master runs it twice
+//!   as a child first, each within a deadline: `--handover-version` (does it read this format?) and
+//!   `--handover-check` with the very handover on its stdin (does it read this state?). A binary that exits 1,
+//!   hangs or is older is refused there and the old image carries on with the same workers. Before the exec the
+//!   master also keeps a descriptor of its own image (`/proc/self/exe`, `O_PATH`) and passes it as
+//!   `--rollback-fd`: a new image that still cannot rebuild the master (its run directories became unusable, say)
+//!   re-executes the old image from it with the same handover, whose descriptors it left open (it works on
+//!   duplicates and closes the originals only once it runs). What no check can catch is a new image that hangs
+//!   after the exec: `pmhost upgrade` then times out and says so.
 //! - **systemd.** `RELOADING=1` before the exec, `READY=1` from the new image; `MAINPID` never changes.
 //!
 //! Workers are never touched: no signal, no descriptor of theirs changes, and a worker that exits during the
