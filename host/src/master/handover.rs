@@ -56,6 +56,9 @@ struct State {
     overrides: TaskOverrides,
     next_supervision: Option<Mono>,
     inherited_nofile: Option<u64>,
+    /// Processes waiting for a snapshot (`pmhost status`): the new image answers them.
+    #[serde(default)]
+    snapshot_acks: Vec<i32>,
     /// The binary the new image runs (what its own bare upgrade signal re-executes).
     binary: PathBuf,
     /// The upgrade in progress, as the new image reports it.
@@ -131,6 +134,7 @@ impl Master {
             overrides: self.overrides.clone(),
             next_supervision: self.next_supervision,
             inherited_nofile: self.inherited_nofile,
+            snapshot_acks: self.snapshot_acks.iter().map(|pid| pid.as_raw()).collect(),
             binary: binary.to_owned(),
             upgrade: UpgradeStatus { ok: true, ..status.clone() },
             pid_file_fd: self.pid_file.as_ref().map_or(-1, |p| p.fd().as_raw_fd()),
@@ -415,7 +419,7 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
         next_tick: state.next_tick,
         dirty: true,
         snapshot_wanted: true,
-        snapshot_acks: Vec::new(),
+        snapshot_acks: state.snapshot_acks.into_iter().map(Pid::from_raw).collect(),
         plugin_log_level: state.plugin_log_level,
         status_write_failed: false,
         config_path: state.config_path,
