@@ -54,6 +54,10 @@ pub enum Command {
     /// Change the number of workers of a running master (surplus workers stop gracefully, highest slots first).
     #[command(after_help = EXIT_CODES)]
     Scale(ScaleArgs),
+    /// Upgrade pmhost itself without stopping a job: the running master re-executes the new binary in place (same
+    /// pid, same workers, no call interrupted); a binary that cannot take over is refused or rolled back (exit 6).
+    #[command(after_help = EXIT_CODES)]
+    Upgrade(UpgradeArgs),
     /// List every master under the pid root: running or stale, with its workers.
     #[command(after_help = EXIT_CODES)]
     List(ListArgs),
@@ -305,6 +309,19 @@ pub struct ScaleArgs {
     pub task: Option<String>,
     /// How long to wait until the workers are ready (or gone).
     #[arg(long, default_value = "60s", value_parser = parse_seconds, value_name = "SECS")]
+    pub timeout: Duration,
+}
+
+/// `pmhost upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The new pmhost binary [default: the file the master was started from, as it is on disk now]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<std::path::PathBuf>,
+    /// How long to wait until the new binary runs the master.
+    #[arg(long, default_value = "30s", value_parser = parse_seconds, value_name = "SECS")]
     pub timeout: Duration,
 }
 

@@ -134,10 +134,11 @@ const HOST_KEYS: &[&str] =
     &["name", "title_prefix", "pid_root", "status_root", "check_interval", "stop_timeout", "subreaper"];
 const LOG_KEYS: &[&str] =
     &["enabled", "dir", "process", "run", "error_prefix", "fatal_prefix", "rotation", "format", "level"];
-/// The keys of a `[[task]]`: its name and plugin, every task setting, and its `[task.config]`.
+/// The keys of a `[[task]]`: its name and plugin, every task setting, its `[task.environment]` and its
+/// `[task.config]`.
 fn task_keys() -> Vec<&'static str> {
     let settings = TASK_SETTINGS.iter().map(|s| s.key);
-    ["name", "plugin"].into_iter().chain(settings).chain(["config"]).collect()
+    ["name", "plugin"].into_iter().chain(settings).chain(["environment", "config"]).collect()
 }
 
 /// Reads and checks `path`.
@@ -280,6 +281,12 @@ fn task_spec(
             values.set(setting.key, parsed);
         }
     }
+    if let Some(dir) = values.working_directory.take() {
+        values.working_directory = Some(relative(&dir));
+    }
+    if let Some(environment) = task.get("environment") {
+        values.environment = Some(environment_table(environment)?);
+    }
     values.config_json = Some(match task.get("config") {
         Some(config) => match config.get_ref() {
             toml::Value::Table(table) => {
@@ -290,6 +297,29 @@ fn task_spec(
         None => "{}".to_owned(),
     });
     Ok(TaskSpec { name: name.to_owned(), values })
+}
+
+/// `[task.environment]`: names and values, each a string (a number or a boolean is written as TOML shows it).
+fn environment_table(value: &Spanned<toml::Value>) -> Result<Vec<(String, String)>, Positioned> {
+    let toml::Value::Table(table) = value.get_ref() else {
+        return Err((Some(value.span()), "`environment` is a table: write it as [task.environment]".to_owned()));
+    };
+    let mut variables = Vec::new();
+    for (name, entry) in table {
+        let text = match entry {
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => entry.to_string(),
+            other => {
+                let message = format!("environment variable {name} is {} {other}: give a string", other.type_str());
+                return Err((Some(value.span()), message));
+            }
+        };
+        if name.is_empty() || name.contains('=') || name.contains('\0') || text.contains('\0') {
+            return Err((Some(value.span()), format!("{name:?} cannot be an environment variable")));
+        }
+        variables.push((name.clone(), text));
+    }
+    Ok(variables)
 }
 
 impl TaskSpec {

@@ -126,7 +126,7 @@ pub enum Format {
 }
 
 /// Log settings (the original's `LogConfig`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogSettings {
     /// Write log files at all.
     pub enabled: bool,

@@ -12,6 +12,8 @@ pub struct Notifier {
     address: SocketAddr,
     watchdog: Option<Duration>,
     last_status: String,
+    /// `$NOTIFY_SOCKET` as it was, for a new image of the master (`pmhost upgrade`).
+    socket_var: std::ffi::OsString,
 }
 
 impl Notifier {
@@ -34,7 +36,17 @@ impl Notifier {
         let socket = UnixDatagram::unbound().ok()?;
         let ours = watchdog_pid.is_none_or(|pid| pid == std::process::id());
         let watchdog = watchdog_usec.filter(|usec| *usec > 0 && ours).map(Duration::from_micros);
-        Some(Notifier { socket, address, watchdog, last_status: String::new() })
+        Some(Notifier { socket, address, watchdog, last_status: String::new(), socket_var: path })
+    }
+
+    /// The environment a new image of this master (same pid) reads its notifier from.
+    pub fn handover_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let mut env = vec![("NOTIFY_SOCKET", self.socket_var.clone())];
+        if let Some(watchdog) = self.watchdog {
+            env.push(("WATCHDOG_USEC", watchdog.as_micros().to_string().into()));
+            env.push(("WATCHDOG_PID", std::process::id().to_string().into()));
+        }
+        env
     }
 
     /// Sends one message (`KEY=value` lines). A lost datagram is not an error worth stopping for.

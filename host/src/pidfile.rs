@@ -85,6 +85,18 @@ impl PidFile {
         writeln!(self.file, "{}", std::process::id())
     }
 
+    /// The locked file, to hand over to a new image of the master (the lock belongs to the open file, so it
+    /// survives `execve` with the descriptor).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
+    /// The pid file handed over by a previous image of this master, still locked.
+    pub fn handed_over(root: &Dir, name: &str, fd: std::os::fd::OwnedFd) -> io::Result<PidFile> {
+        Ok(PidFile { file: File::from(fd), root: root.try_clone()?, name: pid_file_name(name) })
+    }
+
     /// Where the file is, for messages.
     pub fn path(&self) -> PathBuf {
         self.root.display_path(&self.name)

@@ -30,6 +30,24 @@ pub fn channel() -> io::Result<(ReportReader, OwnedFd)> {
     Ok((ReportReader { fd: read, pending: Vec::new() }, write))
 }
 
+impl ReportReader {
+    /// The read end, to hand over to a new image of the master.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// The read end handed over by a previous image, with the bytes of a record it had not read whole.
+    pub fn handed_over(fd: OwnedFd, pending: Vec<u8>) -> ReportReader {
+        ReportReader { fd, pending }
+    }
+
+    /// Bytes of a record not read whole yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+}
+
 /// Sends one report (worker side). A failure is ignored: the master learns the outcome from the exit code.
 pub fn send(fd: RawFd, report: &Report) {
     let report = match report {

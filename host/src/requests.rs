@@ -34,6 +34,16 @@ pub enum Request {
         #[serde(default)]
         expires_at_mono_ns: Option<u64>,
     },
+    /// Re-execute the master's binary in place (`pmhost upgrade`).
+    Upgrade {
+        /// Request id.
+        id: String,
+        /// The new binary (else the one the master was started from, as it is on disk now).
+        binary: Option<PathBuf>,
+        /// When the command stops waiting (`CLOCK_MONOTONIC` ns).
+        #[serde(default)]
+        expires_at_mono_ns: Option<u64>,
+    },
     /// Set the worker count.
     Scale {
         /// Request id.
@@ -53,9 +63,9 @@ impl Request {
     /// the master reads (or would act on) later is dropped, never applied behind the user's back.
     pub fn expired(&self, now_ns: u64) -> bool {
         let expires = match self {
-            Request::Restart { expires_at_mono_ns, .. } | Request::Scale { expires_at_mono_ns, .. } => {
-                *expires_at_mono_ns
-            }
+            Request::Restart { expires_at_mono_ns, .. }
+            | Request::Scale { expires_at_mono_ns, .. }
+            | Request::Upgrade { expires_at_mono_ns, .. } => *expires_at_mono_ns,
         };
         expires.is_some_and(|at| now_ns >= at)
     }

@@ -1,4 +1,10 @@
-//! The scoreboard: a shared anonymous mapping, created before the first fork, with one cache line per worker.
+//! The scoreboard: a shared mapping of a memfd, created before the first fork, with one cache line per worker.
+//!
+//! The memfd is what lets a master re-executed in place (`pmhost upgrade`) see its workers again: `execve` drops
+//! the master's mappings but the workers keep theirs (each inherited the mapping at its fork and closed the
+//! descriptor), and the memory lives as long as anyone maps it or holds the descriptor. The master hands the
+//! descriptor (without `O_CLOEXEC`) and the cells in use to its new image, which maps the same pages again with
+//! [`Scoreboard::from_fd`]: workers keep writing where they always did.
 //!
 //! Workers publish their progress with relaxed atomic stores (no syscall per `work` call); the master reads
 //! them for status and hang detection. A worker's `seq` counts half-steps: it is odd while a `work` call runs and
@@ -6,10 +12,12 @@
 //! that is taking long.
 
 use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 /// What a worker is doing, as it last published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +100,7 @@ impl Cell {
 }
 
 /// Index of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CellIndex(pub usize);
 
 /// The shared mapping and the master's record of which cells are in use.
@@ -100,6 +108,8 @@ pub struct Scoreboard {
     base: NonNull<Cell>,
     capacity: usize,
     free: Vec<CellIndex>,
+    /// The memfd behind the mapping (close-on-exec; a handover clears the flag on its own duplicate).
+    memfd: OwnedFd,
 }
 
 /// The most workers (of all tasks, counting those briefly doubled during a rollout) one master can run.
@@ -110,6 +120,11 @@ pub const CAPACITY: usize = 4096;
 pub enum ScoreboardError {
     #[error("cannot map the shared scoreboard")]
     Map(#[source] nix::Error),
+    /// Its memfd: the message carries the errno (it reaches a daemon's caller as one line).
+    #[error("cannot create the shared scoreboard: {0}")]
+    Create(nix::Error),
+    #[error("the handed-over scoreboard is {found} bytes, not {expected}")]
+    Size { found: u64, expected: u64 },
     #[error("too many workers: one master runs at most {CAPACITY}")]
     Full,
 }
@@ -117,13 +132,41 @@ pub enum ScoreboardError {
 impl Scoreboard {
     /// Maps a zeroed scoreboard of [`CAPACITY`] cells. Pages are only backed once touched.
     pub fn new() -> Result<Scoreboard, ScoreboardError> {
-        let len = NonZeroUsize::new(CAPACITY * size_of::<Cell>()).expect("non-zero size");
-        // SAFETY: a fresh anonymous mapping aliases nothing; zeroed memory is a valid `Cell` (all atomics 0).
+        let memfd = memfd_create(c"pmhost-scoreboard", MFdFlags::MFD_CLOEXEC).map_err(ScoreboardError::Create)?;
+        nix::unistd::ftruncate(&memfd, Self::len() as libc::off_t).map_err(ScoreboardError::Create)?;
+        Self::map(memfd, &[])
+    }
+
+    /// Maps the scoreboard of a previous image of this master (its memfd, handed over through `execve`) with
+    /// the cells `in_use` taken: their workers keep writing into them.
+    pub fn from_fd(memfd: OwnedFd, in_use: &[CellIndex]) -> Result<Scoreboard, ScoreboardError> {
+        let size = nix::sys::stat::fstat(&memfd).map_err(ScoreboardError::Map)?.st_size as u64;
+        if size != Self::len() as u64 {
+            return Err(ScoreboardError::Size { found: size, expected: Self::len() as u64 });
+        }
+        nix::fcntl::fcntl(&memfd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(ScoreboardError::Map)?;
+        Self::map(memfd, in_use)
+    }
+
+    fn len() -> usize {
+        CAPACITY * size_of::<Cell>()
+    }
+
+    fn map(memfd: OwnedFd, in_use: &[CellIndex]) -> Result<Scoreboard, ScoreboardError> {
+        let len = NonZeroUsize::new(Self::len()).expect("non-zero size");
+        // SAFETY: a shared mapping of our own memfd; its pages are zeroed or cells written through atomics only,
+        // and any bit pattern is a valid `Cell` (all atomics).
         let ptr =
-            unsafe { mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED) }
+            unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &memfd, 0) }
                 .map_err(ScoreboardError::Map)?;
-        let free = (0..CAPACITY).rev().map(CellIndex).collect();
-        Ok(Scoreboard { base: ptr.cast(), capacity: CAPACITY, free })
+        let free = (0..CAPACITY).rev().map(CellIndex).filter(|index| !in_use.contains(index)).collect();
+        Ok(Scoreboard { base: ptr.cast(), capacity: CAPACITY, free, memfd })
+    }
+
+    /// The memfd behind the mapping, to hand over to a new image of the master.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
     }
 
     /// Takes a free cell, reset to its initial state.
@@ -174,6 +217,23 @@ mod tests {
         cell.end_work(1);
         assert!(!cell.busy());
         assert_eq!(cell.executions(), 1);
+    }
+
+    #[test]
+    fn a_mapping_from_the_memfd_sees_the_same_cells_and_keeps_used_ones_taken() {
+        let mut board = Scoreboard::new().unwrap();
+        let used = board.claim().unwrap();
+        board.cell(used).end_work(7);
+        let fd = board.memfd().try_clone_to_owned().unwrap();
+        let mut again = Scoreboard::from_fd(fd, &[used]).unwrap();
+        assert_eq!(again.cell(used).executions(), 7);
+        board.cell(used).end_work(8);
+        assert_eq!(again.cell(used).executions(), 8, "one memory, two mappings");
+        drop(board);
+        assert_eq!(again.cell(used).executions(), 8, "the pages outlive the first mapping");
+        assert_ne!(again.claim().unwrap(), used);
+        let wrong = memfd_create(c"small", MFdFlags::MFD_CLOEXEC).unwrap();
+        assert!(matches!(Scoreboard::from_fd(wrong, &[]), Err(ScoreboardError::Size { found: 0, .. })));
     }
 
     #[test]

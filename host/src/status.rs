@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub last_restart: Option<RestartStatus>,
     /// The most recent scale request handled, if any.
     pub last_scale: Option<ScaleStatus>,
+    /// The most recent upgrade of pmhost itself (`pmhost upgrade`), if any.
+    #[serde(default)]
+    pub last_upgrade: Option<UpgradeStatus>,
     /// The tasks and their workers.
     pub tasks: Vec<TaskStatus>,
 }
@@ -98,6 +101,25 @@ impl std::fmt::Display for WorkerState {
     }
 }
 
+/// An upgrade of the master's own binary, in place.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpgradeStatus {
+    /// The CLI request that asked for it (`None` for the signal).
+    pub request_id: Option<String>,
+    /// The binary asked for.
+    pub binary: String,
+    /// The pmhost version before.
+    pub from_version: String,
+    /// The pmhost version after (the old one when it was refused or rolled back).
+    pub to_version: String,
+    /// The new binary runs, with the same workers.
+    pub ok: bool,
+    /// Why it was refused or rolled back.
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
 /// A rollout of a new generation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RestartStatus {
@@ -142,6 +164,9 @@ pub struct MasterStatus {
     /// The host's grace period for a graceful stop, in milliseconds.
     #[serde(default)]
     pub stop_timeout_ms: u64,
+    /// The pmhost version the master runs.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// One task.
@@ -193,6 +218,9 @@ pub struct WorkerStatus {
     pub restarts: u32,
     /// How the previous worker of this slot ended, if one did.
     pub last_exit: Option<ExitStatus>,
+    /// The user the worker runs as, when it is not the master's (the task's `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 /// How a worker ended.
@@ -267,6 +295,14 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         };
         let _ = writeln!(out, "Last restart  generation {}: {outcome}", restart.generation);
     }
+    if !m.version.is_empty() {
+        let upgrade = match &snapshot.last_upgrade {
+            Some(u) if u.ok => format!("  last upgrade: {} to {} ({})", u.from_version, u.to_version, u.binary),
+            Some(u) => format!("  last upgrade: refused: {}", u.error.as_deref().unwrap_or("unknown reason")),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "pmhost {}{upgrade}", m.version);
+    }
     let _ = writeln!(out, "{MASTER_HEADER}");
     let _ = writeln!(
         out,
@@ -291,7 +327,10 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         );
         let _ = writeln!(out, "{WORKER_HEADER}");
         for w in &task.workers {
-            let last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
+            let mut last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
+            if let Some(uid) = w.uid {
+                last_exit = format!("{last_exit}  (uid {uid})");
+            }
             let _ = writeln!(
                 out,
                 "{:<8} {:>8} {:<32} {:>10} {:<19} {:>8} {:>10} {:>4} {:<12} {:>4} {:<12} {:>8} {}",
@@ -338,6 +377,7 @@ mod tests {
             rss_bytes: None,
             started_at: 0,
             restarts: 0,
+            uid: None,
             last_exit: last_crash.map(|crash| ExitStatus {
                 pid: 1,
                 code: Some(i32::from(crash)),
@@ -360,12 +400,14 @@ mod tests {
                 started_at: 0,
                 uptime_s: 0,
                 stop_timeout_ms: 0,
+                version: String::new(),
             },
             generation: 1,
             written_at_mono_ns: 0,
             written_at: 0,
             last_restart: None,
             last_scale: None,
+            last_upgrade: None,
             tasks: vec![TaskStatus {
                 name: "t".into(),
                 plugin: String::new(),

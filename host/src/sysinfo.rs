@@ -19,6 +19,13 @@ pub fn process_state(pid: i32) -> Option<ProcessState> {
     parse_stat(&stat, page_size())
 }
 
+/// The user a process runs as (the owner of `/proc/PID`: its effective uid while it is dumpable, which a worker
+/// that switched user makes itself again). `None` if the process is gone.
+pub fn process_uid(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|meta| meta.uid())
+}
+
 /// A process as `/proc/PID/stat` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessState {
@@ -73,7 +80,7 @@ pub fn local_time_text(at: SystemTime) -> String {
 }
 
 /// A point on `CLOCK_MONOTONIC` (the clock timerfd deadlines use), as time since boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Mono(pub Duration);
 
 impl Mono {

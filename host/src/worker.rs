@@ -52,6 +52,8 @@ pub struct WorkerSpec {
     pub limits: Limits,
     /// The task's config as JSON.
     pub config_json: String,
+    /// Who the worker runs as and in which environment.
+    pub process: std::sync::Arc<crate::settings::ProcessSettings>,
     /// Process title.
     pub title: String,
     /// The master's pid.
@@ -187,6 +189,8 @@ enum SetupError {
     /// The messages carry the errno: they reach the user as one line through the report pipe.
     #[error("cannot set {setting} to {value}: {errno} (the hard limit is {hard}{note})")]
     Rlimit { setting: &'static str, value: u64, errno: nix::Error, hard: String, note: String },
+    #[error(transparent)]
+    Process(#[from] crate::identity::ProcessError),
 }
 
 /// Process setup after fork, before any plugin code runs.
@@ -233,6 +237,9 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
         setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
     }
     set_rlimits(&spec.limits.rlimits)?;
+    // User, groups, environment, directory, umask, nice; after the limits (raising a hard limit needs the
+    // master's privileges) and before the parent-death signal (a credential change clears it).
+    crate::identity::apply(&spec.process, &[crate::master::WORKER_MARK])?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     // The master may have died between fork and prctl: then no signal will ever come.
     if nix::unistd::getppid() != spec.master {

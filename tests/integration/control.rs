@@ -329,8 +329,11 @@ fn status_json_follows_the_schema_with_real_pids() {
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     // Every documented key, and no other.
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>().join(",");
-    assert_eq!(keys(&s), "generation,last_restart,last_scale,master,name,state,tasks,written_at,written_at_mono_ns");
-    assert_eq!(keys(&s["master"]), "pid,rss_bytes,started_at,stop_timeout_ms,title,uptime_s");
+    assert_eq!(
+        keys(&s),
+        "generation,last_restart,last_scale,last_upgrade,master,name,state,tasks,written_at,written_at_mono_ns"
+    );
+    assert_eq!(keys(&s["master"]), "pid,rss_bytes,started_at,stop_timeout_ms,title,uptime_s,version");
     assert_eq!(keys(&s["tasks"][0]), "backoff,executions_total,name,plugin,plugin_sha256,workers,workers_wanted");
     assert_eq!(
         keys(&s["tasks"][0]["workers"][0]),

@@ -41,6 +41,8 @@ pub enum CommandError {
     DaemonStart { name: String, reason: String },
     #[error("restart of {name} rolled back, the old workers keep running: {reason}")]
     RolledBack { name: String, reason: String },
+    #[error("upgrade of {name} refused, the master keeps running its binary and its workers: {reason}")]
+    UpgradeRefused { name: String, reason: String },
     #[error("{name} is stopping: the restart was not done, and its workers are ending")]
     Stopping { name: String },
     #[error("{name} refused the request: {reason}")]
@@ -74,7 +76,7 @@ impl CommandError {
         match self {
             CommandError::NotRunning { .. } => code::NOT_RUNNING,
             CommandError::PidFile(PidFileError::AlreadyRunning { .. }) => code::ALREADY_RUNNING,
-            CommandError::RolledBack { .. } => code::ROLLED_BACK,
+            CommandError::RolledBack { .. } | CommandError::UpgradeRefused { .. } => code::ROLLED_BACK,
             CommandError::Master(MasterError::BatchFailed(_)) => code::BATCH_FAILED,
             CommandError::NoPlugin | CommandError::Usage(_) | CommandError::Config(_) => code::USAGE,
             _ => code::FAILED,

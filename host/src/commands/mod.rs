@@ -13,6 +13,7 @@ mod start;
 mod status;
 mod stop;
 mod top;
+mod upgrade;
 mod validate;
 mod watch;
 

@@ -87,6 +87,7 @@ pub fn overrides(args: &StartArgs) -> TaskOverrides {
     TaskOverrides {
         plugin: args.plugin.as_deref().map(absolute),
         config_json: args.task_config.clone(),
+        working_directory: args.task.0.working_directory.as_deref().map(absolute),
         ..args.task.0.clone()
     }
 }
@@ -149,5 +150,8 @@ pub fn plan_start(args: &StartArgs) -> Result<Plan, CommandError> {
         level: args.log_level.clone().or(log_spec.level).unwrap_or(defaults.level),
         stderr: !args.daemon,
     };
+    for task in &tasks {
+        crate::identity::check(&task.process).map_err(|e| CommandError::Usage(format!("task {}: {e}", task.name)))?;
+    }
     Ok(Plan { host, log, tasks, overrides, config_path: file.map(|f| f.path.clone()) })
 }

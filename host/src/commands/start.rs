@@ -86,6 +86,7 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
         config_path: plan.config_path,
         overrides: plan.overrides,
         notifier,
+        log: plan.log.clone(),
     };
     let master = Master::new(parts).map_err(|e| CommandError::system("set up the master's event loop", e))?;
     let stopped = master.run()?;

@@ -29,11 +29,17 @@ struct ProbeReport {
 
 /// Runs `pmhost validate`.
 pub fn validate(args: ValidateArgs) -> Result<i32, CommandError> {
+    let mut failed = 0;
     let checks: Vec<(String, PathBuf, String)> = match &args.config {
         Some(path) => crate::config::load(path)?
             .tasks
             .into_iter()
             .filter_map(|t| {
+                // Who the workers would run as, and where: what `start` would refuse.
+                if let Some(Err(e)) = t.values.settings(&t.name).map(|s| crate::identity::check(&s.process)) {
+                    failed += 1;
+                    println!("FAILED  task {}: {e}", t.name);
+                }
                 let config = args.task_config.clone().or(t.values.config_json).unwrap_or_else(|| "{}".to_owned());
                 Some((t.name, t.values.plugin?, config))
             })
@@ -45,7 +51,6 @@ pub fn validate(args: ValidateArgs) -> Result<i32, CommandError> {
     };
     let scratch = tempfile::tempdir().map_err(|e| CommandError::system("create a temporary directory", e))?;
     let staging = crate::rundir::open_root(scratch.path(), false)?.expect("the temporary directory exists");
-    let mut failed = 0;
     for (task, path, config) in checks {
         match check(&task, &path, &config, &staging, args.init_timeout) {
             Ok(line) => println!("ok      {line}"),

@@ -60,6 +60,19 @@ struct Stream {
     partial: Vec<u8>,
 }
 
+/// One captured stream as a master hands it over to its new image.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct HandedStream {
+    pub fd: RawFd,
+    pub stderr: bool,
+    pub task: String,
+    pub slot: u32,
+    pub pid: i32,
+    pub generation: u32,
+    pub title: String,
+    pub partial: Vec<u8>,
+}
+
 /// The write ends a worker gets as its stdout and stderr (the master closes its copies after the fork).
 pub struct WorkerEnds {
     pub stdout: OwnedFd,
@@ -107,6 +120,47 @@ impl Captures {
             self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
             self.streams.insert(raw, Stream { fd, kind, origin: origin.clone(), partial: Vec::new() });
             self.by_pid.entry(origin.pid).or_default().push(raw);
+        }
+        Ok(())
+    }
+
+    /// Every stream, to hand over to a new image of the master (`pmhost upgrade`): each read end is kept open
+    /// across `execve`.
+    pub fn hand_over(&self) -> io::Result<Vec<HandedStream>> {
+        let mut handed = Vec::new();
+        for (fd, stream) in &self.streams {
+            crate::upgrade::keep_across_exec(&stream.fd)?;
+            handed.push(HandedStream {
+                fd: *fd,
+                stderr: stream.kind == StreamKind::Stderr,
+                task: stream.origin.task.clone(),
+                slot: stream.origin.slot,
+                pid: stream.origin.pid.as_raw(),
+                generation: stream.origin.generation,
+                title: stream.origin.title.clone(),
+                partial: stream.partial.clone(),
+            });
+        }
+        Ok(handed)
+    }
+
+    /// Watches the streams a previous image of the master handed over.
+    pub fn take_over(&mut self, handed: Vec<HandedStream>) -> io::Result<()> {
+        for stream in handed {
+            // A close-on-exec duplicate: the original stays open (for a rollback) until the new image runs.
+            // SAFETY: the previous image kept this descriptor open across `execve`; it is only borrowed here.
+            let fd = unsafe { BorrowedFd::borrow_raw(stream.fd) }.try_clone_to_owned()?;
+            let raw = fd.as_raw_fd();
+            let kind = if stream.stderr { StreamKind::Stderr } else { StreamKind::Stdout };
+            let origin = Origin {
+                task: stream.task,
+                slot: stream.slot,
+                pid: Pid::from_raw(stream.pid),
+                generation: stream.generation,
+                title: stream.title,
+            };
+            self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
+            self.streams.insert(raw, Stream { fd, kind, origin, partial: stream.partial });
         }
         Ok(())
     }

@@ -158,6 +158,7 @@ impl Master {
             plugin: build.plugin.clone(),
             limits: build.limits,
             config_json: build.config_json.clone(),
+            process: build.process.clone(),
             title,
             master: Pid::this(),
             report_fd: self.report_tx.as_raw_fd(),

@@ -92,6 +92,8 @@ pub struct MasterParts {
     pub overrides: crate::settings::TaskOverrides,
     /// systemd's notify socket, when pmhost runs as a `Type=notify` service.
     pub notifier: Option<crate::notify::Notifier>,
+    /// The log settings the master runs with (handed over by `pmhost upgrade`).
+    pub log: crate::logging::LogSettings,
 }
 
 /// How the master ended.
@@ -155,6 +157,13 @@ pub struct Master {
     pub(super) zygotes: Vec<super::warm::Zygote>,
     /// The open-file limit pmhost was started with, when the master raised its own (see [`raise_nofile`]).
     pub(super) inherited_nofile: Option<u64>,
+    /// The log settings (handed over by an upgrade).
+    pub(super) log: crate::logging::LogSettings,
+    /// The binary this master runs, as a path: what a bare upgrade signal re-executes.
+    pub(super) binary: std::path::PathBuf,
+    /// An upgrade asked for in this wake-up, done once the wake-up's work is done.
+    pub(super) upgrade_wanted: Option<super::handover::UpgradeOrder>,
+    pub(super) last_upgrade: Option<crate::status::UpgradeStatus>,
 }
 
 impl Master {
@@ -232,6 +241,10 @@ impl Master {
             captures,
             inherited_nofile: raise_nofile(),
             zygotes: Vec::new(),
+            log: parts.log,
+            binary: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            upgrade_wanted: None,
+            last_upgrade: None,
         })
     }
 
@@ -277,6 +290,10 @@ impl Master {
             if woken.output {
                 self.captures.read_ready();
             }
+            if let Some(order) = self.upgrade_wanted.take() {
+                // Returns only when the upgrade was refused (then recorded in the status).
+                self.upgrade(order);
+            }
         }
     }
 
@@ -291,6 +308,7 @@ impl Master {
             Action::Requests => self.handle_requests(),
             Action::ScaleUp => self.scale_signals += 1,
             Action::ScaleDown => self.scale_signals -= 1,
+            Action::Upgrade => self.upgrade_wanted = Some(super::handover::UpgradeOrder::default()),
         }
     }
 

@@ -14,7 +14,7 @@
 use crate::sysinfo::Mono;
 
 /// Where a worker is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Life {
     /// Loading the plugin and running `init`; killed if not ready by `init_deadline`.
     Starting { init_deadline: Mono },
@@ -29,7 +29,7 @@ pub enum Life {
 }
 
 /// Why the master killed a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KillReason {
     /// A fault (`init` too slow, hung `work`, ...): the worker's end counts as a crash.
     Fault,

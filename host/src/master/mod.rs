@@ -4,6 +4,8 @@ mod capture;
 mod children;
 mod core;
 mod events;
+mod handover;
+pub use handover::{check_from_stdin as handover_check, resume as resume_handover};
 mod life;
 mod orphans;
 mod policy;

@@ -30,6 +30,10 @@ impl Master {
                         expires_at: expires_at_mono_ns.map(|ns| Mono(Duration::from_nanos(ns))),
                     });
                 }
+                crate::requests::Request::Upgrade { id, binary, .. } => {
+                    info!(request = %id, "upgrade requested");
+                    self.upgrade_wanted = Some(super::handover::UpgradeOrder { request_id: Some(id), binary });
+                }
                 crate::requests::Request::Scale { id, task, workers, .. } => {
                     let error = self.scale_to(task.as_deref(), workers).err();
                     self.last_scale = Some(crate::status::ScaleStatus { request_id: id, error });

@@ -21,6 +21,8 @@ pub enum Action {
     ScaleUp,
     /// One worker fewer (SIGTTOU).
     ScaleDown,
+    /// Re-execute the master's binary in place, keeping every worker (SIGVTALRM; `pmhost upgrade`).
+    Upgrade,
 }
 
 /// Signal ↔ action. The first signal listed for an action is the one the CLI sends.
@@ -34,6 +36,7 @@ pub const TABLE: &[(Signal, Action)] = &[
     (Signal::SIGUSR2, Action::Requests),
     (Signal::SIGTTIN, Action::ScaleUp),
     (Signal::SIGTTOU, Action::ScaleDown),
+    (Signal::SIGVTALRM, Action::Upgrade),
 ];
 
 /// The action of a signal the master handles.

@@ -165,12 +165,14 @@ impl Master {
                 started_at: sysinfo::unix_seconds(self.started_wall),
                 uptime_s: now.duration_since(self.started_wall).unwrap_or(Duration::ZERO).as_secs(),
                 stop_timeout_ms: self.host.stop_timeout.as_millis() as u64,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
             },
             generation: self.generation,
             written_at_mono_ns: sysinfo::monotonic_ns(),
             written_at: sysinfo::unix_seconds(now),
             last_restart: self.last_restart.clone(),
             last_scale: self.last_scale.clone(),
+            last_upgrade: self.last_upgrade.clone(),
             tasks,
         }
     }
@@ -223,6 +225,7 @@ impl Master {
             started_at: sysinfo::unix_seconds(w.started_wall),
             restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
             last_exit: slot.and_then(|s| s.last_exit.clone()),
+            uid: sysinfo::process_uid(w.pid.as_raw()).filter(|uid| *uid != nix::unistd::Uid::effective().as_raw()),
         }
     }
 }

@@ -14,17 +14,27 @@ use crate::status::ExitStatus;
 use crate::sysinfo::Mono;
 
 /// What a worker runs: a plugin build with its limits and config, and the generation it was rolled out as.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Build {
     pub(super) generation: u32,
+    #[serde(with = "super::handover::staged")]
     pub(super) plugin: StagedPlugin,
     pub(super) limits: crate::settings::Limits,
     pub(super) config_json: String,
+    /// Who the workers run as and in which environment.
+    #[serde(with = "super::handover::arc")]
+    pub(super) process: std::sync::Arc<crate::settings::ProcessSettings>,
 }
 
 impl Build {
     pub(super) fn new(generation: u32, plugin: StagedPlugin, settings: &TaskSettings) -> Build {
-        Build { generation, plugin, limits: settings.limits, config_json: settings.config_json.clone() }
+        Build {
+            generation,
+            plugin,
+            limits: settings.limits,
+            config_json: settings.config_json.clone(),
+            process: std::sync::Arc::new(settings.process.clone()),
+        }
     }
 
     /// A build of no real plugin, for unit tests of the master's decisions.
@@ -35,11 +45,13 @@ impl Build {
             plugin: StagedPlugin::for_tests(),
             limits: crate::settings::Limits::default(),
             config_json: "{}".to_owned(),
+            process: Default::default(),
         }
     }
 }
 
 /// One task: its settings, the build its slots run, and its worker slots.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Task {
     pub(super) settings: TaskSettings,
     /// The committed build: what new slots and respawns run (a slot may differ during a rollout).
@@ -48,13 +60,14 @@ pub(super) struct Task {
     /// `work` calls finished by workers of this task that have exited.
     pub(super) executions_done: u64,
     /// Worker exits by reason (`normal`, `crash`, `stopped`, `killed`), for metrics.
+    #[serde(with = "super::handover::exits")]
     pub(super) exits: BTreeMap<&'static str, u64>,
     /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
     pub(super) retired: bool,
 }
 
 /// The history of one worker slot.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Slot {
     /// The build this slot runs, when a rollout has moved it off the task's build.
     pub(super) build: Option<Build>,
@@ -69,8 +82,9 @@ pub(super) struct Slot {
 }
 
 /// A live worker process.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Worker {
+    #[serde(with = "super::handover::pid")]
     pub(super) pid: Pid,
     pub(super) task: usize,
     pub(super) slot: u32,

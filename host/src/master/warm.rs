@@ -4,6 +4,8 @@
 //! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or not answering): a zygote is a
 //! cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a rollback)
 //! is killed; one that dies is forgotten when it is reaped and started again by the next spawn of its build.
+//! Tasks that run as another user (`user`, `group`) never use a zygote: it would run their plugin's code as the
+//! master's user.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
@@ -43,6 +45,11 @@ impl Master {
         cell: CellIndex,
         output: Option<&super::capture::WorkerEnds>,
     ) -> Option<Pid> {
+        if build.process.user.is_some() || build.process.group.is_some() {
+            // A zygote loads the plugin (running its constructors) as the master's user: a task that runs as
+            // another user is always forked cold, so none of its code runs with the master's privileges.
+            return None;
+        }
         let index = match self.zygotes.iter().position(|z| z.task == task && z.generation == build.generation) {
             Some(index) => index,
             None => {

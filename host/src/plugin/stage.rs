@@ -8,7 +8,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,6 +59,12 @@ impl StagedPlugin {
     /// The path a worker loads: the held descriptor, valid in the master and in every worker it forks.
     pub fn load_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.held.as_raw_fd()))
+    }
+
+    /// A build handed over by a previous image of this master (`pmhost upgrade`): `held` is the descriptor it
+    /// kept open across `execve`.
+    pub fn handed_over(original: PathBuf, staged: PathBuf, sha256: String, held: Arc<OwnedFd>) -> StagedPlugin {
+        StagedPlugin { original, staged, sha256, held }
     }
 
     /// The held descriptor's number (a worker keeps it open; the master closes nothing of it).
@@ -162,6 +168,12 @@ pub fn stage(plugin: &Path, dir: &Dir) -> Result<StagedPlugin, StageError> {
             return Err(e);
         }
     };
+    // Readable by everyone, writable by nobody: a task that runs as another user (`user = "..."`) loads it
+    // through the held descriptor (`/proc/self/fd/N` checks the file's mode, not the private directory's).
+    if let Err(e) = held.set_permissions(fs::Permissions::from_mode(0o444)) {
+        dir.remove(&temp_name);
+        return Err(copy_err(e));
+    }
     let staged_name = format!("{sha256}.so");
     // Renaming over an identical copy that workers have mapped is harmless: they keep the old inode.
     if let Err(e) = dir.rename(&temp_name, &staged_name) {

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// The most workers a task may have.
 pub const MAX_WORKERS: u32 = 1024;
 
@@ -13,7 +15,7 @@ pub const DEFAULT_NAME: &str = "process";
 pub const DEFAULT_TITLE_PREFIX: &str = "process_m";
 
 /// Settings of the master.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostSettings {
     /// Name of the master: file names and titles derive from it.
     pub name: String,
@@ -44,7 +46,7 @@ impl HostSettings {
 }
 
 /// How a worker is paced, when it retires, and the resource limits it runs under.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     /// `work` calls before the worker retires; 0 = unlimited.
     pub execute_times: u64,
@@ -92,7 +94,7 @@ impl Limits {
 }
 
 /// Resource limits of a worker (`None`: inherited from the master).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimits {
     /// `RLIMIT_NOFILE`: open files.
     pub nofile: Option<u64>,
@@ -103,7 +105,7 @@ pub struct Rlimits {
 }
 
 /// Crash-loop backoff of a worker slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backoff {
     /// Delay before the first respawn after a crash.
     pub initial: Duration,
@@ -128,7 +130,7 @@ impl Backoff {
 }
 
 /// Settings of one task (one plugin run by a set of workers).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskSettings {
     /// Task name (titles, status, logs).
     pub name: String,
@@ -150,6 +152,28 @@ pub struct TaskSettings {
     pub max_rss: Option<u64>,
     /// Workers' stdout and stderr are logged line by line (else they are the master's).
     pub capture_output: bool,
+    /// Who the workers run as and in which environment.
+    pub process: ProcessSettings,
+}
+
+/// Who a worker runs as and in which environment, applied after the fork and before the plugin loads (see
+/// `crate::identity`). `None`: as the master.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSettings {
+    /// User name or id: uid, its primary group and its supplementary groups.
+    pub user: Option<String>,
+    /// Group name or id: the primary group (instead of the user's).
+    pub group: Option<String>,
+    /// Variables added to the environment, in order.
+    pub environment: Vec<(String, String)>,
+    /// Start from an empty environment (plus `PATH` and `environment`).
+    pub clear_env: bool,
+    /// Working directory (absolute).
+    pub working_directory: Option<PathBuf>,
+    /// File creation mask.
+    pub umask: Option<u32>,
+    /// Scheduling niceness.
+    pub nice: Option<i32>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::resolved::{Backoff, Limits, MAX_WORKERS, Rlimits, TaskSettings};
+use super::resolved::{Backoff, Limits, MAX_WORKERS, ProcessSettings, Rlimits, TaskSettings};
 use crate::duration::{self, BareUnit};
 
 /// The default number of workers (the original's `maxWorkerNum`).
@@ -33,16 +33,24 @@ pub enum Kind {
     Fraction,
     /// On or off: `true`/`false` in the file; `true`, `false`, `yes`, `no`, `on`, `off` as a flag's value.
     Switch,
+    /// A signed whole number from `min` to `max` (`nice`).
+    Signed { min: i64, max: i64, range: &'static str },
+    /// File permission bits in octal: `"027"` (a text) or `0o027` (a TOML integer); at most `0o777`.
+    Octal,
+    /// A non-empty text (a user or group name or id, a directory).
+    Text,
 }
 
 /// A parsed setting value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Count(u64),
     Duration(Duration),
     Size(u64),
     Fraction(f64),
     Switch(bool),
+    Signed(i64),
+    Text(String),
 }
 
 /// One task setting: its key (`[[task]]` key; the flag is `--` and the key with dashes), kind, default as shown
@@ -80,6 +88,12 @@ impl Setting {
                 "false" | "no" | "off" => Ok(Value::Switch(false)),
                 _ => Err(format!("{text:?} is not true or false")),
             },
+            Kind::Signed { .. } => {
+                let n: i128 = text.trim().parse().map_err(|_| format!("{text:?} is not a whole number"))?;
+                self.signed(n)
+            }
+            Kind::Octal => self.octal(text),
+            Kind::Text => self.text(text),
         }
     }
 
@@ -104,6 +118,39 @@ impl Setting {
             (Kind::Fraction, _) => Err(wrong("a number from 0 to 1")),
             (Kind::Switch, toml::Value::Boolean(on)) => Ok(Value::Switch(*on)),
             (Kind::Switch, _) => Err(wrong("true or false")),
+            (Kind::Signed { .. }, toml::Value::Integer(n)) => self.signed(i128::from(*n)),
+            (Kind::Signed { .. }, _) => Err(wrong("an integer")),
+            (Kind::Octal, toml::Value::String(text)) => self.octal(text),
+            (Kind::Octal, toml::Value::Integer(n)) if (0..=0o777).contains(n) => Ok(Value::Count(*n as u64)),
+            (Kind::Octal, toml::Value::Integer(n)) => Err(format!("{} must be 0o000 to 0o777, not {n:#o}", self.key)),
+            (Kind::Octal, _) => Err(wrong("an octal text such as \"027\" or an integer such as 0o027")),
+            (Kind::Text, toml::Value::String(text)) => self.text(text),
+            (Kind::Text, _) => Err(wrong("a string")),
+        }
+    }
+
+    fn signed(&self, n: i128) -> Result<Value, String> {
+        match self.kind {
+            Kind::Signed { min, max, range } if n < i128::from(min) || n > i128::from(max) => {
+                Err(format!("{} must be {range}, not {n}", self.key))
+            }
+            _ => Ok(Value::Signed(n as i64)),
+        }
+    }
+
+    fn octal(&self, text: &str) -> Result<Value, String> {
+        let digits = text.trim().trim_start_matches("0o");
+        match u32::from_str_radix(digits, 8) {
+            Ok(bits) if bits <= 0o777 && !digits.is_empty() => Ok(Value::Count(u64::from(bits))),
+            _ => Err(format!("{} is octal permission bits from 000 to 777 (\"027\"), not {text:?}", self.key)),
+        }
+    }
+
+    fn text(&self, text: &str) -> Result<Value, String> {
+        if text.trim().is_empty() {
+            Err(format!("{} cannot be empty", self.key))
+        } else {
+            Ok(Value::Text(text.to_owned()))
         }
     }
 
@@ -140,6 +187,34 @@ impl FromValue for u32 {
     }
 }
 
+impl FromValue for i32 {
+    fn from_value(value: Value) -> Self {
+        match value {
+            Value::Signed(n) => n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+            other => u32::from_value(other).min(i32::MAX as u32) as i32,
+        }
+    }
+}
+
+impl FromValue for String {
+    fn from_value(value: Value) -> Self {
+        match value {
+            Value::Text(text) => text,
+            Value::Count(n) | Value::Size(n) => n.to_string(),
+            Value::Signed(n) => n.to_string(),
+            Value::Fraction(f) => f.to_string(),
+            Value::Duration(d) => format!("{d:?}"),
+            Value::Switch(on) => on.to_string(),
+        }
+    }
+}
+
+impl FromValue for PathBuf {
+    fn from_value(value: Value) -> Self {
+        PathBuf::from(String::from_value(value))
+    }
+}
+
 impl FromValue for u64 {
     fn from_value(value: Value) -> Self {
         match value {
@@ -147,6 +222,8 @@ impl FromValue for u64 {
             Value::Duration(d) => d.as_secs(),
             Value::Fraction(f) => f as u64,
             Value::Switch(on) => u64::from(on),
+            Value::Signed(n) => n.max(0) as u64,
+            Value::Text(text) => text.trim().parse().unwrap_or(0),
         }
     }
 }
@@ -158,6 +235,8 @@ impl FromValue for f64 {
             Value::Count(n) | Value::Size(n) => n as f64,
             Value::Duration(d) => d.as_secs_f64(),
             Value::Switch(on) => f64::from(u8::from(on)),
+            Value::Signed(n) => n as f64,
+            Value::Text(text) => text.trim().parse().unwrap_or(0.0),
         }
     }
 }
@@ -168,7 +247,7 @@ impl FromValue for Duration {
             Value::Duration(d) => d,
             Value::Count(n) | Value::Size(n) => Duration::from_secs(n),
             Value::Fraction(f) => Duration::from_secs_f64(f),
-            Value::Switch(_) => Duration::ZERO,
+            Value::Switch(_) | Value::Signed(_) | Value::Text(_) => Duration::ZERO,
         }
     }
 }
@@ -180,6 +259,8 @@ impl FromValue for bool {
             Value::Count(n) | Value::Size(n) => n != 0,
             Value::Fraction(f) => f != 0.0,
             Value::Duration(d) => !d.is_zero(),
+            Value::Signed(n) => n != 0,
+            Value::Text(text) => !text.is_empty(),
         }
     }
 }
@@ -188,12 +269,14 @@ macro_rules! task_settings {
     ($( $field:ident: $ty:ty = $kind:expr, default $default:literal, value $value_name:literal, $help:literal; )+) => {
         /// Task settings as given, each possibly absent: by the command line (which overrides the file for every
         /// task) or by a `[[task]]` table of the config file.
-        #[derive(Debug, Clone, Default, PartialEq)]
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
         pub struct TaskValues {
             /// The plugin file (`--plugin`: one-task hosts only).
             pub plugin: Option<PathBuf>,
             /// `[task.config]` or `--task-config`, as JSON text.
             pub config_json: Option<String>,
+            /// `[task.environment]`: variables added to the workers' environment, in the file's order.
+            pub environment: Option<Vec<(String, String)>>,
             $( #[doc = $help] pub $field: Option<$ty>, )+
         }
 
@@ -208,7 +291,8 @@ macro_rules! task_settings {
                 TaskValues {
                     plugin: self.plugin.clone().or_else(|| other.plugin.clone()),
                     config_json: self.config_json.clone().or_else(|| other.config_json.clone()),
-                    $( $field: self.$field.or(other.$field), )+
+                    environment: self.environment.clone().or_else(|| other.environment.clone()),
+                    $( $field: self.$field.clone().or_else(|| other.$field.clone()), )+
                 }
             }
 
@@ -220,7 +304,7 @@ macro_rules! task_settings {
                 }
             }
 
-            /// Whether any setting of the list is given (not counting `plugin` and `config`).
+            /// Whether any setting of the list is given (not counting `plugin`, `config` and `environment`).
             pub fn any_setting(&self) -> bool {
                 false $( || self.$field.is_some() )+
             }
@@ -259,6 +343,18 @@ task_settings! {
         default "inherited", value "SIZE", "RLIMIT_CORE (core file size; 0 = no core dumps) set in each worker before the plugin loads";
     capture_output: bool = Kind::Switch,
         default "true", value "BOOL", "log what workers (and their child processes) write to stdout and stderr, line by line, in the run log; false: their output goes where the master's goes";
+    user: String = Kind::Text,
+        default "the master's", value "USER", "run the workers as this user (name or id) with its groups; needs a master running as root";
+    group: String = Kind::Text,
+        default "the user's", value "GROUP", "run the workers with this primary group (name or id); needs a master running as root";
+    clear_env: bool = Kind::Switch,
+        default "false", value "BOOL", "start the workers from an empty environment: only PATH and [task.environment]";
+    working_directory: PathBuf = Kind::Text,
+        default "the master's", value "DIR", "the workers' working directory (relative to the config file's directory)";
+    umask: u32 = Kind::Octal,
+        default "inherited", value "OCTAL", "the workers' file creation mask, in octal (\"027\")";
+    nice: i32 = Kind::Signed { min: -20, max: 19, range: "-20 to 19" },
+        default "inherited", value "N", "the workers' scheduling niceness, -20 (first) to 19 (last); lowering it needs root";
 }
 
 /// The command line's task values: they override the file's for every task.
@@ -291,6 +387,15 @@ impl TaskValues {
             work_timeout: self.work_timeout.and_then(zero_is_none),
             max_rss: self.max_rss.filter(|bytes| *bytes > 0),
             capture_output: self.capture_output.unwrap_or(true),
+            process: ProcessSettings {
+                user: self.user.clone(),
+                group: self.group.clone(),
+                environment: self.environment.clone().unwrap_or_default(),
+                clear_env: self.clear_env.unwrap_or(false),
+                working_directory: self.working_directory.clone(),
+                umask: self.umask,
+                nice: self.nice,
+            },
         })
     }
 }
@@ -304,7 +409,7 @@ impl clap::FromArgMatches for TaskFlags {
         let mut values = TaskValues::default();
         for setting in TASK_SETTINGS {
             if let Some(value) = matches.get_one::<Value>(setting.key) {
-                values.set(setting.key, *value);
+                values.set(setting.key, value.clone());
             }
         }
         Ok(TaskFlags(values))

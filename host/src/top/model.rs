@@ -115,6 +115,7 @@ mod tests {
             rss_bytes: None,
             started_at: 0,
             restarts: 0,
+            uid: None,
             last_exit: crashed.get(index).map(|&(pid, at)| ExitStatus {
                 pid,
                 code: Some(1),
@@ -134,12 +135,14 @@ mod tests {
                 started_at: 0,
                 uptime_s: at_s,
                 stop_timeout_ms: 0,
+                version: String::new(),
             },
             generation: 1,
             written_at_mono_ns: at_s * 1_000_000_000,
             written_at: 1000 + at_s,
             last_restart: None,
             last_scale: None,
+            last_upgrade: None,
             tasks: vec![TaskStatus {
                 name: "t".into(),
                 plugin: String::new(),

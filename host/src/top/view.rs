@@ -114,8 +114,9 @@ impl Screen<'_> {
                 workers.sort_by_key(|w| (w.slot, w.generation));
                 for w in workers {
                     let last_exit = w.last_exit.as_ref().map_or("-", |e| e.reason.as_str());
+                    let uid = w.uid.map_or_else(String::new, |uid| format!("  (uid {uid})"));
                     rows.push(Row::Text(Line::from(format!(
-                        "  {:>4} {:>8} {:<12} {:>8} {:>10} {:>8} {:>8} {}",
+                        "  {:>4} {:>8} {:<12} {:>8} {:>10} {:>8} {:>8} {}{uid}",
                         w.slot,
                         w.pid,
                         w.state,

@@ -51,6 +51,9 @@ struct Config {
     control_file: Option<String>,
     /// A file `init` writes the value of `$NOTIFY_SOCKET` to (`-` when unset): workers must not inherit it.
     env_file: Option<String>,
+    /// A file `init` creates (with the default mode, so the umask shows) and fills with how the worker runs:
+    /// `uid U`, `gid G`, `cwd DIR`, then `env NAME=VALUE` per variable, sorted.
+    probe_file: Option<String>,
     /// Printed with `println!` on every call (`{call}` is replaced by the call number).
     println: Option<String>,
     /// Written as is to file descriptor 1 with `write(2)` on every call (no newline added).
@@ -138,6 +141,17 @@ impl Job for Faulty {
         if let Some(path) = &me.config.env_file {
             let value = std::env::var("NOTIFY_SOCKET").unwrap_or_else(|_| "-".to_owned());
             append(path, &format!("{value}\n"));
+        }
+        if let Some(path) = &me.config.probe_file {
+            // SAFETY: getuid and getgid cannot fail and touch no memory.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|e| e.to_string());
+            let mut vars: Vec<String> = std::env::vars_os()
+                .map(|(k, v)| format!("env {}={}", k.to_string_lossy(), v.to_string_lossy()))
+                .collect();
+            vars.sort();
+            let text = format!("uid {uid}\ngid {gid}\ncwd {cwd}\n{}\n", vars.join("\n"));
+            std::fs::write(path, text).map_err(|e| JobError::msg(format!("cannot write probe file {path}: {e}")))?;
         }
         if let Some(path) = me.config.control_file.as_ref().filter(|_| applies) {
             let order = std::fs::read_to_string(path).unwrap_or_default();

@@ -18,6 +18,7 @@ fn the_benchmark_produces_every_figure() {
         "stop with a `work` call in flight",
         "longest gap between `work` calls, steady state",
         "longest gap between `work` calls, during restart",
+        "upgrade: longest gap between `work` calls",
         "restart: command → every slot on the new generation",
         "`pmhost status --json`, 2 workers",
         "master idle: CPU ticks",

@@ -29,6 +29,7 @@ pub(crate) struct Run {
     restart_gap_ms: f64,
     pub(crate) all_new_ms: f64,
     pub(crate) slowest_init_ms: f64,
+    upgrade_gap_ms: f64,
 }
 
 /// One fresh host per run: steady state for a window, then `pmhost restart` to a new build.
@@ -61,6 +62,19 @@ pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
             runs.iter().map(|r| r.restart_gap_ms).collect(),
         )
         .target(format!("≤ steady + 10 ms = {gap_limit:.1} ms"), Check::MedianAtMost(gap_limit)),
+        Figure::new(
+            "upgrade: longest gap between work calls",
+            "upgrade: longest gap between `work` calls",
+            Unit::Ms,
+            runs.iter().map(|r| r.upgrade_gap_ms).collect(),
+        )
+        .target(format!("≤ steady + 10 ms = {gap_limit:.1} ms"), Check::MedianAtMost(gap_limit))
+        .method(
+            "after the restart, `pmhost upgrade --binary` the same pmhost: the master re-executes itself in place; \
+             the longest time between two consecutive calls by any worker, from the last call before the command \
+             to the first call after it returned."
+                .to_owned(),
+        ),
         Figure::new(
             "restart: every slot on the new build",
             "restart: command → every slot on the new generation",
@@ -119,7 +133,25 @@ pub(crate) fn restart_once(bench: &Bench<'_>, workers: u32) -> Result<Run> {
         })
         .max()
         .unwrap_or(0);
+
+    // Then an upgrade of pmhost itself, in place: the workers must not notice.
+    let pmhost = bench.artifacts.pmhost.to_str().context("utf-8 path")?.to_owned();
+    let upgrade_issued = mono_ns();
+    sb.run(["upgrade", "--name", &sb.name, "--binary", &pmhost])?;
+    let upgrade_returned = mono_ns();
+    let upgrade_marks = watch.wait_for("two calls by every worker after the upgrade", deadline, || {
+        let marks = markers::read(&sb.marker_file());
+        let after =
+            |slot: u32| marks.iter().filter(|m| m.is_call() && m.slot == slot && m.ns > upgrade_returned).count();
+        (0..workers).all(|slot| after(slot) >= 2).then_some(marks)
+    })?;
+    let upgrade_calls: Vec<u64> = upgrade_marks.iter().filter(|m| m.is_call()).map(|m| m.ns).collect();
+    let before = upgrade_calls.iter().copied().filter(|&t| t < upgrade_issued).max().unwrap_or(upgrade_issued);
+    let after = upgrade_calls.iter().copied().filter(|&t| t >= upgrade_returned).min().unwrap_or(upgrade_returned);
+    let mut upgrade: Vec<u64> = upgrade_calls.iter().copied().filter(|&t| t >= before && t <= after).collect();
+
     Ok(Run {
+        upgrade_gap_ms: ms(markers::longest_gap(&mut upgrade)),
         steady_gap_ms: ms(markers::longest_gap(&mut steady)),
         restart_gap_ms: ms(markers::longest_gap(&mut during)),
         all_new_ms: ms(all_new.saturating_sub(issued)),
