@@ -16,7 +16,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::duration::{self, BareUnit};
 use crate::logging::{Format, Rotation};
-use crate::settings::{TASK_SETTINGS, TaskSettings, TaskValues};
+use crate::settings::{Section, TASK_SETTINGS, TaskSettings, TaskValues, section_keys};
 
 /// A config file could not be used.
 #[derive(Debug, Error)]
@@ -130,10 +130,7 @@ pub struct ConfigFile {
 }
 
 const ROOT_KEYS: &[&str] = &["host", "log", "task"];
-const HOST_KEYS: &[&str] =
-    &["name", "title_prefix", "pid_root", "status_root", "check_interval", "stop_timeout", "subreaper"];
-const LOG_KEYS: &[&str] =
-    &["enabled", "dir", "process", "run", "error_prefix", "fatal_prefix", "rotation", "format", "level"];
+
 /// The keys of a `[[task]]`: its name and plugin, every task setting, its `[task.environment]` and its
 /// `[task.config]`.
 fn task_keys() -> Vec<&'static str> {
@@ -177,8 +174,8 @@ fn check_all_keys(text: &str) -> Result<(), Positioned> {
     check_keys(tree.get_ref(), ROOT_KEYS, "the top level").map_err(|(span, message)| (Some(span), message))?;
     for (key, value) in tree.get_ref() {
         match (key.get_ref().as_ref(), value.get_ref()) {
-            ("host", DeValue::Table(table)) => check_keys(table, HOST_KEYS, "[host]"),
-            ("log", DeValue::Table(table)) => check_keys(table, LOG_KEYS, "[log]"),
+            ("host", DeValue::Table(table)) => check_keys(table, &section_keys(Section::Host), "[host]"),
+            ("log", DeValue::Table(table)) => check_keys(table, &section_keys(Section::Log), "[log]"),
             ("task", DeValue::Array(tasks)) => tasks.iter().try_for_each(|task| match task.get_ref() {
                 DeValue::Table(table) => check_keys_except(table, &task_keys(), "[[task]]", "config"),
                 _ => Err((task.span(), "each task is a table: write it as [[task]]".to_owned())),
