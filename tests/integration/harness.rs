@@ -15,8 +15,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use pmhost::status::{Snapshot, TaskStatus, WorkerState, WorkerStatus};
+use pmhost::status::{Snapshot, WorkerStatus};
 use serde_json::Value;
+
+mod snapshot;
+pub use snapshot::{SnapshotExt, is_ready, parse_snapshot};
 
 /// Generous deadline for anything that should happen "soon" on a loaded 2-core machine.
 pub const SOON: Duration = Duration::from_secs(20);
@@ -535,57 +538,6 @@ impl Foreground {
 /// The master's stderr so far.
 pub fn stderr_of(fg: &Foreground) -> String {
     std::fs::read_to_string(&fg.stderr_path).unwrap_or_default()
-}
-
-/// Parses a status snapshot (the status file, `pmhost status --json`): `None` when the text is not complete
-/// JSON, a panic when it is JSON of another shape.
-pub fn parse_snapshot(bytes: &[u8]) -> Option<Snapshot> {
-    match serde_json::from_slice(bytes) {
-        Ok(snapshot) => Some(snapshot),
-        Err(e) if e.is_data() => panic!("the status is not a Snapshot: {e}\n{}", String::from_utf8_lossy(bytes)),
-        Err(_) => None,
-    }
-}
-
-/// A worker in its work loop: idle or busy.
-pub fn is_ready(w: &WorkerStatus) -> bool {
-    matches!(w.state, WorkerState::Idle | WorkerState::Busy)
-}
-
-/// Lookups in a status snapshot the tests share.
-pub trait SnapshotExt {
-    /// The first task's workers (none when there is no task).
-    fn workers(&self) -> &[WorkerStatus];
-    /// The first task's worker in `slot` (the first listed, when a stopping one shares the slot).
-    fn worker(&self, slot: u32) -> Option<&WorkerStatus>;
-    /// The task named `name`.
-    fn task(&self, name: &str) -> Option<&TaskStatus>;
-    /// The workers of the task named `name` (none when there is no such task).
-    fn task_workers(&self, name: &str) -> &[WorkerStatus];
-    /// How many workers of the task named `name` are ready.
-    fn ready(&self, name: &str) -> usize;
-}
-
-impl SnapshotExt for Snapshot {
-    fn workers(&self) -> &[WorkerStatus] {
-        self.tasks.first().map_or(&[], |t| &t.workers)
-    }
-
-    fn worker(&self, slot: u32) -> Option<&WorkerStatus> {
-        self.workers().iter().find(|w| w.slot == slot)
-    }
-
-    fn task(&self, name: &str) -> Option<&TaskStatus> {
-        self.tasks.iter().find(|t| t.name == name)
-    }
-
-    fn task_workers(&self, name: &str) -> &[WorkerStatus] {
-        self.task(name).map_or(&[], |t| &t.workers)
-    }
-
-    fn ready(&self, name: &str) -> usize {
-        self.task_workers(name).iter().filter(|w| is_ready(w)).count()
-    }
 }
 
 /// The names of the files in `dir`, sorted (none when it cannot be read).

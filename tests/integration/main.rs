@@ -16,6 +16,7 @@ mod logs;
 mod many;
 mod pg_queue;
 mod restart;
+mod status;
 mod supervision;
 mod top;
 mod upgrade;
