@@ -356,6 +356,16 @@ fn roll_back(handover_fd: RawFd, rollback_fd: Option<RawFd>, reason: &str) -> i3
     crate::exit::cli::FAILED
 }
 
+/// The last upgrade as this image records it: which version runs now, and whether it is the old one again.
+fn upgrade_record(mut upgrade: UpgradeStatus, rolled_back: Option<String>) -> UpgradeStatus {
+    upgrade.to_version = env!("CARGO_PKG_VERSION").to_owned();
+    if let Some(reason) = rolled_back {
+        upgrade.ok = false;
+        upgrade.error = Some(format!("rolled back: {reason}"));
+    }
+    upgrade
+}
+
 /// Rebuilds the master from the handed-over state.
 fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String> {
     let host = &state.host;
@@ -382,14 +392,7 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
     let title = state.host.master_title();
     crate::title::set(&title);
     crate::logging::set_title(&title);
-    let mut upgrade = state.upgrade;
-    if let Some(reason) = rolled_back {
-        upgrade.ok = false;
-        upgrade.error = Some(format!("rolled back: {reason}"));
-        upgrade.to_version = env!("CARGO_PKG_VERSION").to_owned();
-    } else {
-        upgrade.to_version = env!("CARGO_PKG_VERSION").to_owned();
-    }
+    let upgrade = upgrade_record(state.upgrade, rolled_back);
     info!(
         pid = std::process::id(),
         workers = state.workers.len(),
