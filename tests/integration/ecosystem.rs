@@ -3,34 +3,14 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::harness::{SOON, Sandbox, describe, fixtures, signal, task_config, wait_exit};
+use crate::harness::{SOON, Sandbox, describe, fixtures, receive_until, signal, task_config, wait_exit};
 
 fn repo(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
-
-/// Receives datagrams until one contains `needle` (or the deadline passes).
-fn receive_until(socket: &UnixDatagram, needle: &str, seen: &mut Vec<String>) -> String {
-    let deadline = Instant::now() + SOON;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        socket
-            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
-            .unwrap();
-        if let Ok(n) = socket.recv(&mut buf) {
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.push(message.clone());
-            if message.contains(needle) {
-                return message;
-            }
-        }
-    }
-    panic!("no {needle:?} from pmhost; got {seen:#?}");
 }
 
 #[test]

@@ -551,3 +551,22 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Receives systemd notify datagrams until one contains `needle` (panics at the deadline, listing what came).
+pub fn receive_until(socket: &std::os::unix::net::UnixDatagram, needle: &str, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + SOON;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        socket
+            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .unwrap();
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(message.clone());
+            if message.contains(needle) {
+                return message;
+            }
+        }
+    }
+    panic!("no {needle:?} from pmhost; got {seen:#?}");
+}

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::harness::{Marker, SOON, Sandbox, describe, fixtures, is_zombie, read_markers, signal, task_config};
+use crate::harness::{
+    Marker, SOON, Sandbox, describe, fixtures, is_zombie, read_markers, receive_until, signal, task_config,
+};
 
 fn pmhost_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pmhost"))
@@ -207,24 +209,6 @@ fn a_worker_killed_during_the_handover_is_reaped_and_replaced_after_it() {
     let slot1 = status["tasks"][0]["workers"].as_array().unwrap().iter().find(|w| w["slot"] == 1).unwrap().clone();
     assert!(slot1["last_exit"]["reason"].as_str().unwrap_or("").contains("SIGKILL"), "{slot1}");
     sb.stop();
-}
-
-/// Receives datagrams until one contains `needle` (or the deadline passes).
-fn receive_until(socket: &std::os::unix::net::UnixDatagram, needle: &str, seen: &mut Vec<String>) -> String {
-    let deadline = Instant::now() + SOON;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        socket.set_read_timeout(Some(left)).unwrap();
-        if let Ok(n) = socket.recv(&mut buf) {
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.push(message.clone());
-            if message.contains(needle) {
-                return message;
-            }
-        }
-    }
-    panic!("no {needle:?} from pmhost; got {seen:#?}");
 }
 
 #[test]
