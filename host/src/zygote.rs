@@ -19,7 +19,9 @@
 //! - A request is one message: the slot and scoreboard cell, with the worker's two capture pipe ends attached
 //!   (`SCM_RIGHTS`) when its output is captured. The zygote `clone`s with `CLONE_PARENT`, so the worker is the
 //!   master's own child: the master reaps, signals and supervises it exactly like a cold one, and the worker's
-//!   `PR_SET_PDEATHSIG` follows the master. The zygote answers with the pid.
+//!   `PR_SET_PDEATHSIG` follows the master. The zygote does not answer: the new worker's first act is a
+//!   `Spawned { pid, cell }` record on the report pipe, and a failed `clone` is a `SpawnFailed { cell }` record
+//!   from the zygote. The master never waits for a zygote (see `master::warm` for why and how).
 //! - The worker then runs the same path as a cold one ([`crate::worker::run`]: process setup, title, rlimits,
 //!   process group, pdeathsig, `init`, the loop), minus the load.
 //! - The zygote itself keeps the master's blocked signal mask, so nothing but SIGKILL ends it: the master kills it
@@ -31,7 +33,6 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-use nix::unistd::Pid;
 
 use crate::exit::worker as code;
 use crate::scoreboard::{CellIndex, Scoreboard};
@@ -100,6 +101,10 @@ pub fn run(template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) ->
             libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0)
         };
         if pid == 0 {
+            // First of all: the master learns this worker's pid from the worker itself, so the report is in the
+            // pipe before any other report of this worker and before its exit (see `master::warm`).
+            let me = std::process::id() as i32;
+            crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
             let output = match (request.output, fds.as_slice()) {
                 (true, [stdout, stderr]) => Some((stdout.as_raw_fd(), stderr.as_raw_fd())),
                 _ => None,
@@ -114,9 +119,8 @@ pub fn run(template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) ->
             crate::worker::run(spec, cell, Some(module));
         }
         drop(fds);
-        let answer = if pid > 0 { pid as i32 } else { -1 };
-        if nix::unistd::write(&socket, &answer.to_le_bytes()).is_err() {
-            std::process::exit(code::OK);
+        if pid < 0 {
+            crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell });
         }
     }
 }
@@ -163,13 +167,6 @@ pub fn send(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>) -> n
     sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
 }
 
-/// The pid a zygote answered (`None`: it could not clone).
-pub fn decode_answer(bytes: &[u8]) -> Option<Pid> {
-    let bytes: [u8; 4] = bytes.try_into().ok()?;
-    let pid = i32::from_le_bytes(bytes);
-    (pid > 0).then(|| Pid::from_raw(pid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +177,5 @@ mod tests {
             assert_eq!(Request::decode(&request.encode()), Some(request));
         }
         assert_eq!(Request::decode(&[1, 2, 3]), None);
-        assert_eq!(decode_answer(&42i32.to_le_bytes()), Some(Pid::from_raw(42)));
-        assert_eq!(decode_answer(&(-1i32).to_le_bytes()), None);
     }
 }

@@ -188,7 +188,7 @@ impl Master {
             .iter()
             .enumerate()
             .filter(|(slot, _)| (*slot as u32) < task.settings.workers && !task.retired)
-            .filter(|(slot, _)| !workers.iter().any(|w| w.slot == *slot as u32))
+            .filter(|(_, state)| state.pids.is_empty())
             .filter_map(|(slot, state)| {
                 let at = state.respawn_at.filter(|at| *at > now)?;
                 Some(BackoffStatus {

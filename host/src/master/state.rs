@@ -79,6 +79,13 @@ pub(super) struct Slot {
     pub(super) respawn_at: Option<Mono>,
     /// How the last worker of this slot ended.
     pub(super) last_exit: Option<ExitStatus>,
+    /// The live workers of this slot (one, or two while a rollout or a retirement overlaps them): an index into
+    /// the master's workers, so per-event work never scans them all. Rebuilt from the workers after an upgrade.
+    #[serde(skip)]
+    pub(super) pids: Vec<Pid>,
+    /// Workers asked of a zygote for this slot that have not reported yet.
+    #[serde(skip)]
+    pub(super) requested: u32,
 }
 
 /// A live worker process.
