@@ -4,7 +4,7 @@
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, processes_mentioning, signal, stderr_of};
+use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, process_state, processes_mentioning, signal, stderr_of};
 
 /// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`.
 fn stat_field(pid: i32, n: usize) -> i64 {
@@ -74,6 +74,41 @@ fn a_killed_zygote_costs_no_slot_and_is_started_again() {
         (s["tasks"][0]["executions_total"].as_u64()? >= before + 10 && workers == 2).then_some(())
     });
     let log = stderr_of(&fg);
+    assert!(!log.contains("worker crashed"), "{log}");
+    sb.stop();
+    assert!(zygotes(&sb).is_empty(), "a zygote outlived the stop");
+}
+
+#[test]
+fn a_stopped_zygote_stalls_no_supervision_and_costs_no_slot() {
+    let mut sb = Sandbox::new("zygotestop");
+    // Every worker makes one call: slots turn over all the time, so the zygote is asked for workers constantly.
+    let fg = sb.start_faulty(
+        &json!({}),
+        ["--workers", "2", "--execute-times", "1", "--execute-usleep", "20ms", "--log-level", "debug"],
+    );
+    let zygote = sb.wait_for("a zygote serving spawns", SOON, || {
+        let zygote = zygotes(&sb).first().copied()?;
+        stderr_of(&fg).contains("worker spawned warm").then_some(zygote)
+    });
+    signal(zygote, Signal::SIGSTOP);
+    // The slots whose workers retire now wait for the stopped zygote...
+    sb.wait_for("a slot waiting for the stopped zygote", SOON, || (sb.workers().len() < 2).then_some(()));
+    // ...and the master goes on meanwhile: it answers a status request while the zygote is still stopped (it
+    // gives up on a zygote only after a second; a master that waited for it would answer after the kill).
+    sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(process_state(zygote), Some('T'), "the master answered only once the stopped zygote was gone");
+    // The stopped zygote is given up on: killed, and a new one serves the slots.
+    assert!(ProcessWaiter::new(zygote).wait(SOON) || crate::harness::is_zombie(zygote), "the stopped zygote lived on");
+    sb.wait_for("another zygote", SOON, || zygotes(&sb).into_iter().find(|pid| *pid != zygote));
+    // No slot was lost: both keep turning over, and nothing counts as a crash.
+    let executions = |sb: &Sandbox| sb.snapshot().map_or(0, |s| s.tasks[0].executions_total);
+    let before = executions(&sb);
+    sb.wait_for("both slots turning over again", SOON, || {
+        (executions(&sb) >= before + 10 && sb.workers().len() == 2).then_some(())
+    });
+    let log = stderr_of(&fg);
+    assert!(log.contains("a zygote did not start a worker in time"), "{log}");
     assert!(!log.contains("worker crashed"), "{log}");
     sb.stop();
     assert!(zygotes(&sb).is_empty(), "a zygote outlived the stop");
