@@ -300,6 +300,7 @@ impl Master {
     /// Reaps every exited child. Before a worker is reaped (while its pid, and so its process group id, cannot be
     /// reused) the rest of its process group is killed: processes its plugin spawned end with it.
     pub(super) fn reap_workers(&mut self) {
+        self.note_stops();
         let mut reaped = false;
         loop {
             let exited = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
@@ -332,6 +333,27 @@ impl Master {
         }
         if reaped {
             self.schedule_orphan_scan();
+        }
+    }
+
+    /// Records which workers were stopped (SIGSTOP, SIGTSTP, ...) or continued since the last look. The master is
+    /// their parent, so the kernel tells it (SIGCHLD, then `waitid` with `WSTOPPED | WCONTINUED`): status and
+    /// hang detection know a stopped worker without reading `/proc` for every worker.
+    fn note_stops(&mut self) {
+        let now = Mono::now();
+        loop {
+            let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WCONTINUED | WaitPidFlag::WNOHANG;
+            let (pid, stopped) = match waitid(Id::All, flags) {
+                Ok(WaitStatus::Stopped(pid, _)) => (pid, true),
+                Ok(WaitStatus::Continued(pid)) => (pid, false),
+                Err(Errno::EINTR) => continue,
+                // Nothing (more) to report, no children, or an exit (left for reaping).
+                _ => break,
+            };
+            if let Some(worker) = self.workers.get_mut(&pid) {
+                worker.stopped_since = if stopped { Some(worker.stopped_since.unwrap_or(now)) } else { None };
+                self.dirty = true;
+            }
         }
     }
 

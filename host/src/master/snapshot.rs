@@ -61,11 +61,10 @@ impl Master {
             return;
         }
         if self.snapshot_wanted {
-            let now = Mono::now();
+            // Memory needs a look at each worker; whether it is stopped comes from the kernel's notifications
+            // (see `note_stops`), not from `/proc`.
             for worker in self.workers.values_mut() {
-                let state = sysinfo::process_state(worker.pid.as_raw());
-                worker.rss = state.map(|s| s.rss_bytes);
-                worker.note_stopped(state.is_some_and(|s| s.stopped), now);
+                worker.rss = sysinfo::rss_bytes(worker.pid.as_raw());
             }
         }
         let snapshot = self.snapshot();
@@ -225,7 +224,11 @@ impl Master {
             started_at: sysinfo::unix_seconds(w.started_wall),
             restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
             last_exit: slot.and_then(|s| s.last_exit.clone()),
-            uid: sysinfo::process_uid(w.pid.as_raw()).filter(|uid| *uid != nix::unistd::Uid::effective().as_raw()),
+            // Only a task with its own `user` or `group` runs workers as someone else: no look at /proc otherwise.
+            uid: (task.build.process.user.is_some() || task.build.process.group.is_some())
+                .then(|| sysinfo::process_uid(w.pid.as_raw()))
+                .flatten()
+                .filter(|uid| *uid != nix::unistd::Uid::effective().as_raw()),
         }
     }
 }
