@@ -90,6 +90,9 @@ pub fn run(template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) ->
             std::process::exit(code::LOAD_FAILED);
         }
     };
+    // Room for each worker's pid in its environment mark, written in place (see `worker::mark_environment`).
+    // SAFETY: the zygote is single-threaded; nothing reads the environment concurrently.
+    unsafe { std::env::set_var(crate::master::WORKER_MARK, crate::worker::MARK_PLACEHOLDER) };
     if nix::unistd::write(&socket, &[READY]).is_err() {
         std::process::exit(code::OK);
     }
