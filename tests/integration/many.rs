@@ -29,8 +29,20 @@ fn a_thousand_and_twenty_four_workers_start_report_and_stop() {
     run_bounded(
         &sb,
         &[
-            "start", "-d", "--name", &sb.name, "--plugin", &plugin, "--workers", "1024", "--execute-times", "0",
-            "--execute-usleep", "1s", "--task-config", "{}",
+            "start",
+            "-d",
+            "--name",
+            &sb.name,
+            "--plugin",
+            &plugin,
+            "--workers",
+            "1024",
+            "--execute-times",
+            "0",
+            "--execute-usleep",
+            "1s",
+            "--task-config",
+            "{}",
         ],
     );
     let ready = sb.wait_for("1024 ready workers", LONG, || {

@@ -274,6 +274,7 @@ impl Master {
                 fault: None,
                 rss: None,
                 stopped_since: None,
+                statm: None,
             },
         );
         if let Some(startup) = &mut self.startup {

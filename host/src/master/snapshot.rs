@@ -64,7 +64,15 @@ impl Master {
             // Memory needs a look at each worker; whether it is stopped comes from the kernel's notifications
             // (see `note_stops`), not from `/proc`.
             for worker in self.workers.values_mut() {
-                worker.rss = sysinfo::rss_bytes(worker.pid.as_raw());
+                if worker.statm.is_none() {
+                    // Held from now on (one descriptor per worker); without one (out of descriptors) it is read
+                    // by path each time.
+                    worker.statm = std::fs::File::open(format!("/proc/{}/statm", worker.pid)).ok();
+                }
+                worker.rss = match &worker.statm {
+                    Some(statm) => sysinfo::rss_bytes_of(statm),
+                    None => sysinfo::rss_bytes(worker.pid.as_raw()),
+                };
             }
         }
         let snapshot = self.snapshot();

@@ -110,8 +110,12 @@ pub(super) struct Worker {
     /// reason to end it (too slow, hung). Its end then counts as a crash, with this reason.
     pub(super) fault: Option<String>,
     pub(super) rss: Option<u64>,
-    /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
+    /// Since when the worker has been stopped (SIGSTOP, as the kernel told the master), if it is.
     pub(super) stopped_since: Option<Mono>,
+    /// Its `/proc/PID/statm`, held open once a snapshot read it (the pid cannot be reused before the master reaps
+    /// it); not handed over by an upgrade, the new image opens its own.
+    #[serde(skip)]
+    pub(super) statm: Option<std::fs::File>,
 }
 
 impl Worker {
