@@ -100,7 +100,12 @@ impl Master {
         let index = match self.zygotes.iter().position(|z| z.task == task && z.generation == build.generation) {
             Some(index) => index,
             None => {
-                self.start_zygote(task, build);
+                // Not during a start: its first wave is forked cold anyway (a zygote is not loaded yet), and a
+                // zygote per task loading its plugin meanwhile (64 of them for 64 tasks) would only slow it down.
+                // The first spawn after the start starts it.
+                if self.startup.is_none() {
+                    self.start_zygote(task, build);
+                }
                 return false;
             }
         };
@@ -342,10 +347,23 @@ impl Master {
         }
     }
 
-    /// Kills and reaps every zygote (the master is leaving).
+    /// Ends every zygote as a stop begins: no spawn is asked for any more, and the zygotes' ends (each tears down
+    /// a loaded plugin) overlap the workers' instead of following them. They are reaped like any child.
+    pub(super) fn end_zygotes(&mut self) {
+        let pids: Vec<Pid> = self.zygotes.drain(..).map(|z| z.pid).collect();
+        for pid in pids {
+            let _ = kill(pid, Signal::SIGKILL);
+            self.abandon_requests_of(pid);
+        }
+    }
+
+    /// Kills and reaps every zygote (the master is leaving, or re-executing itself): all are killed first, so
+    /// they end in parallel.
     pub(super) fn kill_zygotes(&mut self) {
-        for zygote in self.zygotes.drain(..) {
+        for zygote in &self.zygotes {
             let _ = kill(zygote.pid, Signal::SIGKILL);
+        }
+        for zygote in self.zygotes.drain(..) {
             let _ = nix::sys::wait::waitpid(zygote.pid, None);
         }
     }
