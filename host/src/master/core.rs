@@ -2,11 +2,14 @@
 //!
 //! After every wake-up the master works in one fixed order:
 //!
-//! 1. read worker reports (ready / failed to start),
-//! 2. reap exited workers (every one, until `waitpid` has nothing left),
+//! 1. read worker reports (a zygote's worker says its pid, ready, failed to start),
+//! 2. note stopped and continued workers, then reap exited ones (every one, until `waitpid` has nothing left),
 //! 3. handle signals in arrival order (stop, stop now, restart, snapshot, scale),
-//! 4. handle deadlines (stop grace over, `init` too slow, check tick),
-//! 5. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count),
+//! 4. handle deadlines (stop grace over, `init` too slow, a zygote that does not answer, backoff over, check
+//!    tick): per-worker and per-slot ones come off a heap (`deadlines`), so neither this step nor the choice of
+//!    the next wake-up looks at every worker,
+//! 5. manage workers (fill the empty slots an event touched whose backoff is over; after a change of the wanted
+//!    counts, every slot, and retire workers above them),
 //! 6. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
 //! 7. publish status (only if something changed or a snapshot was asked for; changes alone are paced, see
 //!    `snapshot`).

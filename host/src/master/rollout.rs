@@ -156,8 +156,19 @@ impl Master {
         if order.plugin.is_some() && selected.len() != 1 {
             return Err("a new plugin file needs --task when the host runs several tasks".to_owned());
         }
+        // Tasks that run the same file share one staged copy (the file is copied and hashed once per restart,
+        // here in the master's loop: 64 tasks of one plugin would otherwise stall it 64 times as long).
+        let staged_by_path = std::cell::RefCell::new(Vec::<(std::path::PathBuf, plugin::StagedPlugin)>::new());
         let stage = |settings: &TaskSettings, path: &std::path::Path| -> Result<Build, String> {
-            let staged = plugin::stage(path, &self.plugins).map_err(|e| e.to_string())?;
+            let known = staged_by_path.borrow().iter().find(|(p, _)| p == path).map(|(_, s)| s.clone());
+            let staged = match known {
+                Some(staged) => staged,
+                None => {
+                    let staged = plugin::stage(path, &self.plugins).map_err(|e| e.to_string())?;
+                    staged_by_path.borrow_mut().push((path.to_owned(), staged.clone()));
+                    staged
+                }
+            };
             Ok(Build::new(generation, staged, settings))
         };
         let mut rolled = Vec::new();
