@@ -135,6 +135,12 @@ impl Master {
                 if let Some(startup) = &mut self.startup {
                     startup.fail(StartFailure::NoCell { slot, reason: e.to_string() });
                 }
+                // Tried again after a backoff (nothing else would look at this slot again).
+                let at = Mono::now() + self.tasks[task].settings.backoff.delay(1);
+                if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
+                    state.respawn_at = Some(at);
+                    self.set_deadline(at, Due::Respawn(task, slot));
+                }
                 return None;
             }
         };

@@ -375,6 +375,8 @@ impl Master {
         {
             self.next_tick = Some(now + interval);
             self.snapshot_wanted = true;
+            // A full look at every slot once per tick (not per event): a safety net under the per-slot checks.
+            self.recheck_all = true;
         }
     }
 
