@@ -10,8 +10,7 @@
 //!
 //! # How
 //!
-//! - The master forks the zygote (lazily, the first time a task's build is spawned once a start is decided: the
-//!   first wave is forked cold anyway) with one end of a
+//! - The master forks the zygote (lazily, the first time a task's build is spawned) with one end of a
 //!   `SOCK_SEQPACKET` socket pair. The zygote closes everything else the master holds, dies with the master
 //!   (`PR_SET_PDEATHSIG` = SIGKILL), loads the plugin through the descriptor the master opened and hash-checked
 //!   (`StagedPlugin::load_path`, `/proc/self/fd/N`: the trust property of a cold spawn is kept), and says it is

@@ -100,12 +100,9 @@ impl Master {
         let index = match self.zygotes.iter().position(|z| z.task == task && z.generation == build.generation) {
             Some(index) => index,
             None => {
-                // Not during a start: its first wave is forked cold anyway (a zygote is not loaded yet), and a
-                // zygote per task loading its plugin meanwhile (64 of them for 64 tasks) would only slow it down.
-                // The first spawn after the start starts it.
-                if self.startup.is_none() {
-                    self.start_zygote(task, build);
-                }
+                // Also during a start: workers spawned once it has loaded (a start's later spawns) share its
+                // relocated plugin pages, so their memory is smaller than that of cold ones.
+                self.start_zygote(task, build);
                 return false;
             }
         };
