@@ -19,6 +19,7 @@ mod state;
 mod stopping;
 mod supervise;
 mod warm;
+mod watch;
 
 pub use core::{Master, MasterError, MasterParts, Stopped};
 pub use orphans::WORKER_MARK;
