@@ -8,7 +8,9 @@
 //!   on the old inode and go quiet. A watch on the directory sees every way the name gets new bytes:
 //!   `IN_CREATE` (a hard link), `IN_MOVED_TO` (a rename), `IN_MODIFY` and `IN_CLOSE_WRITE` (an overwrite in
 //!   place), `IN_DELETE` and `IN_MOVED_FROM`. Events for other names in the directory are read and dropped: they
-//!   cost the master a wake-up only while something in that directory changes.
+//!   cost the master a wake-up only while something in that directory changes. (A plugin path that is a
+//!   symbolic link is resolved once, when it is first watched: the directory of the file it points to is
+//!   watched.)
 //! - **No polling.** The inotify descriptor is one more entry of the master's one `poll` (see `events`), and a
 //!   file's debounce is one more deadline of its timer (see `Master::next_deadline`); while nothing changes,
 //!   nothing wakes the master. The master keeps its single thread.
@@ -96,8 +98,11 @@ impl Place {
 #[derive(Debug)]
 struct Watched {
     task: String,
-    /// The plugin file as the user named it (absolute).
+    /// The plugin file as the user named it (absolute): what is looked at, rolled out and shown.
     file: PathBuf,
+    /// Where its bytes live: `file` with symlinks resolved when it was first watched (a link to a build
+    /// output changes where the output's directory is).
+    target: PathBuf,
     place: Place,
     /// The file changed: it is looked at once nothing happened to it until then.
     settle_at: Option<Mono>,
@@ -269,10 +274,10 @@ impl PluginWatch {
         if let Some(wd) = old.wd() {
             self.release(wd);
         }
-        let file = self.files[index].file.clone();
-        let place = self.place(&file);
+        let (file, target) = (self.files[index].file.clone(), self.files[index].target.clone());
+        let place = self.place(&target);
         let watched = &mut self.files[index];
-        let dir = file.parent().unwrap_or(Path::new("/")).display();
+        let dir = target.parent().unwrap_or(Path::new("/")).display();
         match (&old, &place) {
             (Place::Directory(_), Place::Directory(_)) => {
                 info!(task = %watched.task, "watch: {dir} was replaced; watching the new one");
@@ -349,7 +354,7 @@ impl PluginWatch {
         let Some(name) = event.name.as_deref() else { return };
         for index in users {
             match &self.files[index].place {
-                Place::Directory(_) if Some(name) == self.files[index].file.file_name() => {
+                Place::Directory(_) if Some(name) == self.files[index].target.file_name() => {
                     let Some(change) = change_of(event.mask) else { continue };
                     let watched = &mut self.files[index];
                     debug!(task = %watched.task, ?change, "watch: plugin file event");
@@ -435,7 +440,8 @@ impl Master {
             if watch.files.iter().any(|f| f.task == task) {
                 continue;
             }
-            let place = watch.place(&file);
+            let target = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            let place = watch.place(&target);
             match &place {
                 Place::Nowhere(reason) => {
                     error!(%task, "watch: cannot watch plugin {} for new builds: {reason}", file.display())
@@ -448,7 +454,7 @@ impl Master {
                 ),
             }
             let settle_at = look.then_some(now + DEBOUNCE);
-            watch.files.push(Watched { task, file, place, settle_at, writing: false });
+            watch.files.push(Watched { task, file, target, place, settle_at, writing: false });
         }
     }
 
@@ -654,7 +660,8 @@ mod tests {
         let mut watch = PluginWatch::new().unwrap();
         let place = watch.place(&file);
         assert!(matches!(place, Place::Directory(_)), "{place:?}");
-        watch.files.push(Watched { task: "t".into(), file: file.clone(), place, settle_at: None, writing: false });
+        let (task, target) = ("t".to_owned(), file.clone());
+        watch.files.push(Watched { task, file: file.clone(), target, place, settle_at: None, writing: false });
         let now = Mono::now();
 
         // A write in place: the writer has it open until it closes it.
