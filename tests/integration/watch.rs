@@ -197,6 +197,28 @@ fn a_broken_build_is_rolled_back_and_logged_while_watching_goes_on() {
 }
 
 #[test]
+fn a_build_that_arrives_during_a_rollout_rolls_out_after_it() {
+    let sb = Sandbox::new("watchduring");
+    let control = sb.path("control");
+    std::fs::write(&control, "ok").unwrap();
+    let plugin = start_watched(&sb, "1", json!({"control_file": control}), &["--execute-usleep", "100ms"]);
+    // New workers take 3 s in init: the next build arrives while generation 2 is still rolling out.
+    std::fs::write(&control, "slow 3000").unwrap();
+    link_into_place(&plugin, &build(2), 2);
+    sb.wait_for("generation 2 rolling out", SOON, || {
+        sb.snapshot()?.last_restart.filter(|r| r.generation == 2 && r.in_progress).map(|_| ())
+    });
+    rename_into_place(&plugin, &build(3));
+    let (record, _) = rollout_ended(&sb, 2);
+    assert!(record.ok, "the rollout under way was cut short: {record:#?}");
+    std::fs::write(&control, "ok").unwrap();
+    let (record, snapshot) = rollout_ended(&sb, 3);
+    assert!(record.ok, "{record:#?}");
+    assert_eq!(snapshot.tasks[0].plugin_sha256, sha256(&build(3)), "{snapshot:#?}");
+    sb.stop();
+}
+
+#[test]
 fn an_identical_rebuild_rolls_nothing_out() {
     let sb = Sandbox::new("watchsame");
     let plugin = start_watched(&sb, "1", json!({}), &["--execute-usleep", "100ms"]);
