@@ -168,7 +168,7 @@ pub struct Master {
     pub(super) upgrade_wanted: Option<super::handover::UpgradeOrder>,
     pub(super) last_upgrade: Option<crate::status::UpgradeStatus>,
     /// The watches on watched tasks' plugin files (`None` while no task is watched).
-    pub(super) plugin_watch: Option<super::watch::PluginWatch>,
+    pub(super) plugin_watch: Option<super::plugin_dirs::PluginWatch>,
 }
 
 impl Master {

@@ -8,6 +8,7 @@ mod handover;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};
 mod life;
 mod orphans;
+mod plugin_dirs;
 mod policy;
 mod progress;
 mod rollout;
