@@ -258,7 +258,12 @@ impl Master {
     pub fn run(mut self) -> Result<Stopped, MasterError> {
         info!(pid = std::process::id(), workers = self.wanted_workers(), "master started");
         self.adopt_orphans();
-        self.sync_watches(false);
+        let unwatched = self.sync_watches(false);
+        if let (Some(startup), Some(reason)) = (&mut self.startup, unwatched) {
+            // Asked for and impossible: the start fails before any worker runs, rather than run unwatched.
+            startup.fail(StartFailure::Unwatched(reason));
+            self.resolve_startup();
+        }
         self.schedule_supervision(Mono::now());
         self.manage_workers();
         self.resolve_startup();

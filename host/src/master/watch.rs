@@ -100,8 +100,9 @@ fn decide(sha256: &str, running: &str, tried: Option<&str>) -> Decision {
 impl Master {
     /// Watches the plugin file of every running task that has `watch` on, and stops watching the others (after
     /// a start, an upgrade, and every rollout, which may change a task's file or setting). `look` has each newly
-    /// watched file looked at once (after an upgrade: it may have changed during the exec).
-    pub(super) fn sync_watches(&mut self, look: bool) {
+    /// watched file looked at once (after an upgrade: it may have changed during the exec). Returns why a file
+    /// cannot be watched, when one cannot (the first reason).
+    pub(super) fn sync_watches(&mut self, look: bool) -> Option<String> {
         let wanted: Vec<(String, PathBuf)> = self
             .tasks
             .iter()
@@ -112,16 +113,15 @@ impl Master {
             if self.plugin_watch.take().is_some() {
                 info!("watch: no task watches its plugin file any more");
             }
-            return;
+            return None;
         }
         if self.plugin_watch.is_none() {
             match PluginWatch::new() {
                 Ok(watch) => self.plugin_watch = Some(watch),
                 Err(e) => {
-                    error!(
-                        "watch: cannot watch plugin files for new builds (inotify: {e}); trying again at the next check tick"
-                    );
-                    return;
+                    let reason = format!("cannot watch plugin files for new builds (inotify: {e})");
+                    error!("watch: {reason}; trying again at the next check tick");
+                    return Some(reason);
                 }
             }
         }
@@ -139,6 +139,7 @@ impl Master {
             }
             info!(task = %gone.task, "watch: no longer watching {}", gone.file.display());
         }
+        let mut problem = None;
         for (task, file) in wanted {
             if watch.files.iter().any(|f| f.task == task) {
                 continue;
@@ -147,7 +148,9 @@ impl Master {
             let place = watch.place(&target);
             match &place {
                 Place::Nowhere(reason) => {
-                    error!(%task, "watch: cannot watch plugin {} for new builds: {reason}", file.display())
+                    let reason = format!("cannot watch plugin {} for new builds: {reason}", file.display());
+                    error!(%task, "watch: {reason}; trying again at every check tick");
+                    problem.get_or_insert(reason);
                 }
                 _ => info!(
                     %task,
@@ -159,6 +162,7 @@ impl Master {
             let settle_at = look.then_some(now + DEBOUNCE);
             watch.files.push(Watched { task, file, target, place, settle_at, writing: false });
         }
+        problem
     }
 
     /// Takes over the hashes of rolled-back builds from the previous image (`pmhost upgrade`).
