@@ -219,6 +219,27 @@ fn a_build_that_arrives_during_a_rollout_rolls_out_after_it() {
 }
 
 #[test]
+fn a_plugin_path_that_is_a_symlink_is_watched_where_it_points() {
+    let sb = Sandbox::new("watchlink");
+    let output = sb.path("build/libjob.so");
+    link_into_place(&output, &build(1), 1);
+    std::fs::create_dir_all(sb.path("bin")).unwrap();
+    let plugin = sb.path("bin/libjob.so");
+    std::os::unix::fs::symlink(&output, &plugin).unwrap();
+    let config = task_config(json!({}));
+    let args =
+        ["--watch", "--workers", "1", "--execute-times", "0", "--execute-usleep", "100ms", "--task-config", &config];
+    sb.start_daemon(&plugin, &args);
+    // The build tool replaces its output; the link in bin/ never changes.
+    link_into_place(&output, &build(2), 2);
+    let (record, snapshot) = rollout_ended(&sb, 2);
+    assert!(record.ok, "{record:#?}");
+    assert_eq!(snapshot.tasks[0].plugin, plugin.display().to_string(), "{snapshot:#?}");
+    assert_eq!(snapshot.tasks[0].plugin_sha256, sha256(&build(2)), "{snapshot:#?}");
+    sb.stop();
+}
+
+#[test]
 fn an_identical_rebuild_rolls_nothing_out() {
     let sb = Sandbox::new("watchsame");
     let plugin = start_watched(&sb, "1", json!({}), &["--execute-usleep", "100ms"]);

@@ -381,4 +381,26 @@ mod tests {
         // Only the directory's watch is left.
         assert_eq!(watch.uses.len(), 1, "{:?}", watch.uses);
     }
+
+    #[test]
+    fn status_says_what_the_watch_is_doing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("libjob.so");
+        let mut watch = PluginWatch::new().unwrap();
+        let place = watch.place(&file);
+        let (task, target) = ("t".to_owned(), file.clone());
+        watch.files.push(Watched { task, file, target, place, settle_at: None, writing: false });
+        let now = Mono::now();
+        let state = |watch: &PluginWatch, idle: bool| watch.status("t", now, idle).map(|s| s.state);
+        assert_eq!(state(&watch, true), Some(WatchState::Watching));
+        watch.files[0].settle_at = Some(now + DEBOUNCE);
+        assert_eq!(state(&watch, false), Some(WatchState::Settling));
+        // Due, but a rollout runs: the new build waits for it.
+        watch.files[0].settle_at = Some(now);
+        assert_eq!(state(&watch, false), Some(WatchState::Waiting));
+        watch.files[0].place = Place::Nowhere("no permission".into());
+        let status = watch.status("t", now, true).unwrap();
+        assert_eq!((status.state, status.note.as_deref()), (WatchState::Failed, Some("no permission")));
+        assert_eq!(watch.status("other", now, true), None);
+    }
 }

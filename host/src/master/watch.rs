@@ -26,14 +26,17 @@
 //!   changes (`pmhost restart` still forces them).
 //! - **The rollout is a restart.** A new build becomes a [`RestartOrder`] for its task and file in the master's
 //!   restart queue, as a `pmhost restart` request does: staged, rolled slot by slot, rolled back if a new
-//!   worker fails to load or `init` (the first new worker is the check: a process of its own, with the task's
-//!   init timeout as its deadline), logged with the reason, and recorded as the last restart (with
-//!   `watched_file`). A change during a rollout waits for it: a file's deadline counts only while no rollout
+//!   worker fails to load or `init`, logged with the reason, and recorded as the last restart (with
+//!   `watched_file`). `pmhost restart` also loads a build in a probe process before it asks the master; the
+//!   master never loads plugin code and must not block on a probe, so for a watched build the first new worker
+//!   is that check: a process of its own, with the task's init timeout as its deadline, that fails before any
+//!   old worker is stopped (the old workers keep their pids). A change during a rollout waits for it: a file's deadline counts only while no rollout
 //!   runs or is queued, so it is looked at right after.
 //! - **A directory that disappears** (`cargo clean`): the watch moves to the nearest existing parent and waits
 //!   for the missing directory to be created, then moves down again and looks at the file, which may already
-//!   be there. That too is events, not polling; a watch that cannot be placed at all (no permission) is tried
-//!   again at the check tick.
+//!   be there. That too is events, not polling. A watch that cannot be placed at all (no permission, no inotify
+//!   instance left) fails a start (asked for and impossible: the user hears it at once); later, after a
+//!   rollout moved the task to another file, it is logged, shown as `failed` and tried again at the check tick.
 //! - **Upgrade.** inotify descriptors do not survive `execve` usefully (the watches are keyed by this image's
 //!   descriptor numbers): the new image places its watches afresh from the tasks' settings and looks at each
 //!   file once, so a build replaced during the exec is not missed. The hashes of rolled-back builds are handed
