@@ -188,7 +188,7 @@ impl Master {
         self.plugin_watch.as_ref().filter(|_| self.rollout_idle())?.due()
     }
 
-    /// Step 4 of a wake-up (after the deadlines): reads what happened to the watched files, and looks at each
+    /// Step 5 of a wake-up (after the deadlines): reads what happened to the watched files, and looks at each
     /// file whose debounce is over, queueing the rollout of a complete new build.
     pub(super) fn handle_plugin_changes(&mut self, readable: bool) {
         let now = Mono::now();
