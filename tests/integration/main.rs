@@ -22,3 +22,4 @@ mod top;
 mod upgrade;
 mod wakeup;
 mod warm;
+mod watch;

@@ -6,9 +6,12 @@
 //! 2. reap exited workers (every one, until `waitpid` has nothing left),
 //! 3. handle signals in arrival order (stop, stop now, restart, snapshot, scale),
 //! 4. handle deadlines (stop grace over, `init` too slow, check tick),
-//! 5. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count),
-//! 6. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
-//! 7. publish status (only if something changed or a snapshot was asked for; changes alone are paced, see
+//! 5. handle watched plugin files (read their directories' events, look at a file whose debounce is over and
+//!    queue the rollout of a new build, see `watch`), before the rollout step so it begins in this wake-up,
+//! 6. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count), and move
+//!    the rollout on,
+//! 7. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
+//! 8. publish status (only if something changed or a snapshot was asked for; changes alone are paced, see
 //!    `snapshot`).
 //!
 //! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
@@ -164,6 +167,8 @@ pub struct Master {
     /// An upgrade asked for in this wake-up, done once the wake-up's work is done.
     pub(super) upgrade_wanted: Option<super::handover::UpgradeOrder>,
     pub(super) last_upgrade: Option<crate::status::UpgradeStatus>,
+    /// The watches on watched tasks' plugin files (`None` while no task is watched).
+    pub(super) plugin_watch: Option<super::plugin_dirs::PluginWatch>,
 }
 
 impl Master {
@@ -245,6 +250,7 @@ impl Master {
             binary: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             upgrade_wanted: None,
             last_upgrade: None,
+            plugin_watch: None,
         })
     }
 
@@ -252,6 +258,12 @@ impl Master {
     pub fn run(mut self) -> Result<Stopped, MasterError> {
         info!(pid = std::process::id(), workers = self.wanted_workers(), "master started");
         self.adopt_orphans();
+        let unwatched = self.sync_watches(false);
+        if let (Some(startup), Some(reason)) = (&mut self.startup, unwatched) {
+            // Asked for and impossible: the start fails before any worker runs, rather than run unwatched.
+            startup.fail(StartFailure::Unwatched(reason));
+            self.resolve_startup();
+        }
         self.schedule_supervision(Mono::now());
         self.manage_workers();
         self.resolve_startup();
@@ -261,18 +273,22 @@ impl Master {
                 return self.exit(outcome);
             }
             let deadline = self.next_deadline();
-            let woken =
-                match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports, self.captures.as_fd())) {
-                    Ok(woken) => woken,
-                    Err(e) => {
-                        error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
-                        if let Some(ready) = self.ready.take() {
-                            ready.send(Err(&format!("the master's event loop failed: {e}")));
-                        }
-                        self.kill_all();
-                        return Err(MasterError::EventLoop(e));
+            let plugin_files = self.plugin_watch.as_ref().map(|watch| watch.as_fd());
+            let woken = match self
+                .events
+                .arm(deadline)
+                .and_then(|()| self.events.wait(&self.reports, self.captures.as_fd(), plugin_files))
+            {
+                Ok(woken) => woken,
+                Err(e) => {
+                    error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
+                    if let Some(ready) = self.ready.take() {
+                        ready.send(Err(&format!("the master's event loop failed: {e}")));
                     }
-                };
+                    self.kill_all();
+                    return Err(MasterError::EventLoop(e));
+                }
+            };
             self.read_reports();
             self.reap_workers();
             for (signal, sender) in woken.signals {
@@ -283,6 +299,7 @@ impl Master {
             }
             self.apply_scale_signals();
             self.handle_deadlines();
+            self.handle_plugin_changes(woken.plugin_files);
             self.manage_workers();
             self.advance_rollout();
             self.resolve_startup();
@@ -361,6 +378,7 @@ impl Master {
         {
             self.next_tick = Some(now + interval);
             self.snapshot_wanted = true;
+            self.retry_watches();
         }
     }
 
@@ -381,6 +399,7 @@ impl Master {
         deadlines.extend(self.next_watchdog);
         deadlines.extend(self.status_due());
         deadlines.extend(self.orphan_scan_at);
+        deadlines.extend(self.watch_deadline());
         deadlines.into_iter().min()
     }
 
