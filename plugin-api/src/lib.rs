@@ -178,6 +178,8 @@ mod export;
 pub mod ffi;
 mod outcome;
 mod stop;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(feature = "tokio")]
 pub use asynchronous::AsyncJob;
