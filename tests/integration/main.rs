@@ -14,6 +14,7 @@ mod hardening;
 mod identity;
 mod logs;
 mod many;
+mod new;
 mod pg_queue;
 mod restart;
 mod status;
