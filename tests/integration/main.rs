@@ -6,6 +6,7 @@ mod pg;
 mod async_jobs;
 mod bad_plugins;
 mod capture;
+mod compatibility;
 mod config;
 mod control;
 mod ecosystem;
