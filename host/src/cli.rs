@@ -11,7 +11,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the operation failed (the message says why)
-  2  invalid command line or config file
+  2  invalid command line or config file (new: an invalid crate name or an occupied directory)
   3  no master runs under that name (stop, status, scale, top --once)
   4  a master already runs under that name
   5  status --check: the master runs but a worker slot is not served

@@ -97,7 +97,7 @@
 //! assert!(started.elapsed() < Duration::from_secs(30));
 //! ```
 //!
-//! Async jobs (features `testing` and `tokio`) start with [`WorkerBuilder::init_async`]; the rest is the same.
+//! Async jobs (features `testing` and `tokio`) start with `WorkerBuilder::init_async`; the rest is the same.
 
 mod error;
 mod events;

@@ -43,6 +43,15 @@ struct Scripted {
     last_stop_view: Option<StopView>,
 }
 
+impl Scripted {
+    /// Keeps and logs what a call saw of the stop request.
+    fn look(&mut self, view: StopView) -> Outcome {
+        self.last_stop_view = Some(view);
+        crate::tracing::warn!(flag = view.flag, fd = view.fd_readable, sleep = view.sleep_interrupted, "looked");
+        Outcome::Continue
+    }
+}
+
 impl Job for Scripted {
     fn init(ctx: &InitContext<'_>) -> Result<Self, JobError> {
         let script: Script = ctx.config()?;
@@ -63,29 +72,20 @@ impl Job for Scripted {
             Some("fail-odd") if ctx.execution() % 2 == 1 => Outcome::failed(format!("call {} failed", ctx.execution())),
             Some("retire-at-3") if ctx.execution() == 3 => Outcome::Retire,
             Some("block-on-fd") => {
-                // Blocks until the stop descriptor becomes readable, as a consumer waiting in poll does.
+                // Blocks until the stop descriptor becomes readable, as a consumer waiting in poll does; then
+                // looks at the flag, and at a sleep that should end at once.
                 let woken = fd_readable(ctx.stop_fd(), SOON.as_millis() as i32);
-                self.last_stop_view = Some(StopView {
+                self.look(StopView {
                     flag: ctx.stop_requested(),
                     fd_readable: woken,
-                    sleep_interrupted: !ctx.sleep(Duration::ZERO) || ctx.stop_requested(),
-                });
-                Outcome::Continue
+                    sleep_interrupted: !ctx.sleep(SOON),
+                })
             }
             Some("look") => {
-                let view = StopView {
-                    flag: ctx.stop_requested(),
-                    fd_readable: fd_readable(ctx.stop_fd(), 0),
-                    sleep_interrupted: !ctx.sleep(self.script.sleep_ms.map_or(SOON, Duration::from_millis)),
-                };
-                self.last_stop_view = Some(view);
-                crate::tracing::warn!(
-                    flag = view.flag,
-                    fd = view.fd_readable,
-                    sleep = view.sleep_interrupted,
-                    "looked"
-                );
-                Outcome::Continue
+                let flag = ctx.stop_requested();
+                let fd_readable = fd_readable(ctx.stop_fd(), 0);
+                let sleep_interrupted = !ctx.sleep(self.script.sleep_ms.map_or(SOON, Duration::from_millis));
+                self.look(StopView { flag, fd_readable, sleep_interrupted })
             }
             _ => Outcome::Continue,
         }
@@ -143,10 +143,25 @@ fn a_delayed_request_wakes_a_call_blocked_on_the_descriptor() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(100), "woken before the request: {waited:?}");
     assert!(waited < SOON, "not woken by the request: {waited:?}");
-    // One call, woken by the request; the loop then starts no other.
+    // One call, woken by the request through the descriptor, then seeing the flag and a sleep ending at once;
+    // the loop then starts no other call.
     assert_eq!(calls, Calls { outcomes: vec![Outcome::Continue], end: LoopEnd::Stopped });
+    assert_eq!(last_view(&worker), StopView { flag: true, fd_readable: true, sleep_interrupted: true });
     worker.shutdown().unwrap();
     assert_eq!(worker.events().last().unwrap().text(), "shutdown saw_stop=true");
+}
+
+#[test]
+fn a_delayed_request_interrupts_a_sleep_in_progress() {
+    let mut worker = scripted(serde_json::json!({"work": "look"}));
+    let started = Instant::now();
+    worker.request_stop_after(Duration::from_millis(100));
+    worker.work().unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(100) && waited < SOON, "{waited:?}");
+    // The call's only wait is its 20 s sleep: it ended on the request, not before (the time) nor after it.
+    assert!(last_view(&worker).sleep_interrupted);
+    assert!(worker.stop_requested());
 }
 
 #[test]
@@ -186,15 +201,18 @@ fn init_sees_task_slot_generation_and_config() {
 #[test]
 fn configs_that_are_not_tables_are_refused_before_init() {
     let cases = [
-        (Worker::builder().config_json("[1, 2]"), "not an array"),
+        (Worker::builder().config_json("[1, 2]"), "it is an array, not a table"),
         (Worker::builder().config_json("{\"queue\": "), "not valid JSON"),
         (Worker::builder().config_toml("queue = "), "not valid TOML"),
-        (Worker::builder().config(&3), "not a number"),
-        (Worker::builder().config("mail"), "not a string"),
+        (Worker::builder().config(&3), "it is a number, not a table"),
+        (Worker::builder().config("mail"), "it is a string, not a table"),
     ];
     for (builder, expected) in cases {
         match builder.init::<Scripted>() {
-            Err(Error::Config(message)) => assert!(message.contains(expected), "{expected:?} not in {message:?}"),
+            Err(error @ Error::Config(_)) => {
+                assert!(error.message().starts_with(expected), "{expected:?} does not start {error:?}");
+                assert!(error.to_string().starts_with("invalid task config: "), "{error}");
+            }
             other => panic!("expected a config error with {expected:?}, got {other:?}"),
         }
     }

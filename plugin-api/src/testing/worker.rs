@@ -135,7 +135,9 @@ fn not_a_table(value: &serde_json::Value) -> Error {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "a table",
     };
-    Error::Config(format!("the task config must be a table (a JSON object, e.g. {{\"queue\": \"mail\"}}), not {kind}"))
+    Error::Config(format!(
+        "it is {kind}, not a table (write it as the body of [task.config], or a JSON object like {{\"queue\": \"mail\"}})"
+    ))
 }
 
 /// Runs `call` into the job with the worker's capture as the thread's subscriber, and with the job's panics kept
