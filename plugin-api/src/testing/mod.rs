@@ -99,50 +99,18 @@
 //!
 //! Async jobs (features `testing` and `tokio`) start with `WorkerBuilder::init_async`; the rest is the same.
 
+mod call;
 mod error;
 mod events;
 mod stop;
 mod worker;
-
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use error::Error;
 pub use events::Event;
 pub use stop::StopHandle;
 pub use worker::{Calls, LoopEnd, Worker, WorkerBuilder};
 
-/// Set once the kit built a worker in this process: from then on the export glue's panic hook hands panics
-/// outside the kit's calls to the test harness's hook (see `export::install_panic_capture`).
-static KIT_IN_USE: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    /// Whether this thread is inside a call of the kit into the job.
-    static IN_CALL: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks this thread as inside a call of the kit into the job until dropped.
-struct InCall {
-    outer: bool,
-}
-
-impl InCall {
-    fn enter() -> InCall {
-        InCall { outer: IN_CALL.replace(true) }
-    }
-}
-
-impl Drop for InCall {
-    fn drop(&mut self) {
-        IN_CALL.set(self.outer);
-    }
-}
-
-/// Whether the panic hook should hand this panic on instead of keeping it for the host's report: in a test
-/// process using the kit, for a panic outside the kit's calls into the job.
-pub(crate) fn passes_on_panics() -> bool {
-    KIT_IN_USE.load(Ordering::Relaxed) && !IN_CALL.get()
-}
+pub(crate) use call::passes_on_panics;
 
 #[cfg(test)]
 mod tests;

@@ -355,7 +355,7 @@ fn take_events_returns_only_newer_events() {
 fn panics_outside_the_kits_calls_are_passed_on() {
     let _worker = scripted(serde_json::json!({}));
     assert!(passes_on_panics(), "a panic of the test itself would be swallowed");
-    let inside = InCall::enter();
+    let inside = call::InCall::enter();
     assert!(!passes_on_panics(), "a job's panic would be printed instead of reported");
     drop(inside);
     assert!(passes_on_panics());

@@ -1,7 +1,6 @@
 //! A worker without a host: the job's `init`, `work` and `shutdown` called through the same export glue and
 //! contexts the host's worker uses.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use abi_stable::std_types::RSome;
 use serde::Serialize;
 use tracing::Dispatch;
 
+use super::call::{self, in_call};
 use super::error::Error;
 use super::events::{self, Capture, Event, Log};
 use super::stop::{StopHandle, StopSignal};
@@ -90,7 +90,7 @@ impl WorkerBuilder {
     /// error (one that [`InitContext::config`] returned included); [`Error::InitPanicked`] if it panicked.
     pub fn init<J: Job>(self) -> Result<Worker, Error> {
         let config = self.config?;
-        super::KIT_IN_USE.store(true, Ordering::Relaxed);
+        call::mark_in_use();
         let log = Log::default();
         let dispatch = Dispatch::new(Capture { log: Arc::clone(&log) });
         // Every level: a test filters by level in its assertions, where the host would filter by its log level.
@@ -138,13 +138,6 @@ fn not_a_table(value: &serde_json::Value) -> Error {
     Error::Config(format!(
         "it is {kind}, not a table (write it as the body of [task.config], or a JSON object like {{\"queue\": \"mail\"}})"
     ))
-}
-
-/// Runs `call` into the job with the worker's capture as the thread's subscriber, and with the job's panics kept
-/// for the export glue (not handed on to the test's panic hook).
-fn in_call<T>(dispatch: &Dispatch, call: impl FnOnce() -> T) -> T {
-    let _inside = super::InCall::enter();
-    tracing::dispatcher::with_default(dispatch, call)
 }
 
 /// Why a worker takes no more calls.
