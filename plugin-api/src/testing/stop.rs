@@ -56,6 +56,10 @@ impl StopHandle {
 
     /// Requests the stop `delay` from now, from a timer thread, while the test goes on (say, into a `work`
     /// call that waits for it). If the worker is gone by then, nothing happens.
+    ///
+    /// # Panics
+    ///
+    /// If the process cannot start a thread.
     pub fn request_after(&self, delay: Duration) {
         let signal: Weak<StopSignal> = Arc::downgrade(&self.0);
         std::thread::Builder::new()

@@ -316,6 +316,10 @@ impl Worker {
     }
 
     /// Requests the stop `delay` from now (from a timer thread), for a call that waits for it.
+    ///
+    /// # Panics
+    ///
+    /// If the process cannot start a thread.
     pub fn request_stop_after(&self, delay: Duration) {
         self.stop.request_after(delay);
     }
