@@ -55,6 +55,16 @@ fn new_crate_builds_tests_and_runs(name: &str, extra: &[&str]) {
     assert!(manifest.contains(&format!("path = \"{}\"", api_dir.display())), "{manifest}");
 
     std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).expect("seed Cargo.lock");
+    // As written, the code is formatted as rustfmt would with its defaults (the crate has no rustfmt.toml; the
+    // workspace's around it here is not the user's).
+    let defaults = sandbox.path("rustfmt.toml");
+    std::fs::write(&defaults, "").unwrap();
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut fmt = Command::new(cargo_bin);
+    fmt.args(["fmt", "--check", "--", "--config-path"]).arg(&defaults).current_dir(&dir);
+    eprintln!("$ {fmt:?}");
+    let fmt = fmt.output().expect("run cargo fmt");
+    assert!(fmt.status.success(), "the new crate is not rustfmt-clean:\n{}", describe(&fmt));
     cargo(&dir, &["build"]);
     let tests = cargo(&dir, &["test"]);
     assert!(tests.contains("test result: ok.") && !tests.contains(" 0 passed"), "{tests}");
