@@ -9,6 +9,9 @@ use crate::scaffold::{self, ApiSource, CrateNameError, Flavor, NewCrate};
 
 /// Runs `pmhost new`.
 pub fn new(args: NewArgs) -> Result<i32, CommandError> {
+    if args.path.as_os_str().is_empty() {
+        return Err(scaffold::ScaffoldError::EmptyPath.into());
+    }
     let name = match args.name {
         Some(name) => name,
         None => default_name(&args.path).ok_or(scaffold::ScaffoldError::Name(CrateNameError::Empty))?,

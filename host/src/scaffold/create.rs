@@ -23,6 +23,8 @@ pub struct NewCrate {
 pub enum ScaffoldError {
     #[error(transparent)]
     Name(#[from] CrateNameError),
+    #[error("the crate's directory is an empty path: give one (`.` for the current directory, if it is empty)")]
+    EmptyPath,
     #[error("{dir} is not empty: pmhost new creates a crate in a new or empty directory")]
     NotEmpty { dir: PathBuf },
     #[error("{dir} is in the way: it exists and is not a directory")]
@@ -52,6 +54,9 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Scaffol
 /// Creates the crate. On any failure, every file and directory it created is removed again.
 pub fn create(new: &NewCrate) -> Result<(), ScaffoldError> {
     check_crate_name(&new.name)?;
+    if new.dir.as_os_str().is_empty() {
+        return Err(ScaffoldError::EmptyPath);
+    }
     write_all_or_nothing(&new.dir, &render(&new.name, new.flavor, &new.api))
 }
 
@@ -167,6 +172,8 @@ mod tests {
         assert!(matches!(error, ScaffoldError::NotADirectory { .. }), "{error:?}");
         let error = create(&new_crate(tmp.path().join("x"), "2x")).unwrap_err();
         assert!(matches!(error, ScaffoldError::Name(_)), "{error:?}");
+        let error = create(&new_crate(PathBuf::new(), "job")).unwrap_err();
+        assert!(matches!(error, ScaffoldError::EmptyPath) && error.is_usage(), "{error:?}");
         assert_eq!(tree(tmp.path()), ["notes.txt"]);
     }
 
