@@ -115,6 +115,8 @@ impl WorkerBuilder {
 
     /// Runs an async job's `init` as a worker of the host does (feature `tokio`): on the tokio runtime the
     /// job's [`runtime`](crate::AsyncJob::runtime) builds, which stays the worker's for every later call.
+    /// Call it from a plain `#[test]`, not from `#[tokio::test]`: the job's runtime is its own, as in a worker,
+    /// and tokio refuses to start a runtime inside another (`init` would fail with that panic).
     ///
     /// # Errors
     ///
