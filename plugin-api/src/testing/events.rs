@@ -56,7 +56,43 @@ impl Event {
 }
 
 /// The events of one worker, filled by the capturing subscriber.
-pub(crate) type Log = Arc<Mutex<Vec<Event>>>;
+type Log = Arc<Mutex<Vec<Event>>>;
+
+/// The events a worker's job logs, readable while the worker lives and after: from
+/// [`WorkerBuilder::event_log`](super::WorkerBuilder::event_log), it also shows what a failed `init` logged.
+///
+/// ```
+/// use pmhost_plugin_api::testing::Worker;
+/// use pmhost_plugin_api::{InitContext, Job, JobError, Outcome, WorkContext, tracing};
+///
+/// struct Picky;
+/// impl Job for Picky {
+///     fn init(_ctx: &InitContext<'_>) -> Result<Self, JobError> {
+///         tracing::warn!(tried = 3, "no server answered");
+///         Err(JobError::msg("giving up"))
+///     }
+///     fn work(&mut self, _ctx: &WorkContext<'_>) -> Outcome { Outcome::Continue }
+/// }
+///
+/// let builder = Worker::builder();
+/// let log = builder.event_log();
+/// assert!(builder.init::<Picky>().is_err());
+/// assert_eq!(log.events()[0].text(), "no server answered tried=3");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct EventLog(pub(crate) Log);
+
+impl EventLog {
+    /// The events logged so far, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The events logged so far, removed from the log: the next call returns only newer ones.
+    pub fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 /// A subscriber that keeps every event (at every level) in a worker's log. The kit makes it the thread's
 /// default for the length of each call into the job, so tests running in parallel keep their events apart.

@@ -106,7 +106,7 @@ mod stop;
 mod worker;
 
 pub use error::Error;
-pub use events::Event;
+pub use events::{Event, EventLog};
 pub use stop::StopHandle;
 pub use worker::{Calls, LoopEnd, Worker, WorkerBuilder};
 

@@ -342,6 +342,21 @@ fn events_keep_level_message_and_fields_per_worker() {
 }
 
 #[test]
+fn events_of_a_failed_init_and_of_a_dropped_worker_stay_readable() {
+    let builder = Worker::builder().config(&serde_json::json!({"init": "fail"}));
+    let log = builder.event_log();
+    assert!(matches!(builder.init::<Scripted>(), Err(Error::InitFailed(_))));
+    assert_eq!(log.events().iter().map(Event::text).collect::<Vec<_>>(), ["init task=test slot=0 generation=1"]);
+
+    let mut worker = scripted(serde_json::json!({}));
+    let log = worker.event_log();
+    worker.work().unwrap();
+    drop(worker);
+    assert_eq!(log.take_events().len(), 2);
+    assert!(log.events().is_empty());
+}
+
+#[test]
 fn take_events_returns_only_newer_events() {
     let mut worker = scripted(serde_json::json!({}));
     assert_eq!(worker.take_events().len(), 1);

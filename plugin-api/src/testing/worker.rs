@@ -1,7 +1,7 @@
 //! A worker without a host: the job's `init`, `work` and `shutdown` called through the same export glue and
 //! contexts the host's worker uses.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use abi_stable::std_types::RSome;
@@ -10,7 +10,7 @@ use tracing::Dispatch;
 
 use super::call::{self, in_call};
 use super::error::Error;
-use super::events::{self, Capture, Event, Log};
+use super::events::{self, Capture, Event, EventLog};
 use super::stop::{StopHandle, StopSignal};
 use crate::context::{InitContext, WorkContext};
 use crate::ffi::{HostLogger, JobBox, WorkResult};
@@ -24,6 +24,7 @@ pub struct WorkerBuilder {
     generation: u32,
     config: Result<String, Error>,
     stop: StopHandle,
+    log: EventLog,
 }
 
 impl WorkerBuilder {
@@ -82,6 +83,12 @@ impl WorkerBuilder {
         self.stop.clone()
     }
 
+    /// The log the worker's events go to, from `init` on: a handle that stays readable if `init` fails (the
+    /// worker's [`Worker::events`] reads the same log).
+    pub fn event_log(&self) -> EventLog {
+        self.log.clone()
+    }
+
     /// Runs the job's `init` as a worker of the host does, and returns the worker ready for `work` calls.
     ///
     /// # Errors
@@ -91,8 +98,8 @@ impl WorkerBuilder {
     pub fn init<J: Job>(self) -> Result<Worker, Error> {
         let config = self.config?;
         call::mark_in_use();
-        let log = Log::default();
-        let dispatch = Dispatch::new(Capture { log: Arc::clone(&log) });
+        let log = self.log;
+        let dispatch = Dispatch::new(Capture { log: Arc::clone(&log.0) });
         // Every level: a test filters by level in its assertions, where the host would filter by its log level.
         let logger = HostLogger { max_level: 5, log: events::log_elsewhere };
         let signal = &self.stop.0;
@@ -164,7 +171,7 @@ pub struct Worker {
     slot: u32,
     generation: u32,
     executions: u64,
-    log: Log,
+    log: EventLog,
     dispatch: Dispatch,
     stop: StopHandle,
 }
@@ -206,6 +213,7 @@ impl Worker {
             generation: 1,
             config: Ok("{}".to_owned()),
             stop: StopHandle(Arc::new(signal)),
+            log: EventLog::default(),
         }
     }
 
@@ -333,12 +341,17 @@ impl Worker {
 
     /// The events the job logged so far, oldest first (those of `init` included).
     pub fn events(&self) -> Vec<Event> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.log.events()
     }
 
     /// The events the job logged so far, removed from the worker: the next call returns only newer ones.
     pub fn take_events(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner))
+        self.log.take_events()
+    }
+
+    /// A handle to the worker's events, readable after the worker is gone.
+    pub fn event_log(&self) -> EventLog {
+        self.log.clone()
     }
 }
 
