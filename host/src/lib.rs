@@ -5,7 +5,7 @@
 //! Each layer uses only the ones below it:
 //!
 //! ```text
-//!  commands   cli ─▶ commands::* (start, stop, status, restart, scale, list, logs, top, validate, ...)
+//!  commands   cli ─▶ commands::* (start, stop, status, restart, scale, list, logs, top, validate, new, ...)
 //!     │          plan: flags + pmhost.toml + defaults ─▶ settings        top, logread: what the operator sees
 //!     ▼
 //!  master     core (the loop) ─ children, stopping, rollout, scaling, supervise, capture, orphans, snapshot,
@@ -18,7 +18,7 @@
 //!     ▼
 //!  shared     settings (each task setting defined once), config (pmhost.toml), plugin (stage, load, probe),
 //!             rundir (the trust boundary), pidfile, requests, control, ready, report, scoreboard, status,
-//!             logging, metrics, notify, title, sysinfo, duration, size, names, exit
+//!             logging, metrics, notify, title, sysinfo, duration, size, names, exit; scaffold (`pmhost new`)
 //! ```
 //!
 //! # Who owns which state
@@ -57,6 +57,7 @@ pub mod ready;
 pub mod report;
 pub mod requests;
 pub mod rundir;
+pub mod scaffold;
 pub mod scoreboard;
 pub mod settings;
 pub mod size;
