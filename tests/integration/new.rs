@@ -155,3 +155,104 @@ fn help_explains_the_command() {
         assert!(help.contains(fragment), "{fragment:?} not in the help:\n{help}");
     }
 }
+
+/// The plugin author's whole loop, as issue 16 describes it: `pmhost new`, build, test, `start --watch`, edit
+/// the message and `cargo build` again: the new generation's workers log the new message and the work never
+/// pauses; then a rebuild whose `init` fails is rolled back while the host keeps watching and working.
+#[test]
+fn the_edit_build_see_it_run_loop_with_watch() {
+    let name = "new-watched-greeter";
+    let sandbox = Sandbox::new(name);
+    let parent = inside_the_workspace();
+    let dir = parent.path().join(name);
+    let out = sandbox.run(["new", dir.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).expect("seed Cargo.lock");
+    cargo(&dir, &["build"]);
+    cargo(&dir, &["test"]);
+
+    // Watch the file cargo itself writes (it links each new build into place).
+    let plugin = standalone_target_dir().join(dir_name_of_profile()).join("libnew_watched_greeter.so");
+    sandbox.start_daemon(&plugin, &["--watch", "--workers", "2", "--execute-times", "0", "--execute-usleep", "50ms"]);
+    let old = format!("hello from {name} call=");
+    let new = format!("hello again from {name} call=");
+    let greeted_by_both = |message: &str| {
+        let log = sandbox.log_text("run.");
+        ["slot=0", "slot=1"].iter().all(|slot| log.lines().any(|l| l.contains(message) && l.contains(*slot)))
+    };
+    sandbox.wait_for("both workers to greet", SOON, || greeted_by_both(&old).then_some(()));
+
+    // Edit: a new message, and an init that takes 2.5 s, so that a rollout that stopped an old worker before
+    // its replacement was ready would leave at least one whole second of the log without a call.
+    let source = dir.join("src/lib.rs");
+    let original = std::fs::read_to_string(&source).unwrap();
+    let config_line = "let settings: Settings = ctx.config()?;";
+    assert!(original.contains(config_line) && original.contains(&format!("\"hello from {name}\"")), "{original}");
+    let edited = original.replace(&format!("\"hello from {name}\""), &format!("\"hello again from {name}\"")).replace(
+        config_line,
+        &format!("{config_line}\n        std::thread::sleep(std::time::Duration::from_millis(2500));"),
+    );
+    std::fs::write(&source, &edited).unwrap();
+    cargo(&dir, &["build"]);
+    let record = rollout_of(&sandbox, 2);
+    assert!(record.ok, "{record:#?}");
+    sandbox.wait_for("both new workers to greet with the new message", SOON, || greeted_by_both(&new).then_some(()));
+    let log = sandbox.log_text("run.");
+    let seconds: Vec<i64> = log
+        .lines()
+        .filter(|l| l.contains(&old) || l.contains(&new))
+        .map(|l| line_second(l).unwrap_or_else(|| panic!("no time in {l:?}")))
+        .collect();
+    let (first, last) = (seconds[0], *seconds.last().unwrap());
+    assert!(last - first >= 3, "the log does not span the 2.5 s init of the rollout:\n{log}");
+    let silent: Vec<i64> = (first..=last).filter(|s| !seconds.contains(s)).collect();
+    assert!(silent.is_empty(), "seconds {silent:?} after the start had no work call:\n{log}");
+    assert!(!log.lines().skip_while(|l| !l.contains(&new)).any(|l| l.contains(&old) && l.contains("generation=2")));
+
+    // A rebuild whose init fails: rolled back with its reason; the workers of generation 2 keep greeting.
+    let pids = sandbox.ready_workers();
+    let broken = edited.replace(
+        config_line,
+        &format!(
+            "if ctx.slot() < u32::MAX {{ return Err(JobError::msg(\"the queue is gone\")); }}\n        {config_line}"
+        ),
+    );
+    std::fs::write(&source, broken).unwrap();
+    cargo(&dir, &["build"]);
+    let record = rollout_of(&sandbox, 3);
+    assert!(!record.ok, "{record:#?}");
+    assert!(record.error.as_deref().unwrap_or("").contains("the queue is gone"), "{record:#?}");
+    let snapshot = sandbox.snapshot().expect("status");
+    assert_eq!(snapshot.generation, 2, "{snapshot:#?}");
+    assert_eq!(sandbox.ready_workers(), pids, "the workers of generation 2 must keep running");
+    let calls = sandbox.log_text("run.").matches(&new).count();
+    sandbox.wait_for("generation 2 to go on greeting", SOON, || {
+        (sandbox.log_text("run.").matches(&new).count() > calls + 4).then_some(())
+    });
+    let process_log = sandbox.log_text("process");
+    assert!(process_log.contains("restart rolled back") && process_log.contains("the queue is gone"), "{process_log}");
+    sandbox.stop();
+}
+
+/// The restart record of `generation` once that rollout has ended; a build and a slow init take a while.
+fn rollout_of(sandbox: &Sandbox, generation: u32) -> pmhost::status::RestartStatus {
+    sandbox.wait_for(&format!("the rollout of generation {generation} to end"), SOON * 3, || {
+        sandbox.snapshot()?.last_restart.filter(|r| r.generation == generation && !r.in_progress)
+    })
+}
+
+/// The time of a text log record (`[Level][title pid YYYY-MM-DD HH:MM:SS]: ...`) in seconds since the epoch
+/// of its calendar (so that a test running over midnight counts on).
+fn line_second(line: &str) -> Option<i64> {
+    let header = &line[..line.find("]: ")?];
+    let mut words = header.rsplit(' ');
+    let (time, date) = (words.next()?, words.next()?);
+    let date: Vec<i64> = date.split('-').map(|n| n.parse().ok()).collect::<Option<_>>()?;
+    let time: Vec<i64> = time.split(':').map(|n| n.parse().ok()).collect::<Option<_>>()?;
+    let [year, month, day] = date[..] else { return None };
+    let [hour, minute, second] = time[..] else { return None };
+    // Days from the civil date (proleptic Gregorian), by shifting the year to start in March.
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let days = 365 * y + y.div_euclid(4) - y.div_euclid(100) + y.div_euclid(400) + (153 * m + 2) / 5 + day;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
