@@ -11,7 +11,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the operation failed (the message says why)
-  2  invalid command line or config file
+  2  invalid command line or config file (new: an invalid crate name or an occupied directory)
   3  no master runs under that name (stop, status, scale, top --once)
   4  a master already runs under that name
   5  status --check: the master runs but a worker slot is not served
@@ -77,6 +77,15 @@ pub enum Command {
     /// its init (and shutdown) with the given config.
     #[command(after_help = EXIT_CODES)]
     Validate(ValidateArgs),
+    /// Create a plugin crate, ready to build, test and run: a documented job, its unit tests, a pmhost.toml.
+    ///
+    /// PATH must not exist or be an empty directory; nothing is left behind if the crate cannot be written.
+    /// The crate depends on this pmhost's plugin interface: by path on the checkout pmhost was built from,
+    /// when that is still there at the same API version, else on that version from crates.io. Then:
+    /// `cd PATH && cargo test && cargo build --release && pmhost start --config pmhost.toml`. Exit code 2 for
+    /// an invalid crate name or an occupied PATH.
+    #[command(after_help = EXIT_CODES)]
+    New(NewArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -84,6 +93,21 @@ pub enum Command {
     },
     /// Print the man page (roff) of pmhost.
     Man,
+}
+
+/// `pmhost new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// Directory of the new crate (created with its parents; an existing one must be empty).
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// Package name: ASCII letters, digits, `-` and `_`, starting with a letter or `_`; the plugin file is
+    /// lib{name with - as _}.so. [default: the directory's name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write an async job (an AsyncJob on tokio, with the API's `tokio` feature) instead of a plain one.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
 }
 
 /// `pmhost list`.

@@ -5,10 +5,11 @@
 //! Each layer uses only the ones below it:
 //!
 //! ```text
-//!  commands   cli ─▶ commands::* (start, stop, status, restart, scale, list, logs, top, validate, ...)
+//!  commands   cli ─▶ commands::* (start, stop, status, restart, scale, list, logs, top, validate, new, ...)
 //!     │          plan: flags + pmhost.toml + defaults ─▶ settings        top, logread: what the operator sees
 //!     ▼
-//!  master     core (the loop) ─ children, stopping, rollout, scaling, supervise, capture, orphans, snapshot
+//!  master     core (the loop) ─ children, stopping, rollout, scaling, supervise, capture, orphans, snapshot,
+//!             watch (new builds of watched plugin files)
 //!     │          decisions as pure functions: policy, progress (rollouts), startup, life (a worker's states)
 //!     ▼
 //!  worker     worker: one worker process, from fork to exit, running the plugin; zygote: a process per
@@ -17,7 +18,7 @@
 //!     ▼
 //!  shared     settings (each task setting defined once), config (pmhost.toml), plugin (stage, load, probe),
 //!             rundir (the trust boundary), pidfile, requests, control, ready, report, scoreboard, status,
-//!             logging, metrics, notify, title, sysinfo, duration, size, names, exit
+//!             logging, metrics, notify, title, sysinfo, duration, size, names, exit; scaffold (`pmhost new`)
 //! ```
 //!
 //! # Who owns which state
@@ -28,6 +29,7 @@
 //! | the scoreboard (`scoreboard`): a shared page per worker, phase and counters | the master maps it | each worker writes its own cell |
 //! | the report pipe (`report`): ready / failed | the master reads | every worker writes |
 //! | worker output pipes (`master::capture`) | the master reads | the worker and its children write |
+//! | inotify watches on watched tasks' plugin directories (`master::watch`) | the master, alone | — (the user's build writes the files) |
 //! | the run directories (`rundir`): pid file, status, staged builds, requests | the master, through held descriptors | the CLI reads them, writes requests |
 //! | the readiness pipe (`ready`) | the daemon writes once | `start -d` waits on it |
 //! | a stop conversation (`control`) | the CLI asks | the master answers |
@@ -55,6 +57,7 @@ pub mod ready;
 pub mod report;
 pub mod requests;
 pub mod rundir;
+pub mod scaffold;
 pub mod scoreboard;
 pub mod settings;
 pub mod size;

@@ -141,6 +141,9 @@ pub struct RestartStatus {
     pub slots_done: u32,
     /// Slots to roll.
     pub slots_total: u32,
+    /// The watched plugin file whose new build began this rollout (`--watch`); `None` for a requested restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watched_file: Option<String>,
 }
 
 /// A scale request the master applied.
@@ -185,6 +188,49 @@ pub struct TaskStatus {
     /// Slots waiting out a crash backoff (no worker right now).
     #[serde(default)]
     pub backoff: Vec<BackoffStatus>,
+    /// The task's plugin file is watched for new builds (`watch = true`); absent when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchStatus>,
+}
+
+/// The watch on a task's plugin file (`--watch`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchStatus {
+    /// The file watched: the plugin file as the user named it.
+    pub file: String,
+    /// What the watch is doing.
+    pub state: WatchState,
+    /// The directory being waited for, or why the file cannot be watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What the watch on a plugin file is doing (snake_case in JSON).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchState {
+    /// Nothing changed since the last look.
+    Watching,
+    /// The file changed: it is looked at once it has been still for the debounce (and no writer has it open).
+    Settling,
+    /// A new build is complete and waits for the running rollout to end.
+    Waiting,
+    /// The file's directory is gone (`cargo clean`): its nearest existing parent is watched until it is back.
+    DirectoryMissing,
+    /// No watch could be placed (the note says why); retried at every check tick.
+    Failed,
+}
+
+impl WatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchState::Watching => "watching for new builds",
+            WatchState::Settling => "changed, waiting until it is complete",
+            WatchState::Waiting => "a new build waits for the running rollout",
+            WatchState::DirectoryMissing => "its directory is missing",
+            WatchState::Failed => "cannot be watched",
+        }
+    }
 }
 
 /// A slot in crash backoff.
@@ -325,6 +371,10 @@ pub fn render_table(snapshot: &Snapshot) -> String {
             task.plugin,
             &task.plugin_sha256[..task.plugin_sha256.len().min(12)]
         );
+        if let Some(watch) = &task.watch {
+            let note = watch.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
+            let _ = writeln!(out, "Watch   {}: {}{note}", watch.file, watch.state.as_str());
+        }
         let _ = writeln!(out, "{WORKER_HEADER}");
         for w in &task.workers {
             let mut last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
@@ -416,6 +466,7 @@ mod tests {
                 executions_total: 0,
                 workers,
                 backoff: Vec::new(),
+                watch: None,
             }],
         }
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use abi_stable::std_types::{RSome, RStr};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
 use nix::unistd::Pid;
-use pmhost_plugin_api::ffi::{HostLogger, InitFailure, JobBox, PluginModuleRef, WorkResult};
+use pmhost_plugin_api::ffi::{HostLogger, JobBox, PluginModuleRef, WorkResult, report as plugin_report};
 use pmhost_plugin_api::{InitContext, WorkContext};
 use tracing::{debug, error, warn};
 
@@ -104,7 +104,7 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell, preloaded: Option<PluginModule
     cell.set_phase(if end == LoopEnd::Stopped { Phase::Stopping } else { Phase::Retiring });
     debug!(calls = finished, reason = ?end, "work loop ended");
     if let RSome(message) = job.shutdown() {
-        error!("plugin panicked in shutdown: {message}");
+        error!("{}", plugin_report::shutdown_panicked(&message));
         exit(code::PANICKED);
     }
     // Keep the task's rhythm across the respawn: a worker that retires after its last call still waits
@@ -138,10 +138,7 @@ fn start_job(spec: &WorkerSpec, cell: &Cell, preloaded: Option<PluginModuleRef>)
         InitContext::new(&spec.task, &spec.config_json, spec.slot, spec.generation, pid, &STOP, stop_fd, logger);
     match (module.init())(&init_ctx).into_result() {
         Ok(job) => job,
-        Err(InitFailure::Failed(message)) => fail(spec, format!("plugin init failed: {message}"), code::INIT_FAILED),
-        Err(InitFailure::Panicked(message)) => {
-            fail(spec, format!("plugin init panicked: {message}"), code::INIT_FAILED)
-        }
+        Err(failure) => fail(spec, plugin_report::init_failure(&failure), code::INIT_FAILED),
     }
 }
 
@@ -163,9 +160,9 @@ fn work_loop(job: &mut JobBox, ctx: &mut WorkContext<'_>, cell: &Cell, limits: &
         match result {
             WorkResult::Continue => {}
             WorkResult::Retire => break LoopEnd::Retired,
-            WorkResult::Failed(message) => error!(call = finished, "work failed: {message}"),
+            WorkResult::Failed(message) => error!(call = finished, "{}", plugin_report::work_failed(&message)),
             WorkResult::Panicked(message) => {
-                error!(call = finished, "plugin panicked in work: {message}");
+                error!(call = finished, "{}", plugin_report::work_panicked(&message));
                 exit(code::PANICKED);
             }
         }

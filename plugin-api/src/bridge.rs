@@ -45,13 +45,13 @@ impl Subscriber for Bridge {
     fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let mut text = MessageText::default();
-        event.record(&mut text);
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
         let metadata = event.metadata();
         (self.logger.log)(
             crate::ffi::level::code(metadata.level()),
             RStr::from_str(metadata.target()),
-            RStr::from_str(&text.finish()),
+            RStr::from_str(&fields.text()),
         );
     }
 
@@ -60,30 +60,39 @@ impl Subscriber for Bridge {
     fn exit(&self, _span: &Id) {}
 }
 
-/// Formats an event as `message key=value key=value`.
+/// An event's message and its other fields, as text. The bridge sends [`text`](EventFields::text) to the host;
+/// the test kit keeps the parts.
 #[derive(Default)]
-struct MessageText {
-    message: String,
-    fields: String,
+pub(crate) struct EventFields {
+    pub(crate) message: String,
+    pub(crate) fields: Vec<(&'static str, String)>,
 }
 
-impl MessageText {
-    fn finish(mut self) -> String {
-        if self.message.is_empty() {
-            self.fields.trim_start().to_owned()
-        } else {
-            self.message.push_str(&self.fields);
-            self.message
-        }
+impl EventFields {
+    /// The event as the host records it: `message key=value key=value`.
+    pub(crate) fn text(&self) -> String {
+        render(&self.message, self.fields.iter().map(|(name, value)| (*name, value.as_str())))
     }
 }
 
-impl Visit for MessageText {
+/// `message key=value key=value` (without a message: `key=value ...`).
+pub(crate) fn render<'a>(message: &str, fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut text = message.to_owned();
+    for (name, value) in fields {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        let _ = write!(text, "{name}={value}");
+    }
+    text
+}
+
+impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            let _ = write!(self.fields, " {}={}", field.name(), value);
+            self.fields.push((field.name(), value.to_owned()));
         }
     }
 
@@ -91,7 +100,20 @@ impl Visit for MessageText {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            let _ = write!(self.fields, " {}={:?}", field.name(), value);
+            self.fields.push((field.name(), format!("{value:?}")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[test]
+    fn text_is_the_message_then_the_fields() {
+        let fields = [("queue", "mail"), ("batch", "10")];
+        assert_eq!(render("ready", fields.into_iter()), "ready queue=mail batch=10");
+        assert_eq!(render("", fields.into_iter()), "queue=mail batch=10");
+        assert_eq!(render("ready", std::iter::empty()), "ready");
     }
 }

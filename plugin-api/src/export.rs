@@ -84,10 +84,20 @@ thread_local! {
 
 /// Replaces the plugin's panic hook (the plugin has its own copy of std, so this does not touch the host's) with
 /// one that keeps the message and location for the host instead of printing to stderr.
+///
+/// In a test process (feature `testing`), the kit shares std with the test harness: there the hook keeps the
+/// message only for panics inside the kit's calls into the job, and hands every other panic (a failed
+/// assertion in the test itself) to the hook it replaced, so the test's output still shows it.
 fn install_panic_capture() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
-        panic::set_hook(Box::new(|info| {
+        #[cfg(feature = "testing")]
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            #[cfg(feature = "testing")]
+            if crate::testing::passes_on_panics() {
+                return previous(info);
+            }
             let message = payload_text(info.payload());
             let text = match info.location() {
                 Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),

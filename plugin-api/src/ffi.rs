@@ -79,6 +79,35 @@ pub enum WorkResult {
     Panicked(RString),
 }
 
+/// The sentences the host logs, and reports as a worker's exit reason, for what comes back across the
+/// boundary. The host and the test kit (`testing`) both word them through these functions only.
+pub mod report {
+    use super::InitFailure;
+
+    /// Why a worker's `init` produced no job: `plugin init failed: …` or `plugin init panicked: …`.
+    pub fn init_failure(failure: &InitFailure) -> String {
+        match failure {
+            InitFailure::Failed(message) => format!("plugin init failed: {message}"),
+            InitFailure::Panicked(message) => format!("plugin init panicked: {message}"),
+        }
+    }
+
+    /// A `work` call that returned `Outcome::Failed` (logged at error level; the worker carries on).
+    pub fn work_failed(message: &str) -> String {
+        format!("work failed: {message}")
+    }
+
+    /// A `work` call that panicked (the worker ends as a crash).
+    pub fn work_panicked(message: &str) -> String {
+        format!("plugin panicked in work: {message}")
+    }
+
+    /// A `shutdown` that panicked (the worker ends as a crash).
+    pub fn shutdown_panicked(message: &str) -> String {
+        format!("plugin panicked in shutdown: {message}")
+    }
+}
+
 /// How the plugin's `tracing` events reach the host's subscriber.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy)]

@@ -162,10 +162,15 @@
 //!
 //! ## Compatibility
 //!
-//! The host checks, when it loads a plugin, that the plugin was built against a compatible version of this crate
-//! (same `0.y` while the version is below 1.0) and that every type crossing the boundary has the layout it expects.
-//! A plugin built against another version is refused with one sentence naming both versions: rebuild it against the
-//! host's version.
+//! The host loads a plugin built against a compatible version of this crate only (the same `0.y` while below
+//! 1.0) and refuses any other with one sentence naming both versions: rebuild it against the host's version.
+//! The promise, with its table, is in [the crate's README](https://crates.io/crates/pmhost-plugin-api#compatibility)
+//! (`plugin-api/README.md` in the pmhost repository).
+//!
+//! ## Unit tests (feature `testing`)
+//!
+//! `testing::Worker` runs a job's `init`, `work` and `shutdown` in a unit test without a host, as a worker of
+//! pmhost would; see the module `testing` (enable the feature in `[dev-dependencies]`; docs.rs shows it).
 
 #![warn(missing_docs)]
 
@@ -178,6 +183,8 @@ mod export;
 pub mod ffi;
 mod outcome;
 mod stop;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(feature = "tokio")]
 pub use asynchronous::AsyncJob;
@@ -235,6 +242,12 @@ pub mod __private {
         __call_root_module_loader, CheckTypeLayout, LibHeader, ROOT_MODULE_LOADER_NAME, RootModuleResult,
     };
 }
+
+/// The README's examples, compiled and run as doc tests (not rendered: the README is the crate's page on
+/// crates.io, these docs are docs.rs's).
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {

@@ -44,8 +44,23 @@ fn pmhost_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pmhost"))
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace").to_owned()
+}
+
+/// The target directory shared by the plugin crates that have a workspace of their own (fixtures, examples,
+/// crates made by `pmhost new`): one build of their common dependencies serves them all.
+pub fn standalone_target_dir() -> PathBuf {
+    let bin = pmhost_bin();
+    bin.parent().and_then(Path::parent).expect("the binary is in target/PROFILE/").join("fixtures")
+}
+
+/// The cargo profile the `pmhost` binary under test was built with (fixtures are built with it too).
+pub fn cargo_profile() -> String {
+    match pmhost_bin().parent().and_then(Path::file_name).and_then(OsStr::to_str) {
+        Some("debug") | None => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+    }
 }
 
 /// Builds the fixture plugins (cargo does nothing when they are fresh) and returns their paths.
@@ -55,10 +70,7 @@ pub fn fixtures() -> &'static Fixtures {
         let bin = pmhost_bin();
         let profile_dir = bin.parent().expect("binary has a directory");
         let target_dir = profile_dir.parent().expect("profile dir has a parent");
-        let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
+        let profile = cargo_profile();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let build = |args: &[&str], target: &Path| {
             let mut cmd = Command::new(&cargo);
@@ -70,7 +82,7 @@ pub fn fixtures() -> &'static Fixtures {
         };
         build(&["-p", "hello", "-p", "faulty", "-p", "not-a-plugin", "-p", "constructor"], target_dir);
         // Crates with a workspace of their own share one target directory, so they share abi_stable's build.
-        let own_target = target_dir.join("fixtures");
+        let own_target = standalone_target_dir();
         let manifests = [
             "plugins/old-api/Cargo.toml",
             "examples/plugin-template/Cargo.toml",

@@ -256,6 +256,8 @@ export_async_job!(PgQueue);
 
 #[cfg(test)]
 mod tests {
+    use pmhost_plugin_api::testing::{Error, Worker};
+
     #[test]
     fn quoting_doubles_the_quote_character() {
         assert_eq!(super::identifier(r#"my"chan"#), r#""my""chan""#);
@@ -265,5 +267,44 @@ mod tests {
     #[test]
     fn a_job_counts_words() {
         assert_eq!(super::perform("send the  monthly report"), 4);
+    }
+
+    /// Runs `init` with `config` (the TOML of `[task.config]`) and returns the failure, worded as the host
+    /// reports it.
+    fn init_failure(config: &str) -> String {
+        let error = Worker::builder().task("jobs").config_toml(config).init_async::<super::PgQueue>().unwrap_err();
+        assert!(matches!(error, Error::InitFailed(_)), "{config:?}: {error:?}");
+        error.to_string()
+    }
+
+    #[test]
+    fn settings_mistakes_fail_init_before_connecting() {
+        let cases = [
+            ("batch_size = 5", "plugin init failed: invalid [task.config] for task jobs: missing field `connection`"),
+            (
+                "connection = 'host=/run/postgresql'\nbatch = 5",
+                "plugin init failed: invalid [task.config] for task jobs: unknown field `batch`",
+            ),
+            (
+                "connection = 'host=/run/postgresql'\nbatch_size = 0",
+                "plugin init failed: batch_size must be at least 1",
+            ),
+            (
+                "connection = 'port=not-a-number'",
+                "plugin init failed: invalid connection string: invalid value for option `port`",
+            ),
+        ];
+        for (config, expected) in cases {
+            let failure = init_failure(config);
+            assert!(failure.starts_with(expected), "{config:?}: expected {expected:?}, got {failure:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_server_fails_init_with_the_drivers_message() {
+        // A socket directory where no server listens: the connect fails at once (no timeout to wait out).
+        let dir = std::env::temp_dir().join(format!("pg-queue-test-{}-no-server", std::process::id()));
+        let failure = init_failure(&format!("connection = 'host={} dbname=app'", dir.display()));
+        assert!(failure.starts_with("plugin init failed: error connecting to server"), "{failure}");
     }
 }

@@ -80,3 +80,97 @@ impl Job for QueueJob {
 }
 
 export_job!(QueueJob);
+
+/// The job under `cargo test`, without a host: the test kit runs `init`, `work` and `shutdown` as a worker does.
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use pmhost_plugin_api::testing::{Error, LoopEnd, Worker};
+    use pmhost_plugin_api::{Outcome, tracing::Level};
+
+    /// A fresh directory for one test, removed when the test ends.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("job-test-{}-{label}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create the test directory");
+            Scratch(dir)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn items_are_handled_one_per_call_and_moved_to_done() {
+        let scratch = Scratch::new("handled");
+        let (inbox, done) = (scratch.path("inbox"), scratch.path("done"));
+        // The config from a value of the test's own (or `.config_toml(...)`, or `.config_json(...)`).
+        #[derive(serde::Serialize)]
+        struct Config<'a> {
+            inbox: &'a Path,
+            done: &'a Path,
+        }
+        let config = Config { inbox: &inbox, done: &done };
+        let mut worker = Worker::builder().task("job").slot(1).config(&config).init::<super::QueueJob>().unwrap();
+        std::fs::write(inbox.join("a"), "first").unwrap();
+        std::fs::write(inbox.join("b"), "second!").unwrap();
+
+        let calls = worker.work_times(3).unwrap();
+        assert_eq!(calls.outcomes, [Outcome::Continue, Outcome::Continue, Outcome::Continue]);
+        assert_eq!(calls.end, LoopEnd::Limit);
+        assert!(names(&inbox).is_empty(), "left in the inbox: {:?}", names(&inbox));
+        // Claimed by slot 1, then moved.
+        assert_eq!(names(&done), ["a.1.claimed", "b.1.claimed"]);
+        worker.shutdown().unwrap();
+
+        let events = worker.events();
+        let handled: Vec<_> = events.iter().filter(|e| e.message == "handled").collect();
+        assert_eq!(handled.len(), 2);
+        assert_eq!(handled[1].field("bytes"), Some("7"));
+        assert_eq!(events.last().unwrap().text(), "bye handled=2");
+    }
+
+    #[test]
+    fn an_item_that_cannot_be_handled_fails_the_call_and_the_job_goes_on() {
+        let scratch = Scratch::new("unreadable");
+        let inbox = scratch.path("inbox");
+        let mut worker =
+            Worker::builder().config_toml(&format!("inbox = {:?}", inbox)).init::<super::QueueJob>().unwrap();
+        // Not valid UTF-8: read_to_string refuses it.
+        std::fs::write(inbox.join("bad"), [0xff, 0xfe]).unwrap();
+        let Outcome::Failed(message) = worker.work().unwrap() else { panic!("the call did not fail") };
+        assert!(message.contains("bad.0.claimed"), "{message}");
+        let warning = worker.events().into_iter().find(|e| e.level == Level::WARN).expect("a warning");
+        assert!(warning.message.starts_with("cannot handle"), "{warning:?}");
+        assert_eq!(worker.work().unwrap(), Outcome::Continue);
+    }
+
+    #[test]
+    fn a_config_without_an_inbox_is_refused_as_the_host_reports_it() {
+        let error =
+            Worker::builder().task("job").config_toml("done = '/tmp/done'").init::<super::QueueJob>().unwrap_err();
+        assert!(matches!(error, Error::InitFailed(_)), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "plugin init failed: invalid [task.config] for task job: missing field `inbox` at line 1 column 20"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! From a parsed command line to the subcommand that runs it.
 
-use super::{CommandError, list, logs, restart, scale, shell, start, status, stop, top, upgrade, validate};
+use super::{CommandError, list, logs, new, restart, scale, shell, start, status, stop, top, upgrade, validate};
 use crate::cli::{Cli, Command};
 
 /// Runs a parsed command line; `Ok` carries the exit code of a command that ran (0, or `status --check`'s 5).
@@ -16,6 +16,7 @@ pub fn run(cli: Cli) -> Result<i32, CommandError> {
         Command::Logs(args) => logs::logs(args),
         Command::Top(args) => top::top(args),
         Command::Validate(args) => validate::validate(args),
+        Command::New(args) => new::new(args),
         Command::Completions { shell } => shell::completions(shell),
         Command::Man => shell::man(),
     }

@@ -68,6 +68,8 @@ pub enum CommandError {
     NoLogDir { dir: PathBuf },
     #[error("master {name} (pid {pid}) is still running after SIGKILL")]
     Unkillable { name: String, pid: i32 },
+    #[error(transparent)]
+    Scaffold(#[from] crate::scaffold::ScaffoldError),
 }
 
 impl CommandError {
@@ -79,6 +81,7 @@ impl CommandError {
             CommandError::RolledBack { .. } | CommandError::UpgradeRefused { .. } => code::ROLLED_BACK,
             CommandError::Master(MasterError::BatchFailed(_)) => code::BATCH_FAILED,
             CommandError::NoPlugin | CommandError::Usage(_) | CommandError::Config(_) => code::USAGE,
+            CommandError::Scaffold(error) if error.is_usage() => code::USAGE,
             _ => code::FAILED,
         }
     }

@@ -4,6 +4,7 @@ mod dispatch;
 mod error;
 mod list;
 mod logs;
+mod new;
 mod plan;
 mod process;
 mod restart;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RSome;
 use pmhost_plugin_api::InitContext;
-use pmhost_plugin_api::ffi::{HostLogger, InitFailure};
+use pmhost_plugin_api::ffi::{HostLogger, report as plugin_report};
 use serde::{Deserialize, Serialize};
 
 use super::CommandError;
@@ -103,11 +103,8 @@ fn probe(task: &str, staged: &Path, original: &Path, config: &str) -> ProbeRepor
     let started = Instant::now();
     let mut job = match (module.init())(&ctx).into_result() {
         Ok(job) => job,
-        Err(InitFailure::Failed(message)) => {
-            return ProbeReport { api_version, init_ms: None, error: Some(format!("plugin init failed: {message}")) };
-        }
-        Err(InitFailure::Panicked(message)) => {
-            return ProbeReport { api_version, init_ms: None, error: Some(format!("plugin init panicked: {message}")) };
+        Err(failure) => {
+            return ProbeReport { api_version, init_ms: None, error: Some(plugin_report::init_failure(&failure)) };
         }
     };
     let init_ms = started.elapsed().as_millis() as u64;
@@ -115,7 +112,7 @@ fn probe(task: &str, staged: &Path, original: &Path, config: &str) -> ProbeRepor
         return ProbeReport {
             api_version,
             init_ms: Some(init_ms),
-            error: Some(format!("plugin shutdown panicked: {message}")),
+            error: Some(plugin_report::shutdown_panicked(&message)),
         };
     }
     ProbeReport { api_version, init_ms: Some(init_ms), error: None }

@@ -8,10 +8,12 @@
 //! 4. handle deadlines (stop grace over, `init` too slow, a zygote that does not answer, backoff over, check
 //!    tick): per-worker and per-slot ones come off a heap (`deadlines`), so neither this step nor the choice of
 //!    the next wake-up looks at every worker,
-//! 5. manage workers (fill the empty slots an event touched whose backoff is over; after a change of the wanted
-//!    counts, every slot, and retire workers above them),
-//! 6. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
-//! 7. publish status (only if something changed or a snapshot was asked for; changes alone are paced, see
+//! 5. handle watched plugin files (read their directories' events, look at a file whose debounce is over and
+//!    queue the rollout of a new build, see `watch`), before the rollout step so it begins in this wake-up,
+//! 6. manage workers (fill the empty slots an event touched whose backoff is over; after a change of the wanted
+//!    counts, every slot, and retire workers above them), and move the rollout on,
+//! 7. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
+//! 8. publish status (only if something changed or a snapshot was asked for; changes alone are paced, see
 //!    `snapshot`).
 //!
 //! Reports come before reaping so that a worker that reported why it failed and then exited is recorded with
@@ -176,6 +178,8 @@ pub struct Master {
     /// An upgrade asked for in this wake-up, done once the wake-up's work is done.
     pub(super) upgrade_wanted: Option<super::handover::UpgradeOrder>,
     pub(super) last_upgrade: Option<crate::status::UpgradeStatus>,
+    /// The watches on watched tasks' plugin files (`None` while no task is watched).
+    pub(super) plugin_watch: Option<super::plugin_dirs::PluginWatch>,
 }
 
 impl Master {
@@ -261,6 +265,7 @@ impl Master {
             binary: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             upgrade_wanted: None,
             last_upgrade: None,
+            plugin_watch: None,
         })
     }
 
@@ -268,6 +273,12 @@ impl Master {
     pub fn run(mut self) -> Result<Stopped, MasterError> {
         info!(pid = std::process::id(), workers = self.wanted_workers(), "master started");
         self.adopt_orphans();
+        let unwatched = self.sync_watches(false);
+        if let (Some(startup), Some(reason)) = (&mut self.startup, unwatched) {
+            // Asked for and impossible: the start fails before any worker runs, rather than run unwatched.
+            startup.fail(StartFailure::Unwatched(reason));
+            self.resolve_startup();
+        }
         self.schedule_supervision(Mono::now());
         self.manage_workers();
         self.resolve_startup();
@@ -277,18 +288,22 @@ impl Master {
                 return self.exit(outcome);
             }
             let deadline = self.next_deadline();
-            let woken =
-                match self.events.arm(deadline).and_then(|()| self.events.wait(&self.reports, self.captures.as_fd())) {
-                    Ok(woken) => woken,
-                    Err(e) => {
-                        error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
-                        if let Some(ready) = self.ready.take() {
-                            ready.send(Err(&format!("the master's event loop failed: {e}")));
-                        }
-                        self.kill_all();
-                        return Err(MasterError::EventLoop(e));
+            let plugin_files = self.plugin_watch.as_ref().map(|watch| watch.as_fd());
+            let woken = match self
+                .events
+                .arm(deadline)
+                .and_then(|()| self.events.wait(&self.reports, self.captures.as_fd(), plugin_files))
+            {
+                Ok(woken) => woken,
+                Err(e) => {
+                    error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
+                    if let Some(ready) = self.ready.take() {
+                        ready.send(Err(&format!("the master's event loop failed: {e}")));
                     }
-                };
+                    self.kill_all();
+                    return Err(MasterError::EventLoop(e));
+                }
+            };
             self.read_reports();
             self.reap_workers();
             for (signal, sender) in woken.signals {
@@ -299,6 +314,7 @@ impl Master {
             }
             self.apply_scale_signals();
             self.handle_deadlines();
+            self.handle_plugin_changes(woken.plugin_files);
             self.manage_workers();
             self.advance_rollout();
             self.resolve_startup();
@@ -377,6 +393,7 @@ impl Master {
             self.snapshot_wanted = true;
             // A full look at every slot once per tick (not per event): a safety net under the per-slot checks.
             self.recheck_all = true;
+            self.retry_watches();
         }
     }
 
@@ -384,7 +401,14 @@ impl Master {
     /// heap, see `deadlines`) or one of the host's own.
     fn next_deadline(&mut self) -> Option<Mono> {
         let tick = if matches!(self.phase, HostPhase::Running) { self.next_tick } else { None };
-        let host = [tick, self.next_supervision, self.next_watchdog, self.status_due(), self.orphan_scan_at];
+        let host = [
+            tick,
+            self.next_supervision,
+            self.next_watchdog,
+            self.status_due(),
+            self.orphan_scan_at,
+            self.watch_deadline(),
+        ];
         host.into_iter().flatten().chain(self.next_worker_deadline()).min()
     }
 

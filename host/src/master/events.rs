@@ -1,5 +1,5 @@
-//! The master's only wait: one `poll` on the signalfd, the timerfd, the worker report pipe and the epoll set of
-//! worker output.
+//! The master's only wait: one `poll` on the signalfd, the timerfd, the worker report pipe, the epoll set of
+//! worker output and, when a task is watched, the inotify descriptor of its plugin file's directory.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -24,6 +24,8 @@ pub struct Woken {
     pub stop_requests: Vec<Pid>,
     /// Some worker wrote output.
     pub output: bool,
+    /// Something happened in the directory of a watched plugin file (`watch`).
+    pub plugin_files: bool,
 }
 
 /// The master's event sources.
@@ -58,16 +60,25 @@ impl Events {
         Ok(())
     }
 
-    /// Blocks until a signal, the timer or a worker report; returns the signals and whether the timer fired.
-    pub fn wait(&mut self, reports: &ReportReader, output: BorrowedFd<'_>) -> io::Result<Woken> {
+    /// Blocks until a signal, the timer, a worker report, worker output or (with `plugin_files`, the watch on
+    /// plugin files) a file event; returns the signals and which sources are readable.
+    pub fn wait(
+        &mut self,
+        reports: &ReportReader,
+        output: BorrowedFd<'_>,
+        plugin_files: Option<BorrowedFd<'_>>,
+    ) -> io::Result<Woken> {
         let mut fds = [
             PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
             PollFd::new(reports.as_fd(), PollFlags::POLLIN),
             PollFd::new(output, PollFlags::POLLIN),
+            // Polled only when some task is watched (the slice below leaves it out otherwise).
+            PollFd::new(plugin_files.unwrap_or(output), PollFlags::POLLIN),
         ];
+        let polled = if plugin_files.is_some() { fds.len() } else { fds.len() - 1 };
         loop {
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds[..polled], PollTimeout::NONE) {
                 Ok(_) => break,
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -81,6 +92,7 @@ impl Events {
             self.armed = None;
         }
         woken.output = readable(&fds[3]);
+        woken.plugin_files = plugin_files.is_some() && readable(&fds[4]);
         if readable(&fds[0]) {
             while let Ok(Some(info)) = self.signals.read_signal() {
                 let sender = Pid::from_raw(info.ssi_pid as i32);

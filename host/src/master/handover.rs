@@ -70,6 +70,9 @@ struct State {
     report_tx_fd: RawFd,
     scoreboard_fd: RawFd,
     captures: Vec<super::capture::HandedStream>,
+    /// Per watched task, the hash of the last build its watch rolled out (see `watch`).
+    #[serde(default)]
+    watch_tried: BTreeMap<String, String>,
 }
 
 impl Master {
@@ -176,6 +179,7 @@ impl Master {
             report_tx_fd: self.report_tx.as_raw_fd(),
             scoreboard_fd: self.board.memfd().as_raw_fd(),
             captures: Vec::new(),
+            watch_tried: self.plugin_watch.as_ref().map(|w| w.tried().clone()).unwrap_or_default(),
         };
         let json = serde_json::to_value(&state);
         // Put the tasks and workers back at once: every error below leaves the master as it was.
@@ -482,8 +486,12 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
         deadlines: Default::default(),
         recheck: Vec::new(),
         recheck_all: true,
+        plugin_watch: None,
     };
     master.index_workers();
+    // Watches do not cross the exec: place them again, and look at each file once (it may have changed meanwhile).
+    master.sync_watches(true);
+    master.restore_watch_tried(state.watch_tried);
     if let Some(notifier) = &mut master.notifier {
         notifier.ready("running");
     }

@@ -9,6 +9,7 @@ mod handover;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};
 mod life;
 mod orphans;
+mod plugin_dirs;
 mod policy;
 mod progress;
 mod rollout;
@@ -20,6 +21,7 @@ mod state;
 mod stopping;
 mod supervise;
 mod warm;
+mod watch;
 
 pub use core::{Master, MasterError, MasterParts, Stopped};
 pub use orphans::WORKER_MARK;

@@ -38,6 +38,8 @@ pub struct RestartOrder {
     pub init_timeout: Option<Duration>,
     /// The command gave up waiting at this moment: a restart still queued then is dropped, not begun.
     pub expires_at: Option<Mono>,
+    /// The watched plugin file whose new build this rolls out (`--watch`, see `watch`).
+    pub watched_file: Option<PathBuf>,
 }
 
 /// A restart worked out and staged, not applied yet.
@@ -78,7 +80,7 @@ impl Master {
     }
 
     /// Takes the next generation number and records the restart as begun.
-    fn record_restart_start(&mut self, request_id: Option<String>) -> u32 {
+    fn record_restart_start(&mut self, request_id: Option<String>, watched_file: Option<&std::path::Path>) -> u32 {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.last_restart = Some(RestartStatus {
@@ -91,6 +93,7 @@ impl Master {
             request_id,
             slots_done: 0,
             slots_total: 0,
+            watched_file: watched_file.map(|file| file.display().to_string()),
         });
         self.dirty = true;
         generation
@@ -98,12 +101,12 @@ impl Master {
 
     /// Records a restart that was refused before it began.
     fn begin_refused(&mut self, order: RestartOrder, reason: String) {
-        self.record_restart_start(order.request_id);
+        self.record_restart_start(order.request_id, order.watched_file.as_deref());
         self.refuse_rollout(reason);
     }
 
     fn begin_rollout(&mut self, order: RestartOrder) {
-        let generation = self.record_restart_start(order.request_id.clone());
+        let generation = self.record_restart_start(order.request_id.clone(), order.watched_file.as_deref());
         // Everything that can fail happens before anything changes: a refused restart leaves the host as it was.
         let plan = match self.plan_rollout(&order, generation) {
             Ok(plan) => plan,
@@ -387,6 +390,8 @@ impl Master {
     fn record_restart_end(&mut self, error: Option<String>) {
         self.prune_staged_builds();
         self.prune_zygotes();
+        // A rollout may have moved a task to another file or changed its `watch` setting.
+        self.sync_watches(false);
         let summary = self.summary();
         if let Some(notifier) = &mut self.notifier {
             notifier.ready(&summary);

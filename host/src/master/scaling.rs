@@ -28,6 +28,7 @@ impl Master {
                         surge,
                         init_timeout: init_timeout_ms.map(Duration::from_millis),
                         expires_at: expires_at_mono_ns.map(|ns| Mono(Duration::from_nanos(ns))),
+                        watched_file: None,
                     });
                 }
                 crate::requests::Request::Upgrade { id, binary, .. } => {

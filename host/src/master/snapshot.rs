@@ -217,6 +217,7 @@ impl Master {
             executions_total: task.executions_done + live,
             workers,
             backoff,
+            watch: self.watch_status(&task.settings.name),
         }
     }
 

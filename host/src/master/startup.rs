@@ -28,6 +28,9 @@ pub enum StartFailure {
     /// A stop came before the start was decided.
     #[error("stopped before every worker was ready")]
     Stopped,
+    /// `--watch` was asked for, but the plugin file cannot be watched.
+    #[error("{0} (--watch)")]
+    Unwatched(String),
 }
 
 /// Tracks the first wave of workers: the start succeeds once every one of them is ready, and fails as soon as

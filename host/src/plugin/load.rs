@@ -68,7 +68,8 @@ pub fn load(staged: &Path, original: &Path) -> Result<PluginModuleRef, LoadError
     })
 }
 
-/// Semver compatibility as Cargo sees it: same major version, and same minor while the major is 0.
+/// Semver compatibility as Cargo sees it: same major version, and same minor while the major is 0. This is the
+/// compatibility promise written in pmhost-plugin-api's README (its table is checked against this function).
 fn compatible(built: &str, host: &str) -> bool {
     let parts = |v: &str| -> Option<(u64, u64)> {
         let mut it = v.trim().split('.');
@@ -164,5 +165,34 @@ mod tests {
         assert!(super::compatible("1.4.0", "1.2.0"));
         assert!(!super::compatible("2.0.0", "1.2.0"));
         assert!(!super::compatible("garbage", "0.1.0"));
+    }
+
+    #[test]
+    fn the_compatibility_promise_in_the_api_readme_is_what_the_loader_checks() {
+        let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api/README.md");
+        let text = std::fs::read_to_string(&readme).unwrap();
+        let section = text.split("## Compatibility").nth(1).expect("the README has a Compatibility section");
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .filter(|line| line.starts_with("| ") && !line.starts_with("| pmhost speaks"))
+            .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        assert!(rows.len() >= 6, "the table is missing: {rows:?}");
+        for row in &rows {
+            let [host, built, loaded] = row[..] else { panic!("a row of three cells: {row:?}") };
+            let expected = match loaded {
+                "yes" => true,
+                "no" => false,
+                other => panic!("loaded is yes or no, not {other:?}"),
+            };
+            assert_eq!(super::compatible(built, host), expected, "pmhost at {host}, plugin built against {built}");
+        }
+        // The sentence the README quotes is the loader's.
+        let error = super::LoadError::IncompatibleVersion {
+            path: "/srv/jobs/libmailer.so".into(),
+            built: "0.1.0".into(),
+            host: "0.2.0".into(),
+        };
+        assert!(section.contains(&error.to_string()), "the README quotes another sentence than\n{error}");
     }
 }

@@ -6,4 +6,4 @@ pub mod probe;
 mod stage;
 
 pub use load::{LoadError, load};
-pub use stage::{StageError, StagedPlugin, prune, stage};
+pub use stage::{StageError, StagedPlugin, content_hash, prune, stage};

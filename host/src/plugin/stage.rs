@@ -243,6 +243,26 @@ fn digest(path: &Path, mut copy: fs::File, dir: &Dir) -> Result<String, StageErr
     Ok(hex(&hasher.finalize()))
 }
 
+/// The hex SHA-256 of the file at `path`, as [`stage`] would name its copy (`--watch` compares it with the
+/// running build before rolling anything out). Read in fixed chunks; a FIFO or directory is refused, not waited on.
+pub fn content_hash(path: &Path) -> io::Result<String> {
+    let mut source = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    if !source.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -265,6 +285,7 @@ mod tests {
         fs::write(&plugin, b"\x7fELF other build").unwrap();
         let second = stage(&plugin, &dir).unwrap();
         assert_ne!(first.sha256, second.sha256);
+        assert_eq!(content_hash(&plugin).unwrap(), second.sha256);
         assert_eq!(fs::read(&first.staged).unwrap(), b"\x7fELF fake library");
         // What workers load is the held copy, even when the staged path is swapped afterwards.
         fs::remove_file(&first.staged).unwrap();

@@ -152,6 +152,9 @@ pub struct TaskSettings {
     pub max_rss: Option<u64>,
     /// Workers' stdout and stderr are logged line by line (else they are the master's).
     pub capture_output: bool,
+    /// A new build of the plugin file is rolled out as soon as it is complete (`--watch`, see `master::watch`).
+    #[serde(default)]
+    pub watch: bool,
     /// Who the workers run as and in which environment.
     pub process: ProcessSettings,
 }

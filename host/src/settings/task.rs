@@ -355,6 +355,8 @@ task_settings! {
         default "inherited", value "OCTAL", "the workers' file creation mask, in octal (\"027\")";
     nice: i32 = Kind::Signed { min: -20, max: 19, range: "-20 to 19" },
         default "inherited", value "N", "the workers' scheduling niceness, -20 (first) to 19 (last); lowering it needs root";
+    watch: bool = Kind::Switch,
+        default "false", value "BOOL", "for development: when the plugin file is replaced by a new build (cargo's hard link or rename, or an overwrite in place), wait until it has not changed for 500 ms and no writer has it open, then roll it out as `pmhost restart` would (rolled back if it fails; a build identical to the running one is ignored); `--watch` alone means true";
 }
 
 /// The command line's task values: they override the file's for every task.
@@ -387,6 +389,7 @@ impl TaskValues {
             work_timeout: self.work_timeout.and_then(zero_is_none),
             max_rss: self.max_rss.filter(|bytes| *bytes > 0),
             capture_output: self.capture_output.unwrap_or(true),
+            watch: self.watch.unwrap_or(false),
             process: ProcessSettings {
                 user: self.user.clone(),
                 group: self.group.clone(),
@@ -425,13 +428,17 @@ impl clap::Args for TaskFlags {
     fn augment_args(command: clap::Command) -> clap::Command {
         TASK_SETTINGS.iter().fold(command, |command, setting| {
             let setting: &'static Setting = setting;
-            command.arg(
-                clap::Arg::new(setting.key)
-                    .long(setting.key.replace('_', "-"))
-                    .value_name(setting.value_name)
-                    .help(format!("{} [default: {}]", capitalized(setting.help), setting.default))
-                    .value_parser(clap::builder::ValueParser::new(move |text: &str| setting.parse_text(text))),
-            )
+            let arg = clap::Arg::new(setting.key)
+                .long(setting.key.replace('_', "-"))
+                .value_name(setting.value_name)
+                .help(format!("{} [default: {}]", capitalized(setting.help), setting.default))
+                .value_parser(clap::builder::ValueParser::new(move |text: &str| setting.parse_text(text)));
+            // An on/off flag given alone means on (`--watch`); `--watch false` still turns it off.
+            let arg = match setting.kind {
+                Kind::Switch => arg.num_args(0..=1).default_missing_value("true"),
+                _ => arg,
+            };
+            command.arg(arg)
         })
     }
 
@@ -503,6 +510,25 @@ mod tests {
         let merged = flags.or(&file);
         assert_eq!((merged.workers, merged.execute_times), (Some(2), Some(0)));
         assert!(merged.any_setting() && !TaskValues::default().any_setting());
+    }
+
+    #[test]
+    fn an_on_off_flag_alone_means_on() {
+        #[derive(clap::Parser)]
+        struct Start {
+            #[command(flatten)]
+            task: TaskFlags,
+        }
+        let parse = |args: &[&str]| {
+            <Start as clap::Parser>::try_parse_from(std::iter::once("start").chain(args.iter().copied()))
+                .map(|start| start.task.0)
+        };
+        assert_eq!(parse(&["--watch"]).unwrap().watch, Some(true));
+        assert_eq!(parse(&["--watch", "--workers", "2"]).unwrap().watch, Some(true));
+        assert_eq!(parse(&["--watch", "false"]).unwrap().watch, Some(false));
+        assert_eq!(parse(&["--capture-output", "off"]).unwrap().capture_output, Some(false));
+        assert_eq!(parse(&[]).unwrap().watch, None);
+        assert!(parse(&["--watch", "maybe"]).is_err());
     }
 
     /// The rows of the README's table of `start` settings for the task settings, as the definition says.

@@ -151,6 +151,7 @@ mod tests {
                 executions_total: workers.iter().map(|w| w.1).sum(),
                 workers: workers.iter().enumerate().map(|(i, &w)| worker(w, i)).collect(),
                 backoff: Vec::new(),
+                watch: None,
             }],
         }
     }

@@ -23,6 +23,7 @@ fn the_benchmark_produces_every_figure() {
         "`pmhost status --json`, 2 workers",
         "master idle: CPU ticks",
         "master idle: wake-ups",
+        "master idle, --watch on: wake-ups",
         "memory: master PSS",
         "memory: one worker PSS",
         "memory: master + 2 workers PSS",

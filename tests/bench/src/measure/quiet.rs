@@ -16,7 +16,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
     let workers = bench.config.workers;
     let window = bench.config.idle_window;
-    let (mut ticks, mut wakeups) = (Vec::new(), Vec::new());
+    let (mut ticks, mut wakeups, mut watched_wakeups) = (Vec::new(), Vec::new(), Vec::new());
     let (mut master_mem, mut worker_mem, mut total_mem) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=bench.config.runs {
         bench.progress(&format!("master idle ({} s) and memory: run {run}/{}", window.as_secs(), bench.config.runs));
@@ -37,6 +37,21 @@ pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
         master_mem.push(master_pss);
         worker_mem.push(spread(&worker_pss).0);
         total_mem.push(master_pss + worker_pss.iter().sum::<f64>());
+        drop(sb);
+
+        // The same with `--watch`: the plugin, copied into a directory of its own, is watched for new builds.
+        bench.progress(&format!("master idle with --watch ({} s): run {run}/{}", window.as_secs(), bench.config.runs));
+        let sb = Sandbox::new(bench.artifacts, "quietwatch")?;
+        let plugin = sb.path("build/libbench.so");
+        std::fs::create_dir_all(sb.path("build"))?;
+        std::fs::copy(&bench.artifacts.plugin, &plugin)?;
+        let mut spec = StartSpec::new(workers, RHYTHM, Mode::Empty);
+        spec.extra.push("--watch".to_owned());
+        sb.start_with(&spec, &plugin)?;
+        let master = sb.master_pid()?;
+        let switches_before = procfs::context_switches(master)?;
+        sleep_window(window)?;
+        watched_wakeups.push((procfs::context_switches(master)? - switches_before) as f64);
     }
     let seconds = window.as_secs();
     let idle_method = format!(
@@ -56,6 +71,17 @@ pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
             .method(idle_method),
         Figure::new("master idle", &format!("master idle: wake-ups over {seconds} s"), Unit::WakeUps, wakeups)
             .target("0 (no event, no check tick in the window)", Check::AllAtMost(0.0)),
+        Figure::new(
+            "master idle, --watch",
+            &format!("master idle, --watch on: wake-ups over {seconds} s"),
+            Unit::WakeUps,
+            watched_wakeups,
+        )
+        .target("0 (the watched directory is quiet)", Check::AllAtMost(0.0))
+        .method(format!(
+            "As **master idle**, on a host of its own started with `--watch`, its plugin copied into a \
+                 directory nothing else writes to; wake-ups over {seconds} s."
+        )),
         Figure::new("memory", "memory: master PSS", Unit::MiB, master_mem)
             .target("≤ 1 MiB", Check::MedianAtMost(1.0))
             .method(format!(
