@@ -33,8 +33,8 @@ fn a_warm_worker_is_the_masters_child_with_its_title_group_and_signals() {
         ["--workers", "2", "--execute-times", "0", "--execute-usleep", "50ms", "--log-level", "debug"],
     );
     let master = fg.child.id() as i32;
-    // The first spawn after the start (here: a crash's replacement, forked cold) starts the zygote; until it has
-    // loaded its plugin, replacements are forked cold too. Kill a worker at a time until one comes back warm.
+    // A build's zygote is started by its first spawn; until it has loaded its plugin, workers are forked cold.
+    // Kill a worker at a time until a replacement comes back warm.
     let mut killed = Vec::new();
     let warm = sb.wait_for("a warm replacement", SOON, || {
         let ready = sb.ready_workers();
