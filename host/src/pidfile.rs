@@ -145,10 +145,22 @@ pub fn running_master(root: &Dir, name: &str) -> Result<Option<Pid>, PidFileErro
 }
 
 /// Whether process `pid` has the file described by `meta` open (same device and inode).
+///
+/// The master opens its pid file among its first descriptors, so the low ones are looked at first: listing
+/// `/proc/PID/fd` of a master of 1024 workers (two output pipes each) would cost every command a few
+/// milliseconds. The whole list is the fallback (a master re-executed by an upgrade may hold it higher).
 fn has_open(pid: Pid, meta: &std::fs::Metadata) -> bool {
+    let same =
+        |path: &std::path::Path| std::fs::metadata(path).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+    if (0..LOW_FDS).any(|fd| same(std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")))) {
+        return true;
+    }
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    fds.flatten().any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino()))
+    fds.flatten().any(|fd| same(&fd.path()))
 }
+
+/// Descriptors looked at one by one before the whole list (see [`has_open`]).
+const LOW_FDS: u32 = 16;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
-//! Worker → master reports over one shared pipe: "ready" after `init`, or why the worker could not start.
+//! Worker → master reports over one shared pipe: "spawned" (a zygote's worker says its pid), "ready" after
+//! `init`, or why the worker could not start.
 //!
 //! Every record is one `write` of at most `PIPE_BUF` bytes, which the kernel never interleaves with another
 //! worker's, so a single pipe serves all workers. A record is a little-endian `u32` length and a JSON body.
@@ -13,9 +14,15 @@ use serde::{Deserialize, Serialize};
 /// Largest message kept in a report (the rest is cut), so a record always fits in one atomic pipe write.
 const MAX_MESSAGE: usize = 3000;
 
-/// What a worker tells the master.
+/// What a worker (or a zygote) tells the master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
+    /// A worker a zygote cloned for the request of scoreboard cell `cell` runs as `pid`: its first record,
+    /// written before anything else it does, so it always reaches the master before the worker's other reports
+    /// and before its exit can be reaped (see `master::warm`).
+    Spawned { pid: i32, cell: u32 },
+    /// A zygote could not clone the worker asked for with `cell`.
+    SpawnFailed { cell: u32 },
     /// `init` succeeded: the worker is in its work loop.
     Ready { pid: i32 },
     /// The worker could not start; it exits right after sending this.

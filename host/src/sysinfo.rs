@@ -12,6 +12,17 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// Resident set size in bytes from an open `/proc/PID/statm` (re-read from its start: proc regenerates it), so a
+/// snapshot of many workers costs one `pread` per worker instead of a path walk, open, read and close.
+pub fn rss_bytes_of(statm: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 128];
+    let len = statm.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..len]).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
 /// What `/proc/PID/stat` says about a process: whether it is stopped (state `T`, by SIGSTOP or a terminal; `t`,
 /// by a tracer) and its resident set size. `None` if the process is gone.
 pub fn process_state(pid: i32) -> Option<ProcessState> {
@@ -107,6 +118,12 @@ mod tests {
     #[test]
     fn own_rss_is_positive() {
         assert!(super::rss_bytes(std::process::id() as i32).unwrap() > 0);
+        let statm = std::fs::File::open("/proc/self/statm").unwrap();
+        let before = super::rss_bytes_of(&statm).unwrap();
+        let grown = vec![1u8; 32 << 20];
+        let after = super::rss_bytes_of(&statm).unwrap();
+        assert!(after >= before + (16 << 20), "a held statm is read afresh: {before} -> {after}");
+        drop(grown);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! flag, free to check) and `stop_fd()` / `sleep()` (the eventfd, to wake a job blocked in I/O or a pause).
 //! No thread and no work-path cost: the eventfd is touched only by the handler and by waits.
 
+use std::ffi::CString;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
@@ -213,9 +214,7 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     // Every descendant inherits this mark; the master ends marked processes left behind when a worker ends,
     // even those that left the process group (see `master::orphans`).
-    // SAFETY: the worker is single-threaded here (just forked from the single-threaded master, before the plugin
-    // loads), so nothing reads the environment concurrently.
-    unsafe { std::env::set_var(crate::master::WORKER_MARK, std::process::id().to_string()) };
+    mark_environment(std::process::id());
     MASTER_PID.store(spec.master.as_raw(), Ordering::Relaxed);
     // Opened before the handler is installed, so the handler never sees a stop request it cannot signal.
     STOP_EVENT.store(open_stop_event()?.into_raw_fd(), Ordering::Relaxed);
@@ -244,6 +243,31 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
         exit(code::ORPHANED);
     }
     Ok(())
+}
+
+/// The value a zygote gives [`crate::master::WORKER_MARK`] so that its workers can write their pid into the
+/// string in place: ten digits, the most a pid has.
+pub(crate) const MARK_PLACEHOLDER: &str = "0000000000";
+
+/// Sets `PMHOST_WORKER={pid}` in this worker's environment. A worker cloned by a zygote finds the placeholder
+/// the zygote set ([`MARK_PLACEHOLDER`]) and overwrites its digits in place: `setenv` would search the whole
+/// environment and copy its array, a few percent of a short-lived warm worker's life.
+fn mark_environment(pid: u32) {
+    let name = CString::new(crate::master::WORKER_MARK).expect("no NUL in the name");
+    // SAFETY: single-threaded (just forked, before the plugin loads): nothing reads or changes the environment
+    // concurrently. getenv returns the value of a `NAME=VALUE` string libc allocated with setenv (the zygote's
+    // placeholder), at least ten bytes and a NUL long when it equals the placeholder; writing at most ten
+    // digits and a NUL into it stays inside it.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        if !value.is_null() && std::ffi::CStr::from_ptr(value).to_bytes() == MARK_PLACEHOLDER.as_bytes() {
+            let digits = pid.to_string();
+            std::ptr::copy_nonoverlapping(digits.as_ptr(), value.cast::<u8>(), digits.len());
+            *value.add(digits.len()) = 0;
+            return;
+        }
+        std::env::set_var(crate::master::WORKER_MARK, pid.to_string());
+    }
 }
 
 /// Closes every descriptor above stderr but `keep`: what the master holds for itself and for other workers

@@ -19,19 +19,42 @@
 //! - A request is one message: the slot and scoreboard cell, with the worker's two capture pipe ends attached
 //!   (`SCM_RIGHTS`) when its output is captured. The zygote `clone`s with `CLONE_PARENT`, so the worker is the
 //!   master's own child: the master reaps, signals and supervises it exactly like a cold one, and the worker's
-//!   `PR_SET_PDEATHSIG` follows the master. The zygote answers with the pid.
+//!   `PR_SET_PDEATHSIG` follows the master. The zygote does not answer: the new worker's first act is a
+//!   `Spawned { pid, cell }` record on the report pipe, and a failed `clone` is a `SpawnFailed { cell }` record
+//!   from the zygote. The master never waits for a zygote (see `master::warm` for why and how).
 //! - The worker then runs the same path as a cold one ([`crate::worker::run`]: process setup, title, rlimits,
 //!   process group, pdeathsig, `init`, the loop), minus the load.
 //! - The zygote itself keeps the master's blocked signal mask, so nothing but SIGKILL ends it: the master kills it
 //!   when a rollout leaves its build unused and when it stops; the zygote ends on its own when its socket closes.
 //!
 //! The master never loads plugin code: the zygote is a separate process, forked before any load.
+//!
+//! # Where a warm spawn's time goes (measured, issue 14)
+//!
+//! `perf record -a` (cpu-clock; this VM has no hardware counters) and a page-fault trace over a churn of 2 slots
+//! (`--execute-times 1 --execute-usleep 0`, bench plugin), 2 cores: the CPU of one worker's whole life, summed
+//! over the master (its utime+stime+cutime+cstime: warm workers are its children) and the zygote, was about
+//! 560 µs: master ~75 µs, the zygote's `clone` ~105 µs (copying its page tables), the worker ~380 µs. Of the
+//! worker's time, 46 % were page faults and 23 % the teardown of its address space at exit; in numbers, 94
+//! page faults per worker: 43 on code (pmhost 23, libc 9, the plugin 6, ...: a fork maps no file page of its
+//! parent, each 64 KiB window of code it runs faults once), 23 copy-on-write faults on the zygote's heap (glibc
+//! malloc walking free lists spread over the inherited heap), 12 % of its time setting its title (a read of
+//! `/proc/self/stat` and a copy of the whole environment by `setenv`) and 5 % the `PMHOST_WORKER` mark
+//! (`setenv` again). Now the title reuses the argv area and relocated environment the worker inherits
+//! (`title`), the mark is written into a placeholder the zygote set (`worker::mark_environment`): 76 faults per
+//! worker, 14 of them on the heap.
+//!
+//! What that means for the targets: two slots turning over on two cores are bound by the CPU of a worker's
+//! life, not by latency (the cores were 80–85 % busy). 5 000 workers/s needs at most ~400 µs of CPU per worker
+//! for all processes together; the remaining cost is mostly the kernel's (clone, faults, exit). Keeping a
+//! pre-cloned spare per zygote would move the `clone` off the slot's critical path (turnover) but not off the
+//! CPU (throughput); a worker announcing its last call would let its replacement start during its teardown.
+//! Both are left for measurement on a quiet machine.
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-use nix::unistd::Pid;
 
 use crate::exit::worker as code;
 use crate::scoreboard::{CellIndex, Scoreboard};
@@ -89,6 +112,9 @@ pub fn run(template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) ->
             std::process::exit(code::LOAD_FAILED);
         }
     };
+    // Room for each worker's pid in its environment mark, written in place (see `worker::mark_environment`).
+    // SAFETY: the zygote is single-threaded; nothing reads the environment concurrently.
+    unsafe { std::env::set_var(crate::master::WORKER_MARK, crate::worker::MARK_PLACEHOLDER) };
     if nix::unistd::write(&socket, &[READY]).is_err() {
         std::process::exit(code::OK);
     }
@@ -100,6 +126,10 @@ pub fn run(template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) ->
             libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0)
         };
         if pid == 0 {
+            // First of all: the master learns this worker's pid from the worker itself, so the report is in the
+            // pipe before any other report of this worker and before its exit (see `master::warm`).
+            let me = std::process::id() as i32;
+            crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
             let output = match (request.output, fds.as_slice()) {
                 (true, [stdout, stderr]) => Some((stdout.as_raw_fd(), stderr.as_raw_fd())),
                 _ => None,
@@ -114,9 +144,8 @@ pub fn run(template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) ->
             crate::worker::run(spec, cell, Some(module));
         }
         drop(fds);
-        let answer = if pid > 0 { pid as i32 } else { -1 };
-        if nix::unistd::write(&socket, &answer.to_le_bytes()).is_err() {
-            std::process::exit(code::OK);
+        if pid < 0 {
+            crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell });
         }
     }
 }
@@ -163,13 +192,6 @@ pub fn send(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>) -> n
     sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
 }
 
-/// The pid a zygote answered (`None`: it could not clone).
-pub fn decode_answer(bytes: &[u8]) -> Option<Pid> {
-    let bytes: [u8; 4] = bytes.try_into().ok()?;
-    let pid = i32::from_le_bytes(bytes);
-    (pid > 0).then(|| Pid::from_raw(pid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +202,5 @@ mod tests {
             assert_eq!(Request::decode(&request.encode()), Some(request));
         }
         assert_eq!(Request::decode(&[1, 2, 3]), None);
-        assert_eq!(decode_answer(&42i32.to_le_bytes()), Some(Pid::from_raw(42)));
-        assert_eq!(decode_answer(&(-1i32).to_le_bytes()), None);
     }
 }

@@ -457,6 +457,9 @@ fn a_rollout_replaces_the_zygote_of_the_old_build() {
     let sb = Sandbox::new("zygoteroll");
     let plugin = start(&sb, "2", json!({}), &["--execute-usleep", "50ms"]);
     let zygotes = || crate::harness::processes_mentioning(&format!(":Zygote:{}", sb.name));
+    // A build's zygote is started by its first spawn (here, during the start); a crash's replacement makes sure.
+    let worker = sb.wait_for("a ready worker", SOON, || sb.ready_workers().values().next().copied());
+    signal(worker, Signal::SIGKILL);
     let old = sb.wait_for("the first build's zygote", SOON, || zygotes().first().copied());
     rebuild(&plugin, 2);
     let out = sb.run(["restart", "--name", &sb.name]);

@@ -4,7 +4,7 @@
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, processes_mentioning, signal, stderr_of};
+use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, process_state, processes_mentioning, signal, stderr_of};
 
 /// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`.
 fn stat_field(pid: i32, n: usize) -> i64 {
@@ -33,17 +33,22 @@ fn a_warm_worker_is_the_masters_child_with_its_title_group_and_signals() {
         ["--workers", "2", "--execute-times", "0", "--execute-usleep", "50ms", "--log-level", "debug"],
     );
     let master = fg.child.id() as i32;
-    let first = sb.wait_for("two ready workers", SOON, || {
-        let ready = sb.ready_workers();
-        (ready.len() == 2).then(|| *ready.values().next().unwrap())
-    });
-    sb.wait_for("a zygote", SOON, || zygotes(&sb).first().copied());
-    // The first crash of a healthy slot is replaced at once, by the zygote now that it is loaded.
-    signal(first, Signal::SIGKILL);
+    // A build's zygote is started by its first spawn; until it has loaded its plugin, workers are forked cold.
+    // Kill a worker at a time until a replacement comes back warm.
+    let mut killed = Vec::new();
     let warm = sb.wait_for("a warm replacement", SOON, || {
-        let warm = warm_pids(&stderr_of(&fg));
         let ready = sb.ready_workers();
-        warm.into_iter().find(|pid| ready.values().any(|r| r == pid))
+        let warm = warm_pids(&stderr_of(&fg));
+        if let Some(pid) = warm.into_iter().find(|pid| ready.values().any(|r| r == pid)) {
+            return Some(pid);
+        }
+        if let Some(pid) = ready.values().copied().find(|pid| !killed.contains(pid))
+            && ready.len() == 2
+        {
+            signal(pid, Signal::SIGKILL);
+            killed.push(pid);
+        }
+        None
     });
     assert_eq!(stat_field(warm, 4), i64::from(master), "parent");
     assert_eq!(stat_field(warm, 5), i64::from(warm), "process group");
@@ -74,6 +79,41 @@ fn a_killed_zygote_costs_no_slot_and_is_started_again() {
         (s["tasks"][0]["executions_total"].as_u64()? >= before + 10 && workers == 2).then_some(())
     });
     let log = stderr_of(&fg);
+    assert!(!log.contains("worker crashed"), "{log}");
+    sb.stop();
+    assert!(zygotes(&sb).is_empty(), "a zygote outlived the stop");
+}
+
+#[test]
+fn a_stopped_zygote_stalls_no_supervision_and_costs_no_slot() {
+    let mut sb = Sandbox::new("zygotestop");
+    // Every worker makes one call: slots turn over all the time, so the zygote is asked for workers constantly.
+    let fg = sb.start_faulty(
+        &json!({}),
+        ["--workers", "2", "--execute-times", "1", "--execute-usleep", "20ms", "--log-level", "debug"],
+    );
+    let zygote = sb.wait_for("a zygote serving spawns", SOON, || {
+        let zygote = zygotes(&sb).first().copied()?;
+        stderr_of(&fg).contains("worker spawned warm").then_some(zygote)
+    });
+    signal(zygote, Signal::SIGSTOP);
+    // The slots whose workers retire now wait for the stopped zygote...
+    sb.wait_for("a slot waiting for the stopped zygote", SOON, || (sb.workers().len() < 2).then_some(()));
+    // ...and the master goes on meanwhile: it answers a status request while the zygote is still stopped (it
+    // gives up on a zygote only after a second; a master that waited for it would answer after the kill).
+    sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(process_state(zygote), Some('T'), "the master answered only once the stopped zygote was gone");
+    // The stopped zygote is given up on: killed, and a new one serves the slots.
+    assert!(ProcessWaiter::new(zygote).wait(SOON) || crate::harness::is_zombie(zygote), "the stopped zygote lived on");
+    sb.wait_for("another zygote", SOON, || zygotes(&sb).into_iter().find(|pid| *pid != zygote));
+    // No slot was lost: both keep turning over, and nothing counts as a crash.
+    let executions = |sb: &Sandbox| sb.snapshot().map_or(0, |s| s.tasks[0].executions_total);
+    let before = executions(&sb);
+    sb.wait_for("both slots turning over again", SOON, || {
+        (executions(&sb) >= before + 10 && sb.workers().len() == 2).then_some(())
+    });
+    let log = stderr_of(&fg);
+    assert!(log.contains("a zygote did not start a worker in time"), "{log}");
     assert!(!log.contains("worker crashed"), "{log}");
     sb.stop();
     assert!(zygotes(&sb).is_empty(), "a zygote outlived the stop");

@@ -38,8 +38,13 @@ pub fn start(args: Box<StartArgs>) -> Result<i32, CommandError> {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals::handled()), None)
         .map_err(|e| CommandError::system("block signals", e))?;
     let mut pid_file = PidFile::acquire(dirs.pid_root(), &host.name)?;
-    let mut staged = Vec::new();
+    let mut staged: Vec<plugin::StagedPlugin> = Vec::new();
     for task in &plan.tasks {
+        // Tasks that run the same file share one staged copy: 64 tasks of one plugin copy and hash it once.
+        if let Some(same) = plan.tasks.iter().zip(&staged).find(|(other, _)| other.plugin == task.plugin) {
+            staged.push(same.1.clone());
+            continue;
+        }
         match plugin::stage(&task.plugin, &plugins) {
             Ok(plugin) => staged.push(plugin),
             Err(e) => {

@@ -10,6 +10,7 @@ use nix::unistd::{ForkResult, Pid, fork, setpgid};
 use tracing::{debug, info, warn};
 
 use super::core::{HostPhase, Master};
+use super::deadlines::Due;
 use super::life::{KillReason, Life};
 use super::policy::{self, Ended, SlotView};
 use super::startup::StartFailure;
@@ -19,13 +20,64 @@ use crate::status::ExitStatus;
 use crate::sysinfo::{self, Mono};
 use crate::worker::{self, WorkerSpec};
 
+/// How a spawn went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spawn {
+    /// Forked here: the worker runs as this pid.
+    Started(Pid),
+    /// Asked of the build's zygote: the worker reports its pid itself (see `warm`).
+    Requested(CellIndex),
+}
+
 impl Master {
-    /// Fills every empty slot whose backoff is over and asks workers above the wanted count to stop. One pass
-    /// over the workers, whatever the number of tasks.
+    /// Fills the empty slots whose backoff is over and asks workers above the wanted count to stop.
+    ///
+    /// Per event, only the slots an event touched are looked at (a worker of theirs ended, was asked to stop, a
+    /// zygote gave up on them, their backoff ended): O(1) per worker event. A change of the wanted counts
+    /// (start, scaling, a re-read config, an upgrade) asks for one pass over every slot and worker instead.
     pub(super) fn manage_workers(&mut self) {
         if matches!(self.phase, HostPhase::Stopping { .. }) {
+            self.recheck.clear();
             return;
         }
+        if std::mem::take(&mut self.recheck_all) {
+            self.recheck.clear();
+            return self.manage_all_workers();
+        }
+        if self.recheck.is_empty() {
+            return;
+        }
+        let now = Mono::now();
+        let batch = self.host.check_interval.is_none();
+        let mut slots = std::mem::take(&mut self.recheck);
+        slots.sort_unstable();
+        slots.dedup();
+        for (task, slot) in slots {
+            let Some(t) = self.tasks.get(task) else { continue };
+            let wanted = if t.retired { 0 } else { t.settings.workers };
+            let Some(state) = t.slots.get(slot as usize).filter(|_| slot < wanted) else { continue };
+            let view =
+                SlotView { occupied: self.occupied(task, slot), respawn_at: state.respawn_at, spawned: state.spawned };
+            if !policy::slots_to_fill(&[view], now, batch).is_empty() {
+                self.fill_slot(task, slot);
+            }
+        }
+    }
+
+    /// Whether a slot holds a worker the master still wants (or one asked of a zygote).
+    pub(super) fn occupied(&self, task: usize, slot: u32) -> bool {
+        let Some(state) = self.tasks.get(task).and_then(|t| t.slots.get(slot as usize)) else { return false };
+        state.requested > 0 || state.pids.iter().any(|pid| self.workers.get(pid).is_some_and(|w| !w.life.stop_sent()))
+    }
+
+    /// A slot to look at in the next `manage_workers`.
+    pub(super) fn recheck_slot(&mut self, task: usize, slot: u32) {
+        self.recheck.push((task, slot));
+    }
+
+    /// Every slot and worker at once: after a change of the wanted counts. One pass over the workers, whatever
+    /// the number of tasks.
+    fn manage_all_workers(&mut self) {
         let now = Mono::now();
         let batch = self.host.check_interval.is_none();
         let wanted: Vec<u32> = self.tasks.iter().map(|t| if t.retired { 0 } else { t.settings.workers }).collect();
@@ -39,12 +91,14 @@ impl Master {
             let views: Vec<SlotView> = slots
                 .iter()
                 .zip(occupied)
-                .map(|(s, occupied)| SlotView { occupied, respawn_at: s.respawn_at, spawned: s.spawned })
+                .map(|(s, occupied)| SlotView {
+                    occupied: occupied || s.requested > 0,
+                    respawn_at: s.respawn_at,
+                    spawned: s.spawned,
+                })
                 .collect();
             for slot in policy::slots_to_fill(&views, now, batch) {
-                let build = self.slot_build(task, slot);
-                let init_timeout = self.tasks[task].settings.init_timeout;
-                self.spawn_worker(task, slot, &build, init_timeout);
+                self.fill_slot(task, slot);
             }
         }
         for pid in surplus {
@@ -53,26 +107,39 @@ impl Master {
         }
     }
 
+    fn fill_slot(&mut self, task: usize, slot: u32) {
+        let build = self.slot_build(task, slot);
+        let init_timeout = self.tasks[task].settings.init_timeout;
+        self.spawn_worker(task, slot, &build, init_timeout);
+    }
+
     /// The build a slot runs: its own during a rollout, else the task's.
     pub(super) fn slot_build(&self, task: usize, slot: u32) -> Build {
         let task = &self.tasks[task];
         task.slots.get(slot as usize).and_then(|s| s.build.clone()).unwrap_or_else(|| task.build.clone())
     }
 
-    /// Forks a worker running `build` for `slot` of `task`; `None` if the fork failed (the slot then backs off).
+    /// Starts a worker running `build` for `slot` of `task`: asks the build's zygote, or forks it here; `None`
+    /// if that failed (the slot then backs off).
     pub(super) fn spawn_worker(
         &mut self,
         task: usize,
         slot: u32,
         build: &Build,
         init_timeout: Duration,
-    ) -> Option<Pid> {
+    ) -> Option<Spawn> {
         let cell = match self.board.claim() {
             Ok(cell) => cell,
             Err(e) => {
                 warn!(slot, "cannot start a worker: {e}");
                 if let Some(startup) = &mut self.startup {
                     startup.fail(StartFailure::NoCell { slot, reason: e.to_string() });
+                }
+                // Tried again after a backoff (nothing else would look at this slot again).
+                let at = Mono::now() + self.tasks[task].settings.backoff.delay(1);
+                if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
+                    state.respawn_at = Some(at);
+                    self.set_deadline(at, Due::Respawn(task, slot));
                 }
                 return None;
             }
@@ -87,10 +154,14 @@ impl Master {
         } else {
             None
         };
-        if let Some(child) = self.warm_spawn(task, slot, build, cell, pipes.as_ref().map(|(_, ends)| ends)) {
-            debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned warm");
-            self.on_spawned(child, task, slot, build, cell, init_timeout, pipes, title);
-            return Some(child);
+        if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|(_, ends)| ends)) {
+            // The write ends went to the zygote with the request; the worker reports its pid itself.
+            let reads = pipes.map(|(reads, ends)| {
+                drop(ends);
+                reads
+            });
+            self.await_warm_spawn(task, slot, build, cell, init_timeout, reads, title);
+            return Some(Spawn::Requested(cell));
         }
         let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|(_, ends)| ends));
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
@@ -104,8 +175,12 @@ impl Master {
             }
             Ok(ForkResult::Parent { child }) => {
                 debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned cold");
-                self.on_spawned(child, task, slot, build, cell, init_timeout, pipes, title);
-                Some(child)
+                let reads = pipes.map(|(reads, ends)| {
+                    drop(ends);
+                    reads
+                });
+                self.on_spawned(child, task, slot, build, cell, init_timeout, reads, title);
+                Some(Spawn::Started(child))
             }
             Err(e) => {
                 self.board.release(cell);
@@ -118,7 +193,7 @@ impl Master {
     /// Takes a new worker (forked here or by its build's zygote) under supervision: its process group, its
     /// output, its slot.
     #[expect(clippy::too_many_arguments, reason = "the parts of one spawn, passed on from spawn_worker")]
-    fn on_spawned(
+    pub(super) fn on_spawned(
         &mut self,
         child: Pid,
         task: usize,
@@ -126,13 +201,12 @@ impl Master {
         build: &Build,
         cell: CellIndex,
         init_timeout: Duration,
-        pipes: Option<([std::os::fd::OwnedFd; 2], super::capture::WorkerEnds)>,
+        reads: Option<[std::os::fd::OwnedFd; 2]>,
         title: String,
     ) {
         // Also set in the child: whichever runs first, the group exists before anyone signals it.
         let _ = setpgid(child, child);
-        if let Some((reads, ends)) = pipes {
-            drop(ends);
+        if let Some(reads) = reads {
             let name = self.tasks[task].settings.name.clone();
             let origin = super::capture::Origin { task: name, slot, pid: child, generation: build.generation, title };
             if let Err(e) = self.captures.watch(reads, origin) {
@@ -180,9 +254,15 @@ impl Master {
         init_timeout: Duration,
     ) {
         let now = Mono::now();
-        let state = &mut self.tasks[task].slots[slot as usize];
+        let slots = &mut self.tasks[task].slots;
+        if slots.len() <= slot as usize {
+            slots.resize_with(slot as usize + 1, Slot::default);
+        }
+        let state = &mut slots[slot as usize];
         state.spawned += 1;
         state.respawn_at = None;
+        state.pids.push(pid);
+        self.set_deadline(now + init_timeout, Due::Init(pid));
         self.workers.insert(
             pid,
             Worker {
@@ -200,6 +280,7 @@ impl Master {
                 fault: None,
                 rss: None,
                 stopped_since: None,
+                statm: None,
             },
         );
         if let Some(startup) = &mut self.startup {
@@ -209,12 +290,14 @@ impl Master {
     }
 
     /// A failed `fork` backs the slot off like a crash, and fails a start (a start is all or nothing).
-    fn on_fork_failure(&mut self, task: usize, slot: u32, errno: Errno) {
+    pub(super) fn on_fork_failure(&mut self, task: usize, slot: u32, errno: Errno) {
         let backoff = self.tasks[task].settings.backoff;
         let state = &mut self.tasks[task].slots[slot as usize];
         state.crashes += 1;
         let delay = backoff.delay(state.crashes);
-        state.respawn_at = Some(Mono::now() + delay);
+        let at = Mono::now() + delay;
+        state.respawn_at = Some(at);
+        self.set_deadline(at, Due::Respawn(task, slot));
         warn!(slot, retry_in_ms = delay.as_millis() as u64, "fork failed: {errno}");
         if let Some(startup) = &mut self.startup {
             startup.fail(StartFailure::Fork { slot, errno });
@@ -224,6 +307,7 @@ impl Master {
     /// Reaps every exited child. Before a worker is reaped (while its pid, and so its process group id, cannot be
     /// reused) the rest of its process group is killed: processes its plugin spawned end with it.
     pub(super) fn reap_workers(&mut self) {
+        self.note_stops();
         let mut reaped = false;
         loop {
             let exited = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
@@ -236,6 +320,10 @@ impl Master {
                 }
             };
             let Some(pid) = exited else { break };
+            if !self.workers.contains_key(&pid) && !self.spawning.is_empty() {
+                // A zygote's worker reports its pid before it can exit: the record is in the pipe.
+                self.read_reports();
+            }
             if self.workers.contains_key(&pid) {
                 let _ = killpg(pid, Signal::SIGKILL);
             }
@@ -255,6 +343,27 @@ impl Master {
         }
     }
 
+    /// Records which workers were stopped (SIGSTOP, SIGTSTP, ...) or continued since the last look. The master is
+    /// their parent, so the kernel tells it (SIGCHLD, then `waitid` with `WSTOPPED | WCONTINUED`): status and
+    /// hang detection know a stopped worker without reading `/proc` for every worker.
+    fn note_stops(&mut self) {
+        let now = Mono::now();
+        loop {
+            let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WCONTINUED | WaitPidFlag::WNOHANG;
+            let (pid, stopped) = match waitid(Id::All, flags) {
+                Ok(WaitStatus::Stopped(pid, _)) => (pid, true),
+                Ok(WaitStatus::Continued(pid)) => (pid, false),
+                Err(Errno::EINTR) => continue,
+                // Nothing (more) to report, no children, or an exit (left for reaping).
+                _ => break,
+            };
+            if let Some(worker) = self.workers.get_mut(&pid) {
+                worker.stopped_since = if stopped { Some(worker.stopped_since.unwrap_or(now)) } else { None };
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Records a worker's end, logs it, and schedules the slot's refill (at once, or after a crash backoff).
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
         // What the worker wrote last is logged before its exit (its pipes stay open while a child holds them).
@@ -262,7 +371,7 @@ impl Master {
         // A worker writes its report (ready, or why it failed) before it exits, but the report may have come in
         // after this wake-up read them: read again, so a worker that was ready is never taken for one that ended
         // during its start (which fails a start or a rollout).
-        if self.workers.get(&pid).is_some_and(|w| !w.ready()) {
+        if self.workers.get(&pid).is_none_or(|w| !w.ready()) {
             self.read_reports();
         }
         let Some(worker) = self.workers.remove(&pid) else {
@@ -273,6 +382,10 @@ impl Master {
             debug!(pid = pid.as_raw(), ended = ?ended, "reaped an adopted orphan");
             return;
         };
+        if let Some(slot) = self.tasks[worker.task].slots.get_mut(worker.slot as usize) {
+            slot.pids.retain(|p| *p != pid);
+        }
+        self.recheck_slot(worker.task, worker.slot);
         let executions = self.board.cell(worker.cell).executions();
         self.board.release(worker.cell);
         let lived = Mono::now().since(worker.started);
@@ -302,6 +415,7 @@ impl Master {
         let after = policy::after_exit(slot.crashes, lived, class.crash(), &backoff);
         slot.crashes = after.crashes;
         slot.respawn_at = after.delay.map(|delay| Mono::now() + delay);
+        let respawn_at = slot.respawn_at;
         match (after.delay, quiet) {
             (Some(delay), false) => info!(
                 slot = worker.slot,
@@ -324,6 +438,9 @@ impl Master {
             reason: class.reason,
             at: sysinfo::unix_seconds(SystemTime::now()),
         });
+        if let Some(at) = respawn_at {
+            self.set_deadline(at, Due::Respawn(worker.task, worker.slot));
+        }
     }
 
     /// Asks a worker (and the processes of its group) to stop gracefully; it is killed if it is still there
@@ -334,6 +451,11 @@ impl Master {
             worker.life.ask_to_stop(kill_at);
             signal_group(pid, Signal::SIGTERM);
             self.dirty = true;
+            let (task, slot) = (worker.task, worker.slot);
+            if worker.life.kill_at() == Some(kill_at) {
+                self.set_deadline(kill_at, Due::Kill(pid));
+            }
+            self.recheck_slot(task, slot);
         }
     }
 
@@ -356,6 +478,8 @@ impl Master {
             worker.life.kill(KillReason::Discarded);
             signal_group(pid, Signal::SIGKILL);
             self.dirty = true;
+            let (task, slot) = (worker.task, worker.slot);
+            self.recheck_slot(task, slot);
         }
     }
 

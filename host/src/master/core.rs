@@ -2,14 +2,16 @@
 //!
 //! After every wake-up the master works in one fixed order:
 //!
-//! 1. read worker reports (ready / failed to start),
-//! 2. reap exited workers (every one, until `waitpid` has nothing left),
+//! 1. read worker reports (a zygote's worker says its pid, ready, failed to start),
+//! 2. note stopped and continued workers, then reap exited ones (every one, until `waitpid` has nothing left),
 //! 3. handle signals in arrival order (stop, stop now, restart, snapshot, scale),
-//! 4. handle deadlines (stop grace over, `init` too slow, check tick),
+//! 4. handle deadlines (stop grace over, `init` too slow, a zygote that does not answer, backoff over, check
+//!    tick): per-worker and per-slot ones come off a heap (`deadlines`), so neither this step nor the choice of
+//!    the next wake-up looks at every worker,
 //! 5. handle watched plugin files (read their directories' events, look at a file whose debounce is over and
 //!    queue the rollout of a new build, see `watch`), before the rollout step so it begins in this wake-up,
-//! 6. manage workers (fill empty slots whose backoff is over, retire slots above the wanted count), and move
-//!    the rollout on,
+//! 6. manage workers (fill the empty slots an event touched whose backoff is over; after a change of the wanted
+//!    counts, every slot, and retire workers above them), and move the rollout on,
 //! 7. read worker output (a bounded amount per stream, see `capture`), so a flood never delays the steps above,
 //! 8. publish status (only if something changed or a snapshot was asked for; changes alone are paced, see
 //!    `snapshot`).
@@ -26,6 +28,7 @@ use nix::unistd::Pid;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
+use super::deadlines::Due;
 use super::events::Events;
 use super::signals::{self, Action};
 use super::startup::{StartFailure, Startup, batch_outcome};
@@ -158,6 +161,14 @@ pub struct Master {
     pub(super) captures: super::capture::Captures,
     /// The zygotes of the builds being run (see `warm`).
     pub(super) zygotes: Vec<super::warm::Zygote>,
+    /// Workers asked of a zygote that have not reported their pid yet, by scoreboard cell (see `warm`).
+    pub(super) spawning: std::collections::HashMap<crate::scoreboard::CellIndex, super::warm::PendingSpawn>,
+    /// Per-worker and per-slot deadlines (see `deadlines`).
+    pub(super) deadlines: super::deadlines::Deadlines,
+    /// Slots an event touched, looked at by the next `manage_workers`.
+    pub(super) recheck: Vec<(usize, u32)>,
+    /// The wanted counts changed: the next `manage_workers` looks at every slot and worker.
+    pub(super) recheck_all: bool,
     /// The open-file limit pmhost was started with, when the master raised its own (see [`raise_nofile`]).
     pub(super) inherited_nofile: Option<u64>,
     /// The log settings (handed over by an upgrade).
@@ -246,6 +257,10 @@ impl Master {
             captures,
             inherited_nofile: raise_nofile(),
             zygotes: Vec::new(),
+            spawning: Default::default(),
+            deadlines: Default::default(),
+            recheck: Vec::new(),
+            recheck_all: true,
             log: parts.log,
             binary: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             upgrade_wanted: None,
@@ -337,29 +352,27 @@ impl Master {
 
     fn handle_deadlines(&mut self) {
         let now = Mono::now();
-        let slow: Vec<Pid> = self
-            .workers
-            .values()
-            .filter(|w| w.fault.is_none() && w.life.init_deadline().is_some_and(|at| now >= at))
-            .map(|w| w.pid)
-            .collect();
-        for pid in slow {
-            let worker = &self.workers[&pid];
-            let timeout = worker.life.init_deadline().unwrap_or(now).since(worker.started);
-            let reason = format!("plugin init did not finish within init_timeout ({} ms)", timeout.as_millis());
-            warn!(pid = pid.as_raw(), "{reason}: killing the worker");
-            self.kill_worker(pid, reason);
-        }
-        let overdue: Vec<Pid> =
-            self.workers.values().filter(|w| w.life.kill_at().is_some_and(|at| now >= at)).map(|w| w.pid).collect();
-        for pid in overdue {
-            warn!(
-                pid = pid.as_raw(),
-                slot = self.workers[&pid].slot,
-                timeout_ms = self.host.stop_timeout.as_millis() as u64,
-                "stop timeout reached: killing a worker that did not stop"
-            );
-            self.discard_worker(pid);
+        for (at, due) in self.take_due(now) {
+            match due {
+                Due::Init(pid) => {
+                    let Some(worker) = self.workers.get(&pid) else { continue };
+                    let timeout = at.since(worker.started);
+                    let reason = format!("plugin init did not finish within init_timeout ({} ms)", timeout.as_millis());
+                    warn!(pid = pid.as_raw(), "{reason}: killing the worker");
+                    self.kill_worker(pid, reason);
+                }
+                Due::Kill(pid) => {
+                    warn!(
+                        pid = pid.as_raw(),
+                        slot = self.workers.get(&pid).map(|w| w.slot),
+                        timeout_ms = self.host.stop_timeout.as_millis() as u64,
+                        "stop timeout reached: killing a worker that did not stop"
+                    );
+                    self.discard_worker(pid);
+                }
+                Due::Respawn(task, slot) => self.recheck_slot(task, slot),
+                Due::Answer(cell) => self.on_answer_overdue(cell),
+            }
         }
         if self.next_supervision.is_some_and(|at| now >= at) {
             self.supervise(now);
@@ -378,34 +391,30 @@ impl Master {
         {
             self.next_tick = Some(now + interval);
             self.snapshot_wanted = true;
+            // A full look at every slot once per tick (not per event): a safety net under the per-slot checks.
+            self.recheck_all = true;
             self.retry_watches();
         }
     }
 
-    /// The earliest moment the master must wake up without an event.
-    fn next_deadline(&self) -> Option<Mono> {
-        let mut deadlines: Vec<Mono> = Vec::new();
-        if matches!(self.phase, HostPhase::Running) {
-            deadlines.extend(self.next_tick);
-            for task in &self.tasks {
-                deadlines.extend(task.slots.iter().filter_map(|slot| slot.respawn_at));
-            }
-        }
-        for worker in self.workers.values().filter(|w| w.fault.is_none()) {
-            deadlines.extend(worker.life.init_deadline());
-        }
-        deadlines.extend(self.workers.values().filter_map(|w| w.life.kill_at()));
-        deadlines.extend(self.next_supervision);
-        deadlines.extend(self.next_watchdog);
-        deadlines.extend(self.status_due());
-        deadlines.extend(self.orphan_scan_at);
-        deadlines.extend(self.watch_deadline());
-        deadlines.into_iter().min()
+    /// The earliest moment the master must wake up without an event: the first per-worker deadline (from the
+    /// heap, see `deadlines`) or one of the host's own.
+    fn next_deadline(&mut self) -> Option<Mono> {
+        let tick = if matches!(self.phase, HostPhase::Running) { self.next_tick } else { None };
+        let host = [
+            tick,
+            self.next_supervision,
+            self.next_watchdog,
+            self.status_due(),
+            self.orphan_scan_at,
+            self.watch_deadline(),
+        ];
+        host.into_iter().flatten().chain(self.next_worker_deadline()).min()
     }
 
     /// Some(outcome) once the master has nothing left to supervise.
     fn finished(&mut self) -> Option<Result<(), MasterError>> {
-        if !self.workers.is_empty() {
+        if !self.workers.is_empty() || self.spawns_pending() {
             return None;
         }
         match &mut self.phase {
@@ -440,6 +449,10 @@ impl Master {
     pub(super) fn read_reports(&mut self) {
         for report in self.reports.drain() {
             match report {
+                Report::Spawned { pid, cell } => {
+                    self.on_warm_spawned(Pid::from_raw(pid), crate::scoreboard::CellIndex(cell as usize))
+                }
+                Report::SpawnFailed { cell } => self.on_warm_spawn_failed(crate::scoreboard::CellIndex(cell as usize)),
                 Report::Ready { pid } => {
                     let pid = Pid::from_raw(pid);
                     if let Some(worker) = self.workers.get_mut(&pid) {

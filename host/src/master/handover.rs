@@ -100,6 +100,35 @@ impl Master {
         self.snapshot_wanted = true;
     }
 
+    /// Rebuilds what is not handed over but derived from the workers: each slot's index of its workers, and the
+    /// deadlines of their lives.
+    pub(super) fn index_workers(&mut self) {
+        for task in &mut self.tasks {
+            for slot in &mut task.slots {
+                slot.pids.clear();
+            }
+        }
+        let mut deadlines = Vec::new();
+        for worker in self.workers.values() {
+            let slots = &mut self.tasks[worker.task].slots;
+            if slots.len() <= worker.slot as usize {
+                slots.resize_with(worker.slot as usize + 1, Default::default);
+            }
+            slots[worker.slot as usize].pids.push(worker.pid);
+            deadlines.extend(worker.life.init_deadline().map(|at| (at, super::deadlines::Due::Init(worker.pid))));
+            deadlines.extend(worker.life.kill_at().map(|at| (at, super::deadlines::Due::Kill(worker.pid))));
+        }
+        for (index, task) in self.tasks.iter().enumerate() {
+            for (slot, state) in task.slots.iter().enumerate() {
+                deadlines.extend(state.respawn_at.map(|at| (at, super::deadlines::Due::Respawn(index, slot as u32))));
+            }
+        }
+        for (at, due) in deadlines {
+            self.set_deadline(at, due);
+        }
+        self.recheck_all = true;
+    }
+
     fn steady(&self) -> Result<(), String> {
         if !matches!(self.phase, HostPhase::Running) {
             return Err("the host is stopping".to_owned());
@@ -121,6 +150,7 @@ impl Master {
     ) -> Result<std::convert::Infallible, String> {
         self.steady()?;
         upgrade::check_binary(binary, HANDOVER_VERSION, CHECK_TIMEOUT).map_err(|e| e.to_string())?;
+        self.settle_spawns()?;
         // Zygotes are a cache the new image would not know (they are this process's children): end them; the
         // new image starts its own on demand.
         self.kill_zygotes();
@@ -156,6 +186,7 @@ impl Master {
         let State { tasks, workers, .. } = state;
         self.tasks = tasks;
         self.workers = workers.into_iter().map(|w| (w.pid, w)).collect();
+        self.index_workers();
         let mut json = json.map_err(|e| format!("cannot write the handover: {e}"))?;
         let captures = self.captures.hand_over().map_err(|e| format!("cannot hand over the output pipes: {e}"))?;
         json["captures"] = serde_json::to_value(captures).map_err(|e| e.to_string())?;
@@ -451,8 +482,13 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
         last_orphan_scan: None,
         // The previous image's zygotes were ended before the exec (a zygote is a cache); new ones start on demand.
         zygotes: Vec::new(),
+        spawning: Default::default(),
+        deadlines: Default::default(),
+        recheck: Vec::new(),
+        recheck_all: true,
         plugin_watch: None,
     };
+    master.index_workers();
     // Watches do not cross the exec: place them again, and look at each file once (it may have changed meanwhile).
     master.sync_watches(true);
     master.restore_watch_tried(state.watch_tried);

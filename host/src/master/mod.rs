@@ -3,6 +3,7 @@
 mod capture;
 mod children;
 mod core;
+mod deadlines;
 mod events;
 mod handover;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};

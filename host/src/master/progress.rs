@@ -8,6 +8,7 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 use super::state::Build;
+use crate::scoreboard::CellIndex;
 
 /// A rollout in progress.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub struct Rollout {
     queue: VecDeque<(usize, u32)>,
     /// New workers not ready yet, and their slot.
     in_flight: BTreeMap<Pid, (usize, u32)>,
+    /// New workers asked of a zygote whose pid is not known yet (by scoreboard cell), and their slot.
+    requested: BTreeMap<CellIndex, (usize, u32)>,
     /// Slots already moved.
     switched: Vec<(usize, u32)>,
 }
@@ -42,6 +45,8 @@ pub struct Rollback {
     pub generation: u32,
     /// New workers still starting: killed.
     pub starting: Vec<Pid>,
+    /// New workers asked of a zygote and not reported yet: killed when they report.
+    pub requested: Vec<CellIndex>,
     /// Slots that had moved: back to the old build (their new workers stop, fresh old-build workers follow).
     pub moved: Vec<(usize, u32)>,
 }
@@ -68,13 +73,14 @@ impl Rollout {
             new_builds,
             queue,
             in_flight: BTreeMap::new(),
+            requested: BTreeMap::new(),
             switched: Vec::new(),
         }
     }
 
     /// Slots to move in all (so far).
     pub fn total(&self) -> usize {
-        self.queue.len() + self.in_flight.len() + self.switched.len()
+        self.queue.len() + self.in_flight.len() + self.requested.len() + self.switched.len()
     }
 
     /// Slots moved.
@@ -94,7 +100,7 @@ impl Rollout {
 
     /// The next step; `workers(task)` is the task's wanted count now (a slot scaled away is skipped).
     pub fn next(&mut self, workers: impl Fn(usize) -> u32) -> Step {
-        if self.in_flight.len() >= self.surge {
+        if self.in_flight.len() + self.requested.len() >= self.surge {
             return Step::Wait;
         }
         while let Some((task, slot)) = self.queue.pop_front() {
@@ -102,7 +108,26 @@ impl Rollout {
                 return Step::Spawn(task, slot);
             }
         }
-        if self.in_flight.is_empty() { Step::Drained } else { Step::Wait }
+        if self.in_flight.is_empty() && self.requested.is_empty() { Step::Drained } else { Step::Wait }
+    }
+
+    /// A new worker was asked of a zygote for a slot [`Rollout::next`] gave; its pid comes with its report.
+    pub fn requested(&mut self, cell: CellIndex, task: usize, slot: u32) {
+        self.requested.insert(cell, (task, slot));
+    }
+
+    /// The worker asked for with `cell` reported as `pid`; whether it is one of this rollout's.
+    pub fn answered(&mut self, cell: CellIndex, pid: Pid) -> bool {
+        let Some(slot) = self.requested.remove(&cell) else { return false };
+        self.in_flight.insert(pid, slot);
+        true
+    }
+
+    /// The zygote asked for `cell` never answered: the slot is queued again (first), to be spawned another way.
+    pub fn unanswered(&mut self, cell: CellIndex) {
+        if let Some(slot) = self.requested.remove(&cell) {
+            self.queue.push_front(slot);
+        }
     }
 
     /// A new worker was started for a slot [`Rollout::next`] gave.
@@ -132,6 +157,7 @@ impl Rollout {
                 && !self.switched.contains(&slot)
                 && !self.queue.contains(&slot)
                 && !self.in_flight.values().any(|s| *s == slot)
+                && !self.requested.values().any(|s| *s == slot)
             {
                 self.queue.push_back(slot);
             }
@@ -141,7 +167,12 @@ impl Rollout {
 
     /// Ends the rollout as failed: what must be undone.
     pub fn roll_back(self) -> Rollback {
-        Rollback { generation: self.generation, starting: self.in_flight.into_keys().collect(), moved: self.switched }
+        Rollback {
+            generation: self.generation,
+            starting: self.in_flight.into_keys().collect(),
+            requested: self.requested.into_keys().collect(),
+            moved: self.switched,
+        }
     }
 }
 
@@ -217,7 +248,27 @@ mod tests {
         assert_eq!(r.failed(pid(41)), Some(1));
         assert_eq!(r.failed(pid(99)), None, "not a new worker of this rollout");
         let back = r.roll_back();
-        assert_eq!(back, Rollback { generation: 2, starting: vec![pid(42)], moved: vec![(0, 0)] });
+        assert_eq!(back, Rollback { generation: 2, starting: vec![pid(42)], requested: vec![], moved: vec![(0, 0)] });
+    }
+
+    #[test]
+    fn workers_asked_of_a_zygote_count_against_the_surge_until_they_report() {
+        let mut r = rollout(&[true], &[3], 1);
+        assert_eq!(r.next(|_| 3), Step::Spawn(0, 0));
+        r.requested(CellIndex(7), 0, 0);
+        assert_eq!(r.next(|_| 3), Step::Wait, "a request in flight uses the surge");
+        assert!(!r.answered(CellIndex(8), pid(70)), "not one of this rollout's requests");
+        assert!(r.answered(CellIndex(7), pid(70)));
+        assert_eq!(r.next(|_| 3), Step::Wait, "now starting under its pid");
+        assert_eq!(r.ready(pid(70)), Some((0, 0)));
+        assert_eq!(r.next(|_| 3), Step::Spawn(0, 1));
+        r.requested(CellIndex(9), 0, 1);
+        r.unanswered(CellIndex(9));
+        assert_eq!(r.next(|_| 3), Step::Spawn(0, 1), "an unanswered slot is queued again, first");
+        r.requested(CellIndex(10), 0, 1);
+        let back = r.roll_back();
+        assert_eq!(back.requested, vec![CellIndex(10)]);
+        assert_eq!(back.moved, vec![(0, 0)]);
     }
 
     #[test]
@@ -226,7 +277,7 @@ mod tests {
         assert_eq!(r.next(|_| 2), Step::Spawn(0, 0));
         r.started(pid(50), 0, 0);
         assert_eq!(r.failed(pid(50)), Some(0));
-        assert_eq!(r.roll_back(), Rollback { generation: 2, starting: vec![], moved: vec![] });
+        assert_eq!(r.roll_back(), Rollback { generation: 2, starting: vec![], requested: vec![], moved: vec![] });
     }
 
     #[test]

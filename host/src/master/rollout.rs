@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use super::children::Spawn;
 use super::core::{HostPhase, Master};
 use super::progress::{Rollout, Step};
 use super::state::{Build, Slot};
@@ -158,8 +159,19 @@ impl Master {
         if order.plugin.is_some() && selected.len() != 1 {
             return Err("a new plugin file needs --task when the host runs several tasks".to_owned());
         }
+        // Tasks that run the same file share one staged copy (the file is copied and hashed once per restart,
+        // here in the master's loop: 64 tasks of one plugin would otherwise stall it 64 times as long).
+        let staged_by_path = std::cell::RefCell::new(Vec::<(std::path::PathBuf, plugin::StagedPlugin)>::new());
         let stage = |settings: &TaskSettings, path: &std::path::Path| -> Result<Build, String> {
-            let staged = plugin::stage(path, &self.plugins).map_err(|e| e.to_string())?;
+            let known = staged_by_path.borrow().iter().find(|(p, _)| p == path).map(|(_, s)| s.clone());
+            let staged = match known {
+                Some(staged) => staged,
+                None => {
+                    let staged = plugin::stage(path, &self.plugins).map_err(|e| e.to_string())?;
+                    staged_by_path.borrow_mut().push((path.to_owned(), staged.clone()));
+                    staged
+                }
+            };
             Ok(Build::new(generation, staged, settings))
         };
         let mut rolled = Vec::new();
@@ -209,6 +221,7 @@ impl Master {
             }
         }
         self.schedule_supervision(crate::sysinfo::Mono::now());
+        self.recheck_all = true;
     }
 
     /// Starts new workers up to the surge, and finishes the rollout when every slot has moved.
@@ -228,9 +241,14 @@ impl Master {
                     let build = rollout.build(task).cloned().expect("queued slots belong to rolled tasks");
                     let init_timeout = rollout.init_timeout.unwrap_or(tasks[task].settings.init_timeout);
                     match self.spawn_worker(task, slot, &build, init_timeout) {
-                        Some(pid) => {
+                        Some(Spawn::Started(pid)) => {
                             if let Some(rollout) = &mut self.rollout {
                                 rollout.started(pid, task, slot);
+                            }
+                        }
+                        Some(Spawn::Requested(cell)) => {
+                            if let Some(rollout) = &mut self.rollout {
+                                rollout.requested(cell, task, slot);
                             }
                         }
                         None => return self.fail_rollout(format!("cannot fork a new worker for slot {slot}")),
@@ -270,11 +288,11 @@ impl Master {
             slots.resize_with(slot as usize + 1, Slot::default);
         }
         slots[slot as usize].build = Some(build);
-        let old: Vec<Pid> = self
-            .workers
-            .values()
-            .filter(|w| w.task == task && w.slot == slot && w.pid != pid && w.generation != generation)
-            .filter(|w| !w.life.stop_sent())
+        let old: Vec<Pid> = slots[slot as usize]
+            .pids
+            .iter()
+            .filter_map(|p| self.workers.get(p))
+            .filter(|w| w.pid != pid && w.generation != generation && !w.life.stop_sent())
             .map(|w| w.pid)
             .collect();
         info!(slot, pid = pid.as_raw(), generation, replaced = ?old, "restart: slot moved to the new generation");
@@ -308,14 +326,26 @@ impl Master {
         for pid in back.starting {
             self.discard_worker(pid);
         }
-        for (task, slot) in back.moved {
-            if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
-                state.build = None;
+        for cell in back.requested {
+            // Asked of the new build's zygote: killed when it reports (see `warm`).
+            if let Some(pending) = self.spawning.get_mut(&cell) {
+                pending.abandoned = true;
+                pending.reads = None;
+                let (task, slot) = (pending.task, pending.slot);
+                if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
+                    state.requested = state.requested.saturating_sub(1);
+                }
+                self.recheck_slot(task, slot);
             }
-            let new: Vec<Pid> = self
-                .workers
-                .values()
-                .filter(|w| w.task == task && w.slot == slot && w.generation == back.generation && !w.life.stop_sent())
+        }
+        for (task, slot) in back.moved {
+            let Some(state) = self.tasks[task].slots.get_mut(slot as usize) else { continue };
+            state.build = None;
+            let pids = state.pids.clone();
+            let new: Vec<Pid> = pids
+                .iter()
+                .filter_map(|p| self.workers.get(p))
+                .filter(|w| w.generation == back.generation && !w.life.stop_sent())
                 .map(|w| w.pid)
                 .collect();
             for pid in new {

@@ -85,6 +85,7 @@ impl Master {
                 t.settings.workers = workers;
             }
         }
+        self.recheck_all = true;
         self.dirty = true;
         Ok(())
     }

@@ -61,15 +61,21 @@ impl Master {
             return;
         }
         if self.snapshot_wanted {
-            let now = Mono::now();
+            // Memory needs a look at each worker; whether it is stopped comes from the kernel's notifications
+            // (see `note_stops`), not from `/proc`.
             for worker in self.workers.values_mut() {
-                let state = sysinfo::process_state(worker.pid.as_raw());
-                worker.rss = state.map(|s| s.rss_bytes);
-                worker.note_stopped(state.is_some_and(|s| s.stopped), now);
+                if worker.statm.is_none() {
+                    // Held from now on (one descriptor per worker); without one (out of descriptors) it is read
+                    // by path each time.
+                    worker.statm = std::fs::File::open(format!("/proc/{}/statm", worker.pid)).ok();
+                }
+                worker.rss = match &worker.statm {
+                    Some(statm) => sysinfo::rss_bytes_of(statm),
+                    None => sysinfo::rss_bytes(worker.pid.as_raw()),
+                };
             }
         }
         let snapshot = self.snapshot();
-        let json = serde_json::to_vec_pretty(&snapshot).expect("status serializes");
         let exits: Vec<(String, Vec<(&'static str, u64)>)> = self
             .tasks
             .iter()
@@ -81,8 +87,12 @@ impl Master {
             notifier.status(&summary);
         }
         let status = self.status_dir();
+        // Streamed into the file: at 1024 workers the text is ~0.5 MiB, which the master's heap would otherwise
+        // keep at its high-water mark (its PSS).
         let written = status
-            .write_atomic(rundir::STATUS_FILE, &json)
+            .write_atomic_with(rundir::STATUS_FILE, |file| {
+                serde_json::to_writer_pretty(file, &snapshot).map_err(std::io::Error::other)
+            })
             .and_then(|()| status.write_atomic(rundir::METRICS_FILE, metrics.as_bytes()));
         match written {
             Ok(()) => {
@@ -188,7 +198,7 @@ impl Master {
             .iter()
             .enumerate()
             .filter(|(slot, _)| (*slot as u32) < task.settings.workers && !task.retired)
-            .filter(|(slot, _)| !workers.iter().any(|w| w.slot == *slot as u32))
+            .filter(|(_, state)| state.pids.is_empty())
             .filter_map(|(slot, state)| {
                 let at = state.respawn_at.filter(|at| *at > now)?;
                 Some(BackoffStatus {
@@ -226,7 +236,11 @@ impl Master {
             started_at: sysinfo::unix_seconds(w.started_wall),
             restarts: slot.map_or(0, |s| s.spawned.saturating_sub(1)),
             last_exit: slot.and_then(|s| s.last_exit.clone()),
-            uid: sysinfo::process_uid(w.pid.as_raw()).filter(|uid| *uid != nix::unistd::Uid::effective().as_raw()),
+            // Only a task with its own `user` or `group` runs workers as someone else: no look at /proc otherwise.
+            uid: (task.build.process.user.is_some() || task.build.process.group.is_some())
+                .then(|| sysinfo::process_uid(w.pid.as_raw()))
+                .flatten()
+                .filter(|uid| *uid != nix::unistd::Uid::effective().as_raw()),
         }
     }
 }

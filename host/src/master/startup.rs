@@ -38,6 +38,8 @@ pub enum StartFailure {
 #[derive(Debug, Default)]
 pub struct Startup {
     pub pending: BTreeSet<Pid>,
+    /// First-wave workers asked of a zygote whose pid is not known yet (by scoreboard cell).
+    pub requested: BTreeSet<crate::scoreboard::CellIndex>,
     pub ready: usize,
     pub first_failure: Option<StartFailure>,
 }
@@ -51,7 +53,7 @@ impl Startup {
     /// The start's outcome once it is decided: `Ok` with the number of ready workers when every worker is
     /// ready, `Err` with the first failure.
     pub fn verdict(&self) -> Option<Result<usize, &StartFailure>> {
-        match (&self.first_failure, self.pending.is_empty()) {
+        match (&self.first_failure, self.pending.is_empty() && self.requested.is_empty()) {
             (Some(failure), _) => Some(Err(failure)),
             (None, true) => Some(Ok(self.ready)),
             (None, false) => None,
@@ -119,7 +121,12 @@ mod tests {
             ),
         ];
         for (name, pending, ready, failures, expected) in cases {
-            let mut startup = Startup { pending: pending.into_iter().map(pid).collect(), ready, first_failure: None };
+            let mut startup = Startup {
+                pending: pending.into_iter().map(pid).collect(),
+                ready,
+                first_failure: None,
+                ..Default::default()
+            };
             for failure in failures {
                 startup.fail(failure);
             }

@@ -79,6 +79,13 @@ pub(super) struct Slot {
     pub(super) respawn_at: Option<Mono>,
     /// How the last worker of this slot ended.
     pub(super) last_exit: Option<ExitStatus>,
+    /// The live workers of this slot (one, or two while a rollout or a retirement overlaps them): an index into
+    /// the master's workers, so per-event work never scans them all. Rebuilt from the workers after an upgrade.
+    #[serde(skip)]
+    pub(super) pids: Vec<Pid>,
+    /// Workers asked of a zygote for this slot that have not reported yet.
+    #[serde(skip)]
+    pub(super) requested: u32,
 }
 
 /// A live worker process.
@@ -103,8 +110,12 @@ pub(super) struct Worker {
     /// reason to end it (too slow, hung). Its end then counts as a crash, with this reason.
     pub(super) fault: Option<String>,
     pub(super) rss: Option<u64>,
-    /// Since when the worker has been seen stopped (SIGSTOP: state `T` in `/proc`), if it is.
+    /// Since when the worker has been stopped (SIGSTOP, as the kernel told the master), if it is.
     pub(super) stopped_since: Option<Mono>,
+    /// Its `/proc/PID/statm`, held open once a snapshot read it (the pid cannot be reused before the master reaps
+    /// it); not handed over by an upgrade, the new image opens its own.
+    #[serde(skip)]
+    pub(super) statm: Option<std::fs::File>,
 }
 
 impl Worker {

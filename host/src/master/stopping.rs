@@ -54,6 +54,7 @@ impl Master {
         if !matches!(self.phase, HostPhase::Stopping { .. }) {
             self.phase = HostPhase::Stopping { outcome: Ok(()) };
         }
+        self.end_zygotes();
         self.kill_all();
     }
 
@@ -63,6 +64,7 @@ impl Master {
             notifier.stopping();
         }
         self.phase = HostPhase::Stopping { outcome };
+        self.end_zygotes();
         let pids: Vec<Pid> = self.workers.keys().copied().collect();
         for pid in pids {
             self.stop_worker(pid);

@@ -1,8 +1,9 @@
 //! Watching running workers between events: hung `work` calls (`work_timeout`) and memory (`max_rss`).
 //!
-//! Both read what is already there: the scoreboard's sequence number (odd while a call runs), and `/proc` (memory;
-//! whether a worker between calls is stopped). The master only wakes for this when a task sets one of these limits, at an interval
-//! derived from them, so a host without them stays asleep between events.
+//! Both read what is already there: the scoreboard's sequence number (odd while a call runs), whether a worker
+//! between calls is stopped (the kernel tells the master, its parent: see `note_stops`), and `/proc` (memory).
+//! The master only wakes for this when a task sets one of these limits, at an interval derived from them, so a
+//! host without them stays asleep between events.
 
 use std::time::Duration;
 
@@ -48,17 +49,14 @@ impl Master {
                 let seq = self.board.cell(worker.cell).seq();
                 if seq != worker.seq_seen.0 {
                     worker.seq_seen = (seq, now);
-                    worker.stopped_since = None;
                 } else if seq % 2 == 1 && now.since(worker.seq_seen.1) >= timeout {
                     hung.push((worker.pid, now.since(worker.seq_seen.1), seq / 2, Hang::Call));
-                } else if seq.is_multiple_of(2) {
-                    // Between calls a worker is never hung, unless it is stopped (SIGSTOP): then it would never
-                    // make its next call.
-                    let stopped = sysinfo::process_state(worker.pid.as_raw()).is_some_and(|s| s.stopped);
-                    worker.note_stopped(stopped, now);
-                    if let Some(since) = worker.stopped_since.filter(|since| now.since(*since) >= timeout) {
-                        hung.push((worker.pid, now.since(since), seq / 2, Hang::Stopped));
-                    }
+                } else if seq.is_multiple_of(2)
+                    && let Some(since) = worker.stopped_since.filter(|since| now.since(*since) >= timeout)
+                {
+                    // Between calls a worker is never hung, unless it is stopped (SIGSTOP, as the kernel told the
+                    // master: see `note_stops`): then it would never make its next call.
+                    hung.push((worker.pid, now.since(since), seq / 2, Hang::Stopped));
                 }
             }
             if let Some(limit) = settings.max_rss
@@ -135,12 +133,5 @@ impl Hang {
             Hang::Call => "work call ran",
             Hang::Stopped => "worker was stopped (SIGSTOP)",
         }
-    }
-}
-
-impl super::state::Worker {
-    /// Records whether the worker was seen stopped at `now` (keeping since when, while it stays stopped).
-    pub(super) fn note_stopped(&mut self, stopped: bool, now: Mono) {
-        self.stopped_since = if stopped { Some(self.stopped_since.unwrap_or(now)) } else { None };
     }
 }

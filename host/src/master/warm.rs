@@ -1,29 +1,75 @@
 //! Warm spawns: the master's side of the zygotes (see [`crate::zygote`] for the design and why).
 //!
 //! The master keeps at most one zygote per (task, generation). A spawn asks the build's zygote when it is ready
-//! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or not answering): a zygote is a
-//! cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a rollback)
-//! is killed; one that dies is forgotten when it is reaped and started again by the next spawn of its build.
-//! Tasks that run as another user (`user`, `group`) never use a zygote: it would run their plugin's code as the
-//! master's user.
+//! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or its socket full): a zygote is
+//! a cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a
+//! rollback) is killed; one that dies is forgotten when it is reaped and started again by the next spawn of its
+//! build. Tasks that run as another user (`user`, `group`) never use a zygote: it would run their plugin's code
+//! as the master's user.
+//!
+//! # The conversation never blocks the master
+//!
+//! Until this release the master sent a request and then waited (up to a second) for the zygote's answer, the
+//! new pid: a zygote that was stopped (SIGSTOP), starved or hung stalled the whole master, every other worker's
+//! supervision included, for that second per spawn. Now a request is only sent (`sendmsg` on a non-blocking
+//! socket) and recorded as a *pending spawn*, keyed by the scoreboard cell claimed for it
+//! ([`PendingSpawn`]); the master goes back to its loop. The new worker's first act is a
+//! `Report::Spawned { pid, cell }` on the shared report pipe, which the master reads first on every wake-up:
+//! only then does the worker exist for the master (its slot, its output streams, its `init` deadline).
+//!
+//! - **Ordering.** The worker writes `Spawned` before anything else, so in the pipe it comes before the
+//!   worker's own `Ready` or `Failed`, and it is written before the worker can exit: when the master reaps a
+//!   child it does not know while spawns are pending, it reads the pipe again and finds the record there.
+//! - **Occupancy.** A pending spawn occupies its slot (no second worker is started for it), counts against a
+//!   rollout's surge and keeps a start undecided, exactly like a worker that is starting.
+//! - **A zygote that does not answer.** Each pending spawn has a deadline ([`ANSWER_DEADLINE`]). When it
+//!   passes, the zygote is killed and its pending spawns are *abandoned*: their slots are free again and filled
+//!   at once, forked cold (the zygote is gone), so a stopped zygote costs at most that delay for the slots it was
+//!   asked for and nothing for any other slot. A zygote that dies is handled the same way when it is reaped. A
+//!   worker it may still have cloned for an abandoned spawn reports itself later and is killed on the spot; its
+//!   scoreboard cell stays reserved until then (a cell whose worker never appears stays reserved: one 64-byte
+//!   cell per request a dying zygote swallowed, out of 4096).
+//! - **A failed clone** is a `Report::SpawnFailed { cell }` from the zygote: the slot backs off like a failed
+//!   fork.
+//!
+//! Measured (2 cores, `--execute-times 1 --execute-usleep 0`, 2 slots): the master's blocking wait was two
+//! context switches per spawn while the zygote cloned; without it the master handles other events meanwhile.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::{ForkResult, Pid, fork};
 use tracing::{debug, warn};
 
 use super::core::Master;
+use super::deadlines::Due;
 use super::state::Build;
 use crate::scoreboard::CellIndex;
+use crate::sysinfo::Mono;
 use crate::zygote::{self, Request};
 
-/// How long a ready zygote may take to answer a request before the master gives up on it (it answers in
-/// microseconds; this only bounds a zygote that hangs).
-const ANSWER_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a ready zygote may take to clone a worker that reports itself before the master gives up on the
+/// zygote (a healthy one takes well under a millisecond; this bounds one that is stopped or hung, and only
+/// delays the slots it was asked for).
+pub(super) const ANSWER_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A worker asked of a zygote that has not reported its pid yet.
+pub(super) struct PendingSpawn {
+    pub(super) zygote: Pid,
+    pub(super) task: usize,
+    pub(super) slot: u32,
+    pub(super) build: Build,
+    pub(super) init_timeout: Duration,
+    /// The read ends of its output pipes (the write ends went to the zygote).
+    pub(super) reads: Option<[OwnedFd; 2]>,
+    pub(super) title: String,
+    /// Given up (the zygote was killed or died) if it has not reported by then.
+    pub(super) answer_by: Mono,
+    /// The zygote was given up on: the slot was freed; a worker that still reports for it is killed.
+    pub(super) abandoned: bool,
+}
 
 /// One zygote process and the master's end of its socket.
 pub(super) struct Zygote {
@@ -35,43 +81,196 @@ pub(super) struct Zygote {
 }
 
 impl Master {
-    /// Asks the zygote of `build` for a worker in `slot`; `None` when there is none ready (the caller then forks
-    /// the worker itself). Starts the zygote if the build has none.
-    pub(super) fn warm_spawn(
+    /// Asks the zygote of `build` for a worker in `slot`: `true` when the request was sent (the worker reports
+    /// itself later, see the module docs), `false` when there is no ready zygote (the caller then forks the worker
+    /// itself). Starts the zygote if the build has none.
+    pub(super) fn request_warm_spawn(
         &mut self,
         task: usize,
         slot: u32,
         build: &Build,
         cell: CellIndex,
         output: Option<&super::capture::WorkerEnds>,
-    ) -> Option<Pid> {
+    ) -> bool {
         if build.process.user.is_some() || build.process.group.is_some() {
             // A zygote loads the plugin (running its constructors) as the master's user: a task that runs as
             // another user is always forked cold, so none of its code runs with the master's privileges.
-            return None;
+            return false;
         }
         let index = match self.zygotes.iter().position(|z| z.task == task && z.generation == build.generation) {
             Some(index) => index,
             None => {
+                // Also during a start: workers spawned once it has loaded (a start's later spawns) share its
+                // relocated plugin pages, so their memory is smaller than that of cold ones.
                 self.start_zygote(task, build);
-                return None;
+                return false;
             }
         };
         if !self.zygotes[index].ready && !self.zygotes[index].check_ready() {
-            return None;
+            return false;
         }
         let zygote = &self.zygotes[index];
         let request = Request { slot, cell: cell.0 as u32, output: output.is_some() };
         let ends = output.map(|ends| [ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd()]);
-        match zygote::send(&zygote.socket, request, ends).ok().and_then(|()| zygote.answer()) {
-            Some(pid) => Some(pid),
-            None => {
-                let zygote = self.zygotes.swap_remove(index);
-                warn!(pid = zygote.pid.as_raw(), "a zygote did not answer: killed, spawning cold");
-                let _ = kill(zygote.pid, Signal::SIGKILL);
-                None
+        match zygote::send(&zygote.socket, request, ends) {
+            Ok(()) => true,
+            Err(e) => {
+                // Full (it stopped reading) or gone: spawn cold now; the answer deadlines of what it was already
+                // asked settle its fate.
+                debug!(pid = zygote.pid.as_raw(), "cannot ask the zygote for a worker: {e}; spawning cold");
+                false
             }
         }
+    }
+
+    /// Records a request sent to a zygote: the slot is taken until the worker reports (or the deadline passes).
+    #[expect(clippy::too_many_arguments, reason = "the parts of one spawn, passed on from spawn_worker")]
+    pub(super) fn await_warm_spawn(
+        &mut self,
+        task: usize,
+        slot: u32,
+        build: &Build,
+        cell: CellIndex,
+        init_timeout: Duration,
+        reads: Option<[OwnedFd; 2]>,
+        title: String,
+    ) {
+        let zygote = self
+            .zygotes
+            .iter()
+            .find(|z| z.task == task && z.generation == build.generation)
+            .map_or(Pid::from_raw(0), |z| z.pid);
+        let answer_by = Mono::now() + ANSWER_DEADLINE;
+        let pending = PendingSpawn {
+            zygote,
+            task,
+            slot,
+            build: build.clone(),
+            init_timeout,
+            reads,
+            title,
+            answer_by,
+            abandoned: false,
+        };
+        self.spawning.insert(cell, pending);
+        if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
+            state.requested += 1;
+        }
+        if let Some(startup) = &mut self.startup {
+            startup.requested.insert(cell);
+        }
+        self.set_deadline(answer_by, Due::Answer(cell));
+    }
+
+    /// A worker a zygote cloned reported its pid: it becomes a worker like any other (or is killed at once if
+    /// its request was given up on).
+    pub(super) fn on_warm_spawned(&mut self, pid: Pid, cell: CellIndex) {
+        let Some(pending) = self.spawning.remove(&cell) else {
+            // Not a request of ours (a worker of a previous image, or garbage): leave it to reaping.
+            debug!(pid = pid.as_raw(), cell = cell.0, "a spawn report for no pending request");
+            return;
+        };
+        if !pending.abandoned {
+            self.settle_request(pending.task, pending.slot, cell);
+        }
+        debug!(slot = pending.slot, pid = pid.as_raw(), generation = pending.build.generation, "worker spawned warm");
+        let PendingSpawn { task, slot, build, init_timeout, reads, title, abandoned, .. } = pending;
+        let rollout_new = self.rollout.as_ref().is_some_and(|r| r.generation == build.generation);
+        self.on_spawned(pid, task, slot, &build, cell, init_timeout, reads, title);
+        if abandoned {
+            warn!(pid = pid.as_raw(), slot, "a worker of a zygote that was given up on reported late: killed");
+            self.discard_worker(pid);
+            return;
+        }
+        if rollout_new
+            && let Some(rollout) = &mut self.rollout
+            && rollout.answered(cell, pid)
+        {
+            return;
+        }
+        if matches!(self.phase, super::core::HostPhase::Stopping { .. }) {
+            // Asked for before the stop: it goes the way of every other worker.
+            self.stop_worker(pid);
+        }
+    }
+
+    /// A zygote could not clone the worker asked for with `cell`: the slot backs off like a failed fork.
+    pub(super) fn on_warm_spawn_failed(&mut self, cell: CellIndex) {
+        let Some(pending) = self.spawning.remove(&cell) else { return };
+        if !pending.abandoned {
+            self.settle_request(pending.task, pending.slot, cell);
+            if let Some(rollout) = &mut self.rollout {
+                rollout.unanswered(cell);
+            }
+            self.on_fork_failure(pending.task, pending.slot, nix::errno::Errno::EAGAIN);
+        }
+        self.board.release(cell);
+    }
+
+    /// A pending request is settled (answered, failed or abandoned): it no longer holds its slot or a start.
+    fn settle_request(&mut self, task: usize, slot: u32, cell: CellIndex) {
+        if let Some(state) = self.tasks.get_mut(task).and_then(|t| t.slots.get_mut(slot as usize)) {
+            state.requested = state.requested.saturating_sub(1);
+        }
+        if let Some(startup) = &mut self.startup {
+            startup.requested.remove(&cell);
+        }
+        self.recheck_slot(task, slot);
+    }
+
+    /// A zygote did not get a worker to report in time (`cell`'s deadline passed): it is killed and every request
+    /// it still holds is given up on.
+    pub(super) fn on_answer_overdue(&mut self, cell: CellIndex) {
+        let Some(zygote) = self.spawning.get(&cell).map(|p| p.zygote) else { return };
+        warn!(
+            pid = zygote.as_raw(),
+            timeout_ms = ANSWER_DEADLINE.as_millis() as u64,
+            "a zygote did not start a worker in time: killed, its slots are spawned cold"
+        );
+        let _ = kill(zygote, Signal::SIGKILL);
+        self.zygotes.retain(|z| z.pid != zygote);
+        self.abandon_requests_of(zygote);
+    }
+
+    /// Gives up on every request `zygote` still holds: the slots are free again (and refilled, cold).
+    fn abandon_requests_of(&mut self, zygote: Pid) {
+        let cells: Vec<CellIndex> =
+            self.spawning.iter().filter(|(_, p)| p.zygote == zygote && !p.abandoned).map(|(cell, _)| *cell).collect();
+        for cell in cells {
+            let Some(pending) = self.spawning.get_mut(&cell) else { continue };
+            pending.abandoned = true;
+            // Its output pipes are closed: a worker that still reports is killed, never read.
+            pending.reads = None;
+            let (task, slot) = (pending.task, pending.slot);
+            self.settle_request(task, slot, cell);
+            if let Some(rollout) = &mut self.rollout {
+                rollout.unanswered(cell);
+            }
+        }
+    }
+
+    /// Before an upgrade: waits (bounded by [`ANSWER_DEADLINE`]) until every worker asked of a zygote reported,
+    /// so that the new image, which knows only workers, inherits no spawn in flight. Upgrades are rare and
+    /// asked for; this is the only place the master waits for a zygote.
+    pub(super) fn settle_spawns(&mut self) -> Result<(), String> {
+        use std::os::fd::AsFd;
+        let until = Mono::now() + ANSWER_DEADLINE;
+        while self.spawns_pending() {
+            let now = Mono::now();
+            if now >= until {
+                return Err("a zygote did not start a worker it was asked for; try again".to_owned());
+            }
+            let mut fds = [nix::poll::PollFd::new(self.reports.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let timeout = nix::poll::PollTimeout::try_from(until.since(now)).unwrap_or(nix::poll::PollTimeout::MAX);
+            let _ = nix::poll::poll(&mut fds, timeout);
+            self.read_reports();
+        }
+        Ok(())
+    }
+
+    /// Spawns the master still waits for (not given up on).
+    pub(super) fn spawns_pending(&self) -> bool {
+        self.spawning.values().any(|p| !p.abandoned)
     }
 
     /// Forks a zygote for `build` of `task` (it becomes usable once it says it loaded the plugin).
@@ -123,6 +322,7 @@ impl Master {
         let Some(index) = self.zygotes.iter().position(|z| z.pid == pid) else { return false };
         let zygote = self.zygotes.swap_remove(index);
         debug!(pid = pid.as_raw(), generation = zygote.generation, "zygote ended");
+        self.abandon_requests_of(pid);
         true
     }
 
@@ -140,13 +340,27 @@ impl Master {
             debug!(pid = pid.as_raw(), "zygote of a build no longer run: killed");
             let _ = kill(pid, Signal::SIGKILL);
             self.zygotes.retain(|z| z.pid != pid);
+            self.abandon_requests_of(pid);
         }
     }
 
-    /// Kills and reaps every zygote (the master is leaving).
+    /// Ends every zygote as a stop begins: no spawn is asked for any more, and the zygotes' ends (each tears down
+    /// a loaded plugin) overlap the workers' instead of following them. They are reaped like any child.
+    pub(super) fn end_zygotes(&mut self) {
+        let pids: Vec<Pid> = self.zygotes.drain(..).map(|z| z.pid).collect();
+        for pid in pids {
+            let _ = kill(pid, Signal::SIGKILL);
+            self.abandon_requests_of(pid);
+        }
+    }
+
+    /// Kills and reaps every zygote (the master is leaving, or re-executing itself): all are killed first, so
+    /// they end in parallel.
     pub(super) fn kill_zygotes(&mut self) {
-        for zygote in self.zygotes.drain(..) {
+        for zygote in &self.zygotes {
             let _ = kill(zygote.pid, Signal::SIGKILL);
+        }
+        for zygote in self.zygotes.drain(..) {
             let _ = nix::sys::wait::waitpid(zygote.pid, None);
         }
     }
@@ -160,24 +374,5 @@ impl Zygote {
             self.ready = byte[0] == zygote::READY;
         }
         self.ready
-    }
-
-    /// Waits (bounded) for the pid of the worker the zygote just cloned.
-    fn answer(&self) -> Option<Pid> {
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
-        let timeout = PollTimeout::try_from(ANSWER_DEADLINE).unwrap_or(PollTimeout::MAX);
-        loop {
-            match poll(&mut fds, timeout) {
-                Ok(0) => return None,
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return None,
-            }
-        }
-        let mut bytes = [0u8; 4];
-        match nix::unistd::read(&self.socket, &mut bytes) {
-            Ok(4) => zygote::decode_answer(&bytes),
-            _ => None,
-        }
     }
 }

@@ -210,10 +210,21 @@ impl Dir {
     /// Replaces `name` with `bytes` atomically: a private temp file, then a rename. A symlink planted at `name`
     /// is replaced, never followed.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), RunDirError> {
+        self.write_atomic_with(name, |file| file.write_all(bytes))
+    }
+
+    /// As [`Dir::write_atomic`], with the contents written by `write` into the temporary file (through a buffer),
+    /// so a large file never needs to exist whole in memory first.
+    pub fn write_atomic_with(
+        &self,
+        name: &str,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), RunDirError> {
         let fail = |source| RunDirError::Write { path: self.display_path(name), source };
-        let (mut file, temp) = self.create_temp(name).map_err(fail)?;
-        let written = file.write_all(bytes);
-        drop(file);
+        let (file, temp) = self.create_temp(name).map_err(fail)?;
+        let mut buffered = io::BufWriter::with_capacity(64 * 1024, file);
+        let written = write(&mut buffered).and_then(|()| buffered.flush());
+        drop(buffered);
         if let Err(e) = written.and_then(|()| self.rename(&temp, name)) {
             self.remove(&temp);
             return Err(fail(e));

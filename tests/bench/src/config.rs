@@ -19,6 +19,9 @@ pub struct Config {
     pub workers: u32,
     /// Workers of the large-host figures of the spawn group (1024 in the targets).
     pub many_workers: u32,
+    /// Tasks, and workers per task, of the many-tasks figures of the spawn group (64 × 16 in the targets).
+    pub many_tasks: u32,
+    pub many_task_workers: u32,
     /// `pmhost status` calls per host in the status rows.
     pub status_calls: usize,
     /// Workers killed (one at a time) in the respawn figure.
@@ -57,7 +60,7 @@ pub enum Group {
     Overhead,
     /// A PostgreSQL queue (examples/pg-queue): jobs/s with and without pmhost, stop of LISTEN-idle workers.
     Queue,
-    /// The spawn path: slot turnover, churn, respawn with default settings, 1024 workers.
+    /// The spawn path: slot turnover, churn, respawn with default settings, 1024 workers, 64 tasks × 16 workers.
     Spawn,
 }
 
@@ -88,6 +91,8 @@ impl Config {
             worker_counts: vec![1, 8, 64, 256],
             workers: 8,
             many_workers: 1024,
+            many_tasks: 64,
+            many_task_workers: 16,
             status_calls: 4,
             kills: 20,
             idle_window: Duration::from_secs(30),
@@ -123,6 +128,8 @@ impl Config {
             worker_counts: vec![2],
             workers: 2,
             many_workers: 4,
+            many_tasks: 2,
+            many_task_workers: 2,
             status_calls: 1,
             kills: 1,
             idle_window: Duration::from_secs(1),

@@ -41,6 +41,10 @@ fn the_benchmark_produces_every_figure() {
         "stop, 4 workers (idle)",
         "memory: master RSS, 4 workers",
         "memory: master PSS, 4 workers",
+        "start, 2 tasks × 2 workers",
+        "`pmhost status --json`, 2 tasks × 2 workers",
+        "restart, 2 tasks × 2 workers",
+        "stop, 2 tasks × 2 workers (idle)",
     ];
     // The queue figures need PostgreSQL; without it the report says they were skipped.
     let queue = [

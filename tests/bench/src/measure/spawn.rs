@@ -1,6 +1,6 @@
 //! The spawn path: how fast a slot turns over from one worker to the next, how many workers two slots get
 //! through a second (and what each costs the master), how soon the first `kill -9` of a healthy worker is
-//! replaced with default settings, and a host of 1024 workers.
+//! replaced with default settings, a host of 1024 workers, and a host of 64 tasks of 16 workers.
 
 use std::time::Duration;
 
@@ -70,6 +70,7 @@ pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
     ];
     figures.push(respawn_default(bench)?);
     figures.extend(many(bench)?);
+    figures.extend(many_tasks(bench)?);
     Ok(figures)
 }
 
@@ -193,5 +194,103 @@ fn many(bench: &Bench<'_>) -> Result<Vec<Figure>> {
         Figure::new("many workers", &format!("memory: master RSS, {many} workers"), Unit::MiB, vec![rss]),
         Figure::new("many workers", &format!("memory: master PSS, {many} workers"), Unit::MiB, vec![pss])
             .target("≤ 2 MiB", Check::MedianAtMost(2.0)),
+    ])
+}
+
+/// Writes the config of a host of `tasks` tasks of `per_task` workers of the bench plugin, each task writing its
+/// markers to its own file (`marks-NN`: slots repeat across tasks); returns its path.
+fn write_many_tasks_config(sb: &Sandbox, plugin: &std::path::Path, tasks: u32, per_task: u32) -> Result<String> {
+    let mut text = format!("[host]\nname = \"{}\"\n\n[log]\nenabled = false\nlevel = \"warn\"\n", sb.name);
+    for task in 0..tasks {
+        let marks = sb.path(&format!("marks-{task:02}"));
+        text.push_str(&format!(
+            "\n[[task]]\nname = \"job{task:02}\"\nplugin = \"{}\"\nworkers = {per_task}\nexecute_times = 0\n\
+             execute_usleep = \"{RHYTHM}\"\n[task.config]\nmode = \"marker\"\nmarker_file = \"{}\"\n\
+             first_only = true\n",
+            plugin.display(),
+            marks.display()
+        ));
+    }
+    let path = sb.path("pmhost.toml");
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    Ok(path.to_str().context("utf-8 path")?.to_owned())
+}
+
+/// The first `work` marker of each (task, slot) of `generation`, over every task's marker file; `None` until
+/// every slot has one.
+fn first_calls_of_tasks(sb: &Sandbox, tasks: u32, per_task: u32, generation: u32) -> Option<Vec<u64>> {
+    let mut firsts = Vec::new();
+    for task in 0..tasks {
+        let marks = markers::read(&sb.path(&format!("marks-{task:02}")));
+        let calls = markers::first_calls(&marks, generation);
+        if calls.len() != per_task as usize {
+            return None;
+        }
+        firsts.extend(calls.values().map(|m| m.ns));
+    }
+    Some(firsts)
+}
+
+/// A host of 64 tasks of 16 workers from a config file: start, `status`, a rolling restart of every task, stop.
+fn many_tasks(bench: &Bench<'_>) -> Result<Vec<Figure>> {
+    let (tasks, per_task) = (bench.config.many_tasks, bench.config.many_task_workers);
+    bench.progress(&format!("spawn: a host of {tasks} tasks of {per_task} workers"));
+    let sb = Sandbox::new(bench.artifacts, "tasks")?;
+    let plugin = sb.path("libjob.so");
+    std::fs::copy(&bench.artifacts.plugin, &plugin).context("copy the bench plugin")?;
+    let config = write_many_tasks_config(&sb, &plugin, tasks, per_task)?;
+    let watch = sb.watch()?;
+    let deadline = Duration::from_secs(60) + Duration::from_millis(100) * tasks * per_task;
+    let issued = mono_ns();
+    sb.run(["start", "-d", "--config", &config])?;
+    let firsts = watch.wait_for("the first call of every worker of every task", deadline, || {
+        first_calls_of_tasks(&sb, tasks, per_task, 1)
+    })?;
+    let start = ms(firsts.iter().copied().max().unwrap_or(issued).saturating_sub(issued));
+    let mut status = Vec::new();
+    for _ in 0..bench.config.status_calls {
+        status.push(super::lifecycle::status_call(&sb, tasks * per_task)?);
+    }
+    // The same build again, re-read from the file: every slot of every task moves to generation 2.
+    let issued = mono_ns();
+    sb.run(["restart", "--name", &sb.name])?;
+    let firsts = watch.wait_for("the first call of every new-generation worker", deadline, || {
+        first_calls_of_tasks(&sb, tasks, per_task, 2)
+    })?;
+    let restart = ms(firsts.iter().copied().max().unwrap_or(issued).saturating_sub(issued));
+    let (stop_issued, gone) = sb.stop()?;
+    drop(watch);
+    let workers = tasks * per_task;
+    let method = format!(
+        "one host of {tasks} `[[task]]`s of {per_task} workers each from a config file (`--execute-usleep 100ms`, \
+         each task its own marker file): start as **start** (to the last first call of any task), status as \
+         **status**, restart as **restart: every slot on the new build** (`pmhost restart` re-reads the file: every \
+         slot of every task moves to the next generation, default surge), stop as **stop**."
+    );
+    Ok(vec![
+        Figure::new("many tasks", &format!("start, {tasks} tasks × {per_task} workers"), Unit::Ms, vec![start])
+            .target("≤ 400 ms (as 1024 workers)", Check::MedianAtMost(400.0))
+            .method(method),
+        Figure::new(
+            "many tasks",
+            &format!("`pmhost status --json`, {tasks} tasks × {per_task} workers"),
+            Unit::Ms,
+            status,
+        )
+        .target("≤ 20 ms (as 1024 workers)", Check::MedianAtMost(20.0)),
+        Figure::new(
+            "many tasks",
+            &format!("restart, {tasks} tasks × {per_task} workers: every slot on the new generation"),
+            Unit::Ms,
+            vec![restart],
+        )
+        .target(format!("≤ 1.5 s ({workers} slots, as 1024 workers)"), Check::MedianAtMost(1500.0)),
+        Figure::new(
+            "many tasks",
+            &format!("stop, {tasks} tasks × {per_task} workers (idle)"),
+            Unit::Ms,
+            vec![ms(gone - stop_issued)],
+        )
+        .target("≤ 300 ms (as 1024 workers)", Check::MedianAtMost(300.0)),
     ])
 }
