@@ -146,6 +146,20 @@ fn a_bad_crate_name_is_refused_and_nothing_is_created() {
 }
 
 #[test]
+fn a_symbolic_link_to_nothing_is_refused_as_in_the_way() {
+    let sandbox = Sandbox::new("new-dangling");
+    let link = sandbox.path("job");
+    std::os::unix::fs::symlink(sandbox.path("nowhere"), &link).unwrap();
+    let out = sandbox.run(["new", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected =
+        format!("{} is a symbolic link to {}, which does not exist", link.display(), sandbox.path("nowhere").display());
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    assert!(!sandbox.path("nowhere").exists(), "the link's target was created");
+}
+
+#[test]
 fn help_explains_the_command() {
     let sandbox = Sandbox::new("new-help");
     let out = sandbox.run(["new", "--help"]);
