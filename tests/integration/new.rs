@@ -160,6 +160,20 @@ fn a_symbolic_link_to_nothing_is_refused_as_in_the_way() {
 }
 
 #[test]
+fn the_next_step_quotes_a_path_the_shell_would_split() {
+    let sandbox = Sandbox::new("new-quoted");
+    let dir = sandbox.path("my jobs/it's");
+    let out = sandbox.run(["new", dir.to_str().unwrap(), "--name", "job"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let quoted = format!("'{}'", dir.display().to_string().replace('\'', r"'\''"));
+    assert!(stdout.contains(&format!("next: cd {quoted} && cargo test")), "{quoted} not in {stdout}");
+    // The shell reads it back as the path.
+    let echoed = std::process::Command::new("sh").arg("-c").arg(format!("printf %s {quoted}")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), dir.to_str().unwrap());
+}
+
+#[test]
 fn help_explains_the_command() {
     let sandbox = Sandbox::new("new-help");
     let out = sandbox.run(["new", "--help"]);
