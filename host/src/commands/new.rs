@@ -40,11 +40,20 @@ fn shell_word(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// The crate name a directory suggests: its last component (of the absolute path for `.`).
+/// The crate name a directory suggests: its last component (of the absolute path for `.` and `..`).
 fn default_name(path: &Path) -> Option<String> {
     let absolute: PathBuf = std::path::absolute(path).ok()?;
-    let normal =
-        absolute.components().filter(|part| !matches!(part, std::path::Component::CurDir)).collect::<PathBuf>();
+    let mut normal = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            // Lexically, as the user reads the path they typed (the directory's own name, not a link's target).
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            part => normal.push(part),
+        }
+    }
     normal.file_name().map(|name| name.to_string_lossy().into_owned())
 }
 
@@ -57,6 +66,8 @@ mod tests {
         assert_eq!(default_name(Path::new("/srv/jobs/mailer")).as_deref(), Some("mailer"));
         assert_eq!(default_name(Path::new("/srv/jobs/mailer/")).as_deref(), Some("mailer"));
         assert_eq!(default_name(Path::new("/srv/jobs/mailer/.")).as_deref(), Some("mailer"));
+        assert_eq!(default_name(Path::new("/srv/jobs/mailer/..")).as_deref(), Some("jobs"));
+        assert_eq!(default_name(Path::new("/srv/jobs/../mailer")).as_deref(), Some("mailer"));
         let here = std::env::current_dir().unwrap();
         assert_eq!(default_name(Path::new(".")), here.file_name().map(|name| name.to_string_lossy().into_owned()));
         assert_eq!(default_name(Path::new("/")), None);
