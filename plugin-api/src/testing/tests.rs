@@ -294,6 +294,35 @@ fn a_worker_that_shut_down_takes_no_more_calls() {
     let _ = worker.work();
 }
 
+/// A job whose own `drop` panics (say, an `unwrap` on a final flush). The host never drops a job, the kit does.
+struct PanicsOnDrop;
+
+impl Job for PanicsOnDrop {
+    fn init(_ctx: &InitContext<'_>) -> Result<Self, JobError> {
+        Ok(PanicsOnDrop)
+    }
+    fn work(&mut self, _ctx: &WorkContext<'_>) -> Outcome {
+        Outcome::Continue
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("flush on drop failed");
+    }
+}
+
+#[test]
+fn a_panic_in_the_jobs_drop_fails_the_test_with_its_message() {
+    let mut worker = Worker::builder().init::<PanicsOnDrop>().unwrap();
+    worker.work().unwrap();
+    worker.shutdown().unwrap();
+    // Not an abort of the whole test process: a panic of the test, with the job's message and location.
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(worker))).unwrap_err();
+    let message = payload.downcast_ref::<String>().expect("a message");
+    assert!(message.starts_with("the job panicked when dropped: flush on drop failed (at "), "{message}");
+}
+
 #[test]
 fn failed_calls_are_counted_and_the_loop_goes_on() {
     let mut worker = scripted(serde_json::json!({"work": "fail-odd"}));

@@ -369,10 +369,16 @@ fn live<'a>(job: &'a mut Option<JobBox>, ended: Option<Ended>, call: &str) -> &'
 }
 
 impl Drop for Worker {
-    /// Drops the job, with its events kept as in a call. (The host never drops a job: its worker exits.)
+    /// Drops the job, with its events kept as in a call. (The host never drops a job: its worker exits.) A panic
+    /// in the job's own `Drop` fails the test with its message, unless the test is failing already.
     fn drop(&mut self) {
         if let Some(job) = self.job.take() {
             in_call(&self.dispatch, || drop(job));
+            if let Some(message) = call::take_drop_panic()
+                && !std::thread::panicking()
+            {
+                panic!("the job panicked when dropped: {message}");
+            }
         }
     }
 }
