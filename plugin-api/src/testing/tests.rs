@@ -227,6 +227,14 @@ fn a_config_the_job_refuses_fails_init_in_the_hosts_words() {
 }
 
 #[test]
+fn a_config_error_points_at_no_line_of_text_the_user_never_wrote() {
+    // The host hands the job its [task.config] converted to one line of JSON: a line and column in that text
+    // would send the user to the wrong line of pmhost.toml.
+    let error = Worker::builder().config_toml("# the queue\n\ninit = 3").init::<Scripted>().unwrap_err();
+    assert_eq!(error.message(), "invalid [task.config] for task test: invalid type: integer `3`, expected a string");
+}
+
+#[test]
 fn toml_json_and_typed_configs_reach_the_job_alike() {
     #[derive(serde::Serialize)]
     struct Typed {
