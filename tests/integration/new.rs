@@ -132,6 +132,8 @@ fn a_bad_crate_name_is_refused_and_nothing_is_created() {
         ("job", Some("my job"), "the crate name \"my job\" contains ' '"),
         ("2fast", None, "the crate name \"2fast\" starts with '2'"),
         ("fn", None, "the crate name \"fn\" is a Rust keyword"),
+        // Cargo takes it, but the crate would build with a warning and fail `cargo clippy -- -D warnings`.
+        ("MyJob", None, "the crate name \"MyJob\" is not snake case"),
     ];
     for (dir, name, expected) in cases {
         let path = sandbox.path(dir);
