@@ -219,6 +219,13 @@ fn configs_that_are_not_tables_are_refused_before_init() {
 }
 
 #[test]
+fn a_toml_config_with_a_mistake_says_where() {
+    let error = Worker::builder().config_toml("queue = 'mail'\nbatch = ").init::<Scripted>().unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error:?}");
+    assert!(error.message().starts_with("not valid TOML at line 2, column 9: "), "{error}");
+}
+
+#[test]
 fn a_config_the_job_refuses_fails_init_in_the_hosts_words() {
     let error = Worker::builder().task("mailer").config_toml("init = 3").init::<Scripted>().unwrap_err();
     assert!(matches!(error, Error::InitFailed(_)), "{error:?}");

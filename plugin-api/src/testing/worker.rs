@@ -72,7 +72,11 @@ impl WorkerBuilder {
     pub fn config_toml(mut self, text: &str) -> Self {
         self.config = match text.parse::<toml::Table>() {
             Ok(table) => serde_json::to_string(&table).map_err(|e| Error::Config(format!("cannot convert it: {e}"))),
-            Err(e) => Err(Error::Config(format!("not valid TOML: {}", e.message()))),
+            Err(e) => {
+                let at = e.span().map(|span| line_column(text, span.start));
+                let at = at.map(|(line, column)| format!(" at line {line}, column {column}")).unwrap_or_default();
+                Err(Error::Config(format!("not valid TOML{at}: {}", e.message())))
+            }
         };
         self
     }
@@ -133,6 +137,13 @@ impl WorkerBuilder {
     pub fn init_async<J: crate::AsyncJob>(self) -> Result<Worker, Error> {
         self.init::<crate::asynchronous::OnRuntime<J>>()
     }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
 }
 
 fn not_a_table(value: &serde_json::Value) -> Error {
