@@ -101,8 +101,8 @@ pub struct NewArgs {
     /// Directory of the new crate (created with its parents; an existing one must be empty).
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
-    /// Package name: ASCII letters, digits, `-` and `_`, starting with a letter or `_`; the plugin file is
-    /// lib{name with - as _}.so. [default: the directory's name]
+    /// Package name: lowercase ASCII letters, digits, `-` and `_` (words apart by one), starting with a letter
+    /// or `_`; the plugin file is lib{name with - as _}.so. [default: the directory's name]
     #[arg(long)]
     pub name: Option<String>,
     /// Write an async job (an AsyncJob on tokio, with the API's `tokio` feature) instead of a plain one.

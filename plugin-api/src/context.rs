@@ -89,8 +89,12 @@ impl<'a> InitContext<'a> {
     /// A task without a config table reads as an empty table, so a struct whose fields all have
     /// `#[serde(default)]` always deserializes.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_str(self.config_json.as_str())
-            .map_err(|e| JobError::msg(format!("invalid [task.config] for task {}: {e}", self.task())))
+        let invalid =
+            |e: serde_json::Error| JobError::msg(format!("invalid [task.config] for task {}: {e}", self.task()));
+        // Through a `Value`: the JSON is the host's conversion of the user's TOML, and an error from parsing it
+        // would end in a line and column of that text, which the user never wrote.
+        let table: serde_json::Value = serde_json::from_str(self.config_json.as_str()).map_err(invalid)?;
+        T::deserialize(table).map_err(invalid)
     }
 
     /// The task's config table as JSON text.

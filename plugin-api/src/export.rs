@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
@@ -51,13 +52,29 @@ extern "C" fn init_job<J: Job>(ctx: &InitContext<'_>) -> RResult<JobBox, InitFai
     bridge::install(ctx.logger());
     install_panic_capture();
     match guarded(|| J::init(ctx)) {
-        Ok(Ok(job)) => ROk(RawJob_TO::from_value(Adapter(job), TD_Opaque)),
+        Ok(Ok(job)) => ROk(RawJob_TO::from_value(Adapter(ManuallyDrop::new(job)), TD_Opaque)),
         Ok(Err(error)) => RErr(InitFailure::Failed(error.to_string().into())),
         Err(panic) => RErr(InitFailure::Panicked(panic.into())),
     }
 }
 
-struct Adapter<J>(J);
+/// The job behind the FFI boundary. Its drop is guarded like every other call into it: the host never drops a
+/// job (its worker exits), but the test kit does, and a panic in the job's own `Drop` reaching abi_stable's
+/// drop glue would abort the whole test process without the message.
+struct Adapter<J>(ManuallyDrop<J>);
+
+impl<J> Drop for Adapter<J> {
+    fn drop(&mut self) {
+        // SAFETY: the job is dropped once, here, and never used again.
+        let dropped = guarded(|| unsafe { ManuallyDrop::drop(&mut self.0) });
+        if let Err(message) = dropped {
+            #[cfg(feature = "testing")]
+            crate::testing::job_drop_panicked(message);
+            #[cfg(not(feature = "testing"))]
+            drop(message);
+        }
+    }
+}
 
 impl<J: Job> RawJob for Adapter<J> {
     #[inline]

@@ -132,6 +132,8 @@ fn a_bad_crate_name_is_refused_and_nothing_is_created() {
         ("job", Some("my job"), "the crate name \"my job\" contains ' '"),
         ("2fast", None, "the crate name \"2fast\" starts with '2'"),
         ("fn", None, "the crate name \"fn\" is a Rust keyword"),
+        // Cargo takes it, but the crate would build with a warning and fail `cargo clippy -- -D warnings`.
+        ("MyJob", None, "the crate name \"MyJob\" is not snake case"),
     ];
     for (dir, name, expected) in cases {
         let path = sandbox.path(dir);
@@ -143,6 +145,34 @@ fn a_bad_crate_name_is_refused_and_nothing_is_created() {
         assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
         assert!(!path.exists(), "{} was created", path.display());
     }
+}
+
+#[test]
+fn a_symbolic_link_to_nothing_is_refused_as_in_the_way() {
+    let sandbox = Sandbox::new("new-dangling");
+    let link = sandbox.path("job");
+    std::os::unix::fs::symlink(sandbox.path("nowhere"), &link).unwrap();
+    let out = sandbox.run(["new", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected =
+        format!("{} is a symbolic link to {}, which does not exist", link.display(), sandbox.path("nowhere").display());
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    assert!(!sandbox.path("nowhere").exists(), "the link's target was created");
+}
+
+#[test]
+fn the_next_step_quotes_a_path_the_shell_would_split() {
+    let sandbox = Sandbox::new("new-quoted");
+    let dir = sandbox.path("my jobs/it's");
+    let out = sandbox.run(["new", dir.to_str().unwrap(), "--name", "job"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let quoted = format!("'{}'", dir.display().to_string().replace('\'', r"'\''"));
+    assert!(stdout.contains(&format!("next: cd {quoted} && cargo test")), "{quoted} not in {stdout}");
+    // The shell reads it back as the path.
+    let echoed = std::process::Command::new("sh").arg("-c").arg(format!("printf %s {quoted}")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), dir.to_str().unwrap());
 }
 
 #[test]

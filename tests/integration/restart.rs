@@ -382,14 +382,15 @@ fn a_stop_during_a_rollout_makes_restart_say_the_host_is_stopping() {
     let sb = Sandbox::new("rolloutstop");
     let control = sb.path("control");
     std::fs::write(&control, "ok").unwrap();
-    start(&sb, "1", json!({"control_file": control}), &[]);
+    start(&sb, "1", json!({"control_file": control}), &["--stop-timeout", "1s"]);
     std::fs::write(&control, "slow 60000").unwrap();
     let mut restart = sb.pmhost(["restart", "--name", &sb.name]);
     let restart = restart.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     sb.wait_for("the rollout to begin", SOON, || sb.snapshot()?.last_restart?.in_progress.then_some(()));
     // (Not `sb.stop()`: the restart command, which mentions the name too, may still be finishing.)
     let stopped = sb.run(["stop", "--name", &sb.name]);
-    // The new worker, still in its 60 s init, is killed by the stop: a forced stop, which `stop` reports as 7.
+    // The new worker, still in its 60 s init, is asked to stop like the others, outlives the grace period and is
+    // killed: a forced stop, which `stop` reports as 7.
     assert_eq!(stopped.status.code(), Some(7), "{}", describe(&stopped));
     let out = restart.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -219,6 +219,25 @@ fn a_build_that_arrives_during_a_rollout_rolls_out_after_it() {
 }
 
 #[test]
+fn a_stop_during_a_watched_rollout_is_graceful_for_the_new_worker_in_init() {
+    let sb = Sandbox::new("watchstop");
+    let control = sb.path("control");
+    std::fs::write(&control, "ok").unwrap();
+    let plugin = start_watched(&sb, "1", json!({"control_file": control}), &["--execute-usleep", "100ms"]);
+    // The new worker takes a while in init: the stop arrives while it is still starting.
+    std::fs::write(&control, "slow 1500").unwrap();
+    link_into_place(&plugin, &build(2), 2);
+    sb.wait_for("generation 2 rolling out", SOON, || {
+        sb.snapshot()?.last_restart.filter(|r| r.generation == 2 && r.in_progress).map(|_| ())
+    });
+    // A graceful stop asks the starting worker to stop like every other and gives it the grace period: it
+    // finishes its init and exits, nothing is killed, and `pmhost stop` succeeds (not exit 7, "killed").
+    sb.stop();
+    let log = sb.log_text("");
+    assert!(!log.contains("SIGKILL"), "a worker was killed:\n{log}");
+}
+
+#[test]
 fn a_plugin_path_that_is_a_symlink_is_watched_where_it_points() {
     let sb = Sandbox::new("watchlink");
     let output = sb.path("build/libjob.so");

@@ -323,8 +323,15 @@ impl Master {
         let Some(rollout) = self.rollout.take() else { return };
         let back = rollout.roll_back();
         error!(generation = back.generation, "restart rolled back: {reason}");
+        let stopping = matches!(self.phase, HostPhase::Stopping { .. });
         for pid in back.starting {
-            self.discard_worker(pid);
+            if !stopping {
+                self.discard_worker(pid);
+            } else if self.workers.get(&pid).is_some_and(|w| !w.life.stop_sent()) {
+                // A graceful stop treats a worker still in its init as any other: asked to stop, with the grace
+                // period. Killing it would turn the user's graceful stop into a forced one (exit 7).
+                self.stop_worker(pid);
+            }
         }
         for cell in back.requested {
             // Asked of the new build's zygote: killed when it reports (see `warm`).

@@ -24,6 +24,11 @@ pub enum CrateNameError {
     Keyword { name: String },
     #[error("the crate name {name:?} is taken by {what}: choose another with --name")]
     Reserved { name: String, what: &'static str },
+    #[error(
+        "the crate name {name:?} is not snake case (lowercase, words apart by one `-` or `_`): Rust would warn \
+         about it in every build; choose one with --name, say {suggestion:?}"
+    )]
+    NotSnakeCase { name: String, suggestion: String },
 }
 
 /// Rust's keywords (strict and reserved, all editions): cargo refuses them as package names.
@@ -72,7 +77,27 @@ pub fn check_crate_name(name: &str) -> Result<(), CrateNameError> {
     if let Some((_, what)) = RESERVED.iter().find(|(reserved, _)| *reserved == library) {
         return Err(CrateNameError::Reserved { name: owned(), what });
     }
+    // The library's name is the crate's name in Rust, which rustc's `non_snake_case` lint checks: the generated
+    // crate would build with a warning, and `cargo clippy -- -D warnings` would fail.
+    let inner = library.trim_matches('_');
+    if inner.contains(|c: char| c.is_ascii_uppercase()) || inner.contains("__") {
+        return Err(CrateNameError::NotSnakeCase { name: owned(), suggestion: snake_case(name) });
+    }
     Ok(())
+}
+
+/// `name` in lowercase, with each run of `-` and `_` inside it made one (the first of the run).
+fn snake_case(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let mut out = String::with_capacity(lower.len());
+    for c in lower.chars() {
+        let separator = |c: char| c == '-' || c == '_';
+        if separator(c) && out.chars().last().is_some_and(separator) && !out.chars().all(separator) {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -81,7 +106,7 @@ mod tests {
 
     #[test]
     fn names_cargo_accepts_pass() {
-        for name in ["job", "mail-queue", "mail_queue", "_private", "job2", "J", &"a".repeat(64)] {
+        for name in ["job", "mail-queue", "mail_queue", "_private", "__private", "job-", "_", "job2", &"a".repeat(64)] {
             assert_eq!(check_crate_name(name), Ok(()), "{name}");
         }
     }
@@ -102,6 +127,19 @@ mod tests {
             ("proc-macro", |e| matches!(e, CrateNameError::Reserved { .. })),
             ("pmhost-plugin-api", |e| matches!(e, CrateNameError::Reserved { .. })),
             ("deps", |e| matches!(e, CrateNameError::Reserved { .. })),
+            ("MyJob", |e| matches!(e, CrateNameError::NotSnakeCase { suggestion, .. } if suggestion == "myjob")),
+            (
+                "Mail-Queue",
+                |e| matches!(e, CrateNameError::NotSnakeCase { suggestion, .. } if suggestion == "mail-queue"),
+            ),
+            (
+                "mail__queue",
+                |e| matches!(e, CrateNameError::NotSnakeCase { suggestion, .. } if suggestion == "mail_queue"),
+            ),
+            (
+                "mail-_queue",
+                |e| matches!(e, CrateNameError::NotSnakeCase { suggestion, .. } if suggestion == "mail-queue"),
+            ),
         ];
         for (name, expected) in cases {
             let error = check_crate_name(name).expect_err(name);

@@ -29,6 +29,8 @@ pub enum ScaffoldError {
     NotEmpty { dir: PathBuf },
     #[error("{dir} is in the way: it exists and is not a directory")]
     NotADirectory { dir: PathBuf },
+    #[error("{dir} is a symbolic link to {target}, which does not exist: create that directory, or give another path")]
+    DanglingLink { dir: PathBuf, target: PathBuf },
     #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
@@ -79,7 +81,13 @@ fn write_crate(dir: &Path, files: &[(PathBuf, String)], created: &mut Created) -
                 return Err(ScaffoldError::NotEmpty { dir: dir.to_owned() });
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => created.dir_all(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A symbolic link to nothing is not a new directory: creating its target elsewhere would surprise.
+            if let Ok(target) = std::fs::read_link(dir) {
+                return Err(ScaffoldError::DanglingLink { dir: dir.to_owned(), target });
+            }
+            created.dir_all(dir)?
+        }
         Err(e) => return Err(io("inspect", dir)(e)),
     }
     for (relative, text) in files {
@@ -174,6 +182,10 @@ mod tests {
         assert!(matches!(error, ScaffoldError::Name(_)), "{error:?}");
         let error = create(&new_crate(PathBuf::new(), "job")).unwrap_err();
         assert!(matches!(error, ScaffoldError::EmptyPath) && error.is_usage(), "{error:?}");
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), tmp.path().join("link")).unwrap();
+        let error = create(&new_crate(tmp.path().join("link"), "job")).unwrap_err();
+        assert!(matches!(error, ScaffoldError::DanglingLink { .. }) && error.is_usage(), "{error:?}");
+        std::fs::remove_file(tmp.path().join("link")).unwrap();
         assert_eq!(tree(tmp.path()), ["notes.txt"]);
     }
 

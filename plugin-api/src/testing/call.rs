@@ -1,7 +1,7 @@
 //! A call of the kit into the job: the worker's capture as the thread's subscriber, and the panic hook told that
 //! a panic now is the job's (kept for the host's report) rather than the test's (handed on to the test harness).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::Dispatch;
@@ -13,6 +13,18 @@ static KIT_IN_USE: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// Whether this thread is inside a call of the kit into the job.
     static IN_CALL: Cell<bool> = const { Cell::new(false) };
+    /// The message of a panic in the job's own `Drop`, caught by the export glue while the kit dropped it.
+    static DROP_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Keeps the message of a panic in the job's `Drop` for the kit (the export glue caught it).
+pub(crate) fn job_drop_panicked(message: String) {
+    DROP_PANIC.with(|last| *last.borrow_mut() = Some(message));
+}
+
+/// The message of a panic in the job's `Drop` since the last look, if any.
+pub(crate) fn take_drop_panic() -> Option<String> {
+    DROP_PANIC.with(|last| last.borrow_mut().take())
 }
 
 /// Records that this process uses the kit (before its first call into a job).

@@ -110,7 +110,7 @@ pub use events::{Event, EventLog};
 pub use stop::StopHandle;
 pub use worker::{Calls, LoopEnd, Worker, WorkerBuilder};
 
-pub(crate) use call::passes_on_panics;
+pub(crate) use call::{job_drop_panicked, passes_on_panics};
 
 #[cfg(test)]
 mod tests;

@@ -219,11 +219,26 @@ fn configs_that_are_not_tables_are_refused_before_init() {
 }
 
 #[test]
+fn a_toml_config_with_a_mistake_says_where() {
+    let error = Worker::builder().config_toml("queue = 'mail'\nbatch = ").init::<Scripted>().unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error:?}");
+    assert!(error.message().starts_with("not valid TOML at line 2, column 9: "), "{error}");
+}
+
+#[test]
 fn a_config_the_job_refuses_fails_init_in_the_hosts_words() {
     let error = Worker::builder().task("mailer").config_toml("init = 3").init::<Scripted>().unwrap_err();
     assert!(matches!(error, Error::InitFailed(_)), "{error:?}");
     let text = error.to_string();
     assert!(text.starts_with("plugin init failed: invalid [task.config] for task mailer: invalid type"), "{text}");
+}
+
+#[test]
+fn a_config_error_points_at_no_line_of_text_the_user_never_wrote() {
+    // The host hands the job its [task.config] converted to one line of JSON: a line and column in that text
+    // would send the user to the wrong line of pmhost.toml.
+    let error = Worker::builder().config_toml("# the queue\n\ninit = 3").init::<Scripted>().unwrap_err();
+    assert_eq!(error.message(), "invalid [task.config] for task test: invalid type: integer `3`, expected a string");
 }
 
 #[test]
@@ -292,6 +307,35 @@ fn a_worker_that_shut_down_takes_no_more_calls() {
     let mut worker = scripted(serde_json::json!({}));
     worker.shutdown().unwrap();
     let _ = worker.work();
+}
+
+/// A job whose own `drop` panics (say, an `unwrap` on a final flush). The host never drops a job, the kit does.
+struct PanicsOnDrop;
+
+impl Job for PanicsOnDrop {
+    fn init(_ctx: &InitContext<'_>) -> Result<Self, JobError> {
+        Ok(PanicsOnDrop)
+    }
+    fn work(&mut self, _ctx: &WorkContext<'_>) -> Outcome {
+        Outcome::Continue
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("flush on drop failed");
+    }
+}
+
+#[test]
+fn a_panic_in_the_jobs_drop_fails_the_test_with_its_message() {
+    let mut worker = Worker::builder().init::<PanicsOnDrop>().unwrap();
+    worker.work().unwrap();
+    worker.shutdown().unwrap();
+    // Not an abort of the whole test process: a panic of the test, with the job's message and location.
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(worker))).unwrap_err();
+    let message = payload.downcast_ref::<String>().expect("a message");
+    assert!(message.starts_with("the job panicked when dropped: flush on drop failed (at "), "{message}");
 }
 
 #[test]

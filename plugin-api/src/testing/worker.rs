@@ -72,7 +72,11 @@ impl WorkerBuilder {
     pub fn config_toml(mut self, text: &str) -> Self {
         self.config = match text.parse::<toml::Table>() {
             Ok(table) => serde_json::to_string(&table).map_err(|e| Error::Config(format!("cannot convert it: {e}"))),
-            Err(e) => Err(Error::Config(format!("not valid TOML: {}", e.message()))),
+            Err(e) => {
+                let at = e.span().map(|span| line_column(text, span.start));
+                let at = at.map(|(line, column)| format!(" at line {line}, column {column}")).unwrap_or_default();
+                Err(Error::Config(format!("not valid TOML{at}: {}", e.message())))
+            }
         };
         self
     }
@@ -133,6 +137,13 @@ impl WorkerBuilder {
     pub fn init_async<J: crate::AsyncJob>(self) -> Result<Worker, Error> {
         self.init::<crate::asynchronous::OnRuntime<J>>()
     }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
 }
 
 fn not_a_table(value: &serde_json::Value) -> Error {
@@ -369,10 +380,16 @@ fn live<'a>(job: &'a mut Option<JobBox>, ended: Option<Ended>, call: &str) -> &'
 }
 
 impl Drop for Worker {
-    /// Drops the job, with its events kept as in a call. (The host never drops a job: its worker exits.)
+    /// Drops the job, with its events kept as in a call. (The host never drops a job: its worker exits.) A panic
+    /// in the job's own `Drop` fails the test with its message, unless the test is failing already.
     fn drop(&mut self) {
         if let Some(job) = self.job.take() {
             in_call(&self.dispatch, || drop(job));
+            if let Some(message) = call::take_drop_panic()
+                && !std::thread::panicking()
+            {
+                panic!("the job panicked when dropped: {message}");
+            }
         }
     }
 }
