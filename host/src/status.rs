@@ -329,6 +329,15 @@ const WORKER_HEADER: &str = "type          pid title                            
 pub fn render_table(snapshot: &Snapshot) -> String {
     let now = sysinfo::unix_seconds(SystemTime::now());
     let mut out = String::new();
+    render_host(&mut out, snapshot);
+    for task in &snapshot.tasks {
+        render_task(&mut out, task, now);
+    }
+    out
+}
+
+/// The host's lines: state, last restart and upgrade, and the original's Master row.
+fn render_host(out: &mut String, snapshot: &Snapshot) {
     let m = &snapshot.master;
     let total: u64 = snapshot.tasks.iter().map(|t| t.executions_total).sum();
     let _ = writeln!(out, "Master  state: {}  generation: {}", snapshot.state, snapshot.generation);
@@ -361,54 +370,55 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         m.uptime_s,
         total
     );
-    for task in &snapshot.tasks {
+}
+
+/// A task's section: its header and watch lines, a Worker row per worker, a line per slot in backoff.
+fn render_task(out: &mut String, task: &TaskStatus, now: u64) {
+    let _ = writeln!(
+        out,
+        "\nWorker  task: {}  workers: {}/{}  plugin: {} ({})",
+        task.name,
+        task.workers.len(),
+        task.workers_wanted,
+        task.plugin,
+        &task.plugin_sha256[..task.plugin_sha256.len().min(12)]
+    );
+    if let Some(watch) = &task.watch {
+        let note = watch.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
+        let _ = writeln!(out, "Watch   {}: {}{note}", watch.file, watch.state.as_str());
+    }
+    let _ = writeln!(out, "{WORKER_HEADER}");
+    for w in &task.workers {
+        let mut last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
+        if let Some(uid) = w.uid {
+            last_exit = format!("{last_exit}  (uid {uid})");
+        }
         let _ = writeln!(
             out,
-            "\nWorker  task: {}  workers: {}/{}  plugin: {} ({})",
-            task.name,
-            task.workers.len(),
-            task.workers_wanted,
-            task.plugin,
-            &task.plugin_sha256[..task.plugin_sha256.len().min(12)]
+            "{:<8} {:>8} {:<32} {:>10} {:<19} {:>8} {:>10} {:>4} {:<12} {:>4} {:<12} {:>8} {}",
+            "Worker",
+            w.pid,
+            w.title,
+            mib(w.rss_bytes),
+            start_text(w.started_at),
+            now.saturating_sub(w.started_at),
+            w.executions,
+            w.slot,
+            w.state,
+            w.generation,
+            &w.plugin_sha256[..w.plugin_sha256.len().min(12)],
+            w.restarts,
+            last_exit
         );
-        if let Some(watch) = &task.watch {
-            let note = watch.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
-            let _ = writeln!(out, "Watch   {}: {}{note}", watch.file, watch.state.as_str());
-        }
-        let _ = writeln!(out, "{WORKER_HEADER}");
-        for w in &task.workers {
-            let mut last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
-            if let Some(uid) = w.uid {
-                last_exit = format!("{last_exit}  (uid {uid})");
-            }
-            let _ = writeln!(
-                out,
-                "{:<8} {:>8} {:<32} {:>10} {:<19} {:>8} {:>10} {:>4} {:<12} {:>4} {:<12} {:>8} {}",
-                "Worker",
-                w.pid,
-                w.title,
-                mib(w.rss_bytes),
-                start_text(w.started_at),
-                now.saturating_sub(w.started_at),
-                w.executions,
-                w.slot,
-                w.state,
-                w.generation,
-                &w.plugin_sha256[..w.plugin_sha256.len().min(12)],
-                w.restarts,
-                last_exit
-            );
-        }
-        for b in &task.backoff {
-            let last = b.last_exit.as_ref().map_or("-", |e| e.reason.as_str());
-            let _ = writeln!(
-                out,
-                "Slot {:>4}: backoff after {} crashes, next attempt in {} ms (last exit: {last})",
-                b.slot, b.crashes, b.next_attempt_in_ms
-            );
-        }
     }
-    out
+    for b in &task.backoff {
+        let last = b.last_exit.as_ref().map_or("-", |e| e.reason.as_str());
+        let _ = writeln!(
+            out,
+            "Slot {:>4}: backoff after {} crashes, next attempt in {} ms (last exit: {last})",
+            b.slot, b.crashes, b.next_attempt_in_ms
+        );
+    }
 }
 
 #[cfg(test)]
