@@ -177,76 +177,23 @@ mod tests {
         let stopping = Life::Stopping { kill_at: at(9), init_deadline: None };
         let faulted = Life::Killed { reason: KillReason::Fault, stop_asked: false };
         let discarded = Life::Killed { reason: KillReason::Discarded, stop_asked: true };
+        use ExitCategory::{Crash, Killed, Normal, Stopped};
+        let (code, by) = (Ended::Code, Ended::Signal);
+        let (ready, kill) = (&Life::Ready, Signal::SIGKILL);
         type Case<'a> = (&'a str, Ended, &'a Life, Option<&'a str>, ExitCategory, &'a str);
         let cases: &[Case<'_>] = &[
-            ("a retiring worker", Ended::Code(0), &Life::Ready, None, ExitCategory::Normal, "normal exit"),
-            ("a worker asked to stop", Ended::Code(0), &stopping, None, ExitCategory::Stopped, "normal exit"),
-            ("a panic", Ended::Code(6), &Life::Ready, None, ExitCategory::Crash, "plugin panicked"),
-            (
-                "an exit code of the plugin's",
-                Ended::Code(9),
-                &Life::Ready,
-                None,
-                ExitCategory::Crash,
-                "exit code from plugin code",
-            ),
-            ("a failed init reports why", Ended::Code(5), &starting, Some("db down"), ExitCategory::Crash, "db down"),
-            (
-                "a segfault",
-                Ended::Signal(Signal::SIGSEGV),
-                &Life::Ready,
-                None,
-                ExitCategory::Crash,
-                "killed by SIGSEGV",
-            ),
-            (
-                "a kill -9 from outside",
-                Ended::Signal(Signal::SIGKILL),
-                &Life::Ready,
-                None,
-                ExitCategory::Crash,
-                "killed by SIGKILL",
-            ),
-            (
-                "TERM while stopping",
-                Ended::Signal(Signal::SIGTERM),
-                &stopping,
-                None,
-                ExitCategory::Stopped,
-                "killed by SIGTERM",
-            ),
-            (
-                "a straggler killed",
-                Ended::Signal(Signal::SIGKILL),
-                &discarded,
-                None,
-                ExitCategory::Killed,
-                "killed by SIGKILL",
-            ),
-            (
-                "a slow init killed",
-                Ended::Signal(Signal::SIGKILL),
-                &faulted,
-                Some("init too slow"),
-                ExitCategory::Crash,
-                "killed by SIGKILL: init too slow",
-            ),
-            (
-                "a hung call stopped, then killed",
-                Ended::Signal(Signal::SIGKILL),
-                &discarded,
-                Some("hung"),
-                ExitCategory::Crash,
-                "killed by SIGKILL: hung",
-            ),
-            (
-                "a worker that reported a failure, then exited 0",
-                Ended::Code(0),
-                &Life::Ready,
-                Some("oops"),
-                ExitCategory::Normal,
-                "oops",
-            ),
+            ("a retiring worker", code(0), ready, None, Normal, "normal exit"),
+            ("a worker asked to stop", code(0), &stopping, None, Stopped, "normal exit"),
+            ("a panic", code(6), ready, None, Crash, "plugin panicked"),
+            ("an exit code of the plugin's", code(9), ready, None, Crash, "exit code from plugin code"),
+            ("a failed init reports why", code(5), &starting, Some("db down"), Crash, "db down"),
+            ("a segfault", by(Signal::SIGSEGV), ready, None, Crash, "killed by SIGSEGV"),
+            ("a kill -9 from outside", by(kill), ready, None, Crash, "killed by SIGKILL"),
+            ("TERM while stopping", by(Signal::SIGTERM), &stopping, None, Stopped, "killed by SIGTERM"),
+            ("a straggler killed", by(kill), &discarded, None, Killed, "killed by SIGKILL"),
+            ("a slow init killed", by(kill), &faulted, Some("slow"), Crash, "killed by SIGKILL: slow"),
+            ("a hung call stopped, then killed", by(kill), &discarded, Some("hung"), Crash, "killed by SIGKILL: hung"),
+            ("a failure reported, then exit 0", code(0), ready, Some("oops"), Normal, "oops"),
         ];
         for (name, ended, life, fault, category, reason) in cases {
             let class = classify_exit(*ended, life, *fault);
