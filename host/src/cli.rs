@@ -64,7 +64,8 @@ pub enum Command {
     /// Show what a host logged: its process and run logs merged in time order, filtered, optionally followed.
     ///
     /// Reads the log files on disk, so it works whether or not the host runs. Lines keep their stored shape
-    /// (text or JSON); --json prints every line as a JSON object.
+    /// (text or JSON); --json prints every line as a JSON object. With --name or --config only that host's lines
+    /// (hosts share a log directory by default); with neither, every host's.
     #[command(after_help = EXIT_CODES)]
     Logs(LogsArgs),
     /// A live view of a running host: tasks, workers, call rates; keys to restart and scale.

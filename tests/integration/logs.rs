@@ -41,6 +41,33 @@ fn run_a_host_to_its_end(sb: &mut Sandbox) {
     assert!(sb.live_processes().is_empty(), "the host still runs");
 }
 
+/// Hosts share a log directory by default: `--name` (or `--config`) shows that host's lines only, its master's
+/// and its task's, while `pmhost logs` without either shows every host's.
+#[test]
+fn logs_of_a_named_host_leave_out_other_hosts_in_the_same_directory() {
+    let mut sb = Sandbox::new("logshosts");
+    run_a_host_to_its_end(&mut sb);
+    let other = format!("{}-b", sb.name);
+    let hello = fixtures().hello.to_str().unwrap().to_owned();
+    let args = ["start", "--name", &other, "--plugin", &hello, "--workers", "1", "--execute-times", "2"];
+    let out = sb.run([&args[..], &["--execute-usleep", "10ms", "--check-interval", "0"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    let everything = logs(&sb, &["-n", "all"]).join("\n");
+    for line in
+        [format!(":Master:{} ", sb.name), format!(":Master:{other} "), "faulty ready".into(), "hello from".into()]
+    {
+        assert!(everything.contains(&line), "{line:?} missing without --name:\n{everything}");
+    }
+    let first = logs(&sb, &["--name", &sb.name, "-n", "all"]);
+    let text = first.join("\n");
+    assert!(text.contains(&format!(":Master:{} ", sb.name)) && text.contains("faulty ready"), "{text}");
+    assert!(!text.contains(&other) && !text.contains("hello from"), "another host's lines:\n{text}");
+    let second = logs(&sb, &["--name", &other, "-n", "all"]).join("\n");
+    assert!(second.contains(&format!(":Master:{other} ")) && second.contains("hello from"), "{second}");
+    assert!(!second.contains("faulty ready") && !second.contains(&format!(":Master:{} ", sb.name)), "{second}");
+}
+
 /// The pid the header of a text line names.
 fn writer_pid(line: &str) -> i32 {
     let header = line.split("]: ").next().unwrap();
@@ -121,20 +148,20 @@ fn logs_convert_to_json_select_by_time_and_stream_and_skip_what_is_not_a_regular
     std::fs::OpenOptions::new().append(true).open(log.join(&today)).unwrap().write_all_text(&captured);
     nix::unistd::mkfifo(&log.join("process.2099-01-01.log"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 
-    let all = logs(&sb, &["--name", &sb.name, "-n", "all"]);
+    let all = logs(&sb, &["-n", "all"]);
     assert!(all[0].contains("from long ago"), "the oldest file comes first: {all:#?}");
-    let recent = logs(&sb, &["--name", &sb.name, "-n", "all", "--since", "10m"]);
+    let recent = logs(&sb, &["-n", "all", "--since", "10m"]);
     assert!(!recent.iter().any(|l| l.contains("from long ago")) && recent.len() + 1 == all.len(), "{recent:#?}");
 
-    let stdout = logs(&sb, &["--name", &sb.name, "-n", "all", "--stream", "stdout"]);
+    let stdout = logs(&sb, &["-n", "all", "--stream", "stdout"]);
     assert_eq!(stdout.len(), 1, "{stdout:#?}");
     assert!(stdout[0].contains("printed this"));
-    let stderr = logs(&sb, &["--name", &sb.name, "-n", "all", "--stream", "stderr", "--json"]);
+    let stderr = logs(&sb, &["-n", "all", "--stream", "stderr", "--json"]);
     assert_eq!(stderr.len(), 1, "{stderr:#?}");
     let object: Value = serde_json::from_str(&stderr[0]).unwrap();
     assert_eq!((object["level"].as_str(), object["stream"].as_str()), (Some("WARN"), Some("stderr")), "{object}");
 
-    let json = logs(&sb, &["--name", &sb.name, "-n", "all", "--json", "--slot", "1"]);
+    let json = logs(&sb, &["-n", "all", "--json", "--slot", "1"]);
     assert!(!json.is_empty());
     for line in &json {
         let object: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -183,7 +210,7 @@ fn logs_follow_reads_on_across_a_rotation_until_sigterm() {
         |h: u32, text: &str| format!("[Info][process_m:Worker:mail 7 2026-01-01 {h:02}:59:59]: {text} task=mail\n");
     std::fs::write(hour(10), line(10, "before")).unwrap();
 
-    let mut cmd = sb.pmhost(["logs", "--name", &sb.name, "-f", "-n", "all", "--task", "mail"]);
+    let mut cmd = sb.pmhost(["logs", "-f", "-n", "all", "--task", "mail"]);
     eprintln!("$ {cmd:?}");
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn logs -f");
     let rx = lines_of(&mut child);
@@ -269,17 +296,17 @@ fn logs_tail_of_large_logs_reads_back_only_as_far_as_needed_and_agrees_with_a_fu
         .collect();
     std::fs::write(log.join("process.2026-01-01.log"), process).unwrap();
 
-    let all = logs_to_file(&sb, &["--name", &sb.name, "-n", "all"]);
+    let all = logs_to_file(&sb, &["-n", "all"]);
     assert_eq!(all.len(), 40_003);
     for n in ["1", "4", "120"] {
-        let tail = logs(&sb, &["--name", &sb.name, "-n", n]);
+        let tail = logs(&sb, &["-n", n]);
         let n: usize = n.parse().unwrap();
         assert_eq!(tail, all[all.len() - n..], "-n {n}");
     }
-    let warnings = logs(&sb, &["--name", &sb.name, "-n", "2", "--level", "warn"]);
+    let warnings = logs(&sb, &["-n", "2", "--level", "warn"]);
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
     assert!(warnings[0].contains("run line 5 ") && warnings[1].contains("run line 7 "), "{warnings:#?}");
-    let first_process = logs(&sb, &["--name", &sb.name, "-n", "3", "--pid", "9"]);
+    let first_process = logs(&sb, &["-n", "3", "--pid", "9"]);
     assert_eq!(first_process.len(), 3, "{first_process:#?}");
     assert!(first_process[0].contains("process line 3"), "{first_process:#?}");
 }
@@ -368,7 +395,7 @@ fn logs_colour_levels_on_a_terminal_only() {
     .unwrap();
     let on_terminal = |no_colour: bool| {
         let pty = nix::pty::openpty(None, None).expect("openpty");
-        let mut cmd = sb.pmhost(["logs", "--name", &sb.name]);
+        let mut cmd = sb.pmhost(["logs"]);
         cmd.stdout(Stdio::from(pty.slave.try_clone().unwrap()));
         if no_colour {
             cmd.env("NO_COLOR", "1");
@@ -390,6 +417,6 @@ fn logs_colour_levels_on_a_terminal_only() {
     assert!(coloured.contains("\x1b[1;31m[Error]\x1b[0m"), "{coloured:?}");
     let plain = on_terminal(true);
     assert!(plain.contains("[Warn][m 1") && !plain.contains('\x1b'), "NO_COLOR: {plain:?}");
-    let piped = logs(&sb, &["--name", &sb.name]);
+    let piped = logs(&sb, &[]);
     assert!(piped.iter().all(|l| !l.contains('\x1b')), "a pipe gets no colour: {piped:?}");
 }

@@ -13,11 +13,12 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::CommandError;
-use super::plan::resolve_target;
+use super::plan::{Resolved, resolve_target};
+use super::watch::read_snapshot;
 use crate::cli::{LevelArg, LogsArgs, StreamArg};
 use crate::exit::cli as code;
 use crate::logging::LogSettings;
-use crate::logread::{Coverage, Filter, LogLevel, LogStream, Merged, Record};
+use crate::logread::{Coverage, Filter, HostScope, LogLevel, LogStream, Merged, Record};
 use crate::rundir::{self, Dir};
 use crate::sysinfo;
 
@@ -30,7 +31,8 @@ pub fn logs(args: LogsArgs) -> Result<i32, CommandError> {
     let spec = target.config.as_ref().map(|c| c.log.clone()).unwrap_or_default();
     let defaults = LogSettings::default();
     let bases = [spec.process.unwrap_or(defaults.process), spec.run.unwrap_or(defaults.run)];
-    let filter = filter_of(&args);
+    let mut filter = filter_of(&args);
+    filter.host = host_scope(&args, &target);
     let dir = rundir::open_root(&target.log_dir, false)?
         .ok_or_else(|| CommandError::NoLogDir { dir: target.log_dir.clone() })?;
     // Everything that follows needs its events from before the first read, so nothing written meanwhile is
@@ -53,8 +55,26 @@ pub fn logs(args: LogsArgs) -> Result<i32, CommandError> {
     }
 }
 
+/// With `--name` or `--config`, that host's lines only: its master's, and its tasks' (from the config file, the
+/// running host's status, else the one task a `--name` start runs, named like the host). Without either, every
+/// line in the log directory.
+fn host_scope(args: &LogsArgs, target: &Resolved) -> Option<HostScope> {
+    if args.target.name.is_none() && args.target.config.is_none() {
+        return None;
+    }
+    let mut tasks: Vec<String> =
+        target.config.as_ref().map(|c| c.tasks.iter().map(|t| t.name.clone()).collect()).unwrap_or_default();
+    let running = target.status_dir(false).ok().flatten().and_then(|dir| read_snapshot(&dir).ok().flatten());
+    tasks.extend(running.into_iter().flat_map(|snapshot| snapshot.tasks.into_iter().map(|t| t.name)));
+    if tasks.is_empty() {
+        tasks.push(target.name.clone());
+    }
+    Some(HostScope { name: target.name.clone(), tasks })
+}
+
 fn filter_of(args: &LogsArgs) -> Filter {
     Filter {
+        host: None,
         task: args.task.clone(),
         slot: args.slot,
         pid: args.pid,

@@ -5,6 +5,8 @@ use super::record::{LogLevel, Record};
 /// What a record must match (every condition given).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
+    /// One host's lines only (hosts share a log directory by default).
+    pub host: Option<HostScope>,
     /// The task: a `task` field, or without one a worker title `...:Worker:{task}`.
     pub task: Option<String>,
     /// A `slot` field.
@@ -19,6 +21,14 @@ pub struct Filter {
     pub stream: Option<String>,
 }
 
+/// A host's lines: its master's (titled `...:Master:{name}`) and those of its tasks' workers. Worker lines carry
+/// their task, not their host: two hosts that both run a task of the same name are not told apart by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostScope {
+    pub name: String,
+    pub tasks: Vec<String>,
+}
+
 impl Filter {
     /// Whether `record` is shown.
     pub fn matches(&self, record: &Record) -> bool {
@@ -28,6 +38,16 @@ impl Filter {
             Some(_) => field_is("task", task),
             None => record.title.rsplit_once(":Worker:").is_some_and(|(_, t)| t == task),
         };
+        if let Some(host) = &self.host {
+            // A master's line belongs to its host, whichever task it is about; any other line to its task's.
+            let ours = match record.title.rsplit_once(":Master:") {
+                Some((_, name)) => name == host.name,
+                None => host.tasks.iter().any(|task| of_task(task)),
+            };
+            if !ours {
+                return false;
+            }
+        }
         if let Some(task) = &self.task
             && !of_task(task)
         {
@@ -96,6 +116,30 @@ mod tests {
         ];
         for (filter, expected) in cases {
             let got = [filter.matches(&worker), filter.matches(&master), filter.matches(&output)];
+            assert_eq!(&got, expected, "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn a_host_scope_keeps_its_masters_lines_and_its_tasks_lines() {
+        let scope = |name: &str, tasks: &[&str]| Filter {
+            host: Some(HostScope { name: name.into(), tasks: tasks.iter().map(|t| t.to_string()).collect() }),
+            ..Filter::default()
+        };
+        let lines = [
+            Record::parse("[Info][process_m:Master:h 9 2026-11-30 10:00:00]: master started pid=9"),
+            Record::parse("[Info][process_m:Master:other 8 2026-11-30 10:00:00]: worker exited task=mail pid=3"),
+            line("Info", 10, "10:00:01", "hi task=mail slot=0 pid=10"),
+            line("Info", 11, "10:00:01", "printed this stream=stdout task=send slot=0 pid=11"),
+            line("Info", 12, "10:00:02", "no fields"),
+        ];
+        let cases: &[(Filter, [bool; 5])] = &[
+            (scope("h", &["mail"]), [true, false, true, false, true]),
+            (scope("h", &["send"]), [true, false, false, true, false]),
+            (scope("other", &["other"]), [false, true, false, false, false]),
+        ];
+        for (filter, expected) in cases {
+            let got = [0, 1, 2, 3, 4].map(|i| filter.matches(&lines[i]));
             assert_eq!(&got, expected, "{filter:?}");
         }
     }

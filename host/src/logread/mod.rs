@@ -6,6 +6,6 @@ mod filter;
 mod record;
 mod stream;
 
-pub use filter::Filter;
+pub use filter::{Filter, HostScope};
 pub use record::{LogLevel, Record};
 pub use stream::{Coverage, LineSplitter, LogStream, MAX_LINE, Merged};
