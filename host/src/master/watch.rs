@@ -30,8 +30,8 @@
 //!   `watched_file`). `pmhost restart` also loads a build in a probe process before it asks the master; the
 //!   master never loads plugin code and must not block on a probe, so for a watched build the first new worker
 //!   is that check: a process of its own, with the task's init timeout as its deadline, that fails before any
-//!   old worker is stopped (the old workers keep their pids). A change during a rollout waits for it: a file's deadline counts only while no rollout
-//!   runs or is queued, so it is looked at right after.
+//!   old worker is stopped (the old workers keep their pids). A change during a rollout waits for it: a file's
+//!   deadline counts only while no rollout runs or is queued, so it is looked at right after.
 //! - **A directory that disappears** (`cargo clean`): the watch moves to the nearest existing parent and waits
 //!   for the missing directory to be created, then moves down again and looks at the file, which may already
 //!   be there. That too is events, not polling. A watch that cannot be placed at all (no permission, no inotify
