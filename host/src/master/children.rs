@@ -116,7 +116,7 @@ impl Master {
     /// The build a slot runs: its own during a rollout, else the task's.
     pub(super) fn slot_build(&self, task: usize, slot: u32) -> Build {
         let task = &self.tasks[task];
-        task.slots.get(slot as usize).and_then(|s| s.build.clone()).unwrap_or_else(|| task.build.clone())
+        task.slots.get(slot as usize).and_then(|s| s.build.as_deref().cloned()).unwrap_or_else(|| task.build.clone())
     }
 
     /// Starts a worker running `build` for `slot` of `task`: asks the build's zygote, or forks it here; `None`
