@@ -109,6 +109,9 @@ impl Master {
             }
             Err(_) => {}
         }
+        drop(snapshot);
+        drop(metrics);
+        super::footprint::trim_heap_after_snapshot();
         self.dirty = false;
         self.snapshot_wanted = false;
         self.next_publish = Some(began + Mono::now().since(began).saturating_mul(PUBLISH_COST_SHARE));
