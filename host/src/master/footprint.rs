@@ -72,12 +72,21 @@ pub(super) fn release_startup_memory() -> u64 {
 /// workers leaves, far more than a small host's churn does.
 const HEAP_SLACK: usize = 256 * 1024;
 
+/// Below this many workers a snapshot is too small to leave [`HEAP_SLACK`] behind.
+const SMALL_HOST: usize = 128;
+
 /// After a status write: a snapshot of many workers is a transient of a few hundred KiB (one entry per worker,
 /// the metrics text) that glibc keeps in the heap once freed (other allocations sit above it, and freeing a
 /// large mmapped buffer raises its trim threshold). When more than [`HEAP_SLACK`] of the heap is free, it is
-/// given back (`malloc_trim`); a small host never crosses that, so its churn pays nothing. Measured at 1024
+/// given back (`malloc_trim`). A host of fewer than [`SMALL_HOST`] workers skips even the look, so a small
+/// host's churn pays nothing. Measured at 1024
 /// workers: the heap stayed ~400 KiB larger after each `pmhost status` without this.
-pub(super) fn trim_heap_after_snapshot() {
+pub(super) fn trim_heap_after_snapshot(workers: usize) {
+    if workers < SMALL_HOST {
+        // Not even a look at the allocator (`mallinfo2` walks its bins): a churning small host writes its status
+        // hundreds of times a second.
+        return;
+    }
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: mallinfo2 only reads the allocator's statistics; the master is single-threaded.

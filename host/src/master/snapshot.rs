@@ -111,7 +111,7 @@ impl Master {
         }
         drop(snapshot);
         drop(metrics);
-        super::footprint::trim_heap_after_snapshot();
+        super::footprint::trim_heap_after_snapshot(self.workers.len());
         self.dirty = false;
         self.snapshot_wanted = false;
         self.next_publish = Some(began + Mono::now().since(began).saturating_mul(PUBLISH_COST_SHARE));
