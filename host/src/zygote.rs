@@ -24,7 +24,12 @@
 //!   task and zygote, before that task's first request (the zygote's own task comes with its fork). Measured
 //!   (64 tasks × 16 workers of one plugin, 2 cores): a restart started 64 zygotes, each loading the 6.7 MiB
 //!   plugin while that task's first slots were forked cold (69 cold spawns of 1024), and took 1.87–1.89 s
-//!   against 0.94–1.02 s for one task of 1024 workers; with one shared zygote see `master::warm`. The zygote `clone`s with `CLONE_PARENT`, so the worker is the
+//!   against 0.94–1.02 s for one task of 1024 workers. With one zygote for all 64 tasks: 1.34–1.65 s in the
+//!   bench (load 2–2.6; `pmhost restart` itself reported 1.59 s before, 0.87–1.13 s after). What the master
+//!   still spends in such a restart (`perf record -g`, cpu-clock): 17 % in the kernel's `wait_consider_task`,
+//!   the scan of all its children that each `waitid(P_ALL)` makes (the stop check and the reap loop make about
+//!   two full scans per wake-up), 4 % in `copy_page_range` (the zygote's fork of the master and its clones);
+//!   the next lever for many workers. The zygote `clone`s with `CLONE_PARENT`, so the worker is the
 //!   master's own child: the master reaps, signals and supervises it exactly like a cold one, and the worker's
 //!   `PR_SET_PDEATHSIG` follows the master. The zygote does not answer: the new worker's first act is a
 //!   `Spawned { pid, cell }` record on the report pipe, and a failed `clone` is a `SpawnFailed { cell }` record
