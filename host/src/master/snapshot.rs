@@ -62,7 +62,7 @@ impl Master {
         }
         if self.snapshot_wanted {
             // Memory needs a look at each worker; whether it is stopped comes from the kernel's notifications
-            // (see `note_stops`), not from `/proc`.
+            // (see `reap_workers`), not from `/proc`.
             for worker in self.workers.values_mut() {
                 if worker.statm.is_none() {
                     // Held from now on (one descriptor per worker); without one (out of descriptors) it is read
