@@ -48,14 +48,14 @@
 //!
 //! | figure | before | after | load |
 //! |---|---|---|---|
-//! | master PSS, 8 workers (`--only quiet`, median of 3) | 1.02, 1.11 MiB | 0.81 MiB | 2.5–5.4 |
+//! | master PSS, 8 workers (`--only quiet`, median of 3) | 1.02, 1.11, 1.12 MiB | 0.81, 0.90 MiB | 0.7–5.4 |
 //! | master PSS, 1024 workers, after 3 `status --json` (by hand) | 2.92 MiB | 1.64 MiB | 1.6 |
-//! | master PSS, 1024 workers (`--only spawn`, one host a run) | 2.69, 2.94 MiB | 1.61, 1.75, 1.91 MiB | 1.3–2.3 |
+//! | master PSS, 1024 workers (`--only spawn`, one host a run) | 2.62–3.45 MiB (6 runs) | 1.61–2.00 MiB (10 runs) | 0.7–2.7 |
 //!
 //! One more run of the same build, at load 2.3–3.9, read 2.35 MiB, over the target; not explained yet (how many
 //! of a start's workers were forked cold, and so share the master's pages, varies from run to run).
 //!
-//! Worker PSS is unchanged (0.44–0.49 MiB median both ways): workers never shared the master's startup
+//! Worker PSS did not grow (0.40–0.44 MiB median against 0.44–0.74): workers never shared the master's startup
 //! pages, and the pages they do share with it are the loop's, which the master keeps.
 
 use std::io::BufRead;
