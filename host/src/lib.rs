@@ -13,7 +13,7 @@
 //!     │          decisions as pure functions: policy, progress (rollouts), startup, life (a worker's states)
 //!     ▼
 //!  worker     worker: one worker process, from fork to exit, running the plugin; zygote: a process per
-//!             (task, build) that loads the plugin once and forks that build's workers for the master
+//!             build that loads the plugin once and forks the workers of every task running it for the master
 //!     │
 //!     ▼
 //!  shared     settings (each task setting defined once), config (pmhost.toml), plugin (stage, load, probe),

@@ -4,7 +4,10 @@
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, process_state, processes_mentioning, signal, stderr_of};
+use crate::harness::{
+    ProcessWaiter, SOON, Sandbox, cmdline, fixtures, process_state, processes_mentioning, read_markers, signal,
+    stderr_of,
+};
 
 /// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`.
 fn stat_field(pid: i32, n: usize) -> i64 {
@@ -117,4 +120,46 @@ fn a_stopped_zygote_stalls_no_supervision_and_costs_no_slot() {
     assert!(!log.contains("worker crashed"), "{log}");
     sb.stop();
     assert!(zygotes(&sb).is_empty(), "a zygote outlived the stop");
+}
+
+#[test]
+fn tasks_of_one_build_share_one_zygote_and_each_worker_runs_with_its_own_tasks_settings() {
+    let mut sb = Sandbox::new("zygoteshare");
+    // Two tasks of the same plugin file (one staged build): each its own marker file and label, and workers that
+    // make one call each, so both keep asking for spawns.
+    let task = |suffix: &str| {
+        format!(
+            "\n[[task]]\nname = \"{name}-{suffix}\"\nplugin = \"{plugin}\"\nworkers = 2\nexecute_times = 1\n\
+             execute_usleep = \"20ms\"\n[task.config]\nmarker_file = \"{marker}\"\nlabel = \"{suffix}\"\n",
+            name = sb.name,
+            plugin = fixtures().faulty.display(),
+            marker = sb.path(&format!("marks-{suffix}")).display(),
+        )
+    };
+    let config = sb.path("pmhost.toml");
+    std::fs::write(&config, format!("[host]\nname = \"{}\"\n{}{}", sb.name, task("a"), task("b"))).unwrap();
+    let fg = sb.start_foreground(["--config", config.to_str().unwrap(), "--log-level", "debug"]);
+    let master = fg.child.id() as i64;
+    // Wait until warm workers have run in both tasks: each must have written its own task's marker file with its
+    // own task's label, and never the other task's.
+    let (warm_a, warm_b) = sb.wait_for("warm workers in both tasks", SOON, || {
+        let warm = warm_pids(&stderr_of(&fg));
+        let of = |suffix: &str| -> Vec<crate::harness::Marker> {
+            read_markers(&sb.path(&format!("marks-{suffix}"))).into_iter().filter(|m| warm.contains(&m.pid)).collect()
+        };
+        let (a, b) = (of("a"), of("b"));
+        (!a.is_empty() && !b.is_empty()).then_some((a, b))
+    });
+    assert!(warm_a.iter().all(|m| m.label == "a"), "{warm_a:?}");
+    assert!(warm_b.iter().all(|m| m.label == "b"), "{warm_b:?}");
+    assert!(warm_a.iter().all(|a| warm_b.iter().all(|b| b.pid != a.pid)), "a worker ran in both tasks");
+    // One zygote (the master's child) served both tasks.
+    let parent = |pid: i32| crate::harness::proc_stat(pid).and_then(|f| f.get(1)?.parse::<i64>().ok());
+    let ours: Vec<i32> = processes_mentioning(&format!(":Zygote:{}-", sb.name))
+        .into_iter()
+        .filter(|&p| parent(p) == Some(master))
+        .collect();
+    assert_eq!(ours.len(), 1, "zygotes of this master: {ours:?}");
+    // Stopping leaves nothing of this host running, the zygote included.
+    sb.stop();
 }

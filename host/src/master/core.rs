@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::deadlines::Due;
 use super::events::Events;
@@ -509,6 +509,8 @@ impl Master {
             if let Some(ready) = self.ready.take() {
                 ready.send(Ok(()));
             }
+            let released = super::footprint::release_startup_memory();
+            debug!(released_kib = released / 1024, "start-up code and free heap pages given back");
             return;
         }
         let startup = self.startup.take().expect("checked above");

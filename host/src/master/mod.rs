@@ -5,6 +5,7 @@ mod children;
 mod core;
 mod deadlines;
 mod events;
+mod footprint;
 mod handover;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};
 mod life;

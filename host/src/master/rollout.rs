@@ -287,7 +287,7 @@ impl Master {
         if slots.len() <= slot as usize {
             slots.resize_with(slot as usize + 1, Slot::default);
         }
-        slots[slot as usize].build = Some(build);
+        slots[slot as usize].build = Some(Box::new(build));
         let old: Vec<Pid> = slots[slot as usize]
             .pids
             .iter()
@@ -389,7 +389,7 @@ impl Master {
     pub(super) fn builds_in_use(&self) -> Vec<plugin::StagedPlugin> {
         self.tasks
             .iter()
-            .flat_map(|t| std::iter::once(&t.build).chain(t.slots.iter().filter_map(|s| s.build.as_ref())))
+            .flat_map(|t| std::iter::once(&t.build).chain(t.slots.iter().filter_map(|s| s.build.as_deref())))
             .map(|b| b.plugin.clone())
             .collect()
     }

@@ -62,7 +62,7 @@ impl Master {
         }
         if self.snapshot_wanted {
             // Memory needs a look at each worker; whether it is stopped comes from the kernel's notifications
-            // (see `note_stops`), not from `/proc`.
+            // (see `reap_workers`), not from `/proc`.
             for worker in self.workers.values_mut() {
                 if worker.statm.is_none() {
                     // Held from now on (one descriptor per worker); without one (out of descriptors) it is read
@@ -109,6 +109,9 @@ impl Master {
             }
             Err(_) => {}
         }
+        drop(snapshot);
+        drop(metrics);
+        super::footprint::trim_heap_after_snapshot(self.workers.len());
         self.dirty = false;
         self.snapshot_wanted = false;
         self.next_publish = Some(began + Mono::now().since(began).saturating_mul(PUBLISH_COST_SHARE));

@@ -1,7 +1,7 @@
 //! Watching running workers between events: hung `work` calls (`work_timeout`) and memory (`max_rss`).
 //!
 //! Both read what is already there: the scoreboard's sequence number (odd while a call runs), whether a worker
-//! between calls is stopped (the kernel tells the master, its parent: see `note_stops`), and `/proc` (memory).
+//! between calls is stopped (the kernel tells the master, its parent: see `reap_workers`), and `/proc` (memory).
 //! The master only wakes for this when a task sets one of these limits, at an interval derived from them, so a
 //! host without them stays asleep between events.
 
@@ -55,7 +55,7 @@ impl Master {
                     && let Some(since) = worker.stopped_since.filter(|since| now.since(*since) >= timeout)
                 {
                     // Between calls a worker is never hung, unless it is stopped (SIGSTOP, as the kernel told the
-                    // master: see `note_stops`): then it would never make its next call.
+                    // master: see `reap_workers`): then it would never make its next call.
                     hung.push((worker.pid, now.since(since), seq / 2, Hang::Stopped));
                 }
             }

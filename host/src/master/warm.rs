@@ -1,6 +1,8 @@
 //! Warm spawns: the master's side of the zygotes (see [`crate::zygote`] for the design and why).
 //!
-//! The master keeps at most one zygote per (task, generation). A spawn asks the build's zygote when it is ready
+//! The master keeps at most one zygote per build: a generation and a staged plugin (its sha256), shared by every
+//! task that runs it (each task's settings reach it as a [`TaskTemplate`] before its first request, see
+//! [`crate::zygote`]). A spawn asks the build's zygote when it is ready
 //! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or its socket full): a zygote is
 //! a cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a
 //! rollback) is killed; one that dies is forgotten when it is reaped and started again by the next spawn of its
@@ -48,7 +50,7 @@ use super::deadlines::Due;
 use super::state::Build;
 use crate::scoreboard::CellIndex;
 use crate::sysinfo::Mono;
-use crate::zygote::{self, Request};
+use crate::zygote::{self, Request, TaskTemplate};
 
 /// How long a ready zygote may take to clone a worker that reports itself before the master gives up on the
 /// zygote (a healthy one takes well under a millisecond; this bounds one that is stopped or hung, and only
@@ -74,10 +76,19 @@ pub(super) struct PendingSpawn {
 /// One zygote process and the master's end of its socket.
 pub(super) struct Zygote {
     pub(super) pid: Pid,
-    task: usize,
+    /// The build it serves: a generation and a staged plugin, for every task that runs that build.
     generation: u32,
+    sha256: String,
+    /// The tasks whose template it was given (the first one at its fork).
+    tasks: Vec<usize>,
     socket: OwnedFd,
     ready: bool,
+}
+
+impl Zygote {
+    fn serves(&self, build: &Build) -> bool {
+        self.generation == build.generation && self.sha256 == build.plugin.sha256
+    }
 }
 
 impl Master {
@@ -97,7 +108,7 @@ impl Master {
             // another user is always forked cold, so none of its code runs with the master's privileges.
             return false;
         }
-        let index = match self.zygotes.iter().position(|z| z.task == task && z.generation == build.generation) {
+        let index = match self.zygotes.iter().position(|z| z.serves(build)) {
             Some(index) => index,
             None => {
                 // Also during a start: workers spawned once it has loaded (a start's later spawns) share its
@@ -109,8 +120,19 @@ impl Master {
         if !self.zygotes[index].ready && !self.zygotes[index].check_ready() {
             return false;
         }
+        if !self.zygotes[index].tasks.contains(&task) {
+            // The first request of this task to a zygote its build shares with other tasks: its settings first.
+            let title = self.host.worker_title(&self.tasks[task].settings.name);
+            let template = TaskTemplate::of(task as u32, &self.worker_spec(task, 0, build, title, None));
+            let zygote = &mut self.zygotes[index];
+            if let Err(e) = zygote::send_template(&zygote.socket, &template) {
+                debug!(pid = zygote.pid.as_raw(), "cannot give the zygote a task's settings: {e}; spawning cold");
+                return false;
+            }
+            zygote.tasks.push(task);
+        }
         let zygote = &self.zygotes[index];
-        let request = Request { slot, cell: cell.0 as u32, output: output.is_some() };
+        let request = Request { task: task as u32, slot, cell: cell.0 as u32, output: output.is_some() };
         let ends = output.map(|ends| [ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd()]);
         match zygote::send(&zygote.socket, request, ends) {
             Ok(()) => true,
@@ -135,11 +157,7 @@ impl Master {
         reads: Option<[OwnedFd; 2]>,
         title: String,
     ) {
-        let zygote = self
-            .zygotes
-            .iter()
-            .find(|z| z.task == task && z.generation == build.generation)
-            .map_or(Pid::from_raw(0), |z| z.pid);
+        let zygote = self.zygotes.iter().find(|z| z.serves(build)).map_or(Pid::from_raw(0), |z| z.pid);
         let answer_by = Mono::now() + ANSWER_DEADLINE;
         let pending = PendingSpawn {
             zygote,
@@ -299,15 +317,16 @@ impl Master {
                 let board: *const crate::scoreboard::Scoreboard = &self.board;
                 // SAFETY: the scoreboard lives in the master's memory image, which this child owns a copy of
                 // for its whole life: `zygote::run` never returns, so nothing drops it.
-                zygote::run(template, unsafe { &*board }, theirs)
+                zygote::run(task as u32, template, unsafe { &*board }, theirs)
             }
             Ok(ForkResult::Parent { child }) => {
                 let _ = nix::unistd::setpgid(child, child);
                 debug!(pid = child.as_raw(), generation = build.generation, "zygote started");
                 self.zygotes.push(Zygote {
                     pid: child,
-                    task,
                     generation: build.generation,
+                    sha256: build.plugin.sha256.clone(),
+                    tasks: vec![task],
                     socket: ours,
                     ready: false,
                 });
@@ -328,14 +347,16 @@ impl Master {
 
     /// Kills the zygotes of builds no task or slot runs any more.
     pub(super) fn prune_zygotes(&mut self) {
-        let in_use = |task: usize, generation: u32| {
-            self.tasks.get(task).is_some_and(|t| {
-                !t.retired
-                    && (t.build.generation == generation
-                        || t.slots.iter().any(|s| s.build.as_ref().is_some_and(|b| b.generation == generation)))
+        let in_use = |zygote: &Zygote| {
+            zygote.tasks.iter().any(|&task| {
+                self.tasks.get(task).is_some_and(|t| {
+                    !t.retired
+                        && (zygote.serves(&t.build)
+                            || t.slots.iter().any(|s| s.build.as_ref().is_some_and(|b| zygote.serves(b))))
+                })
             })
         };
-        let stale: Vec<Pid> = self.zygotes.iter().filter(|z| !in_use(z.task, z.generation)).map(|z| z.pid).collect();
+        let stale: Vec<Pid> = self.zygotes.iter().filter(|z| !in_use(z)).map(|z| z.pid).collect();
         for pid in stale {
             debug!(pid = pid.as_raw(), "zygote of a build no longer run: killed");
             let _ = kill(pid, Signal::SIGKILL);
