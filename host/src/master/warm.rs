@@ -195,7 +195,11 @@ impl Master {
         let PendingSpawn { task, slot, build, init_timeout, reads, title, abandoned, .. } = pending;
         let rollout_new = self.rollout.as_ref().is_some_and(|r| r.generation == build.generation);
         self.on_spawned(pid, task, slot, &build, cell, init_timeout, reads, title);
-        if abandoned {
+        let stopping = matches!(self.phase, super::core::HostPhase::Stopping { .. });
+        // A stop ends the zygotes as it begins and gives up on their requests, but a worker already cloned
+        // still reports: during a stop it is stopped gracefully below like every other worker (killing it
+        // would make a graceful stop report itself as forced).
+        if abandoned && !stopping {
             warn!(pid = pid.as_raw(), slot, "a worker of a zygote that was given up on reported late: killed");
             self.discard_worker(pid);
             return;
@@ -206,7 +210,7 @@ impl Master {
         {
             return;
         }
-        if matches!(self.phase, super::core::HostPhase::Stopping { .. }) {
+        if stopping {
             // Asked for before the stop: it goes the way of every other worker.
             self.stop_worker(pid);
         }
