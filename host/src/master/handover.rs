@@ -10,10 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nix::unistd::Pid;
@@ -402,7 +401,7 @@ fn upgrade_record(mut upgrade: UpgradeStatus, rolled_back: Option<String>) -> Up
 }
 
 /// Rebuilds the master from the handed-over state.
-fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String> {
+fn take_over(mut state: State, rolled_back: Option<String>) -> Result<Master, String> {
     let host = &state.host;
     let dirs = crate::rundir::HostDirs::open(&host.pid_root, &host.status_root, &host.name, false)
         .map_err(|e| e.to_string())?
@@ -411,18 +410,7 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
     let events = super::events::Events::new(&super::signals::handled()).map_err(|e| e.to_string())?;
     let mut captures = super::capture::Captures::new().map_err(|e| e.to_string())?;
     let notifier = crate::notify::Notifier::from_env();
-    // Handed-over descriptors are duplicated, never taken: should anything below fail, the old image takes over
-    // again with every original still open (see `resume`, which closes the originals once this succeeded).
-    let cells: Vec<_> = state.workers.iter().map(|w| w.cell).collect();
-    let (memfd, report_fd, report_tx) =
-        (duplicate(state.scoreboard_fd)?, duplicate(state.report_fd)?, duplicate(state.report_tx_fd)?);
-    let pid_fd = (state.pid_file_fd >= 0).then(|| duplicate(state.pid_file_fd)).transpose()?;
-    let board = crate::scoreboard::Scoreboard::from_fd(memfd, &cells).map_err(|e| e.to_string())?;
-    let reports = crate::report::ReportReader::handed_over(report_fd, state.report_pending);
-    let pid_file = pid_fd
-        .map(|fd| crate::pidfile::PidFile::handed_over(dirs.pid_root(), &host.name, fd))
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let Handed { board, reports, report_tx, pid_file } = reopen_handed(&mut state, &dirs)?;
     captures.take_over(state.captures).map_err(|e| e.to_string())?;
     let title = state.host.master_title();
     crate::title::set(&title);
@@ -498,6 +486,31 @@ fn take_over(state: State, rolled_back: Option<String>) -> Result<Master, String
     Ok(master)
 }
 
+/// What the master reopens from the descriptors the previous image handed over.
+struct Handed {
+    board: crate::scoreboard::Scoreboard,
+    reports: crate::report::ReportReader,
+    report_tx: OwnedFd,
+    pid_file: Option<crate::pidfile::PidFile>,
+}
+
+/// The scoreboard, the report pipe's two ends and the locked pid file, from duplicates of the handed-over
+/// descriptors: never taken, so should anything fail, the old image takes over again with every original still
+/// open (see `resume`, which closes the originals once the new master runs).
+fn reopen_handed(state: &mut State, dirs: &crate::rundir::HostDirs) -> Result<Handed, String> {
+    let cells: Vec<_> = state.workers.iter().map(|w| w.cell).collect();
+    let (memfd, report_fd, report_tx) =
+        (duplicate(state.scoreboard_fd)?, duplicate(state.report_fd)?, duplicate(state.report_tx_fd)?);
+    let pid_fd = (state.pid_file_fd >= 0).then(|| duplicate(state.pid_file_fd)).transpose()?;
+    let board = crate::scoreboard::Scoreboard::from_fd(memfd, &cells).map_err(|e| e.to_string())?;
+    let reports = crate::report::ReportReader::handed_over(report_fd, std::mem::take(&mut state.report_pending));
+    let pid_file = pid_fd
+        .map(|fd| crate::pidfile::PidFile::handed_over(dirs.pid_root(), &state.host.name, fd))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok(Handed { board, reports, report_tx, pid_file })
+}
+
 /// A close-on-exec duplicate of a descriptor the previous image handed over.
 pub(super) fn duplicate(fd: RawFd) -> Result<OwnedFd, String> {
     // SAFETY: the previous image kept `fd` open across execve; it is only borrowed for the duplication.
@@ -510,103 +523,6 @@ fn handed_fds(state: &State) -> Vec<RawFd> {
     let mut fds = vec![state.scoreboard_fd, state.report_fd, state.report_tx_fd];
     fds.extend((state.pid_file_fd >= 0).then_some(state.pid_file_fd));
     fds.extend(state.captures.iter().map(|c| c.fd));
-    fds.extend(staged::held_fds());
+    fds.extend(super::handed::staged::held_fds());
     fds
-}
-
-/// `Pid` as its number.
-pub(super) mod pid {
-    use super::*;
-
-    pub fn serialize<S: serde::Serializer>(pid: &Pid, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_i32(pid.as_raw())
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Pid, D::Error> {
-        Ok(Pid::from_raw(i32::deserialize(d)?))
-    }
-}
-
-/// An `Arc` by its value.
-pub(super) mod arc {
-    use super::*;
-
-    pub fn serialize<S: serde::Serializer, T: Serialize>(value: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
-        T::serialize(value, s)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Arc<T>, D::Error> {
-        Ok(Arc::new(T::deserialize(d)?))
-    }
-}
-
-/// Exit counters by their metrics label.
-pub(super) mod exits {
-    use super::*;
-
-    const LABELS: [&str; 4] = ["normal", "stopped", "killed", "crash"];
-
-    pub fn serialize<S: serde::Serializer>(exits: &BTreeMap<&'static str, u64>, s: S) -> Result<S::Ok, S::Error> {
-        exits.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<&'static str, u64>, D::Error> {
-        let read = BTreeMap::<String, u64>::deserialize(d)?;
-        Ok(read.into_iter().filter_map(|(k, v)| LABELS.iter().find(|l| **l == k).map(|l| (*l, v))).collect())
-    }
-}
-
-/// A staged build by its held descriptor's number; builds sharing a descriptor share it again after the exec.
-pub(super) mod staged {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    use super::*;
-    use crate::plugin::StagedPlugin;
-
-    thread_local! {
-        static HELD: RefCell<HashMap<RawFd, Arc<OwnedFd>>> = RefCell::new(HashMap::new());
-    }
-
-    #[derive(Serialize, Deserialize)]
-    struct Handed {
-        original: PathBuf,
-        staged: PathBuf,
-        sha256: String,
-        fd: RawFd,
-    }
-
-    pub fn serialize<S: serde::Serializer>(plugin: &StagedPlugin, s: S) -> Result<S::Ok, S::Error> {
-        Handed {
-            original: plugin.original.clone(),
-            staged: plugin.staged.clone(),
-            sha256: plugin.sha256.clone(),
-            fd: plugin.raw_fd(),
-        }
-        .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StagedPlugin, D::Error> {
-        let handed = Handed::deserialize(d)?;
-        let held = HELD.with(|held| {
-            held.borrow_mut()
-                .entry(handed.fd)
-                .or_insert_with(|| {
-                    // `--handover-check` only reads: it must not take (and close) descriptors it was not given.
-                    if std::env::args_os().nth(1).is_some_and(|a| a == "--handover-check") {
-                        return Arc::new(nix::unistd::dup(std::io::stdin().as_fd()).expect("dup stdin"));
-                    }
-                    // A duplicate: the original stays open for a rollback until the new image runs (the map
-                    // shares one duplicate between the builds that name it).
-                    Arc::new(super::duplicate(handed.fd).unwrap_or_else(|e| panic!("{e}")))
-                })
-                .clone()
-        });
-        Ok(StagedPlugin::handed_over(handed.original, handed.staged, handed.sha256, held))
-    }
-
-    /// The descriptors taken over so far.
-    pub fn held_fds() -> Vec<RawFd> {
-        HELD.with(|held| held.borrow().keys().copied().collect())
-    }
 }

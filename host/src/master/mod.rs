@@ -6,6 +6,7 @@ mod core;
 mod deadlines;
 mod events;
 mod footprint;
+mod handed;
 mod handover;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};
 mod life;

@@ -17,12 +17,12 @@ use crate::sysinfo::Mono;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Build {
     pub(super) generation: u32,
-    #[serde(with = "super::handover::staged")]
+    #[serde(with = "super::handed::staged")]
     pub(super) plugin: StagedPlugin,
     pub(super) limits: crate::settings::Limits,
     pub(super) config_json: String,
     /// Who the workers run as and in which environment.
-    #[serde(with = "super::handover::arc")]
+    #[serde(with = "super::handed::arc")]
     pub(super) process: std::sync::Arc<crate::settings::ProcessSettings>,
 }
 
@@ -60,7 +60,7 @@ pub(super) struct Task {
     /// `work` calls finished by workers of this task that have exited.
     pub(super) executions_done: u64,
     /// Worker exits by reason (`normal`, `crash`, `stopped`, `killed`), for metrics.
-    #[serde(with = "super::handover::exits")]
+    #[serde(with = "super::handed::exits")]
     pub(super) exits: BTreeMap<&'static str, u64>,
     /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
     pub(super) retired: bool,
@@ -92,7 +92,7 @@ pub(super) struct Slot {
 /// A live worker process.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Worker {
-    #[serde(with = "super::handover::pid")]
+    #[serde(with = "super::handed::pid")]
     pub(super) pid: Pid,
     pub(super) task: usize,
     pub(super) slot: u32,
