@@ -182,19 +182,24 @@ pub struct Master {
     pub(super) plugin_watch: Option<super::plugin_dirs::PluginWatch>,
 }
 
+/// The event loop's descriptors and shared memory: signals and wake-ups, the report pipe, the scoreboard, the
+/// output capture set.
+type LoopResources = (Events, crate::report::ReportReader, std::os::fd::OwnedFd, Scoreboard, super::capture::Captures);
+
+fn loop_resources() -> std::io::Result<LoopResources> {
+    let events = Events::new(&signals::handled())?;
+    let (reports, report_tx) = crate::report::channel()?;
+    let board = Scoreboard::new().map_err(std::io::Error::other)?;
+    let captures = super::capture::Captures::new()?;
+    Ok((events, reports, report_tx, board, captures))
+}
+
 impl Master {
     /// Builds the master. The caller has blocked the handled signals (see [`signals::handled`]).
     /// A failure is also sent through the readiness pipe: a daemon's stderr is /dev/null, so the waiting
     /// `pmhost start -d` is the only one who can show it.
     pub fn new(parts: MasterParts) -> std::io::Result<Master> {
-        let resources = (|| -> std::io::Result<_> {
-            let events = Events::new(&signals::handled())?;
-            let (reports, report_tx) = crate::report::channel()?;
-            let board = Scoreboard::new().map_err(std::io::Error::other)?;
-            let captures = super::capture::Captures::new()?;
-            Ok((events, reports, report_tx, board, captures))
-        })();
-        let (events, reports, report_tx, board, captures) = match resources {
+        let (events, reports, report_tx, board, captures) = match loop_resources() {
             Ok(resources) => resources,
             Err(e) => {
                 if let Some(ready) = parts.ready {
