@@ -412,18 +412,8 @@ fn take_over(mut state: State, rolled_back: Option<String>) -> Result<Master, St
     let notifier = crate::notify::Notifier::from_env();
     let Handed { board, reports, report_tx, pid_file } = reopen_handed(&mut state, &dirs)?;
     captures.take_over(state.captures).map_err(|e| e.to_string())?;
-    let title = state.host.master_title();
-    crate::title::set(&title);
-    crate::logging::set_title(&title);
     let upgrade = upgrade_record(state.upgrade, rolled_back);
-    info!(
-        pid = std::process::id(),
-        workers = state.workers.len(),
-        ok = upgrade.ok,
-        "master re-executed in place ({} to {})",
-        upgrade.from_version,
-        upgrade.to_version
-    );
+    announce(&state.host, &upgrade, state.workers.len());
     let mut master = Master {
         host: state.host,
         tasks: state.tasks,
@@ -484,6 +474,21 @@ fn take_over(mut state: State, rolled_back: Option<String>) -> Result<Master, St
         notifier.ready("running");
     }
     Ok(master)
+}
+
+/// Titles this image as the master and logs that it took over.
+fn announce(host: &HostSettings, upgrade: &UpgradeStatus, workers: usize) {
+    let title = host.master_title();
+    crate::title::set(&title);
+    crate::logging::set_title(&title);
+    info!(
+        pid = std::process::id(),
+        workers,
+        ok = upgrade.ok,
+        "master re-executed in place ({} to {})",
+        upgrade.from_version,
+        upgrade.to_version
+    );
 }
 
 /// What the master reopens from the descriptors the previous image handed over.
