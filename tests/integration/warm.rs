@@ -155,11 +155,15 @@ fn tasks_of_one_build_share_one_zygote_and_each_worker_runs_with_its_own_tasks_s
     assert!(warm_a.iter().all(|a| warm_b.iter().all(|b| b.pid != a.pid)), "a worker ran in both tasks");
     // One zygote (the master's child) served both tasks.
     let parent = |pid: i32| crate::harness::proc_stat(pid).and_then(|f| f.get(1)?.parse::<i64>().ok());
-    let ours: Vec<i32> = processes_mentioning(&format!(":Zygote:{}-", sb.name))
-        .into_iter()
-        .filter(|&p| parent(p) == Some(master))
-        .collect();
-    assert_eq!(ours.len(), 1, "zygotes of this master: {ours:?}");
+    // A worker the zygote has just cloned shows the zygote's title until it sets its own (it is the master's
+    // child too): wait for a moment when only the zygote does. Two zygotes would never leave such a moment.
+    sb.wait_for("one zygote of this master", SOON, || {
+        let ours: Vec<i32> = processes_mentioning(&format!(":Zygote:{}-", sb.name))
+            .into_iter()
+            .filter(|&p| parent(p) == Some(master))
+            .collect();
+        (ours.len() == 1).then_some(())
+    });
     // Stopping leaves nothing of this host running, the zygote included.
     sb.stop();
 }
