@@ -507,10 +507,6 @@ impl Master {
             // Publish first: whoever was waiting for the start may read the status right away.
             self.dirty = true;
             self.publish_status_now();
-            // Before the start is announced, so the master is idle once `start -d` returns (given back after
-            // it, the master was still at work in a caller's first moments, and could be seen waking).
-            let released = super::footprint::release_startup_memory();
-            debug!(released_kib = released / 1024, "start-up code and free heap pages given back");
             let summary = self.summary();
             if let Some(notifier) = &mut self.notifier {
                 notifier.ready(&summary);
@@ -518,6 +514,8 @@ impl Master {
             if let Some(ready) = self.ready.take() {
                 ready.send(Ok(()));
             }
+            let released = super::footprint::release_startup_memory();
+            debug!(released_kib = released / 1024, "start-up code and free heap pages given back");
             return;
         }
         let startup = self.startup.take().expect("checked above");
