@@ -206,60 +206,71 @@ fn reopen_read_only(file: fs::File) -> io::Result<OwnedFd> {
 /// Hashes the plugin at `path` (checking it is an ELF file), copying it into `copy` (a file in `dir`) on the way.
 fn digest(path: &Path, mut copy: fs::File, dir: &Dir) -> Result<String, StageError> {
     let read_err = |source| StageError::Read { path: path.to_owned(), source };
-    // O_NONBLOCK: a FIFO at the plugin's path must not hang the command; it is refused below.
-    let source = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path);
-    let mut source = match source {
-        Ok(file) => file,
+    let mut source = match open_regular(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Err(StageError::NotAFile { path: path.to_owned() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StageError::Missing { path: path.to_owned() }),
         Err(e) => return Err(read_err(e)),
     };
-    if !source.metadata().map_err(read_err)?.is_file() {
-        return Err(StageError::NotAFile { path: path.to_owned() });
-    }
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut len: u64 = 0;
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
-        };
-        if len == 0 && !buf[..n].starts_with(b"\x7fELF") {
+    let len = each_chunk(&mut source, read_err, |chunk, at| {
+        if at == 0 && !chunk.starts_with(b"\x7fELF") {
             return Err(StageError::NotElf { path: path.to_owned() });
         }
-        hasher.update(&buf[..n]);
-        copy.write_all(&buf[..n]).map_err(|source| StageError::Copy {
+        hasher.update(chunk);
+        copy.write_all(chunk).map_err(|source| StageError::Copy {
             plugin: path.to_owned(),
             dir: dir.path().to_owned(),
             source,
-        })?;
-        len += n as u64;
-    }
+        })
+    })?;
     if len == 0 {
         return Err(StageError::NotElf { path: path.to_owned() });
     }
     Ok(hex(&hasher.finalize()))
 }
 
+/// Opens `path` for reading; `None` when it is not a regular file. O_NONBLOCK: a FIFO at the plugin's path must
+/// not hang the caller (the master, for `--watch`); it is refused.
+fn open_regular(path: &Path) -> io::Result<Option<fs::File>> {
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    Ok(file.metadata()?.is_file().then_some(file))
+}
+
+/// Reads `file` to its end in 64 KiB chunks, handing each to `take` with its offset; returns the length read.
+fn each_chunk<E>(
+    file: &mut fs::File,
+    read_err: impl Fn(io::Error) -> E,
+    mut take: impl FnMut(&[u8], u64) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len: u64 = 0;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(len),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        take(&buf[..n], len)?;
+        len += n as u64;
+    }
+}
+
 /// The hex SHA-256 of the file at `path`, as [`stage`] would name its copy (`--watch` compares it with the
 /// running build before rolling anything out). Read in fixed chunks; a FIFO or directory is refused, not waited on.
 pub fn content_hash(path: &Path) -> io::Result<String> {
-    let mut source = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
-    if !source.metadata()?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
+    let mut source =
+        open_regular(path)?.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match source.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    each_chunk(
+        &mut source,
+        |e| e,
+        |chunk, _| {
+            hasher.update(chunk);
+            Ok(())
+        },
+    )?;
     Ok(hex(&hasher.finalize()))
 }
 
