@@ -25,6 +25,12 @@ pub fn render(snapshot: &Snapshot, exits: &[(String, Vec<(&'static str, u64)>)])
         "counter",
         "Worker exits per task and reason (normal, crash, stopped, killed).",
     );
+    family(
+        "pmhost_spawn_latency_median_seconds",
+        "gauge",
+        "From the master's request for a worker to its first work call: median over the task's recent workers.",
+    );
+    family("pmhost_spawn_latency_p99_seconds", "gauge", "The same spawn latency's 99th percentile.");
     family("pmhost_worker_rss_bytes", "gauge", "Resident memory per worker, as of the last snapshot request or tick.");
     let _ = writeln!(out, "pmhost_up{{host=\"{host}\"}} 1");
     if let Some(rss) = snapshot.master.rss_bytes {
@@ -48,6 +54,18 @@ pub fn render(snapshot: &Snapshot, exits: &[(String, Vec<(&'static str, u64)>)])
                     "pmhost_worker_exits_total{{host=\"{host}\",task=\"{t}\",reason=\"{reason}\"}} {count}"
                 );
             }
+        }
+        if let Some(spawn) = &task.spawn_latency {
+            let _ = writeln!(
+                out,
+                "pmhost_spawn_latency_median_seconds{{host=\"{host}\",task=\"{t}\"}} {}",
+                spawn.median_ms / 1000.0
+            );
+            let _ = writeln!(
+                out,
+                "pmhost_spawn_latency_p99_seconds{{host=\"{host}\",task=\"{t}\"}} {}",
+                spawn.p99_ms / 1000.0
+            );
         }
         for w in &task.workers {
             if let Some(rss) = w.rss_bytes {

@@ -53,6 +53,11 @@ impl Phase {
 pub struct Cell {
     seq: AtomicU64,
     phase: AtomicU32,
+    /// When the master asked for this cell's worker (`CLOCK_MONOTONIC` ns, written by the master; 0 once the
+    /// master took the spawn latency).
+    requested_ns: AtomicU64,
+    /// When that worker began its first `work` call (written by the worker; 0 before).
+    first_call_ns: AtomicU64,
 }
 
 impl Cell {
@@ -93,9 +98,29 @@ impl Cell {
         self.seq() % 2 == 1
     }
 
+    /// The master's mark: this cell's worker is asked for now (`CLOCK_MONOTONIC` ns).
+    pub fn mark_requested(&self, now_ns: u64) {
+        self.requested_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// The worker's mark: its first `work` call begins now (`CLOCK_MONOTONIC` ns).
+    #[inline]
+    pub fn mark_first_call(&self, now_ns: u64) {
+        self.first_call_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// From the master's request to the worker's first `work` call, once both happened.
+    pub fn spawn_latency(&self) -> Option<std::time::Duration> {
+        let requested = self.requested_ns.load(Ordering::Relaxed);
+        let first_call = self.first_call_ns.load(Ordering::Relaxed);
+        (requested != 0 && first_call >= requested).then(|| std::time::Duration::from_nanos(first_call - requested))
+    }
+
     fn reset(&self) {
         self.seq.store(0, Ordering::Relaxed);
         self.phase.store(Phase::Loading as u32, Ordering::Relaxed);
+        self.requested_ns.store(0, Ordering::Relaxed);
+        self.first_call_ns.store(0, Ordering::Relaxed);
     }
 }
 
@@ -217,6 +242,22 @@ mod tests {
         cell.end_work(1);
         assert!(!cell.busy());
         assert_eq!(cell.executions(), 1);
+    }
+
+    #[test]
+    fn spawn_latency_needs_both_marks_and_a_reset_clears_them() {
+        let mut board = Scoreboard::new().unwrap();
+        let index = board.claim().unwrap();
+        let cell = board.cell(index);
+        assert_eq!(cell.spawn_latency(), None);
+        cell.mark_requested(1_000);
+        assert_eq!(cell.spawn_latency(), None, "no call yet");
+        cell.mark_first_call(251_000);
+        assert_eq!(cell.spawn_latency(), Some(std::time::Duration::from_micros(250)));
+        board.release(index);
+        let again = board.claim().unwrap();
+        assert_eq!(again, index);
+        assert_eq!(board.cell(again).spawn_latency(), None);
     }
 
     #[test]

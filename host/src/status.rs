@@ -191,6 +191,19 @@ pub struct TaskStatus {
     /// The task's plugin file is watched for new builds (`watch = true`); absent when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchStatus>,
+    /// From the master's request for a worker to the start of its first `work` call, over the task's last
+    /// spawns; absent before any worker made a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn_latency: Option<SpawnLatency>,
+}
+
+/// Spawn latency of a task's recent workers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SpawnLatency {
+    /// Workers counted (the last 1 024 ended, and the live ones).
+    pub samples: u32,
+    pub median_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// The watch on a task's plugin file (`--watch`).
@@ -387,6 +400,13 @@ fn render_task(out: &mut String, task: &TaskStatus, now: u64) {
         let note = watch.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
         let _ = writeln!(out, "Watch   {}: {}{note}", watch.file, watch.state.as_str());
     }
+    if let Some(spawn) = &task.spawn_latency {
+        let _ = writeln!(
+            out,
+            "Spawn   request to first work call: median {:.3} ms, p99 {:.3} ms ({} workers)",
+            spawn.median_ms, spawn.p99_ms, spawn.samples
+        );
+    }
     let _ = writeln!(out, "{WORKER_HEADER}");
     for w in &task.workers {
         let mut last_exit = w.last_exit.as_ref().map_or_else(|| "-".to_owned(), |e| e.reason.clone());
@@ -477,6 +497,7 @@ mod tests {
                 workers,
                 backoff: Vec::new(),
                 watch: None,
+                spawn_latency: None,
             }],
         }
     }

@@ -153,6 +153,9 @@ fn work_loop(job: &mut JobBox, ctx: &mut WorkContext<'_>, cell: &Cell, limits: &
             break LoopEnd::Stopped;
         }
         ctx.set_execution(finished + 1);
+        if finished == 0 {
+            cell.mark_first_call(crate::sysinfo::monotonic_ns());
+        }
         cell.begin_work(finished);
         let result = job.work(ctx);
         finished += 1;
@@ -208,25 +211,12 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
             }
         }
     }
-    close_all_but(&keep);
-    // Own process group (the master sets it too, whichever runs first): stopping the worker reaches the
-    // processes its plugin spawned, and the terminal's Ctrl-C reaches only the master.
-    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    // Every descendant inherits this mark; the master ends marked processes left behind when a worker ends,
-    // even those that left the process group (see `master::orphans`).
-    mark_environment(std::process::id());
-    MASTER_PID.store(spec.master.as_raw(), Ordering::Relaxed);
-    // Opened before the handler is installed, so the handler never sees a stop request it cannot signal.
-    STOP_EVENT.store(open_stop_event()?.into_raw_fd(), Ordering::Relaxed);
-    let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
-    // SAFETY: the handler only touches atomics and errno and calls async-signal-safe write/getppid/alarm.
-    unsafe {
-        sigaction(Signal::SIGTERM, &handler)?;
-        sigaction(Signal::SIGINT, &handler)?;
+    let event = STOP_EVENT.load(Ordering::Relaxed);
+    if event >= 0 {
+        keep.push(event);
     }
-    // The master blocks its signals to read them from a signalfd; the mask survives fork and must not leak
-    // into plugin code (or into processes the plugin spawns).
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    close_all_but(&keep);
+    prepare_signals_and_group(spec.master)?;
     if let (None, Some(soft)) = (spec.limits.rlimits.nofile, spec.inherited_nofile) {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
@@ -243,6 +233,33 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
         exit(code::ORPHANED);
     }
     Ok(())
+}
+
+/// The part of a worker's setup that does not depend on its task: its own process group, the environment
+/// mark, the stop event and handlers, and the signal mask. A zygote's spare does it while it waits for its
+/// request (see `zygote`), off the path from the master's request to the first `work` call; done once.
+pub(crate) fn prepare_signals_and_group(master: Pid) -> nix::Result<()> {
+    if STOP_EVENT.load(Ordering::Relaxed) >= 0 {
+        return Ok(());
+    }
+    // Own process group (the master sets it too, whichever runs first): stopping the worker reaches the
+    // processes its plugin spawned, and the terminal's Ctrl-C reaches only the master.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // Every descendant inherits this mark; the master ends marked processes left behind when a worker ends,
+    // even those that left the process group (see `master::orphans`).
+    mark_environment(std::process::id());
+    MASTER_PID.store(master.as_raw(), Ordering::Relaxed);
+    // Opened before the handler is installed, so the handler never sees a stop request it cannot signal.
+    STOP_EVENT.store(open_stop_event()?.into_raw_fd(), Ordering::Relaxed);
+    let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only touches atomics and errno and calls async-signal-safe write/getppid/alarm.
+    unsafe {
+        sigaction(Signal::SIGTERM, &handler)?;
+        sigaction(Signal::SIGINT, &handler)?;
+    }
+    // The master blocks its signals to read them from a signalfd; the mask survives fork and must not leak
+    // into plugin code (or into processes the plugin spawns).
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
 /// The value a zygote gives [`crate::master::WORKER_MARK`] so that its workers can write their pid into the

@@ -59,10 +59,9 @@
 //!
 //! What that means for the targets: two slots turning over on two cores are bound by the CPU of a worker's
 //! life, not by latency (the cores were 80–85 % busy). 5 000 workers/s needs at most ~400 µs of CPU per worker
-//! for all processes together; the remaining cost is mostly the kernel's (clone, faults, exit). Keeping a
-//! pre-cloned spare per zygote would move the `clone` off the slot's critical path (turnover) but not off the
-//! CPU (throughput); a worker announcing its last call would let its replacement start during its teardown.
-//! Both are left for measurement on a quiet machine.
+//! for all processes together; the remaining cost is mostly the kernel's (clone, faults, exit): on this machine
+//! a bare `fork` + `_exit` + `waitpid` of a small C program costs ~150 µs of CPU per cycle (the bench's
+//! `floor` row measures it every run).
 //!
 //! Since: the zygote trims its heap (`malloc_trim`) once its plugin is loaded, before its first clone: its
 //! private memory went from 668 to 564 KiB (heap 276 → 164 KiB), which every clone copies the page table of
@@ -86,6 +85,40 @@
 //! 5–6), but skips what `exit` runs for the plugin: its `atexit` handlers, ELF destructors and the main
 //! thread's thread-local destructors (a plugin's buffered writer in a `thread_local!` would lose its tail); it
 //! is not taken without an opt-in.
+//!
+//! # Spares: the next worker, cloned ahead
+//!
+//! Measured with a timestamp at each step of one slot turning over (`--execute-times 1`, 2 cores): of the
+//! ~0.37 ms from the master's request to the new worker's first call, ~115 µs passed between the request and
+//! the clone's return in the zygote, ~230 µs between the clone and `init`, almost all of it first touches of
+//! code and heap pages (page faults), wherever they fell. So after serving a request, a zygote clones the next
+//! worker at once, a **spare**, while nothing waits for it:
+//!
+//! - The spare is a `CLONE_PARENT` child like any worker, with a socket pair of its own to the zygote. While it
+//!   waits it does what does not depend on its request: its process group, the stop event and handlers, the
+//!   signal mask (`worker::prepare_signals_and_group`), the spec of the task it expects (that of the zygote's
+//!   last request) and a title, `…:Spare:TASK` (comm `S:TASK`): `ps` never shows it as a worker, and the
+//!   worker's title later costs a cheap second write.
+//! - A request is handed over as it came (the same message, capture descriptors attached): the spare reports
+//!   `Spawned` and goes on exactly as a directly cloned worker; a request for another task than expected
+//!   builds that task's spec instead. A spare that is gone (killed by hand) fails the hand-over, and the request
+//!   is cloned directly.
+//! - The master never learns of a spare before it reports: a spare is only ever a child it reaps without
+//!   knowing (debug log "reaped an adopted orphan"). It dies with its zygote (its socket closes: `_exit`,
+//!   running none of the plugin's exit handlers, as it ran none of its code) and is discarded when a task's
+//!   template arrives (its copy of the templates would lack it). The orphan scan leaves it alone (its
+//!   environment area holds its title, no worker mark); a stop ends it with every other adopted process.
+//! - Not while requests are queued (a start or a rollout asking for many workers): those are cloned
+//!   directly, and a spare would be one more hop each.
+//!
+//! Measured (`pmhost-bench`, pmhost's own request → first call measure, one slot turning over): 0.37 →
+//! 0.21–0.23 ms median; the pre-request setup accounts for ~40 µs of that, the title for ~15 µs. With two
+//! slots on two cores the same measure is ~0.30–0.32 ms: a request then often waits for a core (the zygote
+//! cloning the next spare, two workers, and the master share them), and slot churn stays CPU-bound.
+//! Tried and not kept: handing every request to a spare even with requests queued (one more hop per worker on
+//! a saturated machine: 0.31 → 0.34 ms), yielding the CPU to the woken spare before cloning the next (it
+//! delayed the next spare past the next request: 0.21 → 0.25 ms with one slot), moving the task's template
+//! into the worker's spec instead of cloning it (the page faults moved to the next allocation).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -95,6 +128,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use crate::exit::worker as code;
 use crate::scoreboard::{CellIndex, Scoreboard};
 use crate::worker::WorkerSpec;
+use pmhost_plugin_api::ffi::PluginModuleRef;
 
 /// The byte a zygote sends once its plugin is loaded.
 pub const READY: u8 = b'R';
@@ -230,51 +264,151 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
         std::process::exit(code::OK);
     }
     let mut tasks = vec![TaskTemplate::of(index, &template)];
+    let build = Loaded { template: &template, module, board };
     let mut buffer = vec![0u8; MAX_MESSAGE];
+    let mut spare: Option<Spare> = None;
     loop {
         let (request, fds) = match receive(&socket, &mut buffer) {
             Some(Message::Spawn(request, fds)) => (request, fds),
             Some(Message::Template(task)) => {
                 tasks.retain(|t| t.index != task.index);
                 tasks.push(*task);
+                // The spare's copy of the templates lacks this one: closing its socket ends it.
+                spare = None;
                 continue;
             }
             Some(Message::Unreadable) => continue,
             None => std::process::exit(code::OK),
         };
-        let Some(task) = tasks.iter().find(|t| t.index == request.task) else {
+        if !tasks.iter().any(|t| t.index == request.task) {
             // The master sends a task's template before its first request; without one, no worker.
             crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell });
             continue;
-        };
-        // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork (the child gets a copy of this
-        // single-threaded process and returns 0 here); CLONE_PARENT makes the master its parent.
-        let pid = unsafe {
-            libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0)
-        };
-        if pid == 0 {
-            // First of all: the master learns this worker's pid from the worker itself, so the report is in the
-            // pipe before any other report of this worker and before its exit (see `master::warm`).
-            let me = std::process::id() as i32;
-            crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
-            let output = match (request.output, fds.as_slice()) {
-                (true, [stdout, stderr]) => Some((stdout.as_raw_fd(), stderr.as_raw_fd())),
-                _ => None,
-            };
-            let spec = WorkerSpec {
-                slot: request.slot,
-                output,
-                keep_fds: vec![template.report_fd, template.plugin.raw_fd()],
-                ..task.apply(&template)
-            };
-            let cell = board.cell(CellIndex(request.cell as usize));
-            crate::worker::run(spec, cell, Some(module));
+        }
+        let handed = spare.take().is_some_and(|spare| spare.hand(request, &fds));
+        if !handed {
+            match clone_for_master() {
+                0 => become_worker(&build, &tasks, request, &fds, None),
+                pid if pid < 0 => {
+                    crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell })
+                }
+                _ => {}
+            }
         }
         drop(fds);
-        if pid < 0 {
-            crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell });
+        // The next worker's clone, made now rather than on its request; not while requests are queued (a
+        // start or a rollout asking for many): those are cloned directly, and a spare would only be one more hop.
+        if !message_waiting(&socket) {
+            spare = Spare::clone(&build, &tasks, request.task, &mut buffer);
         }
     }
+}
+
+/// Clones this single-threaded process as a child of the master (`CLONE_PARENT`, so the master reaps, signals
+/// and supervises it like a worker it forked); 0 in the child, else the child's pid, or -1 if the clone failed.
+fn clone_for_master() -> libc::c_long {
+    // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork (the child gets a copy of this
+    // single-threaded process and returns 0 here).
+    unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) }
+}
+
+/// What a zygote's children start from: its build, loaded, and the scoreboard.
+struct Loaded<'a> {
+    /// The spec of the zygote's own task: the build, report pipe and host-wide settings of every worker.
+    template: &'a WorkerSpec,
+    module: PluginModuleRef,
+    board: &'static Scoreboard,
+}
+
+/// In a child just cloned for `request`: becomes its worker (never returns).
+/// `prepared`: a spare's spec made ahead for the task it expected (used if the request is for that task).
+fn become_worker(
+    build: &Loaded<'_>,
+    tasks: &[TaskTemplate],
+    request: Request,
+    fds: &[OwnedFd],
+    prepared: Option<(u32, WorkerSpec)>,
+) -> ! {
+    let template = build.template;
+    // First of all: the master learns this worker's pid from the worker itself, so the report is in the pipe
+    // before any other report of this worker and before its exit (see `master::warm`).
+    let me = std::process::id() as i32;
+    crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
+    let Some(task) = tasks.iter().find(|t| t.index == request.task) else {
+        // Checked by the zygote before the clone or the hand-over.
+        std::process::exit(code::LOAD_FAILED)
+    };
+    let output = match (request.output, fds) {
+        (true, [stdout, stderr]) => Some((stdout.as_raw_fd(), stderr.as_raw_fd())),
+        _ => None,
+    };
+    let base = match prepared {
+        Some((index, spec)) if index == request.task => spec,
+        _ => task.apply(template),
+    };
+    let spec = WorkerSpec { slot: request.slot, output, ..base };
+    let cell = build.board.cell(CellIndex(request.cell as usize));
+    crate::worker::run(spec, cell, Some(build.module))
+}
+
+/// A worker cloned ahead of its request, waiting on its own socket for it (see the module docs): a request
+/// handed to it skips the `clone` that would otherwise stand between the master's request and the worker.
+struct Spare {
+    /// The zygote's end; closing it (dropping the spare) makes the waiting process exit.
+    socket: OwnedFd,
+}
+
+impl Spare {
+    /// Clones a spare; `None` if the socket pair or the clone failed (the next request is then cloned directly).
+    /// `expected`: the task whose request it most likely gets (the last one's).
+    fn clone(build: &Loaded<'_>, tasks: &[TaskTemplate], expected: u32, buffer: &mut [u8]) -> Option<Spare> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
+        match clone_for_master() {
+            0 => {
+                drop(ours);
+                // While it waits, a spare does what the path from request to first call would otherwise do:
+                // the setup that does not depend on the task, the expected task's spec and title (measured,
+                // one slot turning over with `--execute-times 1`: 0.305 → 0.265 ms from request to first
+                // call). A failure is left for the worker's own setup to meet and report.
+                let _ = crate::worker::prepare_signals_and_group(build.template.master);
+                let prepared = tasks.iter().find(|t| t.index == expected).map(|task| {
+                    let spec = task.apply(build.template);
+                    // Its own title, so `ps` never counts a spare as a worker (it takes the worker's on its
+                    // request, a cheap second write once the first touched the title's memory).
+                    crate::title::set(&spec.title.replace(":Worker:", ":Spare:"));
+                    (expected, spec)
+                });
+                match receive(&theirs, buffer) {
+                    Some(Message::Spawn(request, fds)) => {
+                        drop(theirs);
+                        become_worker(build, tasks, request, &fds, prepared)
+                    }
+                    // The zygote dropped this spare (a new template, or it ended): nothing of the plugin ran here.
+                    // SAFETY: _exit ends this process at once, running no exit handler of the zygote's plugin.
+                    _ => unsafe { libc::_exit(code::OK) },
+                }
+            }
+            pid if pid < 0 => None,
+            _ => Some(Spare { socket: ours }),
+        }
+    }
+
+    /// Hands `request` (and its capture descriptors) to the spare; `false` if it is gone.
+    fn hand(self, request: Request, fds: &[OwnedFd]) -> bool {
+        let output = match (request.output, fds) {
+            (true, [stdout, stderr]) => Some([stdout.as_raw_fd(), stderr.as_raw_fd()]),
+            _ => None,
+        };
+        send(&self.socket, request, output).is_ok()
+    }
+}
+
+/// Whether another message from the master is already queued (or the socket closed).
+fn message_waiting(socket: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags), Err(nix::errno::Errno::EAGAIN))
 }
 
 /// The next message; `None` when the master closed the socket (or sent garbage).

@@ -75,7 +75,9 @@ fn the_metrics_file_follows_the_prometheus_text_format() {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
         assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
         let name_end = series.find('{').unwrap_or(series.len());
-        assert!(series[..name_end].bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "bad name in {line:?}");
+        let name = &series[..name_end];
+        let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        assert!(name.bytes().all(valid) && !name.starts_with(|c: char| c.is_ascii_digit()), "bad name in {line:?}");
         assert!(series.ends_with('}') && series.contains("host=\""), "bad labels in {line:?}");
     }
     for name in [
@@ -87,6 +89,7 @@ fn the_metrics_file_follows_the_prometheus_text_format() {
     ] {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
     }
+    assert!(text.contains("pmhost_spawn_latency_median_seconds{"), "no spawn latency:\n{text}");
     sb.stop();
     assert!(!path.exists(), "metrics of a stopped host are left behind");
 }

@@ -13,9 +13,13 @@ use crate::harness::{ProcessWaiter, SOON, Sandbox, cmdline, describe, fixtures, 
 fn status_json_follows_the_schema_with_real_pids() {
     let sb = Sandbox::new("schema");
     start_daemon(&sb, "2", &[]);
-    let out = sb.run(["status", "--name", &sb.name, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Once a worker made a call, the task has its spawn latency.
+    let s: Value = sb.wait_for("a status with the spawn latency", SOON, || {
+        let out = sb.run(["status", "--name", &sb.name, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        s["tasks"][0].get("spawn_latency").is_some().then_some(s)
+    });
     // Every documented key, and no other.
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>().join(",");
     assert_eq!(
@@ -23,7 +27,11 @@ fn status_json_follows_the_schema_with_real_pids() {
         "generation,last_restart,last_scale,last_upgrade,master,name,state,tasks,written_at,written_at_mono_ns"
     );
     assert_eq!(keys(&s["master"]), "pid,rss_bytes,started_at,stop_timeout_ms,title,uptime_s,version");
-    assert_eq!(keys(&s["tasks"][0]), "backoff,executions_total,name,plugin,plugin_sha256,workers,workers_wanted");
+    assert_eq!(
+        keys(&s["tasks"][0]),
+        "backoff,executions_total,name,plugin,plugin_sha256,spawn_latency,workers,workers_wanted"
+    );
+    assert_eq!(keys(&s["tasks"][0]["spawn_latency"]), "median_ms,p99_ms,samples");
     assert_eq!(
         keys(&s["tasks"][0]["workers"][0]),
         "executions,generation,last_exit,pid,plugin_sha256,restarts,rss_bytes,slot,started_at,state,title"

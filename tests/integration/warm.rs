@@ -187,3 +187,51 @@ fn a_graceful_stop_of_a_churning_host_stays_graceful() {
         assert!(sb.live_processes().is_empty(), "left running: {:?}", sb.live_processes());
     }
 }
+
+fn spares(sb: &Sandbox) -> Vec<i32> {
+    processes_mentioning(&format!(":Spare:{}", sb.name))
+        .into_iter()
+        .filter(|pid| !crate::harness::is_zombie(*pid))
+        .collect()
+}
+
+/// A zygote keeps the next worker cloned ahead (a spare): a child of the master in its own process group,
+/// titled as a spare (never counted as a worker), that ends with its zygote and with the host.
+#[test]
+fn a_spare_waits_as_the_masters_child_and_ends_with_its_zygote() {
+    let sb = Sandbox::new("spare");
+    sb.start_daemon(&fixtures().hello, &["--workers", "2", "--execute-times", "1", "--execute-usleep", "20ms"]);
+    let master = sb.master_pid();
+    let spare = sb.wait_for("a spare", SOON, || spares(&sb).first().copied());
+    assert_eq!(stat_field(spare, 4), i64::from(master), "parent");
+    assert_eq!(stat_field(spare, 5), i64::from(spare), "process group");
+    let snapshot = sb.wait_for("a status", SOON, || sb.snapshot());
+    assert!(snapshot.tasks[0].workers.iter().all(|w| w.pid != spare), "a spare counted as a worker");
+    let zygote = sb.wait_for("the zygote", SOON, || zygotes(&sb).first().copied());
+    signal(zygote, Signal::SIGKILL);
+    assert!(ProcessWaiter::new(spare).wait(SOON) || crate::harness::is_zombie(spare), "the spare outlived its zygote");
+    // The next zygote has a spare of its own, and the stop ends it.
+    sb.wait_for("a spare of the next zygote", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::harness::describe(&out));
+    sb.wait_for("no spare left", SOON, || spares(&sb).is_empty().then_some(()));
+}
+
+/// `status` reports how long a slot goes without a worker when one is replaced: from the master's request to
+/// the new worker's first `work` call, over the task's recent workers (JSON, table and metrics).
+#[test]
+fn status_reports_the_spawn_latency_of_a_tasks_workers() {
+    let sb = Sandbox::new("spawnlatency");
+    sb.start_daemon(&fixtures().hello, &["--workers", "2", "--execute-times", "1", "--execute-usleep", "20ms"]);
+    let latency = sb.wait_for("spawn latencies of 20 workers", SOON, || {
+        sb.snapshot()?.tasks[0].spawn_latency.filter(|l| l.samples >= 20)
+    });
+    assert!(latency.median_ms > 0.0 && latency.median_ms <= latency.p99_ms, "{latency:?}");
+    assert!(latency.p99_ms < 10_000.0, "{latency:?}");
+    let out = sb.run(["status", "--name", &sb.name]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("Spawn   request to first work call: median "), "{table}");
+    let metrics = std::fs::read_to_string(sb.host_status_dir().join("metrics.prom")).unwrap();
+    assert!(metrics.contains(&format!("pmhost_spawn_latency_median_seconds{{host=\"{0}\",task=\"{0}\"}} ", sb.name)));
+    sb.stop();
+}

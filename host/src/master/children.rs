@@ -144,6 +144,7 @@ impl Master {
                 return None;
             }
         };
+        self.board.cell(cell).mark_requested(crate::sysinfo::monotonic_ns());
         let settings = &self.tasks[task].settings;
         let title = self.host.worker_title(&settings.name);
         // Output capture: a failure to make the pipes costs the capture, not the worker.
@@ -406,6 +407,9 @@ impl Master {
         }
         self.recheck_slot(worker.task, worker.slot);
         let executions = self.board.cell(worker.cell).executions();
+        if let Some(latency) = self.board.cell(worker.cell).spawn_latency() {
+            self.tasks[worker.task].spawn_latency.record(latency);
+        }
         self.board.release(worker.cell);
         let lived = Mono::now().since(worker.started);
         let class = policy::classify_exit(ended, &worker.life, worker.fault.as_deref());

@@ -218,6 +218,7 @@ impl Master {
                 slots: Vec::new(),
                 executions_done: 0,
                 exits: BTreeMap::new(),
+                spawn_latency: Default::default(),
                 retired: false,
             })
             .collect();
@@ -536,7 +537,8 @@ impl Master {
     /// (the pid file last: it is the "running" marker).
     fn exit(mut self, outcome: Result<(), MasterError>) -> Result<Stopped, MasterError> {
         self.kill_zygotes();
-        self.end_orphans(true);
+        let killed = self.end_orphans(true);
+        super::orphans::reap_killed(&killed, std::time::Duration::from_secs(1));
         self.dirs.remove_status();
         let stopped = crate::control::Reply::Stopped { forced: self.forced_stop || outcome.is_err() };
         for requester in self.stop_requesters.drain(..) {

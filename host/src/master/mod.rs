@@ -9,6 +9,7 @@ mod footprint;
 mod handed;
 mod handover;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};
+mod latency;
 mod life;
 mod orphans;
 mod plugin_dirs;

@@ -48,8 +48,9 @@ impl Master {
     }
 
     /// Ends the adopted processes that descend from workers no longer running (`all`: every adopted process, as
-    /// the master stops).
-    pub(super) fn end_orphans(&mut self, all: bool) {
+    /// the master stops); returns those it killed.
+    pub(super) fn end_orphans(&mut self, all: bool) -> Vec<Pid> {
+        let mut killed = Vec::new();
         let now = Mono::now();
         self.last_orphan_scan = Some(now);
         self.orphan_scan_at = None;
@@ -63,8 +64,10 @@ impl Master {
                     let _ = killpg(pid, Signal::SIGKILL);
                 }
                 let _ = kill(pid, Signal::SIGKILL);
+                killed.push(pid);
             }
         }
+        killed
     }
 
     /// The master's children that are not its workers: processes it adopted.
@@ -75,6 +78,22 @@ impl Master {
             .filter_map(|pid| pid.parse().ok().map(Pid::from_raw))
             .filter(|pid| !self.workers.contains_key(pid))
             .collect()
+    }
+}
+
+/// Waits, at most `limit` in all, for `pids` (children just sent SIGKILL) to end, and reaps them: a master that
+/// stops leaves no process behind, not even one still dying (a zygote's spare, an adopted helper).
+pub(super) fn reap_killed(pids: &[Pid], limit: std::time::Duration) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + limit;
+    for pid in pids {
+        // Gone already (reaped): nothing to wait for.
+        let Ok(pidfd) = crate::control::pidfd_open(*pid) else { continue };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::ZERO);
+        let _ = poll(&mut [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)], timeout);
+        let _ = nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
 }
 

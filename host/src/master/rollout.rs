@@ -215,6 +215,7 @@ impl Master {
                         slots: Vec::new(),
                         executions_done: 0,
                         exits: Default::default(),
+                        spawn_latency: Default::default(),
                         retired: false,
                     });
                 }

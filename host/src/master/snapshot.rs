@@ -221,6 +221,12 @@ impl Master {
             workers,
             backoff,
             watch: self.watch_status(&task.settings.name),
+            spawn_latency: task.spawn_latency.summary(
+                self.workers
+                    .values()
+                    .filter(|w| w.task == index)
+                    .filter_map(|w| self.board.cell(w.cell).spawn_latency()),
+            ),
         }
     }
 

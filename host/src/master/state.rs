@@ -62,6 +62,9 @@ pub(super) struct Task {
     /// Worker exits by reason (`normal`, `crash`, `stopped`, `killed`), for metrics.
     #[serde(with = "super::handed::exits")]
     pub(super) exits: BTreeMap<&'static str, u64>,
+    /// The last spawn latencies of its workers (not handed over by an upgrade).
+    #[serde(skip)]
+    pub(super) spawn_latency: super::latency::SpawnLatencies,
     /// Removed from the config file: its workers are stopped and it is no longer shown once they are gone.
     pub(super) retired: bool,
 }

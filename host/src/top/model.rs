@@ -152,6 +152,7 @@ mod tests {
                 workers: workers.iter().enumerate().map(|(i, &w)| worker(w, i)).collect(),
                 backoff: Vec::new(),
                 watch: None,
+                spawn_latency: None,
             }],
         }
     }
