@@ -21,7 +21,8 @@ use crate::stop;
 ///
 /// fn connect(ctx: &InitContext<'_>) -> Result<Settings, JobError> {
 ///     let settings: Settings = ctx.config()?;
-///     tracing::info!(task = ctx.task(), slot = ctx.slot(), queue = %settings.queue, "connecting");
+///     // pmhost adds the task, slot, pid and generation to every line a job logs.
+///     tracing::info!(queue = %settings.queue, "connecting");
 ///     Ok(settings)
 /// }
 /// ```

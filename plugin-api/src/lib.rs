@@ -43,7 +43,7 @@
 //!     fn init(ctx: &InitContext<'_>) -> Result<Self, JobError> {
 //!         // Open connections here: init runs once per worker, in the worker process.
 //!         let settings: Settings = ctx.config()?;
-//!         pmhost_plugin_api::tracing::info!(slot = ctx.slot(), batch = settings.batch, "mailer ready");
+//!         pmhost_plugin_api::tracing::info!(batch = settings.batch, "mailer ready");
 //!         Ok(Mailer { settings, sent: 0 })
 //!     }
 //!

@@ -56,7 +56,7 @@ impl Job for QueueJob {
         if let Some(done) = &settings.done {
             std::fs::create_dir_all(done)?;
         }
-        info!(slot = ctx.slot(), inbox = %settings.inbox.display(), "ready");
+        info!(inbox = %settings.inbox.display(), "ready");
         Ok(QueueJob { settings, handled: 0 })
     }
 

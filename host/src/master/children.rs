@@ -279,6 +279,7 @@ impl Master {
                 ready_at: None,
                 seq_seen: (0, now),
                 fault: None,
+                fault_reported: false,
                 rss: None,
                 stopped_since: None,
                 statm: None,
@@ -412,7 +413,7 @@ impl Master {
         }
         self.board.release(worker.cell);
         let lived = Mono::now().since(worker.started);
-        let class = policy::classify_exit(ended, &worker.life, worker.fault.as_deref());
+        let class = policy::classify_exit(ended, &worker.life, worker.fault.as_deref(), worker.fault_reported);
         let task = &mut self.tasks[worker.task];
         task.executions_done += executions;
         *task.exits.entry(class.category.as_str()).or_default() += 1;
@@ -486,6 +487,7 @@ impl Master {
     pub(super) fn kill_worker(&mut self, pid: Pid, reason: String) {
         if let Some(worker) = self.workers.get_mut(&pid) {
             worker.fault = Some(reason);
+            worker.fault_reported = false;
             worker.life.kill(KillReason::Fault);
             signal_group(pid, Signal::SIGKILL);
             self.dirty = true;

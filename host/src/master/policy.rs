@@ -67,7 +67,8 @@ impl ExitClass {
 
 /// Judges a worker's end from how it ended, the state it was in, and the fault recorded for it (its own report,
 /// or the master's reason to kill it).
-pub fn classify_exit(ended: Ended, life: &Life, fault: Option<&str>) -> ExitClass {
+/// `reported`: the fault is the worker's own report of why it failed (not the master's reason to end it).
+pub fn classify_exit(ended: Ended, life: &Life, fault: Option<&str>, reported: bool) -> ExitClass {
     let (mut reason, crash) = match ended {
         Ended::Code(code) => (worker_code::describe(code).to_owned(), code != worker_code::OK),
         Ended::Signal(signal) => {
@@ -76,9 +77,11 @@ pub fn classify_exit(ended: Ended, life: &Life, fault: Option<&str>) -> ExitClas
         }
     };
     if let Some(why) = fault {
-        // A worker that reported why it failed knows best; a kill by the master adds the master's reason.
+        // A worker that reported why it failed knows best, also when a kill overtook its own exit (a failed start
+        // ends every worker at once); a kill for the master's reason says both.
         reason = match ended {
             Ended::Code(_) => why.to_owned(),
+            Ended::Signal(_) if reported => why.to_owned(),
             Ended::Signal(_) => format!("{reason}: {why}"),
         };
     }
@@ -181,6 +184,7 @@ mod tests {
         let (code, by) = (Ended::Code, Ended::Signal);
         let (ready, kill) = (&Life::Ready, Signal::SIGKILL);
         type Case<'a> = (&'a str, Ended, &'a Life, Option<&'a str>, ExitCategory, &'a str);
+        let reported = ["a failed init reports why", "a failed init reported, its kill overtook its exit"];
         let cases: &[Case<'_>] = &[
             ("a retiring worker", code(0), ready, None, Normal, "normal exit"),
             ("a worker asked to stop", code(0), &stopping, None, Stopped, "normal exit"),
@@ -194,9 +198,10 @@ mod tests {
             ("a slow init killed", by(kill), &faulted, Some("slow"), Crash, "killed by SIGKILL: slow"),
             ("a hung call stopped, then killed", by(kill), &discarded, Some("hung"), Crash, "killed by SIGKILL: hung"),
             ("a failure reported, then exit 0", code(0), ready, Some("oops"), Normal, "oops"),
+            ("a failed init reported, its kill overtook its exit", by(kill), &discarded, Some("db"), Crash, "db"),
         ];
         for (name, ended, life, fault, category, reason) in cases {
-            let class = classify_exit(*ended, life, *fault);
+            let class = classify_exit(*ended, life, *fault, reported.contains(name));
             assert_eq!((class.category, class.reason.as_str()), (*category, *reason), "{name}");
             assert_eq!(class.crash(), *category == ExitCategory::Crash, "{name}");
         }

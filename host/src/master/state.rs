@@ -113,6 +113,9 @@ pub(super) struct Worker {
     /// What went wrong, when something did: the worker's own report (failed to load or `init`) or the master's
     /// reason to end it (too slow, hung). Its end then counts as a crash, with this reason.
     pub(super) fault: Option<String>,
+    /// The fault is the worker's own report (it failed to load or `init`), not the master's reason.
+    #[serde(default)]
+    pub(super) fault_reported: bool,
     pub(super) rss: Option<u64>,
     /// Since when the worker has been stopped (SIGSTOP, as the kernel told the master), if it is.
     pub(super) stopped_since: Option<Mono>,
@@ -130,6 +133,9 @@ impl Worker {
 
     /// Records a fault (the first one is kept: it is the cause).
     pub(super) fn record_fault(&mut self, reason: String) {
-        self.fault.get_or_insert(reason);
+        if self.fault.is_none() {
+            self.fault = Some(reason);
+            self.fault_reported = true;
+        }
     }
 }

@@ -107,6 +107,7 @@ impl Master {
         self.stop_worker(pid);
         if let Some(worker) = self.workers.get_mut(&pid) {
             worker.fault = Some(reason);
+            worker.fault_reported = false;
         }
     }
 }

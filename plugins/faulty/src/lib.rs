@@ -172,7 +172,7 @@ impl Job for Faulty {
             Some("abort") if applies => std::process::abort(),
             _ => {}
         }
-        info!(slot = ctx.slot(), "faulty ready");
+        info!("faulty ready");
         Ok(me)
     }
 

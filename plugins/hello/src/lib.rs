@@ -22,7 +22,7 @@ struct Hello {
 impl Job for Hello {
     fn init(ctx: &InitContext<'_>) -> Result<Self, JobError> {
         let settings: Settings = ctx.config()?;
-        info!(task = ctx.task(), slot = ctx.slot(), "worker ready");
+        info!("worker ready");
         Ok(Hello { settings, calls: 0 })
     }
 
