@@ -102,7 +102,10 @@
 //! - A request is handed over as it came (the same message, capture descriptors attached): the spare reports
 //!   `Spawned` and goes on exactly as a directly cloned worker; a request for another task than expected
 //!   builds that task's spec instead. A spare that is gone (killed by hand) fails the hand-over, and the request
-//!   is cloned directly.
+//!   is cloned directly; so does one told to stop (SIGTERM, SIGINT): it waits on its stop event beside its
+//!   socket, shuts the socket and ends, rather than becoming a worker that begins stopped. A spare stopped
+//!   with SIGSTOP still takes its request: the zygote is then given up on after `master::warm`'s answer
+//!   deadline, as one stopped itself would be.
 //! - The master never learns of a spare before it reports: a spare is only ever a child it reaps without
 //!   knowing (debug log "reaped an adopted orphan"). It dies with its zygote (its socket closes: `_exit`,
 //!   running none of the plugin's exit handlers, as it ran none of its code) and is discarded when a task's
