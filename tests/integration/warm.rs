@@ -242,7 +242,9 @@ fn status_reports_the_spawn_latency_of_a_tasks_workers() {
 #[test]
 fn a_spare_told_to_stop_ends_instead_of_becoming_a_stopped_worker() {
     let sb = Sandbox::new("sparestop");
-    sb.start_daemon(&fixtures().hello, &["--workers", "2", "--execute-times", "1", "--execute-usleep", "300ms"]);
+    // One slot whose workers pause 2 s after their call: a spare waits about that long for its request, so the
+    // signal below reaches it as a spare (not as the worker it may become a moment later).
+    sb.start_daemon(&fixtures().hello, &["--workers", "1", "--execute-times", "1", "--execute-usleep", "2s"]);
     let spare = sb.wait_for("a spare", SOON, || spares(&sb).first().copied());
     signal(spare, Signal::SIGTERM);
     assert!(ProcessWaiter::new(spare).wait(SOON), "the spare did not end");
