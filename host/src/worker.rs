@@ -262,6 +262,13 @@ pub(crate) fn prepare_signals_and_group(master: Pid) -> nix::Result<()> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
+/// The stop eventfd once [`prepare_signals_and_group`] opened it: a zygote's spare waits on it beside its socket,
+/// so that a SIGTERM or SIGINT sent to the spare ends it instead of stopping the worker it would become.
+pub(crate) fn stop_event() -> Option<RawFd> {
+    let event = STOP_EVENT.load(Ordering::Relaxed);
+    (event >= 0).then_some(event)
+}
+
 /// The value a zygote gives [`crate::master::WORKER_MARK`] so that its workers can write their pid into the
 /// string in place: ten digits, the most a pid has.
 pub(crate) const MARK_PLACEHOLDER: &str = "0000000000";

@@ -102,7 +102,10 @@
 //! - A request is handed over as it came (the same message, capture descriptors attached): the spare reports
 //!   `Spawned` and goes on exactly as a directly cloned worker; a request for another task than expected
 //!   builds that task's spec instead. A spare that is gone (killed by hand) fails the hand-over, and the request
-//!   is cloned directly.
+//!   is cloned directly; so does one told to stop (SIGTERM, SIGINT): it waits on its stop event beside its
+//!   socket, shuts the socket and ends, rather than becoming a worker that begins stopped. A spare stopped
+//!   with SIGSTOP still takes its request: the zygote is then given up on after `master::warm`'s answer
+//!   deadline, as one stopped itself would be.
 //! - The master never learns of a spare before it reports: a spare is only ever a child it reaps without
 //!   knowing (debug log "reaped an adopted orphan"). It dies with its zygote (its socket closes: `_exit`,
 //!   running none of the plugin's exit handlers, as it ran none of its code) and is discarded when a task's
@@ -379,12 +382,13 @@ impl Spare {
                     crate::title::set(&spec.title.replace(":Worker:", ":Spare:"));
                     (expected, spec)
                 });
-                match receive(&theirs, buffer) {
+                match wait_for_request(&theirs, buffer) {
                     Some(Message::Spawn(request, fds)) => {
                         drop(theirs);
                         become_worker(build, tasks, request, &fds, prepared)
                     }
-                    // The zygote dropped this spare (a new template, or it ended): nothing of the plugin ran here.
+                    // The zygote dropped this spare (a new template, or it ended), or the spare was told to stop:
+                    // nothing of the plugin ran here.
                     // SAFETY: _exit ends this process at once, running no exit handler of the zygote's plugin.
                     _ => unsafe { libc::_exit(code::OK) },
                 }
@@ -404,6 +408,35 @@ impl Spare {
     }
 }
 
+/// A spare's wait for its request: `None` when the zygote dropped it, or when a stop signal (SIGTERM, SIGINT)
+/// reached it. Its handler (installed by `worker::prepare_signals_and_group`) only records the request, so a
+/// bare `recvmsg` would carry on waiting, and the worker the spare became would begin stopped: `init`, no call,
+/// an exit the master never asked for. The stop event wakes this wait instead; the spare then refuses further
+/// requests (the zygote's hand-over fails and it clones the request directly) and ends, unless a request was
+/// already in its socket (the zygote counts that one handed): that one it serves, stopped, as before.
+fn wait_for_request(socket: &OwnedFd, buffer: &mut [u8]) -> Option<Message> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::{AsFd, BorrowedFd};
+    if let Some(event) = crate::worker::stop_event() {
+        // SAFETY: the stop event stays open for the process's whole life (the handler may write to it).
+        let event = unsafe { BorrowedFd::borrow_raw(event) };
+        loop {
+            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN), PollFd::new(event, PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+                let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                return receive_with(socket, buffer, MsgFlags::MSG_DONTWAIT);
+            }
+            break;
+        }
+    }
+    receive(socket, buffer)
+}
+
 /// Whether another message from the master is already queued (or the socket closed).
 fn message_waiting(socket: &OwnedFd) -> bool {
     let mut byte = [0u8; 1];
@@ -413,20 +446,27 @@ fn message_waiting(socket: &OwnedFd) -> bool {
 
 /// The next message; `None` when the master closed the socket (or sent garbage).
 fn receive(socket: &OwnedFd, bytes: &mut [u8]) -> Option<Message> {
+    receive_with(socket, bytes, MsgFlags::empty())
+}
+
+/// [`receive`] with extra `recvmsg` flags (`MSG_DONTWAIT`: `None` also when nothing is queued).
+fn receive_with(socket: &OwnedFd, bytes: &mut [u8], flags: MsgFlags) -> Option<Message> {
     let mut space = nix::cmsg_space!([RawFd; 2]);
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut *bytes)];
         let received =
-            recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map(|msg| {
-                let mut fds = Vec::new();
-                for cmsg in msg.cmsgs().into_iter().flatten() {
-                    if let ControlMessageOwned::ScmRights(received) = cmsg {
-                        // SAFETY: the kernel just installed these descriptors in this process for us.
-                        fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC | flags).map(
+                |msg| {
+                    let mut fds = Vec::new();
+                    for cmsg in msg.cmsgs().into_iter().flatten() {
+                        if let ControlMessageOwned::ScmRights(received) = cmsg {
+                            // SAFETY: the kernel just installed these descriptors in this process for us.
+                            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        }
                     }
-                }
-                (msg.bytes, fds)
-            });
+                    (msg.bytes, fds)
+                },
+            );
         match received {
             Ok((0, _)) => return None,
             Ok((len, _)) if bytes.first() == Some(&TEMPLATE) => {

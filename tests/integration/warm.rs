@@ -235,3 +235,26 @@ fn status_reports_the_spawn_latency_of_a_tasks_workers() {
     assert!(metrics.contains(&format!("pmhost_spawn_latency_median_seconds{{host=\"{0}\",task=\"{0}\"}} ", sb.name)));
     sb.stop();
 }
+
+/// A spare told to stop (SIGTERM, as `kill` or a service manager sends it) ends at once. It used to record the
+/// request and wait on: the next request made it a worker that began stopped (`init`, no call, an exit the
+/// master never asked for).
+#[test]
+fn a_spare_told_to_stop_ends_instead_of_becoming_a_stopped_worker() {
+    let sb = Sandbox::new("sparestop");
+    // One slot whose workers pause 2 s after their call: a spare waits about that long for its request, so the
+    // signal below reaches it as a spare (not as the worker it may become a moment later).
+    sb.start_daemon(&fixtures().hello, &["--workers", "1", "--execute-times", "1", "--execute-usleep", "2s"]);
+    let spare = sb.wait_for("a spare", SOON, || spares(&sb).first().copied());
+    signal(spare, Signal::SIGTERM);
+    assert!(ProcessWaiter::new(spare).wait(SOON), "the spare did not end");
+    // Had it become a worker, that worker's own log lines (`worker ready ... pid=SPARE`) would be written by now.
+    let mentioned = format!("pid={spare} ");
+    assert!(!sb.log_text("run.").contains(&mentioned), "the spare became a worker:\n{}", sb.log_text("run."));
+    assert!(!sb.log_text("process.").contains(&mentioned), "the spare became a worker:\n{}", sb.log_text("process."));
+    // The slots go on (the request meant for the spare is cloned directly), with no warning.
+    sb.wait_for("a spare again", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
+    let process_log = sb.log_text("process.");
+    assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
+    sb.stop();
+}
