@@ -368,3 +368,16 @@ fn every_kind_of_crash_is_logged_with_its_code_or_signal() {
         assert_eq!(fg.terminate(), 0);
     }
 }
+
+/// With every worker making one call and no pause, slots turn over all the time. A start is decided by each
+/// slot's first worker: it completes once those were ready. (It used to wait for a moment with no worker of any
+/// slot starting, which sixteen such slots never leave: `start -d` waited forever.)
+#[test]
+fn a_start_completes_while_its_slots_turn_over_at_full_speed() {
+    let sb = Sandbox::new("churnstart");
+    sb.start_daemon(&fixtures().hello, &["--workers", "16", "--execute-times", "1", "--execute-usleep", "0"]);
+    let status = sb.wait_for("a status", SOON, || sb.snapshot());
+    assert_eq!(status.state, pmhost::status::HostState::Running);
+    let out = sb.run(["stop", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::harness::describe(&out));
+}

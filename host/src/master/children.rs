@@ -260,6 +260,10 @@ impl Master {
             slots.resize_with(slot as usize + 1, Slot::default);
         }
         let state = &mut slots[slot as usize];
+        // A start waits for the first wave only: each slot's first worker. A slot whose first worker was ready
+        // and already retired (`execute_times = 1`) refills during the start, and its new workers do not hold
+        // the start (with enough slots turning over fast, some worker of them was always starting).
+        let first_wave = state.spawned == 0;
         state.spawned += 1;
         state.respawn_at = None;
         state.pids.push(pid);
@@ -285,7 +289,7 @@ impl Master {
                 statm: None,
             },
         );
-        if let Some(startup) = &mut self.startup {
+        if first_wave && let Some(startup) = &mut self.startup {
             startup.pending.insert(pid);
         }
         self.dirty = true;

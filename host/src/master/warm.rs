@@ -172,10 +172,12 @@ impl Master {
             abandoned: false,
         };
         self.spawning.insert(cell, pending);
+        // Only a slot's first worker holds a start (see `register_worker`).
+        let first_wave = self.tasks[task].slots.get(slot as usize).is_none_or(|state| state.spawned == 0);
         if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
             state.requested += 1;
         }
-        if let Some(startup) = &mut self.startup {
+        if first_wave && let Some(startup) = &mut self.startup {
             startup.requested.insert(cell);
         }
         self.set_deadline(answer_by, Due::Answer(cell));
