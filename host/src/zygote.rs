@@ -60,8 +60,8 @@
 //! What that means for the targets: two slots turning over on two cores are bound by the CPU of a worker's
 //! life, not by latency (the cores were 80–85 % busy). 5 000 workers/s needs at most ~400 µs of CPU per worker
 //! for all processes together; the remaining cost is mostly the kernel's (clone, faults, exit): on this machine
-//! a bare `fork` + `_exit` + `waitpid` of a small C program costs ~150 µs of CPU per cycle (the bench's
-//! `floor` row measures it every run).
+//! a bare `fork` + `_exit` + `waitpid` of a small C program (libc only) costs 147–200 µs of CPU per cycle,
+//! depending on the hour (the VM's host).
 //!
 //! Since: the zygote trims its heap (`malloc_trim`) once its plugin is loaded, before its first clone: its
 //! private memory went from 668 to 564 KiB (heap 276 → 164 KiB), which every clone copies the page table of

@@ -37,7 +37,6 @@ fn the_benchmark_produces_every_figure() {
         "spawn: slot turnover, p99",
         "churn: workers/s",
         "churn: master CPU per spawn",
-        "floor: fork + `_exit` + `waitpid`",
         "respawn, default settings",
         "start, 4 workers",
         "`pmhost status --json`, 4 workers",

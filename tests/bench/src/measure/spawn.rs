@@ -19,9 +19,6 @@ use crate::sandbox::{Mode, Sandbox, StartSpec};
 /// Slots of the churn figures (the target is stated for 2).
 const CHURN_SLOTS: u32 = 2;
 
-/// Fork cycles of the floor figure.
-const FLOOR_FORKS: u32 = 2000;
-
 /// One churn run: slot turnovers (ms), workers per second, master CPU per spawn (µs), and the spawn latency
 /// pmhost measured (median, p99; ms).
 struct Churn {
@@ -105,47 +102,10 @@ pub fn measure(bench: &Bench<'_>) -> Result<Vec<Figure>> {
             two.iter().map(|r| r.master_us_per_spawn).collect(),
         ),
     ];
-    figures.push(fork_floor()?);
     figures.push(respawn_default(bench)?);
     figures.extend(many(bench)?);
     figures.extend(many_tasks(bench)?);
     Ok(figures)
-}
-
-/// The machine's floor for a process's whole life: the bench process forks a child that `_exit`s at once and
-/// waits for it, in a loop; CPU of parent and children per cycle.
-fn fork_floor() -> Result<Figure> {
-    use nix::sys::resource::{UsageWho, getrusage};
-    let cpu_us = |who| -> Result<f64> {
-        let usage = getrusage(who)?;
-        let us = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
-        Ok(us(usage.user_time()) + us(usage.system_time()))
-    };
-    let (self_before, children_before) = (cpu_us(UsageWho::RUSAGE_SELF)?, cpu_us(UsageWho::RUSAGE_CHILDREN)?);
-    for _ in 0..FLOOR_FORKS {
-        // SAFETY: the child only calls _exit, which is async-signal-safe (the bench may have other threads).
-        match unsafe { nix::unistd::fork() }.context("fork")? {
-            // SAFETY: _exit ends the child at once, running nothing of the parent's state.
-            nix::unistd::ForkResult::Child => unsafe { libc::_exit(0) },
-            nix::unistd::ForkResult::Parent { child } => {
-                nix::sys::wait::waitpid(child, None).context("waitpid")?;
-            }
-        }
-    }
-    let spent = cpu_us(UsageWho::RUSAGE_SELF)? - self_before + cpu_us(UsageWho::RUSAGE_CHILDREN)? - children_before;
-    Ok(Figure::new(
-        "spawn: floor",
-        "floor: fork + `_exit` + `waitpid` of the bench process, CPU per cycle",
-        Unit::Us,
-        vec![spent / f64::from(FLOOR_FORKS)],
-    )
-    .method(format!(
-        "the bench process (no plugin, nothing run in the child) forks a child that calls `_exit(0)` at once and \
-         reaps it, {FLOOR_FORKS} times; CPU = the bench's own and its children's utime+stime (getrusage) per cycle: \
-         what the kernel alone charges for a process's birth and death on this machine, before any pmhost or \
-         plugin work. Two cores give at most 2 s of CPU a second: 5 000 workers/s leave 400 µs per worker's whole \
-         life, everything included."
-    )))
 }
 
 /// The `p`th percentile (nearest rank) of `samples`; NaN for none.
