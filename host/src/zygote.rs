@@ -116,8 +116,9 @@
 //!
 //! Measured (`pmhost-bench`, pmhost's own request → first call measure, one slot turning over): 0.37 →
 //! 0.21–0.23 ms median; the pre-request setup accounts for ~40 µs of that, the title for ~15 µs. With two
-//! slots on two cores the same measure is ~0.30–0.32 ms: a request then often waits for a core (the zygote
-//! cloning the next spare, two workers, and the master share them), and slot churn stays CPU-bound.
+//! slots on two cores the same measure is 0.30–0.42 ms (depending on the hour: the VM's host): a request then
+//! often waits for a core (the zygote cloning the next spare, two workers, and the master share them), and
+//! slot churn stays CPU-bound.
 //! Tried and not kept: handing every request to a spare even with requests queued (one more hop per worker on
 //! a saturated machine: 0.31 → 0.34 ms), yielding the CPU to the woken spare before cloning the next (it
 //! delayed the next spare past the next request: 0.21 → 0.25 ms with one slot), moving the task's template
