@@ -53,8 +53,7 @@ impl Phase {
 pub struct Cell {
     seq: AtomicU64,
     phase: AtomicU32,
-    /// When the master asked for this cell's worker (`CLOCK_MONOTONIC` ns, written by the master; 0 once the
-    /// master took the spawn latency).
+    /// When the master asked for this cell's worker (`CLOCK_MONOTONIC` ns, written by the master; 0 before).
     requested_ns: AtomicU64,
     /// When that worker began its first `work` call (written by the worker; 0 before).
     first_call_ns: AtomicU64,

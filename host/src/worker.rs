@@ -211,10 +211,8 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
             }
         }
     }
-    let event = STOP_EVENT.load(Ordering::Relaxed);
-    if event >= 0 {
-        keep.push(event);
-    }
+    // A zygote's spare opened its stop event already (see `prepare_signals_and_group`).
+    keep.extend(stop_event());
     close_all_but(&keep);
     prepare_signals_and_group(spec.master)?;
     if let (None, Some(soft)) = (spec.limits.rlimits.nofile, spec.inherited_nofile) {
@@ -239,7 +237,7 @@ fn prepare_process(spec: &WorkerSpec) -> Result<(), SetupError> {
 /// mark, the stop event and handlers, and the signal mask. A zygote's spare does it while it waits for its
 /// request (see `zygote`), off the path from the master's request to the first `work` call; done once.
 pub(crate) fn prepare_signals_and_group(master: Pid) -> nix::Result<()> {
-    if STOP_EVENT.load(Ordering::Relaxed) >= 0 {
+    if stop_event().is_some() {
         return Ok(());
     }
     // Own process group (the master sets it too, whichever runs first): stopping the worker reaches the

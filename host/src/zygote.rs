@@ -349,10 +349,7 @@ fn become_worker(
         // Checked by the zygote before the clone or the hand-over.
         std::process::exit(code::LOAD_FAILED)
     };
-    let output = match (request.output, fds) {
-        (true, [stdout, stderr]) => Some((stdout.as_raw_fd(), stderr.as_raw_fd())),
-        _ => None,
-    };
+    let output = capture_ends(request, fds).map(|[stdout, stderr]| (stdout, stderr));
     let base = match prepared {
         Some((index, spec)) if index == request.task => spec,
         _ => task.apply(template),
@@ -379,9 +376,8 @@ impl Spare {
             0 => {
                 drop(ours);
                 // While it waits, a spare does what the path from request to first call would otherwise do:
-                // the setup that does not depend on the task, the expected task's spec and title (measured,
-                // one slot turning over with `--execute-times 1`: 0.305 → 0.265 ms from request to first
-                // call). A failure is left for the worker's own setup to meet and report.
+                // the setup that does not depend on the task, the expected task's spec and title (measured in
+                // the module docs). A failure is left for the worker's own setup to meet and report.
                 let _ = crate::worker::prepare_signals_and_group(build.template.master);
                 let prepared = tasks.iter().find(|t| t.index == expected).map(|task| {
                     let spec = task.apply(build.template);
@@ -408,11 +404,15 @@ impl Spare {
 
     /// Hands `request` (and its capture descriptors) to the spare; `false` if it is gone.
     fn hand(self, request: Request, fds: &[OwnedFd]) -> bool {
-        let output = match (request.output, fds) {
-            (true, [stdout, stderr]) => Some([stdout.as_raw_fd(), stderr.as_raw_fd()]),
-            _ => None,
-        };
-        send(&self.socket, request, output).is_ok()
+        send(&self.socket, request, capture_ends(request, fds)).is_ok()
+    }
+}
+
+/// The worker's capture pipe ends (stdout, stderr) that came with `request`, when it says it has them.
+fn capture_ends(request: Request, fds: &[OwnedFd]) -> Option<[RawFd; 2]> {
+    match (request.output, fds) {
+        (true, [stdout, stderr]) => Some([stdout.as_raw_fd(), stderr.as_raw_fd()]),
+        _ => None,
     }
 }
 
