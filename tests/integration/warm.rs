@@ -200,10 +200,16 @@ fn spares(sb: &Sandbox) -> Vec<i32> {
 fn kill_until_a_spare(sb: &Sandbox, not: Option<i32>) -> i32 {
     let mut killed = Vec::new();
     sb.wait_for("a spare", SOON, || {
-        if let Some(spare) = spares(sb).into_iter().find(|pid| Some(*pid) != not) {
+        let ready = sb.ready_workers();
+        // Only once both slots have a ready worker that was not killed is no request left that a spare could
+        // still be handed: the spare then waits for good.
+        let settled = ready.len() == 2 && ready.values().all(|pid| !killed.contains(pid));
+        if let Some(spare) = spares(sb).into_iter().find(|pid| Some(*pid) != not)
+            && settled
+            && ready.values().all(|pid| *pid != spare)
+        {
             return Some(spare);
         }
-        let ready = sb.ready_workers();
         if let Some(pid) = ready.values().copied().find(|pid| !killed.contains(pid))
             && ready.len() == 2
         {
