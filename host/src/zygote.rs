@@ -253,6 +253,7 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
     }
     let title = template.title.replace(":Worker:", ":Zygote:");
     crate::title::set(&title);
+    crate::logging::set_title(&title);
     let module = match crate::plugin::load(&template.plugin.load_path(), &template.plugin.original) {
         Ok(module) => module,
         Err(e) => {
@@ -271,6 +272,7 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
     // Room for each worker's pid in its environment mark, written in place (see `worker::mark_environment`).
     // SAFETY: the zygote is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var(crate::master::WORKER_MARK, crate::worker::MARK_PLACEHOLDER) };
+    crate::footprint::prepare();
     if nix::unistd::write(&socket, &[READY]).is_err() {
         std::process::exit(code::OK);
     }
@@ -310,6 +312,9 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
         // The next worker's clone, made now rather than on its request; not while requests are queued (a
         // start or a rollout asking for many): those are cloned directly, and a spare would only be one more hop.
         if !message_waiting(&socket) {
+            if let Some(applied) = crate::footprint::apply_if_learned() {
+                tracing::debug!(?applied, "zygote applied its workers' footprint");
+            }
             spare = Spare::clone(&build, &tasks, request.task, &mut buffer);
         }
     }
@@ -345,6 +350,7 @@ fn become_worker(
     // before any other report of this worker and before its exit (see `master::warm`).
     let me = std::process::id() as i32;
     crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
+    crate::footprint::claim_learning();
     let Some(task) = tasks.iter().find(|t| t.index == request.task) else {
         // Checked by the zygote before the clone or the hand-over.
         std::process::exit(code::LOAD_FAILED)

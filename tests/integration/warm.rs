@@ -285,3 +285,40 @@ fn a_spare_told_to_stop_ends_instead_of_becoming_a_stopped_worker() {
     assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
     sb.stop();
 }
+
+/// Page faults the master's reaped children (its workers) took in all, and how many workers exited normally.
+fn faults_and_exits(sb: &Sandbox, master: i32) -> (i64, usize) {
+    let exits = sb.log_text("process.").matches("worker exited: normal exit").count();
+    (stat_field(master, 11), exits)
+}
+
+/// Once a warm worker has lived its whole life, its zygote makes that worker's footprint (the code it ran, the
+/// pages it wrote) part of every later clone (`footprint`): the workers that follow take a fraction of the page
+/// faults and run exactly as before.
+#[test]
+fn workers_cloned_after_the_footprint_is_learned_take_few_page_faults() {
+    let sb = Sandbox::new("footprint");
+    sb.start_daemon(
+        &fixtures().hello,
+        &["--workers", "2", "--execute-times", "1", "--execute-usleep", "0", "--log-level", "debug"],
+    );
+    let master = sb.master_pid();
+    let applied = sb.wait_for("the footprint applied", SOON, || {
+        sb.log_text("process.").lines().find(|l| l.contains("applied its workers' footprint")).map(str::to_owned)
+    });
+    let number = |field: &str| -> u64 {
+        let at = applied.find(&format!("{field}: ")).unwrap_or_else(|| panic!("no {field} in {applied}"));
+        applied[at + field.len() + 2..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    assert!(number("code_pages") > 50 && number("code_mappings") >= 2, "{applied}");
+    // Over the next 200 workers (the master reaps each, adding its faults to its own cminflt).
+    let (faults, exits) = faults_and_exits(&sb, master);
+    let (faults_after, exits_after) = sb
+        .wait_for("200 more workers", SOON, || Some(faults_and_exits(&sb, master)).filter(|(_, e)| *e >= exits + 200));
+    let per_worker = (faults_after - faults) as f64 / (exits_after - exits) as f64;
+    eprintln!("{applied}\npage faults per worker: {per_worker:.1}");
+    assert!(per_worker < 30.0, "page faults per worker: {per_worker:.1} ({applied})");
+    let process_log = sb.log_text("process.");
+    assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
+    sb.stop();
+}
