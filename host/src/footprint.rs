@@ -128,8 +128,10 @@ pub fn claim_learning() {
     learner.store(std::process::id(), Ordering::Relaxed);
     LEARNER.store(true, Ordering::Relaxed);
     // Exactly the pages it runs: no fault-around.
-    for mapping in mappings(Kind::Code) {
-        mapping.advise(libc::MADV_RANDOM);
+    if let Some(mut scratch) = Scratch::new() {
+        for mapping in mappings(Kind::Code, scratch.smaps()) {
+            mapping.advise(libc::MADV_RANDOM);
+        }
     }
 }
 
@@ -159,29 +161,78 @@ impl Mapping {
     }
 }
 
-/// This process's mappings of `kind`, from `/proc/self/smaps`.
-fn mappings(kind: Kind) -> Vec<Mapping> {
-    let mut text = String::new();
-    if std::fs::File::open("/proc/self/smaps").and_then(|mut f| f.read_to_string(&mut text)).is_err() {
-        return Vec::new();
+/// Memory the learner reads `/proc/self/smaps` into: a mapping of its own, so that learning writes no page of
+/// its heap (which it would then record as a page every worker writes).
+struct Scratch {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Scratch {
+    /// Room for the smaps of a few thousand mappings.
+    const LEN: usize = 4 << 20;
+
+    fn new() -> Option<Scratch> {
+        // SAFETY: a fresh private anonymous mapping, unmapped on drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        (base != libc::MAP_FAILED).then_some(Scratch { base: base.cast(), len: Self::LEN })
     }
-    let mut found = Vec::new();
+
+    /// This process's `/proc/self/smaps`, read into the scratch memory (cut at its end).
+    fn smaps(&mut self) -> &str {
+        // SAFETY: the mapping is `len` bytes, readable and writable, and only this borrow uses it.
+        let buffer = unsafe { std::slice::from_raw_parts_mut(self.base, self.len) };
+        let mut filled = 0;
+        if let Ok(mut file) = std::fs::File::open("/proc/self/smaps") {
+            while filled < buffer.len() {
+                match file.read(&mut buffer[filled..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => filled += n,
+                }
+            }
+        }
+        // A line cut by the end of the buffer is dropped with the rest of what did not fit.
+        let text = &buffer[..filled];
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        std::str::from_utf8(&text[..whole]).unwrap_or("")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `new` and nothing borrows it any more.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// The mappings of `kind` in `smaps` (the text of `/proc/self/smaps`).
+fn mappings(kind: Kind, smaps: &str) -> impl Iterator<Item = Mapping> + '_ {
     let mut current: Option<Mapping> = None;
-    for line in text.lines() {
+    smaps.lines().filter_map(move |line| {
         if let Some(amount) = line.strip_prefix("Anonymous:") {
             if kind == Kind::Code && amount.trim().trim_end_matches("kB").trim() != "0" {
                 current = None;
             }
-            continue;
+            return None;
         }
         if line.starts_with("VmFlags:") {
-            found.extend(current.take());
-            continue;
+            return current.take();
         }
         let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else { continue };
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { return None };
+        let (start, end) = range.split_once('-')?;
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else {
+            return None;
+        };
         let path = fields.nth(3).unwrap_or("");
         let perms = perms.as_bytes();
         let fits = match kind {
@@ -189,8 +240,17 @@ fn mappings(kind: Kind) -> Vec<Mapping> {
             Kind::Written => perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b'p'),
         };
         current = fits.then_some(Mapping { start, end });
+        None
+    })
+}
+
+/// This process's mappings of `kind` (in the zygote, which may use its heap).
+fn own_mappings(kind: Kind) -> Vec<Mapping> {
+    let mut smaps = String::new();
+    if std::fs::File::open("/proc/self/smaps").and_then(|mut f| f.read_to_string(&mut smaps)).is_err() {
+        return Vec::new();
     }
-    found
+    mappings(kind, &smaps).collect()
 }
 
 /// Runs among the executable's ELF destructors, near the very end of `exit`: the learner records there, after
@@ -205,54 +265,59 @@ extern "C" fn record_at_exit() {
 #[unsafe(link_section = ".fini_array")]
 static RECORD_AT_EXIT: extern "C" fn() = record_at_exit;
 
-/// In the learner: writes its footprint into the shared region and marks it ready.
+/// In the learner: writes its footprint into the shared region and marks it ready. Allocates nothing: what
+/// it writes must be the worker's, not its own.
 fn record() {
     let Some(state) = header(0) else { return };
-    let mut found = Vec::new();
-    if let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") {
+    // SAFETY: this process is the learner (it won WANTED → LEARNING) and has not yet stored READY.
+    let slots = unsafe { ranges() };
+    let mut n = 0;
+    if let (Ok(pagemap), Some(mut scratch)) = (std::fs::File::open("/proc/self/pagemap"), Scratch::new()) {
+        let smaps = scratch.smaps();
         for (kind, wanted, flag) in [(Kind::Code, PRESENT, 0), (Kind::Written, PRESENT | EXCLUSIVE, WRITTEN)] {
-            for mapping in mappings(kind) {
-                for (start, len) in page_runs(&pagemap, mapping, wanted) {
-                    found.push([start, len | flag]);
-                }
+            for mapping in mappings(kind, smaps) {
+                page_runs(&pagemap, mapping, wanted, |start, len| {
+                    if n < CAPACITY {
+                        slots[n] = [start, len | flag];
+                        n += 1;
+                    }
+                });
             }
         }
     }
-    // SAFETY: this process is the learner (it won WANTED → LEARNING) and has not yet stored READY.
-    let slots = unsafe { ranges() };
-    let n = found.len().min(CAPACITY);
-    slots[..n].copy_from_slice(&found[..n]);
     if let Some(count) = header(2) {
         count.store(n as u32, Ordering::Relaxed);
     }
     state.store(READY, Ordering::Release);
 }
 
-/// The runs of pages of `mapping` whose pagemap entries have all the bits of `wanted`: (start, length).
-fn page_runs(pagemap: &std::fs::File, mapping: Mapping, wanted: u64) -> Vec<(u64, u64)> {
-    let pages = ((mapping.end - mapping.start) / PAGE) as usize;
-    let mut entries = vec![0u8; pages * 8];
-    if pagemap.read_exact_at(&mut entries, mapping.start / PAGE * 8).is_err() {
-        return Vec::new();
-    }
-    let mut runs = Vec::new();
-    let mut run: Option<u64> = None;
-    for (i, entry) in entries.chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default())).enumerate()
-    {
-        let address = mapping.start + i as u64 * PAGE;
-        match (entry & wanted == wanted, run) {
-            (true, None) => run = Some(address),
-            (false, Some(from)) => {
-                runs.push((from, address - from));
-                run = None;
+/// Calls `run(start, length)` for each run of pages of `mapping` whose pagemap entries have all the bits of
+/// `wanted`.
+fn page_runs(pagemap: &std::fs::File, mapping: Mapping, wanted: u64, mut run: impl FnMut(u64, u64)) {
+    let mut entries = [0u8; 4096];
+    let mut open: Option<u64> = None;
+    let mut address = mapping.start;
+    while address < mapping.end {
+        let chunk = (((mapping.end - address) / PAGE) as usize * 8).min(entries.len());
+        if pagemap.read_exact_at(&mut entries[..chunk], address / PAGE * 8).is_err() {
+            break;
+        }
+        for entry in entries[..chunk].chunks_exact(8) {
+            let entry = u64::from_le_bytes(entry.try_into().unwrap_or_default());
+            match (entry & wanted == wanted, open) {
+                (true, None) => open = Some(address),
+                (false, Some(from)) => {
+                    run(from, address - from);
+                    open = None;
+                }
+                _ => {}
             }
-            _ => {}
+            address += PAGE;
         }
     }
-    if let Some(from) = run {
-        runs.push((from, mapping.end - from));
+    if let Some(from) = open {
+        run(from, address - from);
     }
-    runs
 }
 
 /// What applying a footprint did, for the zygote's debug log.
@@ -302,7 +367,7 @@ pub fn apply_if_learned() -> Option<Applied> {
 /// Maps exactly the learned code pages and gives their mappings an anon_vma.
 fn apply_code(code: &[(u64, u64)]) -> Applied {
     let mut applied = Applied::default();
-    let mappings = mappings(Kind::Code);
+    let mappings = own_mappings(Kind::Code);
     for mapping in &mappings {
         // The zygote's own entries go (they come back page by page as it runs): a clone then copies the
         // footprint and what the zygote itself runs, not every 64 KiB window either ever touched.
@@ -330,14 +395,19 @@ fn apply_code(code: &[(u64, u64)]) -> Applied {
     applied
 }
 
+/// Most pages pinned, whatever `RLIMIT_MEMLOCK` allows (a zygote running as root has no limit): a worker
+/// writes ~40 pages of the zygote's in its life, and each pinned page is copied at every clone.
+const PIN_LIMIT: u64 = 1024;
+
 /// Pins the learned written pages that lie in this process's writable mappings, within half of
-/// `RLIMIT_MEMLOCK`; the number of pages pinned.
+/// `RLIMIT_MEMLOCK` and [`PIN_LIMIT`]; the number of pages pinned.
 fn pin(written: &[(u64, u64)]) -> u64 {
     let budget = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
-        .map_or(0, |(soft, _)| soft / 2 / PAGE);
+        .map_or(0, |(soft, _)| soft / 2 / PAGE)
+        .min(PIN_LIMIT);
     let mut pages = 0;
     let mut iovecs = Vec::new();
-    for mapping in mappings(Kind::Written) {
+    for mapping in own_mappings(Kind::Written) {
         for (start, len) in written {
             let (from, to) = ((*start).max(mapping.start), (start + len).min(mapping.end));
             let len = to.saturating_sub(from).min((budget.saturating_sub(pages)) * PAGE);
