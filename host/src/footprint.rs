@@ -34,18 +34,31 @@
 //!
 //! # Costs
 //!
-//! - Each clone copies ~600 more page table entries and ~35 pages, so a zygote's `clone` costs more (~100 →
-//!   ~180 µs per worker in the churn below) and a worker's whole life much less (~330 → ~220 µs).
+//! - Each clone copies ~850 more page table entries and ~37 pages, so a zygote's `clone` costs more (~95 →
+//!   ~175 µs per worker in the churn below) and a worker's whole life much less (~280 → ~175–190 µs).
 //! - The zygote keeps its code mappings `MADV_RANDOM` and its children inherit it: a worker faults a code page
 //!   outside the footprint alone rather than with its 64 KiB window.
 //! - The pinned pages (~150 KiB) stay resident for the zygote's life and count against `RLIMIT_MEMLOCK` when
-//!   it runs unprivileged; the footprint is clipped to half of that limit.
+//!   it runs unprivileged; at most half of that limit is pinned, and never more than `PIN_LIMIT` pages.
 //! - A worker's private pages that the footprint names are copied at its clone rather than at its first
 //!   write: the same memory a worker of the same task would have used.
+//! - The learner itself takes more faults (one per code page, ~900 in a release build) once.
 //!
-//! Measured (2 slots, `--execute-times 1 --execute-usleep 0`, bench plugin, 2 cores, 4 interleaved runs of
-//! 3 s each): page faults per worker 77 → 7.5; CPU per worker (master + zygote + worker) 486 → 460 µs;
-//! workers/s 3 224 → 3 625; pmhost's own request → first call median 0.357 → 0.289 ms.
+//! Measured (2 slots, `--execute-times 1 --execute-usleep 0`, bench plugin, 2 cores, the previous commit's
+//! binary and this one interleaved, 3 runs of 3 s each, medians; the machine in its fast state, a bare `fork`
+//! of a small C program at 139 µs): page faults per worker 69 → 9; CPU per worker (master + zygote + worker)
+//! 432 → 420 µs; workers/s 3 677 → 3 952; pmhost's own request → first call median 0.308 → 0.260 ms. In
+//! release, the footprint is ~850 code pages in 7 mappings and ~37 written pages.
+//!
+//! # What is left: the fork itself
+//!
+//! The zygote timed 2 000 bare `fork` + `_exit` + `waitpid` of itself, footprint applied: 253–260 µs of CPU
+//! per cycle (the parent 141–146, the child 110–114), against 131 µs for a small C program on the same machine
+//! at the same time. Of the zygote's `clone` in the churn, ~37 % is zeroing fresh pages (`clear_page_erms`):
+//! the child's 15 page-table pages (its mappings span 4 page tables of the 5 MiB executable, 3 of the libraries,
+//! the heap's, the stack's, and their upper levels) and its kernel stack, at ~3 µs per page on this VM. That
+//! is the floor of a warm spawn here, before the master's share (~55 µs per worker) and anything the worker
+//! does; the churn target of 5 000 workers/s on 2 cores leaves 400 µs for all of it.
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
