@@ -138,7 +138,8 @@ pub fn claim_learning() {
 /// The kinds of mapping a footprint covers.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
-    /// File-backed, private, not writable, without a private page (not a relocated `RELRO`).
+    /// File-backed, private, not writable, without a private page, in memory or swapped out (not a relocated
+    /// `RELRO`).
     Code,
     /// Writable and private: heap, stack, data, anonymous.
     Written,
@@ -218,7 +219,10 @@ impl Drop for Scratch {
 fn mappings(kind: Kind, smaps: &str) -> impl Iterator<Item = Mapping> + '_ {
     let mut current: Option<Mapping> = None;
     smaps.lines().filter_map(move |line| {
-        if let Some(amount) = line.strip_prefix("Anonymous:") {
+        // A private page swapped out counts under `Swap`, not `Anonymous`: a relocated RELRO page the zygote
+        // wrote and the kernel swapped out is as much its own as one in memory, and `MADV_DONTNEED` would drop it
+        // (the next read would see the file's unrelocated bytes).
+        if let Some(amount) = line.strip_prefix("Anonymous:").or_else(|| line.strip_prefix("Swap:")) {
             if kind == Kind::Code && amount.trim().trim_end_matches("kB").trim() != "0" {
                 current = None;
             }
@@ -446,4 +450,28 @@ fn pin(written: &[(u64, u64)]) -> u64 {
     // The ring stays open for the zygote's life (its pins with it); workers close it with every descriptor
     // they do not keep.
     pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One smaps entry: a private read-only mapping of a file with `anonymous` and `swap` kB of private pages.
+    fn entry(start: &str, anonymous: u32, swap: u32) -> String {
+        format!(
+            "{start}-7f0000010000 r--p 00000000 08:01 42 /usr/lib/libx.so\nSize: 64 kB\nRss: 8 kB\n\
+             Anonymous: {anonymous} kB\nAnonHugePages: 0 kB\nSwap: {swap} kB\nSwapPss: {swap} kB\n\
+             Locked: 0 kB\nVmFlags: rd mr mw me\n"
+        )
+    }
+
+    #[test]
+    fn code_is_a_read_only_file_mapping_without_private_pages_in_memory_or_swapped_out() {
+        for (anonymous, swap, code) in [(0, 0, true), (4, 0, false), (0, 8, false), (4, 8, false)] {
+            let smaps = entry("7f0000000000", anonymous, swap);
+            let found: Vec<(u64, u64)> = mappings(Kind::Code, &smaps).map(|m| (m.start, m.end)).collect();
+            let expected = if code { vec![(0x7f00_0000_0000, 0x7f00_0001_0000)] } else { Vec::new() };
+            assert_eq!(found, expected, "Anonymous {anonymous} kB, Swap {swap} kB");
+        }
+    }
 }
