@@ -359,6 +359,13 @@ pub fn apply_if_learned() -> Option<Applied> {
     let n = (header(2)?.load(Ordering::Relaxed) as usize).min(CAPACITY);
     // SAFETY: READY was seen (Acquire): the learner is done writing.
     let learned: Vec<[u64; 2]> = unsafe { ranges() }[..n].to_vec();
+    if !learned.iter().any(|[_, len]| len & WRITTEN == 0) {
+        // The learner could not read itself (no room left under its `rlimit_as` for the scratch mapping, say):
+        // dropping this process's code entries and fault-around for no footprint would make every later worker
+        // fault more, not less.
+        tracing::debug!("the zygote's learner recorded no footprint: nothing applied");
+        return None;
+    }
     let code: Vec<(u64, u64)> =
         learned.iter().filter(|[_, len]| len & WRITTEN == 0).map(|[start, len]| (*start, *len)).collect();
     let written: Vec<(u64, u64)> =

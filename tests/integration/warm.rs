@@ -322,3 +322,69 @@ fn workers_cloned_after_the_footprint_is_learned_take_few_page_faults() {
     assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
     sb.stop();
 }
+
+/// The zygote's code mappings given `MADV_RANDOM` (`rr` in their smaps `VmFlags`).
+fn random_code_mappings(pid: i32) -> usize {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut code = false;
+    let mut count = 0;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            count += usize::from(code && flags.split_whitespace().any(|f| f == "rr"));
+        } else if line.split_whitespace().nth(1).is_some_and(|perms| perms.contains('x')) {
+            code = true;
+        } else if line.split_whitespace().nth(1).is_some_and(|perms| perms.len() == 4 && perms.contains('-')) {
+            code = false;
+        }
+    }
+    count
+}
+
+/// A learner that cannot read its footprint at exit (here its `rlimit_as` leaves no room for the memory it reads
+/// its smaps into) records none; the zygote then changes nothing. Applying the empty footprint dropped the
+/// zygote's code page table entries and fault-around for every later clone: 188 page faults per worker instead
+/// of ~5 (or the ~80 of no footprint at all).
+#[test]
+fn a_footprint_the_learner_could_not_record_changes_nothing() {
+    let sb = Sandbox::new("footprint-as");
+    // The zygote's address space, measured first: its workers get room to run, not room for 4 MiB more.
+    sb.start_daemon(&fixtures().hello, &["--workers", "1", "--execute-times", "0", "--execute-usleep", "1s"]);
+    let zygote = sb.wait_for("a zygote", SOON, || zygotes(&sb).first().copied());
+    let status = std::fs::read_to_string(format!("/proc/{zygote}/status")).unwrap();
+    let vm_size: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmSize:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    sb.stop();
+    let limit = format!("{}KiB", vm_size + 2560);
+    sb.start_daemon(
+        &fixtures().hello,
+        &[
+            "--workers",
+            "2",
+            "--execute-times",
+            "1",
+            "--execute-usleep",
+            "0",
+            "--rlimit-as",
+            &limit,
+            "--log-level",
+            "debug",
+        ],
+    );
+    let master = sb.master_pid();
+    let settled = sb.wait_for("the learner's footprint settled", SOON, || {
+        sb.log_text("process.")
+            .lines()
+            .find(|l| l.contains("its workers' footprint") || l.contains("recorded no footprint"))
+            .map(str::to_owned)
+    });
+    assert!(settled.contains("recorded no footprint"), "{settled}");
+    let zygote = sb.wait_for("the zygote", SOON, || zygotes(&sb).first().copied());
+    assert_eq!(random_code_mappings(zygote), 0, "the zygote's code mappings were given MADV_RANDOM");
+    let (faults, exits) = faults_and_exits(&sb, master);
+    let (faults_after, exits_after) = sb
+        .wait_for("200 more workers", SOON, || Some(faults_and_exits(&sb, master)).filter(|(_, e)| *e >= exits + 200));
+    eprintln!("page faults per worker: {:.1}", (faults_after - faults) as f64 / (exits_after - exits) as f64);
+    let process_log = sb.log_text("process.");
+    assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
+    sb.stop();
+}
