@@ -260,7 +260,10 @@ fn own_mappings(kind: Kind) -> Vec<Mapping> {
 /// Runs among the executable's ELF destructors, near the very end of `exit`: the learner records there, after
 /// the plugin's exit handlers and destructors ran (their pages belong to a worker's life too).
 extern "C" fn record_at_exit() {
-    if LEARNER.swap(false, Ordering::Relaxed) {
+    // Not in a child the learner's plugin forked: it inherited the flag, but its footprint is not a worker's
+    // life, and the learner itself records later (the zygote could apply a footprint being rewritten).
+    let learner = header(1).map(|pid| pid.load(Ordering::Relaxed));
+    if LEARNER.swap(false, Ordering::Relaxed) && learner == Some(std::process::id()) {
         record();
     }
 }

@@ -388,3 +388,55 @@ fn a_footprint_the_learner_could_not_record_changes_nothing() {
     assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
     sb.stop();
 }
+
+/// A child a learner's plugin forks inherits the learner's mark; when it calls `exit` it must not record its own
+/// footprint as the worker's. Before, it did and marked the footprint ready: the zygote applied a footprint of
+/// a worker still running (whose own record, at its exit, would then rewrite the ranges the zygote reads).
+#[test]
+fn a_child_forked_by_the_learner_records_no_footprint() {
+    let sb = Sandbox::new("footprint-fork");
+    let config = json!({ "work": "fork" }).to_string();
+    let plugin = fixtures().faulty.to_str().unwrap().to_owned();
+    sb.start_daemon(
+        &plugin,
+        &[
+            "--task-config",
+            &config,
+            "--workers",
+            "2",
+            "--execute-times",
+            "0",
+            "--execute-usleep",
+            "50ms",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let applied = || sb.log_text("process.").lines().any(|l| l.contains("applied its workers' footprint"));
+    let spare = kill_until_a_spare(&sb, None);
+    // The learner: the ready worker with its code mappings under MADV_RANDOM, once its child has exited.
+    let learner = sb.wait_for("the learner's forked child exited", SOON, || {
+        let ready = sb.ready_workers();
+        let learner = ready.values().copied().find(|pid| random_code_mappings(*pid) > 0)?;
+        let run_log = sb.log_text("run.");
+        run_log
+            .lines()
+            .any(|l| l.contains("forked child exited") && l.contains(&format!("pid={learner} ")))
+            .then_some(learner)
+    });
+    // A request after the child's exit: the zygote looks for a footprint before it clones the next spare.
+    let other = sb.ready_workers().values().copied().find(|pid| *pid != learner).unwrap();
+    signal(other, Signal::SIGKILL);
+    let next = sb.wait_for("the next spare", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
+    assert!(!applied(), "a footprint applied while its learner {learner} runs (spare {next})");
+    // The learner's own exit is what the zygote learns from.
+    signal(learner, Signal::SIGTERM);
+    let exited = format!("worker exited: normal exit task={} slot=", sb.name);
+    sb.wait_for("the learner's normal exit", SOON, || {
+        let log = sb.log_text("process.");
+        log.lines().any(|l| l.contains(&exited) && l.contains(&format!("pid={learner} "))).then_some(())
+    });
+    kill_until_a_spare(&sb, Some(next));
+    sb.wait_for("the footprint applied", SOON, || applied().then_some(()));
+    sb.stop();
+}
