@@ -364,8 +364,8 @@ pub fn apply_if_learned() -> Option<Applied> {
     let learned: Vec<[u64; 2]> = unsafe { ranges() }[..n].to_vec();
     if !learned.iter().any(|[_, len]| len & WRITTEN == 0) {
         // The learner could not read itself (no room left under its `rlimit_as` for the scratch mapping, say):
-        // dropping this process's code entries and fault-around for no footprint would make every later worker
-        // fault more, not less.
+        // dropping this process's code entries and fault-around for no footprint gains nothing, and every later
+        // clone would inherit `MADV_RANDOM` (the module's promise: a failed step leaves workers as before).
         tracing::debug!("the zygote's learner recorded no footprint: nothing applied");
         return None;
     }
