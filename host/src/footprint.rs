@@ -151,7 +151,8 @@ pub fn claim_learning() {
 /// The kinds of mapping a footprint covers.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
-    /// File-backed, private, not writable, without a private page (not a relocated `RELRO`).
+    /// File-backed, private, not writable, without a private page, in memory or swapped out (not a relocated
+    /// `RELRO`).
     Code,
     /// Writable and private: heap, stack, data, anonymous.
     Written,
@@ -231,7 +232,10 @@ impl Drop for Scratch {
 fn mappings(kind: Kind, smaps: &str) -> impl Iterator<Item = Mapping> + '_ {
     let mut current: Option<Mapping> = None;
     smaps.lines().filter_map(move |line| {
-        if let Some(amount) = line.strip_prefix("Anonymous:") {
+        // A private page swapped out counts under `Swap`, not `Anonymous`: a relocated RELRO page the zygote
+        // wrote and the kernel swapped out is as much its own as one in memory, and `MADV_DONTNEED` would drop it
+        // (the next read would see the file's unrelocated bytes).
+        if let Some(amount) = line.strip_prefix("Anonymous:").or_else(|| line.strip_prefix("Swap:")) {
             if kind == Kind::Code && amount.trim().trim_end_matches("kB").trim() != "0" {
                 current = None;
             }
@@ -269,7 +273,10 @@ fn own_mappings(kind: Kind) -> Vec<Mapping> {
 /// Runs among the executable's ELF destructors, near the very end of `exit`: the learner records there, after
 /// the plugin's exit handlers and destructors ran (their pages belong to a worker's life too).
 extern "C" fn record_at_exit() {
-    if LEARNER.swap(false, Ordering::Relaxed) {
+    // Not in a child the learner's plugin forked: it inherited the flag, but its footprint is not a worker's
+    // life, and the learner itself records later (the zygote could apply a footprint being rewritten).
+    let learner = header(1).map(|pid| pid.load(Ordering::Relaxed));
+    if LEARNER.swap(false, Ordering::Relaxed) && learner == Some(std::process::id()) {
         record();
     }
 }
@@ -368,6 +375,13 @@ pub fn apply_if_learned() -> Option<Applied> {
     let n = (header(2)?.load(Ordering::Relaxed) as usize).min(CAPACITY);
     // SAFETY: READY was seen (Acquire): the learner is done writing.
     let learned: Vec<[u64; 2]> = unsafe { ranges() }[..n].to_vec();
+    if !learned.iter().any(|[_, len]| len & WRITTEN == 0) {
+        // The learner could not read itself (no room left under its `rlimit_as` for the scratch mapping, say):
+        // dropping this process's code entries and fault-around for no footprint gains nothing, and every later
+        // clone would inherit `MADV_RANDOM` (the module's promise: a failed step leaves workers as before).
+        tracing::debug!("the zygote's learner recorded no footprint: nothing applied");
+        return None;
+    }
     let code: Vec<(u64, u64)> =
         learned.iter().filter(|[_, len]| len & WRITTEN == 0).map(|[start, len]| (*start, *len)).collect();
     let written: Vec<(u64, u64)> =
@@ -459,4 +473,28 @@ fn pin(written: &[(u64, u64)]) -> u64 {
     // The ring stays open for the zygote's life (its pins with it); workers close it with every descriptor
     // they do not keep.
     pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One smaps entry: a private read-only mapping of a file with `anonymous` and `swap` kB of private pages.
+    fn entry(start: &str, anonymous: u32, swap: u32) -> String {
+        format!(
+            "{start}-7f0000010000 r--p 00000000 08:01 42 /usr/lib/libx.so\nSize: 64 kB\nRss: 8 kB\n\
+             Anonymous: {anonymous} kB\nAnonHugePages: 0 kB\nSwap: {swap} kB\nSwapPss: {swap} kB\n\
+             Locked: 0 kB\nVmFlags: rd mr mw me\n"
+        )
+    }
+
+    #[test]
+    fn code_is_a_read_only_file_mapping_without_private_pages_in_memory_or_swapped_out() {
+        for (anonymous, swap, code) in [(0, 0, true), (4, 0, false), (0, 8, false), (4, 8, false)] {
+            let smaps = entry("7f0000000000", anonymous, swap);
+            let found: Vec<(u64, u64)> = mappings(Kind::Code, &smaps).map(|m| (m.start, m.end)).collect();
+            let expected = if code { vec![(0x7f00_0000_0000, 0x7f00_0001_0000)] } else { Vec::new() };
+            assert_eq!(found, expected, "Anonymous {anonymous} kB, Swap {swap} kB");
+        }
+    }
 }

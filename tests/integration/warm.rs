@@ -322,3 +322,121 @@ fn workers_cloned_after_the_footprint_is_learned_take_few_page_faults() {
     assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
     sb.stop();
 }
+
+/// The zygote's code mappings given `MADV_RANDOM` (`rr` in their smaps `VmFlags`).
+fn random_code_mappings(pid: i32) -> usize {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut code = false;
+    let mut count = 0;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            count += usize::from(code && flags.split_whitespace().any(|f| f == "rr"));
+        } else if line.split_whitespace().nth(1).is_some_and(|perms| perms.contains('x')) {
+            code = true;
+        } else if line.split_whitespace().nth(1).is_some_and(|perms| perms.len() == 4 && perms.contains('-')) {
+            code = false;
+        }
+    }
+    count
+}
+
+/// A learner that cannot read its footprint at exit (here its `rlimit_as` leaves no room for the memory it reads
+/// its smaps into) records none; the zygote then changes nothing. Applying the empty footprint dropped the
+/// zygote's code page table entries and gave every later clone `MADV_RANDOM` for nothing (a debug build measured
+/// 188 page faults per worker with it, 195 without: the fault count is not what this test checks).
+#[test]
+fn a_footprint_the_learner_could_not_record_changes_nothing() {
+    let sb = Sandbox::new("footprint-as");
+    // The zygote's address space, measured first: its workers get room to run, not room for 4 MiB more.
+    sb.start_daemon(&fixtures().hello, &["--workers", "1", "--execute-times", "0", "--execute-usleep", "1s"]);
+    let zygote = sb.wait_for("a zygote", SOON, || zygotes(&sb).first().copied());
+    let status = std::fs::read_to_string(format!("/proc/{zygote}/status")).unwrap();
+    let vm_size: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmSize:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    sb.stop();
+    let limit = format!("{}KiB", vm_size + 2560);
+    sb.start_daemon(
+        &fixtures().hello,
+        &[
+            "--workers",
+            "2",
+            "--execute-times",
+            "1",
+            "--execute-usleep",
+            "0",
+            "--rlimit-as",
+            &limit,
+            "--log-level",
+            "debug",
+        ],
+    );
+    let master = sb.master_pid();
+    let settled = sb.wait_for("the learner's footprint settled", SOON, || {
+        sb.log_text("process.")
+            .lines()
+            .find(|l| l.contains("its workers' footprint") || l.contains("recorded no footprint"))
+            .map(str::to_owned)
+    });
+    assert!(settled.contains("recorded no footprint"), "{settled}");
+    let zygote = sb.wait_for("the zygote", SOON, || zygotes(&sb).first().copied());
+    assert_eq!(random_code_mappings(zygote), 0, "the zygote's code mappings were given MADV_RANDOM");
+    let (faults, exits) = faults_and_exits(&sb, master);
+    let (faults_after, exits_after) = sb
+        .wait_for("200 more workers", SOON, || Some(faults_and_exits(&sb, master)).filter(|(_, e)| *e >= exits + 200));
+    eprintln!("page faults per worker: {:.1}", (faults_after - faults) as f64 / (exits_after - exits) as f64);
+    let process_log = sb.log_text("process.");
+    assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
+    sb.stop();
+}
+
+/// A child a learner's plugin forks inherits the learner's mark; when it calls `exit` it must not record its own
+/// footprint as the worker's. Before, it did and marked the footprint ready: the zygote applied a footprint of
+/// a worker still running (whose own record, at its exit, would then rewrite the ranges the zygote reads).
+#[test]
+fn a_child_forked_by_the_learner_records_no_footprint() {
+    let sb = Sandbox::new("footprint-fork");
+    let config = json!({ "work": "fork" }).to_string();
+    let plugin = fixtures().faulty.to_str().unwrap().to_owned();
+    sb.start_daemon(
+        &plugin,
+        &[
+            "--task-config",
+            &config,
+            "--workers",
+            "2",
+            "--execute-times",
+            "0",
+            "--execute-usleep",
+            "50ms",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let applied = || sb.log_text("process.").lines().any(|l| l.contains("applied its workers' footprint"));
+    let spare = kill_until_a_spare(&sb, None);
+    // The learner: the ready worker with its code mappings under MADV_RANDOM, once its child has exited.
+    let learner = sb.wait_for("the learner's forked child exited", SOON, || {
+        let ready = sb.ready_workers();
+        let learner = ready.values().copied().find(|pid| random_code_mappings(*pid) > 0)?;
+        let run_log = sb.log_text("run.");
+        run_log
+            .lines()
+            .any(|l| l.contains("forked child exited") && l.contains(&format!("pid={learner} ")))
+            .then_some(learner)
+    });
+    // A request after the child's exit: the zygote looks for a footprint before it clones the next spare.
+    let other = sb.ready_workers().values().copied().find(|pid| *pid != learner).unwrap();
+    signal(other, Signal::SIGKILL);
+    let next = sb.wait_for("the next spare", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
+    assert!(!applied(), "a footprint applied while its learner {learner} runs (spare {next})");
+    // The learner's own exit is what the zygote learns from.
+    signal(learner, Signal::SIGTERM);
+    let exited = format!("worker exited: normal exit task={} slot=", sb.name);
+    sb.wait_for("the learner's normal exit", SOON, || {
+        let log = sb.log_text("process.");
+        log.lines().any(|l| l.contains(&exited) && l.contains(&format!("pid={learner} "))).then_some(())
+    });
+    kill_until_a_spare(&sb, Some(next));
+    sb.wait_for("the footprint applied", SOON, || applied().then_some(()));
+    sb.stop();
+}

@@ -21,7 +21,8 @@ struct Config {
     /// Time `init` takes (in the slots that misbehave).
     init_ms: u64,
     /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`, `flood`, `block`
-    /// (wait for the stop descriptor with no timeout, as a blocking read would), `nap` (`ctx.sleep` for an hour).
+    /// (wait for the stop descriptor with no timeout, as a blocking read would), `nap` (`ctx.sleep` for an hour),
+    /// `fork` (once per worker: a child that calls `exit` at once, waited for).
     work: Option<String>,
     /// The misbehaviour starts at this call (1 = the first).
     from_call: u64,
@@ -250,6 +251,22 @@ impl Job for Faulty {
                 match std::process::Command::new("sh").arg("-c").arg(&command).spawn() {
                     Ok(child) => info!(child = child.id(), "spawned helper"),
                     Err(e) => error!("cannot spawn helper: {e}"),
+                }
+                Outcome::Continue
+            }
+            Some("fork") if !self.spawned => {
+                self.spawned = true;
+                // SAFETY: the worker is single-threaded; the child only calls `exit` (running the process's exit
+                // handlers and destructors, as a pre-forking plugin's helper would when it is done).
+                match unsafe { libc::fork() } {
+                    0 => std::process::exit(0),
+                    -1 => error!("cannot fork"),
+                    child => {
+                        let mut status = 0;
+                        // SAFETY: waits for the child just forked, into a local.
+                        unsafe { libc::waitpid(child, &mut status, 0) };
+                        info!(child, status, "forked child exited");
+                    }
                 }
                 Outcome::Continue
             }
