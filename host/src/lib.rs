@@ -44,7 +44,6 @@ pub mod config;
 pub mod control;
 pub mod duration;
 pub mod exit;
-pub mod footprint;
 pub mod identity;
 pub mod logging;
 pub mod logread;

@@ -131,11 +131,13 @@
 //! zygote's file mappings (no fault-around, so fewer pages to map and tear down): more faults, 483 → 533 µs
 //! per worker in all.
 //!
-//! What did pay is doing both with the exact set of pages a worker uses (`crate::footprint`): a zygote learns
+//! What did pay is doing both with the exact set of pages a worker uses ([`footprint`]): a zygote learns
 //! it from one worker's whole life, then maps exactly those code pages (not every 64 KiB window it or a worker
 //! ever touched) with an anon_vma, and pins the pages workers write so that the kernel copies them at fork
 //! rather than on a fault: 69 → 9 page faults per worker, 3 677 → 3 952 workers/s; the floor that remains is
 //! the fork itself (its page tables), measured in that module's docs.
+
+pub mod footprint;
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -278,7 +280,7 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
     // Room for each worker's pid in its environment mark, written in place (see `worker::mark_environment`).
     // SAFETY: the zygote is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var(crate::master::WORKER_MARK, crate::worker::MARK_PLACEHOLDER) };
-    crate::footprint::prepare();
+    footprint::prepare();
     if nix::unistd::write(&socket, &[READY]).is_err() {
         std::process::exit(code::OK);
     }
@@ -318,7 +320,7 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
         // The next worker's clone, made now rather than on its request; not while requests are queued (a
         // start or a rollout asking for many): those are cloned directly, and a spare would only be one more hop.
         if !message_waiting(&socket) {
-            if let Some(applied) = crate::footprint::apply_if_learned() {
+            if let Some(applied) = footprint::apply_if_learned() {
                 tracing::debug!(?applied, "zygote applied its workers' footprint");
             }
             spare = Spare::clone(&build, &tasks, request.task, &mut buffer);
@@ -356,7 +358,7 @@ fn become_worker(
     // before any other report of this worker and before its exit (see `master::warm`).
     let me = std::process::id() as i32;
     crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
-    crate::footprint::claim_learning();
+    footprint::claim_learning();
     let Some(task) = tasks.iter().find(|t| t.index == request.task) else {
         // Checked by the zygote before the clone or the hand-over.
         std::process::exit(code::LOAD_FAILED)

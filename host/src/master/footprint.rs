@@ -149,6 +149,14 @@ fn parse_smaps(reader: impl BufRead) -> Vec<Mapping> {
             }
             continue;
         }
+        // A private page swapped out counts under `Swap`, not `Anonymous`: it is a copied page all the same.
+        if let Some(kb) = line.strip_prefix("Swap:") {
+            if let Some(last) = mappings.last_mut() {
+                let swapped = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(u64::MAX);
+                last.anonymous_kb = last.anonymous_kb.saturating_add(swapped);
+            }
+            continue;
+        }
         let mut fields = line.split_whitespace();
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
         let Some((start, end)) = range.split_once('-') else { continue };
@@ -183,6 +191,8 @@ Size:               1176 kB
 Anonymous:             0 kB
 5630ee697000-5630eea42000 r-xp 00126000 00:2a 123 /opt/pm host/pmhost
 Anonymous:             0 kB
+Swap:                  0 kB
+SwapPss:               0 kB
 5630eea42000-5630eea6a000 r--p 004d1000 00:2a 123 /opt/pm host/pmhost
 Anonymous:           160 kB
 5630eea6a000-5630eea6c000 rw-p 004f9000 00:2a 123 /opt/pm host/pmhost
@@ -192,19 +202,22 @@ Anonymous:             0 kB
 563120e50000-563120ea8000 rw-p 00000000 00:00 0 [heap]
 Anonymous:           280 kB
 7fb72efd2000-7fb72efd6000 r--p 00000000 00:00 0
+5630eea6c000-5630eea70000 r--p 004fb000 00:2a 123 /opt/pm host/pmhost
+Anonymous:             0 kB
+Swap:                  8 kB
 ";
 
     #[test]
     fn only_clean_read_only_mappings_of_pmhost_are_released() {
         let mappings = parse_smaps(SMAPS.as_bytes());
-        assert_eq!(mappings.len(), 7);
+        assert_eq!(mappings.len(), 8);
         assert_eq!(mappings[1].path, "/opt/pm host/pmhost");
         assert_eq!((mappings[1].start, mappings[1].end), (0x5630ee697000, 0x5630eea42000));
         let own = "/opt/pm host/pmhost";
         let released: Vec<usize> =
             mappings.iter().enumerate().filter(|(_, m)| releasable(m, own)).map(|(i, _)| i).collect();
         // code and the first read-only segment; not the relocated (copied) data, the writable data, libc,
-        // the heap, nor an anonymous mapping whose Anonymous line is missing
+        // the heap, an anonymous mapping whose Anonymous line is missing, nor one whose copied pages are swapped out
         assert_eq!(released, [0, 1]);
         assert!(!releasable(&mappings[6], ""));
     }
