@@ -102,6 +102,9 @@ pub fn run(spec: WorkerSpec, cell: &'static Cell, preloaded: Option<PluginModule
     let limits = spec.limits.jittered(pid as u64 ^ crate::sysinfo::monotonic_ns());
     let (end, finished) = work_loop(&mut job, &mut ctx, cell, &limits);
     cell.set_phase(if end == LoopEnd::Stopped { Phase::Stopping } else { Phase::Retiring });
+    if end == LoopEnd::Stopped {
+        crate::zygote::footprint::forgo_learning();
+    }
     debug!(calls = finished, reason = ?end, "work loop ended");
     if let RSome(message) = job.shutdown() {
         error!("{}", plugin_report::shutdown_panicked(&message));

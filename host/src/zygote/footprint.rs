@@ -148,6 +148,13 @@ pub fn claim_learning() {
     }
 }
 
+/// In a worker told to stop: if it is the learner, it records nothing. Its zygote is most likely going too (a
+/// stop, a rollout), and reading its own smaps and pagemap at exit would only delay the stop; a zygote that
+/// stays hands the claim to a later worker once this one is gone.
+pub fn forgo_learning() {
+    LEARNER.store(false, Ordering::Relaxed);
+}
+
 /// The kinds of mapping a footprint covers.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -360,7 +367,7 @@ pub fn apply_if_learned() -> Option<Applied> {
     match state.load(Ordering::Acquire) {
         READY => {}
         LEARNING => {
-            // A learner killed before it recorded: let the next worker learn.
+            // A learner gone without recording (killed, or told to stop): let the next worker learn.
             let pid = header(1)?.load(Ordering::Relaxed) as i32;
             // SAFETY: signal 0 only checks that the process exists.
             if pid > 0 && unsafe { libc::kill(pid, 0) } != 0 && nix::errno::Errno::last() == nix::errno::Errno::ESRCH {
