@@ -325,7 +325,8 @@ fn workers_cloned_after_the_footprint_is_learned_take_few_page_faults() {
 
 /// The zygote's code mappings given `MADV_RANDOM` (`rr` in their smaps `VmFlags`).
 fn random_code_mappings(pid: i32) -> usize {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    // A process gone meanwhile has none.
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut code = false;
     let mut count = 0;
     for line in smaps.lines() {
@@ -404,8 +405,10 @@ fn a_child_forked_by_the_learner_records_no_footprint() {
             &config,
             "--workers",
             "2",
+            // Workers retire after 200 calls (10 s at the least): the learner records at a retirement, not when
+            // told to stop; the first part of the test needs a second or two of that.
             "--execute-times",
-            "0",
+            "200",
             "--execute-usleep",
             "50ms",
             "--log-level",
@@ -429,14 +432,51 @@ fn a_child_forked_by_the_learner_records_no_footprint() {
     signal(other, Signal::SIGKILL);
     let next = sb.wait_for("the next spare", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
     assert!(!applied(), "a footprint applied while its learner {learner} runs (spare {next})");
-    // The learner's own exit is what the zygote learns from.
-    signal(learner, Signal::SIGTERM);
+    // The learner's own exit, when it retires, is what the zygote learns from.
     let exited = format!("worker exited: normal exit task={} slot=", sb.name);
-    sb.wait_for("the learner's normal exit", SOON, || {
+    sb.wait_for("the learner's retirement", SOON, || {
         let log = sb.log_text("process.");
         log.lines().any(|l| l.contains(&exited) && l.contains(&format!("pid={learner} "))).then_some(())
     });
     kill_until_a_spare(&sb, Some(next));
     sb.wait_for("the footprint applied", SOON, || applied().then_some(()));
+    sb.stop();
+}
+
+/// A learner told to stop records nothing (its zygote is most likely going too, and reading its smaps and
+/// pagemap at exit would only delay the stop); a zygote that stays hands the claim to a later worker.
+#[test]
+fn a_learner_told_to_stop_leaves_the_learning_to_a_later_worker() {
+    let sb = Sandbox::new("footprint-stop");
+    sb.start_daemon(
+        &fixtures().hello,
+        &["--workers", "2", "--execute-times", "0", "--execute-usleep", "50ms", "--log-level", "debug"],
+    );
+    // Warm replacements (the start's first workers may be cold), one of which claims the learning.
+    kill_until_a_spare(&sb, None);
+    let learner = sb.wait_for("a learner", SOON, || {
+        sb.ready_workers().values().copied().find(|pid| random_code_mappings(*pid) > 0)
+    });
+    signal(learner, Signal::SIGTERM);
+    assert!(ProcessWaiter::new(learner).wait(SOON), "the learner did not stop");
+    // Replace a worker at a time until one of them has the claim.
+    let mut killed = vec![learner];
+    let next = sb.wait_for("a later learner", SOON, || {
+        let ready = sb.ready_workers();
+        if let Some(pid) = ready.values().copied().find(|pid| !killed.contains(pid) && random_code_mappings(*pid) > 0) {
+            return Some(pid);
+        }
+        if let Some(pid) = ready.values().copied().find(|pid| !killed.contains(pid))
+            && ready.len() == 2
+            && ready.values().all(|pid| !killed.contains(pid))
+        {
+            signal(pid, Signal::SIGKILL);
+            killed.push(pid);
+        }
+        None
+    });
+    assert_ne!(next, learner);
+    let process_log = sb.log_text("process.");
+    assert!(!process_log.contains("applied its workers' footprint"), "a stopped learner recorded:\n{process_log}");
     sb.stop();
 }
