@@ -480,3 +480,65 @@ fn a_learner_told_to_stop_leaves_the_learning_to_a_later_worker() {
     assert!(!process_log.contains("applied its workers' footprint"), "a stopped learner recorded:\n{process_log}");
     sb.stop();
 }
+
+/// A learner killed before it records hands the claim to a later worker, but only a few times: each learner's
+/// start costs it ~3 ms, so a task whose workers are all killed stops paying it after three.
+#[test]
+fn a_zygote_whose_learners_are_killed_stops_handing_the_claim_on_after_three() {
+    let sb = Sandbox::new("footprint-killed");
+    sb.start_daemon(
+        &fixtures().hello,
+        // Every worker is killed: no crash backoff, or the replacements would wait seconds.
+        &[
+            "--workers",
+            "2",
+            "--execute-times",
+            "0",
+            "--execute-usleep",
+            "50ms",
+            "--backoff-initial",
+            "0",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let gave_up = || sb.log_text("process.").contains("learners ended before recording, 3 times");
+    // Replace a worker at a time (a learner first, when there is one) until the zygote gives up.
+    let mut killed = Vec::new();
+    let mut learners = 0;
+    sb.wait_for("the zygote giving up on learning", SOON, || {
+        if gave_up() {
+            return Some(());
+        }
+        let ready = sb.ready_workers();
+        if ready.len() == 2 && ready.values().all(|pid| !killed.contains(pid)) {
+            let learner = ready.values().copied().find(|pid| random_code_mappings(*pid) > 0);
+            let pid = learner.or_else(|| ready.values().copied().next())?;
+            learners += usize::from(learner.is_some());
+            signal(pid, Signal::SIGKILL);
+            killed.push(pid);
+        }
+        None
+    });
+    assert!(learners >= 3, "the zygote gave up after {learners} learners killed");
+    // From now on no worker learns: ten more replacements, none with its code under MADV_RANDOM.
+    let mut replaced = 0;
+    sb.wait_for("ten more replacements", SOON, || {
+        let ready = sb.ready_workers();
+        if let Some(pid) = ready.values().copied().find(|pid| random_code_mappings(*pid) > 0) {
+            panic!("worker {pid} learns after the zygote gave up");
+        }
+        if replaced == 10 {
+            return Some(());
+        }
+        if ready.len() == 2 && ready.values().all(|pid| !killed.contains(pid)) {
+            let pid = *ready.values().next().unwrap();
+            signal(pid, Signal::SIGKILL);
+            killed.push(pid);
+            replaced += 1;
+        }
+        None
+    });
+    assert!(!sb.log_text("process.").contains("applied its workers' footprint"));
+    sb.stop();
+}

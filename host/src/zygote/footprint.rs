@@ -42,7 +42,10 @@
 //!   it runs unprivileged; at most half of that limit is pinned, and never more than `PIN_LIMIT` pages.
 //! - A worker's private pages that the footprint names are copied at its clone rather than at its first
 //!   write: the same memory a worker of the same task would have used.
-//! - The learner itself takes more faults (one per code page, ~900 in a release build) once.
+//! - The learner itself starts ~3 ms slower (it reads its smaps, then faults each code page it runs alone, ~900
+//!   in a release build), once per zygote; a learner that ends without recording (killed, told to stop) hands
+//!   the claim to a later worker, at most `MAX_LEARNERS_LOST` times, so a task whose workers are all killed
+//!   does not pay it forever.
 //!
 //! Measured (2 slots, `--execute-times 1 --execute-usleep 0`, bench plugin, 2 cores, the previous commit's
 //! binary and this one interleaved, 3 runs of 3 s each, medians; the machine in its fast state, a bare `fork`
@@ -358,6 +361,14 @@ pub struct Applied {
     pub pinned_pages: u64,
 }
 
+/// Learners that may end without recording (killed, or told to stop) before a zygote stops handing the claim
+/// on: each costs its worker ~3 ms of start (reading its smaps, then a fault per code page it runs), so workers
+/// that are all killed (a kill-heavy or crash-looping task) must not pay it forever.
+const MAX_LEARNERS_LOST: u32 = 3;
+
+/// In the zygote: learners that ended without recording.
+static LEARNERS_LOST: AtomicU32 = AtomicU32::new(0);
+
 /// In the zygote, between clones: applies a learned footprint (once). `None` when there is none (yet).
 pub fn apply_if_learned() -> Option<Applied> {
     if SETTLED.load(Ordering::Relaxed) {
@@ -367,11 +378,19 @@ pub fn apply_if_learned() -> Option<Applied> {
     match state.load(Ordering::Acquire) {
         READY => {}
         LEARNING => {
-            // A learner gone without recording (killed, or told to stop): let the next worker learn.
+            // A learner gone without recording (killed, or told to stop): let the next worker learn, a few times.
             let pid = header(1)?.load(Ordering::Relaxed) as i32;
             // SAFETY: signal 0 only checks that the process exists.
             if pid > 0 && unsafe { libc::kill(pid, 0) } != 0 && nix::errno::Errno::last() == nix::errno::Errno::ESRCH {
-                let _ = state.compare_exchange(LEARNING, WANTED, Ordering::AcqRel, Ordering::Relaxed);
+                if LEARNERS_LOST.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_LEARNERS_LOST {
+                    state.store(APPLIED, Ordering::Relaxed);
+                    SETTLED.store(true, Ordering::Relaxed);
+                    tracing::debug!(
+                        "the zygote's learners ended before recording, {MAX_LEARNERS_LOST} times: no footprint"
+                    );
+                } else {
+                    let _ = state.compare_exchange(LEARNING, WANTED, Ordering::AcqRel, Ordering::Relaxed);
+                }
             }
             return None;
         }
