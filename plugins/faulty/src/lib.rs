@@ -63,6 +63,8 @@ struct Config {
     raw_stderr: Option<String>,
     /// A line of this many bytes (`x`s and a newline) written to stdout on the first call.
     long_line: usize,
+    /// While this file exists, every call asks to retire its worker (after whatever the call does).
+    retire_file: Option<String>,
 }
 
 struct Faulty {
@@ -198,6 +200,9 @@ impl Job for Faulty {
             while Instant::now() < until && !(self.config.stop_aware && ctx.stop_requested()) {
                 std::thread::sleep(Duration::from_millis(5).min(until - Instant::now()));
             }
+        }
+        if self.config.retire_file.as_deref().is_some_and(|f| std::path::Path::new(f).exists()) {
+            return Outcome::Retire;
         }
         if !self.misbehaves() {
             return Outcome::Continue;
