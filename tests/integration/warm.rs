@@ -287,6 +287,14 @@ fn a_spare_told_to_stop_ends_instead_of_becoming_a_stopped_worker() {
     sb.stop();
 }
 
+/// Starts `sb` with two slots of the hello plugin, debug logs (the zygote's footprint lines), and `more`.
+fn start_two_slots(sb: &Sandbox, execute_times: &str, execute_usleep: &str, more: &[&str]) {
+    let mut args = vec!["--workers", "2", "--execute-times", execute_times, "--execute-usleep", execute_usleep];
+    args.extend_from_slice(&["--log-level", "debug"]);
+    args.extend_from_slice(more);
+    sb.start_daemon(&fixtures().hello, &args);
+}
+
 /// Page faults the master's reaped children (its workers) took in all, and how many workers exited normally.
 fn faults_and_exits(sb: &Sandbox, master: i32) -> (i64, usize) {
     let exits = sb.log_text("process.").matches("worker exited: normal exit").count();
@@ -299,10 +307,7 @@ fn faults_and_exits(sb: &Sandbox, master: i32) -> (i64, usize) {
 #[test]
 fn workers_cloned_after_the_footprint_is_learned_take_few_page_faults() {
     let sb = Sandbox::new("footprint");
-    sb.start_daemon(
-        &fixtures().hello,
-        &["--workers", "2", "--execute-times", "1", "--execute-usleep", "0", "--log-level", "debug"],
-    );
+    start_two_slots(&sb, "1", "0", &[]);
     let master = sb.master_pid();
     let applied = sb.wait_for("the footprint applied", SOON, || {
         sb.log_text("process.").lines().find(|l| l.contains("applied its workers' footprint")).map(str::to_owned)
@@ -449,10 +454,7 @@ fn a_child_forked_by_the_learner_records_no_footprint() {
 #[test]
 fn a_learner_told_to_stop_leaves_the_learning_to_a_later_worker() {
     let sb = Sandbox::new("footprint-stop");
-    sb.start_daemon(
-        &fixtures().hello,
-        &["--workers", "2", "--execute-times", "0", "--execute-usleep", "50ms", "--log-level", "debug"],
-    );
+    start_two_slots(&sb, "0", "50ms", &[]);
     // Warm replacements (the start's first workers may be cold), one of which claims the learning.
     kill_until_a_spare(&sb, None);
     let learner = sb.wait_for("a learner", SOON, || {
@@ -487,22 +489,8 @@ fn a_learner_told_to_stop_leaves_the_learning_to_a_later_worker() {
 #[test]
 fn a_zygote_whose_learners_are_killed_stops_handing_the_claim_on_after_three() {
     let sb = Sandbox::new("footprint-killed");
-    sb.start_daemon(
-        &fixtures().hello,
-        // Every worker is killed: no crash backoff, or the replacements would wait seconds.
-        &[
-            "--workers",
-            "2",
-            "--execute-times",
-            "0",
-            "--execute-usleep",
-            "50ms",
-            "--backoff-initial",
-            "0",
-            "--log-level",
-            "debug",
-        ],
-    );
+    // Every worker is killed: no crash backoff, or the replacements would wait seconds.
+    start_two_slots(&sb, "0", "50ms", &["--backoff-initial", "0"]);
     let gave_up = || sb.log_text("process.").contains("learners ended before recording, 3 times");
     // Replace a worker at a time (a learner first, when there is one) until the zygote gives up.
     let mut killed = Vec::new();
