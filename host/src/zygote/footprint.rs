@@ -175,9 +175,10 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn advise(self, advice: i32) -> bool {
+    /// Advice on the whole mapping; a failure leaves it as it was (each step is an optimisation).
+    fn advise(self, advice: i32) {
         // SAFETY: advice on this process's own mapping; none that is used here changes memory contents.
-        unsafe { libc::madvise(self.start as *mut libc::c_void, (self.end - self.start) as usize, advice) == 0 }
+        unsafe { libc::madvise(self.start as *mut libc::c_void, (self.end - self.start) as usize, advice) };
     }
 
     fn contains(self, address: u64) -> bool {
@@ -271,7 +272,8 @@ fn mappings(kind: Kind, smaps: &str) -> impl Iterator<Item = Mapping> + '_ {
     })
 }
 
-/// This process's mappings of `kind` (in the zygote, which may use its heap).
+/// This process's mappings of `kind` (in the zygote, which may use its heap; not through a [`Scratch`], whose
+/// own mapping would be listed, then unmapped, under the pages to pin).
 fn own_mappings(kind: Kind) -> Vec<Mapping> {
     let mut smaps = String::new();
     if std::fs::File::open("/proc/self/smaps").and_then(|mut f| f.read_to_string(&mut smaps)).is_err() {
@@ -303,9 +305,11 @@ fn record() {
     let slots = unsafe { ranges() };
     let mut n = 0;
     if let (Ok(pagemap), Some(mut scratch)) = (std::fs::File::open("/proc/self/pagemap"), Scratch::new()) {
+        let own = scratch.base as u64;
         let smaps = scratch.smaps();
         for (kind, wanted, flag) in [(Kind::Code, PRESENT, 0), (Kind::Written, PRESENT | EXCLUSIVE, WRITTEN)] {
-            for mapping in mappings(kind, smaps) {
+            // Not the scratch mapping itself: its pages are the learner's work, not the worker's.
+            for mapping in mappings(kind, smaps).filter(|m| m.start != own) {
                 page_runs(&pagemap, mapping, wanted, |start, len| {
                     if n < CAPACITY {
                         slots[n] = [start, len | flag];
