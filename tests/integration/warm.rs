@@ -324,8 +324,54 @@ fn workers_cloned_after_the_footprint_is_learned_take_few_page_faults() {
     let per_worker = (faults_after - faults) as f64 / (exits_after - exits) as f64;
     eprintln!("{applied}\npage faults per worker: {per_worker:.1}");
     assert!(per_worker < 30.0, "page faults per worker: {per_worker:.1} ({applied})");
+    // The zygote maps the footprint's code pages and few more (what it ran itself since): populating them mapped
+    // whole page-cache folios around each, and it dropped what lies between.
+    let footprint = number("code_pages");
+    let mapped = code_pages_mapped(zygotes(&sb)[0]);
+    eprintln!("code pages mapped by the zygote: {mapped}");
+    assert!(mapped <= footprint + footprint / 4 + 64, "the zygote maps {mapped} code pages ({applied})");
     let process_log = sb.log_text("process.");
     assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
+    sb.stop();
+}
+
+/// The file pages of `pid`'s read-only file mappings (its code) that are in its page tables (not the private
+/// copies: a relocated `RELRO`, the page the zygote rewrote in each code mapping).
+fn code_pages_mapped(pid: i32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let kib = |value: &str| value.trim().trim_end_matches("kB").trim().parse::<i64>().unwrap();
+    let mut code = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            total += if code { kib(rss) } else { 0 };
+        } else if let Some(anonymous) = line.strip_prefix("Anonymous:") {
+            total -= if code { kib(anonymous) } else { 0 };
+        } else if let (Some(range), Some(perms)) = (fields.next(), fields.next())
+            && range.contains('-')
+            && perms.len() == 4
+        {
+            code = perms.as_bytes()[1] == b'-' && fields.nth(3).is_some_and(|path| path.starts_with('/'));
+        }
+    }
+    total.max(0) as u64 / 4
+}
+
+/// The learner maps its code one page per mapping while it runs, so that each page it runs is mapped alone (a
+/// fault maps the whole page-cache folio around the page it needs, up to the mapping's edge) and its footprint
+/// names the pages it ran, not the folios around them.
+#[test]
+fn a_learner_maps_its_code_a_page_per_mapping() {
+    let sb = Sandbox::new("footprint-split");
+    start_two_slots(&sb, "0", "50ms", &[]);
+    kill_until_a_spare(&sb, None);
+    let learner = sb.wait_for("a learner", SOON, || {
+        sb.ready_workers().values().copied().find(|pid| random_code_mappings(*pid) > 0)
+    });
+    let mappings = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().lines().count();
+    let (learner_maps, zygote_maps) = (mappings(learner), mappings(zygotes(&sb)[0]));
+    assert!(learner_maps > zygote_maps + 500, "learner: {learner_maps} mappings, its zygote: {zygote_maps}");
     sb.stop();
 }
 
