@@ -138,6 +138,7 @@
 //! the fork itself (its page tables), measured in that module's docs.
 
 pub mod footprint;
+mod spare;
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -156,6 +157,8 @@ pub const READY: u8 = b'R';
 const SPAWN: u8 = b'S';
 /// The first byte of a task's template (JSON of [`TaskTemplate`] follows).
 const TEMPLATE: u8 = b'T';
+/// The first byte of a spare's "taken" message (see [`spare`]).
+const TAKEN: u8 = b'K';
 
 /// A spawn request: the task (by its index in the master, whose template the zygote was given before), slot,
 /// scoreboard cell, and whether two capture descriptors are attached.
@@ -240,8 +243,13 @@ impl TaskTemplate {
     }
 }
 
-/// One message from the master.
+/// One message from the master (templates, requests) or from a spare (taken; a request given back).
 enum Message {
+    /// A spare took a request of `task` and becomes its worker.
+    Taken {
+        pid: i32,
+        task: u32,
+    },
     Template(Box<TaskTemplate>),
     /// A template that did not parse: its task's requests fail (the master then spawns it cold).
     Unreadable,
@@ -249,9 +257,11 @@ enum Message {
 }
 
 /// Runs a zygote for the build of `template` (its slot and output are per request, and its task settings are
-/// those of the task a request names, see [`TaskTemplate`]); never returns. `index` is `template`'s task.
-pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) -> ! {
-    let mut keep = vec![template.report_fd, template.plugin.raw_fd(), socket.as_raw_fd()];
+/// those of the task a request names, see [`TaskTemplate`]); never returns. `index` is `template`'s task;
+/// `control` carries the ready byte and templates, `queue` the master's requests (read by the zygote's spare,
+/// or by the zygote itself when it has none).
+pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, control: OwnedFd, queue: OwnedFd) -> ! {
+    let mut keep = vec![template.report_fd, template.plugin.raw_fd(), control.as_raw_fd(), queue.as_raw_fd()];
     keep.extend(crate::logging::open_fds());
     crate::worker::close_all_but(&keep);
     if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
@@ -281,50 +291,182 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
     // SAFETY: the zygote is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var(crate::master::WORKER_MARK, crate::worker::MARK_PLACEHOLDER) };
     footprint::prepare();
-    if nix::unistd::write(&socket, &[READY]).is_err() {
+    let channel = spare::Channel::new();
+    if nix::unistd::write(&control, &[READY]).is_err() {
         std::process::exit(code::OK);
     }
-    let mut tasks = vec![TaskTemplate::of(index, &template)];
     let build = Loaded { template: &template, module, board };
-    let mut buffer = vec![0u8; MAX_MESSAGE];
-    let mut spare: Option<Spare> = None;
+    let mut zygote = Zygote {
+        build: &build,
+        tasks: vec![TaskTemplate::of(index, &template)],
+        control,
+        queue,
+        channel,
+        spare: None,
+        expected: index,
+        want_spare: false,
+        buffer: vec![0u8; MAX_MESSAGE],
+    };
     loop {
-        let (request, fds) = match receive(&socket, &mut buffer) {
-            Some(Message::Spawn(request, fds)) => (request, fds),
-            Some(Message::Template(task)) => {
-                tasks.retain(|t| t.index != task.index);
-                tasks.push(*task);
-                // The spare's copy of the templates lacks this one: closing its socket ends it.
-                spare = None;
-                continue;
-            }
-            Some(Message::Unreadable) => continue,
-            None => std::process::exit(code::OK),
-        };
-        if !tasks.iter().any(|t| t.index == request.task) {
-            // The master sends a task's template before its first request; without one, no worker.
-            crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell });
-            continue;
+        zygote.serve();
+    }
+}
+
+/// A zygote's state between wake-ups.
+struct Zygote<'a> {
+    build: &'a Loaded<'a>,
+    /// The templates of the tasks it serves (its own first).
+    tasks: Vec<TaskTemplate>,
+    control: OwnedFd,
+    queue: OwnedFd,
+    /// What spares tell it on; `None` (it could not be made): no spares, every request is cloned directly.
+    channel: Option<spare::Channel>,
+    /// The spare waiting on the queue, if any: while there is one, the zygote leaves the queue to it.
+    spare: Option<spare::Spare>,
+    /// The task whose request the next spare most likely gets (the last one's).
+    expected: u32,
+    /// A request was served since the last spare was cloned (or the spare ended): clone the next one once
+    /// the queue is empty. Cleared by each attempt, so a clone that fails is retried after the next request,
+    /// not in a loop.
+    want_spare: bool,
+    buffer: Vec<u8>,
+}
+
+impl Zygote<'_> {
+    /// One wake-up: templates first (a request's template was sent before it), then what spares said (taken,
+    /// bounced), then a spare's end; with no spare, the queue, and the next spare once it is empty.
+    fn serve(&mut self) {
+        let [control, channel, spare, queue] = self.wait();
+        if control {
+            self.read_templates();
         }
-        let handed = spare.take().is_some_and(|spare| spare.hand(request, &fds));
-        if !handed {
-            match clone_for_master() {
-                0 => become_worker(&build, &tasks, request, &fds, None),
-                pid if pid < 0 => {
-                    crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell })
+        if channel {
+            self.read_channel();
+        }
+        if spare {
+            // What it said before it ended is in the channel already.
+            self.read_channel();
+            self.spare = None;
+            self.want_spare = true;
+        }
+        if self.spare.is_none() {
+            if queue || self.want_spare {
+                self.read_queue();
+            }
+            if self.want_spare {
+                self.want_spare = false;
+                // The next worker's clone, made now rather than on its request; not while requests are queued
+                // (a start or a rollout asking for many): those are cloned directly, and a spare would only be
+                // one more hop.
+                if let Some(channel) = &self.channel {
+                    if let Some(applied) = footprint::apply_if_learned() {
+                        tracing::debug!(?applied, "zygote applied its workers' footprint");
+                    }
+                    let (build, tasks, expected) = (self.build, &self.tasks, self.expected);
+                    self.spare = spare::Spare::clone(build, tasks, expected, &self.queue, channel, &mut self.buffer);
                 }
-                _ => {}
             }
         }
-        drop(fds);
-        // The next worker's clone, made now rather than on its request; not while requests are queued (a
-        // start or a rollout asking for many): those are cloned directly, and a spare would only be one more hop.
-        if !message_waiting(&socket) {
-            if let Some(applied) = footprint::apply_if_learned() {
-                tracing::debug!(?applied, "zygote applied its workers' footprint");
-            }
-            spare = Spare::clone(&build, &tasks, request.task, &mut buffer);
+    }
+
+    /// Waits for the control socket, the spares' channel, the spare's end, or (with no spare) the queue; which
+    /// of them woke it.
+    fn wait(&self) -> [bool; 4] {
+        let poll_fd = |fd: RawFd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut fds = [
+            poll_fd(self.control.as_raw_fd()),
+            poll_fd(self.channel.as_ref().map_or(-1, |c| c.zygote.as_raw_fd())),
+            poll_fd(self.spare.as_ref().map_or(-1, |s| s.pidfd.as_raw_fd())),
+            poll_fd(if self.spare.is_some() { -1 } else { self.queue.as_raw_fd() }),
+        ];
+        // SAFETY: poll on an array of pollfds this frame owns; negative descriptors are ignored.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            return [false; 4];
         }
+        fds.map(|fd| fd.revents != 0)
+    }
+
+    /// Reads every template the master sent; ends the zygote when the master closed the socket.
+    fn read_templates(&mut self) {
+        loop {
+            match receive(&self.control, &mut self.buffer) {
+                Received::Message(Message::Template(task)) => {
+                    let replaced = self.tasks.iter().any(|t| t.index == task.index);
+                    self.tasks.retain(|t| t.index != task.index);
+                    self.tasks.push(*task);
+                    if replaced && let Some(spare) = &self.spare {
+                        // Its copy of that template is stale (a new task's it lacks, and gives its request back,
+                        // see `spare`). The master sends each task's template once, so this is not reached
+                        // today; a request the spare had just taken would be lost to the answer deadline.
+                        spare.kill();
+                    }
+                }
+                Received::Message(_) => {}
+                Received::Nothing => return,
+                Received::Closed => std::process::exit(code::OK),
+            }
+        }
+    }
+
+    /// Reads what spares said: taken (the next spare is then due), or a request given back (served here).
+    fn read_channel(&mut self) {
+        let Some(channel) = &self.channel else { return };
+        let channel = channel.zygote.as_raw_fd();
+        loop {
+            // SAFETY: the channel stays open for the zygote's life; borrowed for this read only.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel) };
+            match receive(&socket, &mut self.buffer) {
+                Received::Message(Message::Taken { pid, task }) => {
+                    if self.spare.as_ref().is_some_and(|s| s.pid == pid) {
+                        self.spare = None;
+                    }
+                    self.expected = task;
+                    self.want_spare = true;
+                }
+                Received::Message(Message::Spawn(request, fds)) => {
+                    // The spare lacked the request's task (its template came after the clone) and ends.
+                    tracing::debug!(task = request.task, "a spare gave back a request of a task it had no template of");
+                    self.spare = None;
+                    self.clone_worker(request, &fds);
+                }
+                Received::Message(_) => {}
+                Received::Nothing | Received::Closed => return,
+            }
+        }
+    }
+
+    /// Clones a worker for every request queued (the zygote has no spare); ends the zygote when the master
+    /// closed the queue.
+    fn read_queue(&mut self) {
+        loop {
+            match receive(&self.queue, &mut self.buffer) {
+                Received::Message(Message::Spawn(request, fds)) => self.clone_worker(request, &fds),
+                Received::Message(_) => {}
+                Received::Nothing => return,
+                Received::Closed => std::process::exit(code::OK),
+            }
+        }
+    }
+
+    /// Clones the worker of `request` directly (or reports that it cannot).
+    fn clone_worker(&mut self, request: Request, fds: &[OwnedFd]) {
+        if !self.tasks.iter().any(|t| t.index == request.task) {
+            // The master sends a task's template (on the control socket) before its first request.
+            self.read_templates();
+        }
+        let report = self.build.template.report_fd;
+        if !self.tasks.iter().any(|t| t.index == request.task) {
+            // Without a template, no worker.
+            crate::report::send(report, &crate::report::Report::SpawnFailed { cell: request.cell });
+            return;
+        }
+        match clone_for_master() {
+            0 => become_worker(self.build, &self.tasks, request, fds, None),
+            pid if pid < 0 => crate::report::send(report, &crate::report::Report::SpawnFailed { cell: request.cell }),
+            _ => {}
+        }
+        self.expected = request.task;
+        self.want_spare = true;
     }
 }
 
@@ -373,55 +515,6 @@ fn become_worker(
     crate::worker::run(spec, cell, Some(build.module))
 }
 
-/// A worker cloned ahead of its request, waiting on its own socket for it (see the module docs): a request
-/// handed to it skips the `clone` that would otherwise stand between the master's request and the worker.
-struct Spare {
-    /// The zygote's end; closing it (dropping the spare) makes the waiting process exit.
-    socket: OwnedFd,
-}
-
-impl Spare {
-    /// Clones a spare; `None` if the socket pair or the clone failed (the next request is then cloned directly).
-    /// `expected`: the task whose request it most likely gets (the last one's).
-    fn clone(build: &Loaded<'_>, tasks: &[TaskTemplate], expected: u32, buffer: &mut [u8]) -> Option<Spare> {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
-        match clone_for_master() {
-            0 => {
-                drop(ours);
-                // While it waits, a spare does what the path from request to first call would otherwise do:
-                // the setup that does not depend on the task, the expected task's spec and title (measured in
-                // the module docs). A failure is left for the worker's own setup to meet and report.
-                let _ = crate::worker::prepare_signals_and_group(build.template.master);
-                let prepared = tasks.iter().find(|t| t.index == expected).map(|task| {
-                    let spec = task.apply(build.template);
-                    // Its own title, so `ps` never counts a spare as a worker (it takes the worker's on its
-                    // request, a cheap second write once the first touched the title's memory).
-                    crate::title::set(&spec.title.replace(":Worker:", ":Spare:"));
-                    (expected, spec)
-                });
-                match wait_for_request(&theirs, buffer) {
-                    Some(Message::Spawn(request, fds)) => {
-                        drop(theirs);
-                        become_worker(build, tasks, request, &fds, prepared)
-                    }
-                    // The zygote dropped this spare (a new template, or it ended), or the spare was told to stop:
-                    // nothing of the plugin ran here.
-                    // SAFETY: _exit ends this process at once, running no exit handler of the zygote's plugin.
-                    _ => unsafe { libc::_exit(code::OK) },
-                }
-            }
-            pid if pid < 0 => None,
-            _ => Some(Spare { socket: ours }),
-        }
-    }
-
-    /// Hands `request` (and its capture descriptors) to the spare; `false` if it is gone.
-    fn hand(self, request: Request, fds: &[OwnedFd]) -> bool {
-        send(&self.socket, request, capture_ends(request, fds)).is_ok()
-    }
-}
-
 /// The worker's capture pipe ends (stdout, stderr) that came with `request`, when it says it has them.
 fn capture_ends(request: Request, fds: &[OwnedFd]) -> Option<[RawFd; 2]> {
     match (request.output, fds) {
@@ -430,77 +523,46 @@ fn capture_ends(request: Request, fds: &[OwnedFd]) -> Option<[RawFd; 2]> {
     }
 }
 
-/// A spare's wait for its request: `None` when the zygote dropped it, or when a stop signal (SIGTERM, SIGINT)
-/// reached it. Its handler (installed by `worker::prepare_signals_and_group`) only records the request, so a
-/// bare `recvmsg` would carry on waiting, and the worker the spare became would begin stopped: `init`, no call,
-/// an exit the master never asked for. The stop event wakes this wait instead; the spare then refuses further
-/// requests (the zygote's hand-over fails and it clones the request directly) and ends, unless a request was
-/// already in its socket (the zygote counts that one handed): that one it serves, stopped, as before.
-fn wait_for_request(socket: &OwnedFd, buffer: &mut [u8]) -> Option<Message> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::{AsFd, BorrowedFd};
-    if let Some(event) = crate::worker::stop_event() {
-        // SAFETY: the stop event stays open for the process's whole life (the handler may write to it).
-        let event = unsafe { BorrowedFd::borrow_raw(event) };
-        loop {
-            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN), PollFd::new(event, PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
-            }
-            if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-                let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-                return receive_with(socket, buffer, MsgFlags::MSG_DONTWAIT);
-            }
-            break;
-        }
-    }
-    receive(socket, buffer)
+/// What one non-blocking read of a socket found.
+enum Received {
+    Message(Message),
+    /// Nothing queued (or another reader took it first).
+    Nothing,
+    /// The other end closed (or the read failed).
+    Closed,
 }
 
-/// Whether another message from the master is already queued (or the socket closed).
-fn message_waiting(socket: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    !matches!(nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags), Err(nix::errno::Errno::EAGAIN))
-}
-
-/// The next message; `None` when the master closed the socket (or sent garbage).
-fn receive(socket: &OwnedFd, bytes: &mut [u8]) -> Option<Message> {
-    receive_with(socket, bytes, MsgFlags::empty())
-}
-
-/// [`receive`] with extra `recvmsg` flags (`MSG_DONTWAIT`: `None` also when nothing is queued).
-fn receive_with(socket: &OwnedFd, bytes: &mut [u8], flags: MsgFlags) -> Option<Message> {
+/// The next message queued on `socket`, without waiting (every reader polls first).
+fn receive(socket: &impl AsRawFd, bytes: &mut [u8]) -> Received {
     let mut space = nix::cmsg_space!([RawFd; 2]);
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut *bytes)];
-        let received =
-            recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC | flags).map(
-                |msg| {
-                    let mut fds = Vec::new();
-                    for cmsg in msg.cmsgs().into_iter().flatten() {
-                        if let ControlMessageOwned::ScmRights(received) = cmsg {
-                            // SAFETY: the kernel just installed these descriptors in this process for us.
-                            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                        }
-                    }
-                    (msg.bytes, fds)
-                },
-            );
-        match received {
-            Ok((0, _)) => return None,
-            Ok((len, _)) if bytes.first() == Some(&TEMPLATE) => {
-                return Some(
-                    serde_json::from_slice(&bytes[1..len])
-                        .map_or(Message::Unreadable, |t| Message::Template(Box::new(t))),
-                );
+        let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+        let received = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), flags).map(|msg| {
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs().into_iter().flatten() {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    // SAFETY: the kernel just installed these descriptors in this process for us.
+                    fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
             }
-            Ok((len, fds)) => return Some(Message::Spawn(Request::decode(&bytes[..len])?, fds)),
+            (msg.bytes, fds)
+        });
+        let message = match received {
+            Ok((0, _)) => return Received::Closed,
+            Ok((len, _)) if bytes.first() == Some(&TEMPLATE) => {
+                serde_json::from_slice(&bytes[1..len]).map_or(Message::Unreadable, |t| Message::Template(Box::new(t)))
+            }
+            Ok((spare::TAKEN_LEN, _)) if bytes.first() == Some(&TAKEN) => Message::Taken {
+                pid: i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]),
+                task: u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]),
+            },
+            Ok((len, fds)) => Request::decode(&bytes[..len]).map_or(Message::Unreadable, |r| Message::Spawn(r, fds)),
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return None,
-        }
+            Err(nix::errno::Errno::EAGAIN) => return Received::Nothing,
+            Err(_) => return Received::Closed,
+        };
+        return Received::Message(message);
     }
 }
 
@@ -517,8 +579,13 @@ pub fn send_template(socket: &OwnedFd, template: &TaskTemplate) -> nix::Result<(
     send(socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL).map(|_| ())
 }
 
-/// Sends a request (the master's side); the capture ends go along when given.
+/// Sends a request (the master's side, on the queue); the capture ends go along when given.
 pub fn send(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>) -> nix::Result<()> {
+    send_with(socket, request, output, MsgFlags::empty())
+}
+
+/// [`send`] with extra `sendmsg` flags (a spare giving a request back never waits: `MSG_DONTWAIT`).
+fn send_with(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>, flags: MsgFlags) -> nix::Result<()> {
     use nix::sys::socket::{ControlMessage, sendmsg};
     let bytes = request.encode();
     let iov = [IoSlice::new(&bytes)];
@@ -530,7 +597,7 @@ pub fn send(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>) -> n
         }
         None => Vec::new(),
     };
-    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
+    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL | flags, None).map(|_| ())
 }
 
 #[cfg(test)]

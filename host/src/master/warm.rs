@@ -74,7 +74,8 @@ pub(super) struct PendingSpawn {
     pub(super) abandoned: bool,
 }
 
-/// One zygote process and the master's end of its socket.
+/// One zygote process and the master's ends of its two sockets. Dropping it (when the zygote is killed or
+/// forgotten) closes both: its spares, which read the queue, see it hang up and end.
 pub(super) struct Zygote {
     pub(super) pid: Pid,
     /// The build it serves: a generation and a staged plugin, for every task that runs that build.
@@ -82,7 +83,10 @@ pub(super) struct Zygote {
     sha256: String,
     /// The tasks whose template it was given (the first one at its fork).
     tasks: Vec<usize>,
-    socket: OwnedFd,
+    /// The ready byte and the templates.
+    control: OwnedFd,
+    /// The requests, read by the zygote's spare or the zygote itself.
+    queue: OwnedFd,
     ready: bool,
 }
 
@@ -126,7 +130,7 @@ impl Master {
             let title = self.host.worker_title(&self.tasks[task].settings.name);
             let template = TaskTemplate::of(task as u32, &self.worker_spec(task, 0, build, title, None));
             let zygote = &mut self.zygotes[index];
-            if let Err(e) = zygote::send_template(&zygote.socket, &template) {
+            if let Err(e) = zygote::send_template(&zygote.control, &template) {
                 debug!(pid = zygote.pid.as_raw(), "cannot give the zygote a task's settings: {e}; spawning cold");
                 return false;
             }
@@ -135,7 +139,7 @@ impl Master {
         let zygote = &self.zygotes[index];
         let request = Request { task: task as u32, slot, cell: cell.0 as u32, output: output.is_some() };
         let ends = output.map(|ends| [ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd()]);
-        match zygote::send(&zygote.socket, request, ends) {
+        match zygote::send(&zygote.queue, request, ends) {
             Ok(()) => true,
             Err(e) => {
                 // Full (it stopped reading) or gone: spawn cold now; the answer deadlines of what it was already
@@ -304,31 +308,30 @@ impl Master {
 
     /// Forks a zygote for `build` of `task` (it becomes usable once it says it loaded the plugin).
     fn start_zygote(&mut self, task: usize, build: &Build) {
-        let (ours, theirs) = match socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        ) {
-            Ok(pair) => pair,
+        let pair = || {
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+        };
+        let ((control, their_control), (queue, their_queue)) = match pair().and_then(|c| Ok((c, pair()?))) {
+            Ok(pairs) => pairs,
             Err(e) => {
-                debug!("cannot make a zygote's socket: {e}");
+                debug!("cannot make a zygote's sockets: {e}");
                 return;
             }
         };
-        // The zygote blocks on its end; ours stays non-blocking (answers are awaited with poll).
-        let _ = nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+        // The zygote blocks on its control end; ours stay non-blocking (a full queue means "spawn cold"). The
+        // queue's other end is read by the zygote and its spares after a poll, without waiting.
+        let _ = nix::fcntl::fcntl(&their_control, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
         let title = self.host.worker_title(&self.tasks[task].settings.name);
         let template = self.worker_spec(task, 0, build, title, None);
         // SAFETY: as for a worker (see `spawn_worker`): the master is single-threaded and the child runs only
         // `zygote::run`, which never returns into the master's code.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                drop(ours);
+                drop((control, queue));
                 let board: *const crate::scoreboard::Scoreboard = &self.board;
                 // SAFETY: the scoreboard lives in the master's memory image, which this child owns a copy of
                 // for its whole life: `zygote::run` never returns, so nothing drops it.
-                zygote::run(task as u32, template, unsafe { &*board }, theirs)
+                zygote::run(task as u32, template, unsafe { &*board }, their_control, their_queue)
             }
             Ok(ForkResult::Parent { child }) => {
                 let _ = nix::unistd::setpgid(child, child);
@@ -338,7 +341,8 @@ impl Master {
                     generation: build.generation,
                     sha256: build.plugin.sha256.clone(),
                     tasks: vec![task],
-                    socket: ours,
+                    control,
+                    queue,
                     ready: false,
                 });
             }
@@ -402,7 +406,7 @@ impl Zygote {
     /// Whether the zygote said it loaded its plugin (reads its ready byte without waiting).
     fn check_ready(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        if let Ok(1) = nix::unistd::read(&self.socket, &mut byte) {
+        if let Ok(1) = nix::unistd::read(&self.control, &mut byte) {
             self.ready = byte[0] == zygote::READY;
         }
         self.ready
