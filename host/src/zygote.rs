@@ -341,11 +341,13 @@ impl Zygote<'_> {
             self.read_templates();
         }
         if channel {
-            self.read_channel();
+            // One message per wake-up (the poll wakes again while more wait): the usual one, "taken", costs no
+            // second read that would find the channel empty.
+            self.read_channel(false);
         }
         if spare {
-            // What it said before it ended is in the channel already.
-            self.read_channel();
+            // What it said before it ended is in the channel already: all of it is read before it is dropped.
+            self.read_channel(true);
             self.spare = None;
             self.want_spare = true;
         }
@@ -381,6 +383,10 @@ impl Zygote<'_> {
         ];
         // SAFETY: poll on an array of pollfds this frame owns; negative descriptors are ignored.
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            if nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+                // Nothing to wait on (never seen): the master spawns cold once it has reaped this zygote.
+                std::process::exit(code::OK);
+            }
             return [false; 4];
         }
         fds.map(|fd| fd.revents != 0)
@@ -408,8 +414,9 @@ impl Zygote<'_> {
         }
     }
 
-    /// Reads what spares said: taken (the next spare is then due), or a request given back (served here).
-    fn read_channel(&mut self) {
+    /// Reads what spares said (all of it if `drain`, else one message): taken (the next spare is then due), or
+    /// a request given back (served here).
+    fn read_channel(&mut self, drain: bool) {
         let Some(channel) = &self.channel else { return };
         let channel = channel.zygote.as_raw_fd();
         loop {
@@ -431,6 +438,9 @@ impl Zygote<'_> {
                 }
                 Received::Message(_) => {}
                 Received::Nothing | Received::Closed => return,
+            }
+            if !drain {
+                return;
             }
         }
     }
