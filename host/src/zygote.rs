@@ -10,18 +10,21 @@
 //!
 //! # How
 //!
-//! - The master forks the zygote (lazily, the first time a task's build is spawned) with one end of a
-//!   `SOCK_SEQPACKET` socket pair. The zygote closes everything else the master holds, dies with the master
+//! - The master forks the zygote (lazily, the first time a task's build is spawned) with one end of each of two
+//!   `SOCK_SEQPACKET` socket pairs: the *control* socket (the ready byte, templates) and the *request queue*
+//!   (spawn requests, read by the zygote's spare or by the zygote itself, see "Spares" below). The master's
+//!   ends are non-blocking. The zygote closes everything else the master holds, dies with the master
 //!   (`PR_SET_PDEATHSIG` = SIGKILL), loads the plugin through the descriptor the master opened and hash-checked
 //!   (`StagedPlugin::load_path`, `/proc/self/fd/N`: the trust property of a cold spawn is kept), and says it is
 //!   ready with one byte. Until then, and whenever it is gone, the master spawns cold (forks the worker itself):
 //!   a zygote is a cache.
-//! - A request is one message: the task, slot and scoreboard cell, with the worker's two capture pipe ends
-//!   attached (`SCM_RIGHTS`) when its output is captured.
+//! - A request is one message on the queue: the task, slot and scoreboard cell, with the worker's two capture
+//!   pipe ends attached (`SCM_RIGHTS`) when its output is captured. A full queue means "spawn cold".
 //! - **One zygote per build, shared by tasks.** Tasks that run the same plugin file share one staged copy, and
 //!   a restart gives them all the same generation: they share one zygote too. What differs between them (name,
 //!   title, limits, `[task.config]`, process settings) is a [`TaskTemplate`], which the master sends once per
-//!   task and zygote, before that task's first request (the zygote's own task comes with its fork). Measured
+//!   task and zygote, on the control socket before that task's first request on the queue (the zygote's own
+//!   task comes with its fork). Measured
 //!   (64 tasks × 16 workers of one plugin, 2 cores): a restart started 64 zygotes, each loading the 6.7 MiB
 //!   plugin while that task's first slots were forked cold (69 cold spawns of 1024), and took 1.87–1.89 s
 //!   against 0.94–1.02 s for one task of 1024 workers. With one zygote for all 64 tasks: 1.34–1.65 s in the
@@ -38,7 +41,8 @@
 //! - The worker then runs the same path as a cold one ([`crate::worker::run`]: process setup, title, rlimits,
 //!   process group, pdeathsig, `init`, the loop), minus the load.
 //! - The zygote itself keeps the master's blocked signal mask, so nothing but SIGKILL ends it: the master kills it
-//!   when a rollout leaves its build unused and when it stops; the zygote ends on its own when its socket closes.
+//!   when a rollout leaves its build unused and when it stops; the zygote ends on its own when the master closes
+//!   its sockets (which it does whenever it kills or forgets a zygote: they close with the master's record of it).
 //!
 //! The master never loads plugin code: the zygote is a separate process, forked before any load.
 //!
@@ -86,7 +90,7 @@
 //! thread's thread-local destructors (a plugin's buffered writer in a `thread_local!` would lose its tail); it
 //! is not taken without an opt-in.
 //!
-//! # Spares: the next worker, cloned ahead
+//! # Spares: the next worker, cloned ahead, reading the request queue itself
 //!
 //! Measured with a timestamp at each step of one slot turning over (`--execute-times 1`, 2 cores): of the
 //! ~0.37 ms from the master's request to the new worker's first call, ~115 µs passed between the request and
@@ -94,35 +98,73 @@
 //! code and heap pages (page faults), wherever they fell. So after serving a request, a zygote clones the next
 //! worker at once, a **spare**, while nothing waits for it:
 //!
-//! - The spare is a `CLONE_PARENT` child like any worker, with a socket pair of its own to the zygote. While it
-//!   waits it does what does not depend on its request: its process group, the stop event and handlers, the
-//!   signal mask (`worker::prepare_signals_and_group`), the spec of the task it expects (that of the zygote's
-//!   last request) and a title, `…:Spare:TASK` (comm `S:TASK`): `ps` never shows it as a worker, and the
-//!   worker's title later costs a cheap second write.
-//! - A request is handed over as it came (the same message, capture descriptors attached): the spare reports
-//!   `Spawned` and goes on exactly as a directly cloned worker; a request for another task than expected
-//!   builds that task's spec instead. A spare that is gone (killed by hand) fails the hand-over, and the request
-//!   is cloned directly; so does one told to stop (SIGTERM, SIGINT): it waits on its stop event beside its
-//!   socket, shuts the socket and ends, rather than becoming a worker that begins stopped. A spare stopped
-//!   with SIGSTOP still takes its request: the zygote is then given up on after `master::warm`'s answer
-//!   deadline, as one stopped itself would be.
+//! - The spare is a `CLONE_PARENT` child like any worker. While it waits it does what does not depend on its
+//!   request: its process group, the stop event and handlers, the signal mask
+//!   (`worker::prepare_signals_and_group`), the spec of the task it expects (that of the zygote's last request)
+//!   and a title, `…:Spare:TASK` (comm `S:TASK`): `ps` never shows it as a worker, and the worker's title later
+//!   costs a cheap second write.
+//! - **It reads the request queue itself**: it polls the queue (beside its stop event and its end of the
+//!   zygote's *spare channel*, below) and takes the next request with one `recvmsg` (`SOCK_SEQPACKET`: each
+//!   message, its descriptors with it, goes to exactly one reader). It then tells the zygote it was taken (one
+//!   "taken" message on the spare channel: its pid and the task it serves, the task the next spare is prepared
+//!   for) and becomes the worker exactly as a directly cloned one (its first act is the `Spawned` report, see
+//!   `master::warm`). The zygote is off the request's path: it clones the next spare once it reads "taken".
+//! - **The spare channel** is a `SOCK_SEQPACKET` pair the zygote makes once: it reads one end, spares keep the
+//!   other and close the zygote's end right after their clone, so the zygote's death hangs their end up
+//!   (`POLLHUP`) and ends them. A spare also ends when the master closes the queue (it kills or forgets the
+//!   zygote), without reading: a spare never runs plugin code before it has a request, and ends with `_exit`,
+//!   running none of the plugin's exit handlers, as it ran none of its code.
+//! - **A template newer than the spare.** The master sends a task's template (control socket) before that
+//!   task's first request (queue), but the spare was cloned with the templates of its time: a request for a
+//!   task it has no template of it gives back (the same message, descriptors attached, on the spare channel)
+//!   and ends. The zygote reads its control socket first (the template is there by then) and clones that
+//!   request directly, or reports `SpawnFailed` if the task is still unknown. So a new template no longer
+//!   discards the waiting spare: killing it could lose a request it had just taken (a `SIGKILL` ends a process
+//!   between its `recvmsg` and its next step), which would cost that slot the answer deadline; giving back
+//!   costs one hop, once per task and zygote. (A template replacing one the spare holds, which the master never
+//!   sends, kills the spare; that race is then possible.)
+//! - **A spare that ends unasked** (killed by hand, told to stop) is noticed at once: the zygote clones spares
+//!   with raw `clone3` (`CLONE_PARENT | CLONE_PIDFD`) and polls the waiting spare's pidfd, then clones the
+//!   next. Requests queued meanwhile wait in the queue for the replacement, or for the zygote itself (below);
+//!   none is lost. A spare told to stop (SIGTERM, SIGINT) ends without reading (its stop event wakes its poll),
+//!   rather than becoming a worker that begins stopped. A spare stopped with SIGSTOP takes nothing and the
+//!   zygote, which leaves the queue to it, reads nothing: the zygote is given up on after `master::warm`'s
+//!   answer deadline, as one stopped itself would be. Without `clone3` (before Linux 5.3) there is no pidfd:
+//!   no spares then, the zygote clones every request.
+//! - **Not while requests are queued** (a start or a rollout asking for many workers): with no spare waiting,
+//!   the zygote reads the queue itself and clones each request directly, and clones the next spare only once
+//!   the queue is empty (a spare would be one more hop each). It applies its workers' footprint
+//!   ([`footprint`]) just before cloning a spare, and keeps one: two waiting spares were measured slower. If a
+//!   spare cannot be cloned, the zygote reads the queue itself until the next request is served (then tries
+//!   again), so no request waits for nobody.
 //! - The master never learns of a spare before it reports: a spare is only ever a child it reaps without
-//!   knowing (debug log "reaped an adopted orphan"). It dies with its zygote (its socket closes: `_exit`,
-//!   running none of the plugin's exit handlers, as it ran none of its code) and is discarded when a task's
-//!   template arrives (its copy of the templates would lack it). The orphan scan leaves it alone (its
-//!   environment area holds its title, no worker mark); a stop ends it with every other adopted process.
-//! - Not while requests are queued (a start or a rollout asking for many workers): those are cloned
-//!   directly, and a spare would be one more hop each.
+//!   knowing (debug log "reaped an adopted orphan"). The orphan scan leaves it alone (its environment area holds
+//!   its title, no worker mark); a stop ends it with every other adopted process.
 //!
-//! Measured (`pmhost-bench`, pmhost's own request → first call measure, one slot turning over): 0.37 →
-//! 0.21–0.23 ms median; the pre-request setup accounts for ~40 µs of that, the title for ~15 µs. With two
-//! slots on two cores the same measure is 0.30–0.42 ms (depending on the hour: the VM's host): a request then
-//! often waits for a core (the zygote cloning the next spare, two workers, and the master share them), and
-//! slot churn stays CPU-bound.
-//! Tried and not kept: handing every request to a spare even with requests queued (one more hop per worker on
-//! a saturated machine: 0.31 → 0.34 ms), yielding the CPU to the woken spare before cloning the next (it
+//! Measured, first version (the zygote received each request and handed it to its spare over a socket pair of
+//! the spare's own; `pmhost-bench`, pmhost's own request → first call measure, one slot turning over): 0.37 →
+//! 0.21–0.23 ms median; the pre-request setup accounts for ~40 µs of that, the title for ~15 µs.
+//! Tried and not kept then: handing every request to a spare even with requests queued (one more hop per worker
+//! on a saturated machine: 0.31 → 0.34 ms), yielding the CPU to the woken spare before cloning the next (it
 //! delayed the next spare past the next request: 0.21 → 0.25 ms with one slot), moving the task's template
 //! into the worker's spec instead of cloning it (the page faults moved to the next allocation).
+//!
+//! That hand-over cost the zygote, per worker, a `recvmsg` and a `sendmsg` with descriptors, a `socketpair`
+//! and its closes, and put one more wake-up (master → zygote → spare) on every spawn's path. With the queue
+//! (counted with `perf stat -i -e 'syscalls:sys_enter_*'` on the zygote over 2 s of churn, 2 slots,
+//! `--execute-times 1 --execute-usleep 0`, bench plugin): before, 7 650 requests took 7 650 `clone`, 7 651
+//! `recvmsg`, 7 650 `recvfrom` (the peek for queued requests), 5 557 `sendmsg` + `socketpair` (hand-overs),
+//! 26 415 `close`: ~7.9 syscalls per worker; after, 8 158 workers, 5 237 of them taken by a spare and 2 921
+//! cloned directly (two slots ending together: the second request finds the spare taken), took 5 237 `clone3`
+//! and as many `poll`, 2 921 `clone`, 14 126 `recvmsg`, 11 079 `close` (the capture ends of direct clones, the pidfds):
+//! ~4.7 per worker. The zygote's CPU per worker stays ~150 µs: its `clone`, copying its page tables, is ~88 %
+//! of it either way. Churn, interleaved A/B (`/work/exp/ab.sh`, 5 rounds of 3 s, medians, 2 cores shared
+//! with other work, three series on different minutes): workers/s 4 146 → 4 288, 4 177 → 3 992, 3 935 →
+//! 4 203 (noise of ±5 % between series, no clear change); spawn latency (pmhost's median, request → first
+//! call) 0.261 → 0.239, 0.268 → 0.214, 0.281 → 0.215 ms; CPU per worker, all processes, 407 → 380, 413 →
+//! 399, 418 → 379 µs (workers 200 → 176–186 µs: a spare's wait is one `poll` and `recvmsg` on a shared
+//! socket, no socket pair of its own; master 55–57 → 49–54 µs). A start of 1 024 workers (`pmhost start -d`,
+//! 4 interleaved runs): 186–260 → 177–204 ms; `pmhost restart` of 1 024: 687–813 → 649–713 ms.
 //!
 //! Also measured and not kept, against the CPU of a worker's life (churn of 2 slots, interleaved A/B): giving the
 //! zygote's code mappings an anon_vma (one byte rewritten through `/proc/self/mem`) so that each clone copies
@@ -251,7 +293,8 @@ enum Message {
         task: u32,
     },
     Template(Box<TaskTemplate>),
-    /// A template that did not parse: its task's requests fail (the master then spawns it cold).
+    /// A template that did not parse (its task's requests fail: the master then spawns it cold), or a message
+    /// of no known kind (ignored).
     Unreadable,
     Spawn(Request, Vec<OwnedFd>),
 }
@@ -360,10 +403,10 @@ impl Zygote<'_> {
                 // The next worker's clone, made now rather than on its request; not while requests are queued
                 // (a start or a rollout asking for many): those are cloned directly, and a spare would only be
                 // one more hop.
+                if let Some(applied) = footprint::apply_if_learned() {
+                    tracing::debug!(?applied, "zygote applied its workers' footprint");
+                }
                 if let Some(channel) = &self.channel {
-                    if let Some(applied) = footprint::apply_if_learned() {
-                        tracing::debug!(?applied, "zygote applied its workers' footprint");
-                    }
                     let (build, tasks, expected) = (self.build, &self.tasks, self.expected);
                     self.spare = spare::Spare::clone(build, tasks, expected, &self.queue, channel, &mut self.buffer);
                 }

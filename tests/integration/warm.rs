@@ -280,7 +280,7 @@ fn a_spare_told_to_stop_ends_instead_of_becoming_a_stopped_worker() {
     let mentioned = format!("pid={spare} ");
     assert!(!sb.log_text("run.").contains(&mentioned), "the spare became a worker:\n{}", sb.log_text("run."));
     assert!(!sb.log_text("process.").contains(&mentioned), "the spare became a worker:\n{}", sb.log_text("process."));
-    // The slots go on (the request meant for the spare is cloned directly), with no warning.
+    // The slots go on (the zygote notices the spare's end and clones another), with no warning.
     sb.wait_for("a spare again", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
     let process_log = sb.log_text("process.");
     assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");

@@ -3,8 +3,8 @@
 //! The master keeps at most one zygote per build: a generation and a staged plugin (its sha256), shared by every
 //! task that runs it (each task's settings reach it as a [`TaskTemplate`] before its first request, see
 //! [`crate::zygote`]). A spawn asks the build's zygote when it is ready
-//! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or its socket full): a zygote is
-//! a cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a
+//! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or its request queue full): a
+//! zygote is a cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a
 //! rollback) is killed; one that dies is forgotten when it is reaped and started again by the next spawn of its
 //! build. Tasks that run as another user (`user`, `group`) never use a zygote: it would run their plugin's code
 //! as the master's user.
@@ -13,8 +13,9 @@
 //!
 //! Until this release the master sent a request and then waited (up to a second) for the zygote's answer, the
 //! new pid: a zygote that was stopped (SIGSTOP), starved or hung stalled the whole master, every other worker's
-//! supervision included, for that second per spawn. Now a request is only sent (`sendmsg` on a non-blocking
-//! socket) and recorded as a *pending spawn*, keyed by the scoreboard cell claimed for it
+//! supervision included, for that second per spawn. Now a request is only sent (`sendmsg` on the zygote's
+//! non-blocking request queue, read by the zygote's waiting spare or by the zygote itself, see
+//! [`crate::zygote`]) and recorded as a *pending spawn*, keyed by the scoreboard cell claimed for it
 //! ([`PendingSpawn`]); the master goes back to its loop. The new worker's first act is a
 //! `Report::Spawned { pid, cell }` on the shared report pipe, which the master reads first on every wake-up:
 //! only then does the worker exist for the master (its slot, its output streams, its `init` deadline).
@@ -26,11 +27,13 @@
 //!   rollout's surge and keeps a start undecided, exactly like a worker that is starting.
 //! - **A zygote that does not answer.** Each pending spawn has a deadline ([`ANSWER_DEADLINE`]). When it
 //!   passes, the zygote is killed and its pending spawns are *abandoned*: their slots are free again and filled
-//!   at once, forked cold (the zygote is gone), so a stopped zygote costs at most that delay for the slots it was
-//!   asked for and nothing for any other slot. A zygote that dies is handled the same way when it is reaped. A
-//!   worker it may still have cloned for an abandoned spawn reports itself later and is killed on the spot; its
-//!   scoreboard cell stays reserved until then (a cell whose worker never appears stays reserved: one 64-byte
-//!   cell per request a dying zygote swallowed, out of 4096).
+//!   at once, forked cold (the zygote is gone), so a stopped zygote (or a stopped spare, which leaves the queue
+//!   unread) costs at most that delay for the slots it was asked for and nothing for any other slot. A zygote
+//!   that dies is handled the same way when it is reaped. The master's ends of its sockets close with its
+//!   record (killed, forgotten, or all of them at a stop): its spares see the queue hang up and end unread.
+//!   A worker it (or its spare) may still have started for an abandoned spawn reports itself later and is
+//!   killed on the spot; its scoreboard cell stays reserved until then (a cell whose worker never appears stays
+//!   reserved: one 64-byte cell per request a dying zygote or spare swallowed, out of 4096).
 //! - **A failed clone** is a `Report::SpawnFailed { cell }` from the zygote: the slot backs off like a failed
 //!   fork.
 //!
