@@ -570,8 +570,7 @@ fn ready_worker_of(sb: &Sandbox, task: &str) -> Option<i32> {
 #[test]
 fn a_request_a_spare_has_no_template_for_is_given_back_and_served() {
     let mut sb = Sandbox::new("sparebounce");
-    // Two tasks of one plugin (one zygote), a worker each that never retires: both first workers are forked
-    // cold (the zygote starts with the first spawn and loads meanwhile), so the zygote knows only the task it
+    // Two tasks of one plugin (one zygote), a worker each that never retires: a zygote knows only the task it
     // was started for until another task asks it for a worker.
     let task = |suffix: &str| {
         format!(
@@ -586,13 +585,19 @@ fn a_request_a_spare_has_no_template_for_is_given_back_and_served() {
     std::fs::write(&config, format!("[host]\nname = \"{}\"\n{}{}", sb.name, task("a"), task("b"))).unwrap();
     let fg = sb.start_foreground(["--config", config.to_str().unwrap(), "--log-level", "debug"]);
     let task_name = |suffix: &str| format!("{}-{suffix}", sb.name);
-    let own = sb.wait_for("the zygote", SOON, || {
-        ["a", "b"].into_iter().find(|s| !processes_mentioning(&format!(":Zygote:{}", task_name(s))).is_empty())
+    let (own, other) = ("a", "b");
+    // Whichever task's spawn started the first zygote, and whatever templates it was given since: once it is
+    // killed, the next spawn (task a's, below) starts one that knows only task a, as b's worker never retires.
+    let first = sb.wait_for("a zygote", SOON, || zygotes(&sb).first().copied());
+    sb.wait_for("both tasks' workers", SOON, || {
+        (ready_worker_of(&sb, &task_name(own)).is_some() && ready_worker_of(&sb, &task_name(other)).is_some())
+            .then_some(())
     });
-    let other = if own == "a" { "b" } else { "a" };
-    // Kill the zygote's own task's worker until its replacement comes warm and leaves a spare behind.
+    signal(first, Signal::SIGKILL);
+    assert!(ProcessWaiter::new(first).wait(SOON) || crate::harness::is_zombie(first), "the zygote lived on");
+    // Kill task a's worker until its replacement comes warm from the new zygote and leaves a spare behind.
     let mut killed = Vec::new();
-    let spare = sb.wait_for("a spare of the zygote's own task", SOON, || {
+    let spare = sb.wait_for("a spare of task a", SOON, || {
         let worker = ready_worker_of(&sb, &task_name(own))?;
         let spare = processes_mentioning(&format!(":Spare:{}", task_name(own)))
             .into_iter()
@@ -606,11 +611,10 @@ fn a_request_a_spare_has_no_template_for_is_given_back_and_served() {
         }
         None
     });
-    // The other task's first request to the zygote: its worker is replaced.
-    let cold = ready_worker_of(&sb, &task_name(other)).expect("the other task's worker");
-    assert!(!warm_pids(&stderr_of(&fg)).contains(&cold), "the other task was served warm already");
+    // Task b's first request to the new zygote: its worker is replaced.
+    let cold = ready_worker_of(&sb, &task_name(other)).expect("task b's worker");
     signal(cold, Signal::SIGKILL);
-    let warm = sb.wait_for("the other task's worker replaced, warm, with its own settings", SOON, || {
+    let warm = sb.wait_for("task b's worker replaced, warm, with its own settings", SOON, || {
         let warm = warm_pids(&stderr_of(&fg));
         read_markers(&sb.path(&format!("marks-{other}"))).into_iter().find(|m| m.pid != cold && warm.contains(&m.pid))
     });
@@ -618,7 +622,7 @@ fn a_request_a_spare_has_no_template_for_is_given_back_and_served() {
     assert_ne!(warm.pid, spare, "the spare served a task it had no template of");
     let log = stderr_of(&fg);
     assert!(log.contains("a spare gave back a request"), "{log}");
-    // The spare ended (it gives a request back only to end) and the zygote has a new one.
+    // The spare ended: it gives a request back only to end.
     assert!(ProcessWaiter::new(spare).wait(SOON) || crate::harness::is_zombie(spare), "the spare lived on");
     sb.stop();
 }
