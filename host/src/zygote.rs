@@ -156,15 +156,30 @@
 //! `recvmsg`, 7 650 `recvfrom` (the peek for queued requests), 5 557 `sendmsg` + `socketpair` (hand-overs),
 //! 26 415 `close`: ~7.9 syscalls per worker; after, 8 158 workers, 5 237 of them taken by a spare and 2 921
 //! cloned directly (two slots ending together: the second request finds the spare taken), took 5 237 `clone3`
-//! and as many `poll`, 2 921 `clone`, 14 126 `recvmsg`, 11 079 `close` (the capture ends of direct clones, the pidfds):
-//! ~4.7 per worker. The zygote's CPU per worker stays ~150 µs: its `clone`, copying its page tables, is ~88 %
-//! of it either way. Churn, interleaved A/B (`/work/exp/ab.sh`, 5 rounds of 3 s, medians, 2 cores shared
-//! with other work, three series on different minutes): workers/s 4 146 → 4 288, 4 177 → 3 992, 3 935 →
-//! 4 203 (noise of ±5 % between series, no clear change); spawn latency (pmhost's median, request → first
-//! call) 0.261 → 0.239, 0.268 → 0.214, 0.281 → 0.215 ms; CPU per worker, all processes, 407 → 380, 413 →
-//! 399, 418 → 379 µs (workers 200 → 176–186 µs: a spare's wait is one `poll` and `recvmsg` on a shared
-//! socket, no socket pair of its own; master 55–57 → 49–54 µs). A start of 1 024 workers (`pmhost start -d`,
-//! 4 interleaved runs): 186–260 → 177–204 ms; `pmhost restart` of 1 024: 687–813 → 649–713 ms.
+//! and as many `poll`, 2 921 `clone`, 14 126 `recvmsg`, 11 079 `close` (the capture ends of direct clones, the
+//! pidfds): ~4.7 per worker. The zygote's CPU per worker stays ~150 µs: its `clone`, copying its page tables, is ~88 %
+//! of it either way. Churn, interleaved A/B (`ab.sh`: 5 rounds of 3 s, medians; 2 cores shared with other
+//! work, load 1–3; six series over 15 minutes, before → after):
+//!
+//! | series | workers/s     | spawn latency (median, ms) | CPU per worker, all (µs) |
+//! |--------|---------------|----------------------------|--------------------------|
+//! | 1      | 4 146 → 4 288 | 0.261 → 0.239              | 407 → 380                |
+//! | 2      | 4 177 → 3 992 | 0.268 → 0.214              | 413 → 399                |
+//! | 3      | 3 935 → 4 203 | 0.281 → 0.215              | 418 → 379                |
+//! | 4      | 4 094 → 4 347 | 0.272 → 0.204              | 411 → 377                |
+//! | 5      | 4 043 → 4 126 | 0.274 → 0.220              | 413 → 388                |
+//! | 6      | 3 901 → 4 104 | 0.276 → 0.255              | 420 → 394                |
+//!
+//! The spawn latency (pmhost's own, request → first call) and the CPU per worker went down in every series
+//! (workers 200–207 → 176–189 µs: a spare's wait is one `poll` and one `recvmsg` on a shared socket, no
+//! socket pair of its own; the master 55–59 → 48–54 µs); workers/s rose in five of six, by ~4 % in the
+//! median, within the ±3 % two identical binaries showed against each other. 5 000 workers/s is not reached:
+//! two slots on two cores stay bound by the CPU of a worker's life (~385 µs for all processes), of which the
+//! zygote's clone is ~150. A start of 1 024 workers (`pmhost start -d`, 9 interleaved runs): 186–260 →
+//! 177–207 ms; `pmhost restart` of 1 024: 687–895 → 649–734 ms: no slower.
+//! Tried and not kept: the taken spare telling the zygote after its `Spawned` report rather than before (the
+//! master first, the next spare's clone later): 4 126 → 4 210 workers/s, 0.220 → 0.224 ms, within noise.
+//! Without spares (as without `clone3`), one run: 2 874 workers/s, 0.454 ms.
 //!
 //! Also measured and not kept, against the CPU of a worker's life (churn of 2 slots, interleaved A/B): giving the
 //! zygote's code mappings an anon_vma (one byte rewritten through `/proc/self/mem`) so that each clone copies
