@@ -570,7 +570,7 @@ fn become_worker(
     crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
     footprint::claim_learning();
     let Some(task) = tasks.iter().find(|t| t.index == request.task) else {
-        // Checked by the zygote before the clone or the hand-over.
+        // Checked by the zygote before the clone, or by the spare before it took the request.
         std::process::exit(code::LOAD_FAILED)
     };
     let output = capture_ends(request, fds).map(|[stdout, stderr]| (stdout, stderr));
