@@ -321,9 +321,8 @@ impl Master {
                 return;
             }
         };
-        // The zygote blocks on its control end; ours stay non-blocking (a full queue means "spawn cold"). The
-        // queue's other end is read by the zygote and its spares after a poll, without waiting.
-        let _ = nix::fcntl::fcntl(&their_control, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+        // Non-blocking: the master never waits for a zygote (a full queue means "spawn cold"), and the zygote and
+        // its spares read their ends after a poll, without waiting.
         let title = self.host.worker_title(&self.tasks[task].settings.name);
         let template = self.worker_spec(task, 0, build, title, None);
         // SAFETY: as for a worker (see `spawn_worker`): the master is single-threaded and the child runs only
