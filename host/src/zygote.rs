@@ -10,18 +10,21 @@
 //!
 //! # How
 //!
-//! - The master forks the zygote (lazily, the first time a task's build is spawned) with one end of a
-//!   `SOCK_SEQPACKET` socket pair. The zygote closes everything else the master holds, dies with the master
+//! - The master forks the zygote (lazily, the first time a task's build is spawned) with one end of each of two
+//!   `SOCK_SEQPACKET` socket pairs: the *control* socket (the ready byte, templates) and the *request queue*
+//!   (spawn requests, read by the zygote's spare or by the zygote itself, see "Spares" below). The master's
+//!   ends are non-blocking. The zygote closes everything else the master holds, dies with the master
 //!   (`PR_SET_PDEATHSIG` = SIGKILL), loads the plugin through the descriptor the master opened and hash-checked
 //!   (`StagedPlugin::load_path`, `/proc/self/fd/N`: the trust property of a cold spawn is kept), and says it is
 //!   ready with one byte. Until then, and whenever it is gone, the master spawns cold (forks the worker itself):
 //!   a zygote is a cache.
-//! - A request is one message: the task, slot and scoreboard cell, with the worker's two capture pipe ends
-//!   attached (`SCM_RIGHTS`) when its output is captured.
+//! - A request is one message on the queue: the task, slot and scoreboard cell, with the worker's two capture
+//!   pipe ends attached (`SCM_RIGHTS`) when its output is captured. A full queue means "spawn cold".
 //! - **One zygote per build, shared by tasks.** Tasks that run the same plugin file share one staged copy, and
 //!   a restart gives them all the same generation: they share one zygote too. What differs between them (name,
 //!   title, limits, `[task.config]`, process settings) is a [`TaskTemplate`], which the master sends once per
-//!   task and zygote, before that task's first request (the zygote's own task comes with its fork). Measured
+//!   task and zygote, on the control socket before that task's first request on the queue (the zygote's own
+//!   task comes with its fork). Measured
 //!   (64 tasks × 16 workers of one plugin, 2 cores): a restart started 64 zygotes, each loading the 6.7 MiB
 //!   plugin while that task's first slots were forked cold (69 cold spawns of 1024), and took 1.87–1.89 s
 //!   against 0.94–1.02 s for one task of 1024 workers. With one zygote for all 64 tasks: 1.34–1.65 s in the
@@ -38,7 +41,8 @@
 //! - The worker then runs the same path as a cold one ([`crate::worker::run`]: process setup, title, rlimits,
 //!   process group, pdeathsig, `init`, the loop), minus the load.
 //! - The zygote itself keeps the master's blocked signal mask, so nothing but SIGKILL ends it: the master kills it
-//!   when a rollout leaves its build unused and when it stops; the zygote ends on its own when its socket closes.
+//!   when a rollout leaves its build unused and when it stops; the zygote ends on its own when the master closes
+//!   its sockets (which it does whenever it kills or forgets a zygote: they close with the master's record of it).
 //!
 //! The master never loads plugin code: the zygote is a separate process, forked before any load.
 //!
@@ -86,7 +90,7 @@
 //! thread's thread-local destructors (a plugin's buffered writer in a `thread_local!` would lose its tail); it
 //! is not taken without an opt-in.
 //!
-//! # Spares: the next worker, cloned ahead
+//! # Spares: the next worker, cloned ahead, reading the request queue itself
 //!
 //! Measured with a timestamp at each step of one slot turning over (`--execute-times 1`, 2 cores): of the
 //! ~0.37 ms from the master's request to the new worker's first call, ~115 µs passed between the request and
@@ -94,35 +98,88 @@
 //! code and heap pages (page faults), wherever they fell. So after serving a request, a zygote clones the next
 //! worker at once, a **spare**, while nothing waits for it:
 //!
-//! - The spare is a `CLONE_PARENT` child like any worker, with a socket pair of its own to the zygote. While it
-//!   waits it does what does not depend on its request: its process group, the stop event and handlers, the
-//!   signal mask (`worker::prepare_signals_and_group`), the spec of the task it expects (that of the zygote's
-//!   last request) and a title, `…:Spare:TASK` (comm `S:TASK`): `ps` never shows it as a worker, and the
-//!   worker's title later costs a cheap second write.
-//! - A request is handed over as it came (the same message, capture descriptors attached): the spare reports
-//!   `Spawned` and goes on exactly as a directly cloned worker; a request for another task than expected
-//!   builds that task's spec instead. A spare that is gone (killed by hand) fails the hand-over, and the request
-//!   is cloned directly; so does one told to stop (SIGTERM, SIGINT): it waits on its stop event beside its
-//!   socket, shuts the socket and ends, rather than becoming a worker that begins stopped. A spare stopped
-//!   with SIGSTOP still takes its request: the zygote is then given up on after `master::warm`'s answer
-//!   deadline, as one stopped itself would be.
+//! - The spare is a `CLONE_PARENT` child like any worker. While it waits it does what does not depend on its
+//!   request: its process group, the stop event and handlers, the signal mask
+//!   (`worker::prepare_signals_and_group`), the spec of the task it expects (that of the zygote's last request)
+//!   and a title, `…:Spare:TASK` (comm `S:TASK`): `ps` never shows it as a worker, and the worker's title later
+//!   costs a cheap second write.
+//! - **It reads the request queue itself**: it polls the queue (beside its stop event and its end of the
+//!   zygote's *spare channel*, below) and takes the next request with one `recvmsg` (`SOCK_SEQPACKET`: each
+//!   message, its descriptors with it, goes to exactly one reader). It then tells the zygote it was taken (one
+//!   "taken" message on the spare channel: its pid and the task it serves, the task the next spare is prepared
+//!   for) and becomes the worker exactly as a directly cloned one (its first act is the `Spawned` report, see
+//!   `master::warm`). The zygote is off the request's path: it clones the next spare once it reads "taken".
+//! - **The spare channel** is a `SOCK_SEQPACKET` pair the zygote makes once: it reads one end, spares keep the
+//!   other and close the zygote's end right after their clone, so the zygote's death hangs their end up
+//!   (`POLLHUP`) and ends them. A spare also ends when the master closes the queue (it kills or forgets the
+//!   zygote), without reading: a spare never runs plugin code before it has a request, and ends with `_exit`,
+//!   running none of the plugin's exit handlers, as it ran none of its code.
+//! - **A template newer than the spare.** The master sends a task's template (control socket) before that
+//!   task's first request (queue), but the spare was cloned with the templates of its time: a request for a
+//!   task it has no template of it gives back (the same message, descriptors attached, on the spare channel)
+//!   and ends. The zygote reads its control socket first (the template is there by then) and clones that
+//!   request directly, or reports `SpawnFailed` if the task is still unknown. So a new template no longer
+//!   discards the waiting spare: killing it could lose a request it had just taken (a `SIGKILL` ends a process
+//!   between its `recvmsg` and its next step), which would cost that slot the answer deadline; giving back
+//!   costs one hop, once per task and zygote. (A template replacing one the spare holds, which the master never
+//!   sends, kills the spare; that race is then possible.)
+//! - **A spare that ends unasked** (killed by hand, told to stop) is noticed at once: the zygote clones spares
+//!   with raw `clone3` (`CLONE_PARENT | CLONE_PIDFD`) and polls the waiting spare's pidfd, then clones the
+//!   next. Requests queued meanwhile wait in the queue for the replacement, or for the zygote itself (below);
+//!   none is lost. A spare told to stop (SIGTERM, SIGINT) ends without reading (its stop event wakes its poll),
+//!   rather than becoming a worker that begins stopped. A spare stopped with SIGSTOP takes nothing and the
+//!   zygote, which leaves the queue to it, reads nothing: the zygote is given up on after `master::warm`'s
+//!   answer deadline, as one stopped itself would be. Without `clone3` (before Linux 5.3) there is no pidfd:
+//!   no spares then, the zygote clones every request.
+//! - **Not while requests are queued** (a start or a rollout asking for many workers): with no spare waiting,
+//!   the zygote reads the queue itself and clones each request directly, and clones the next spare only once
+//!   the queue is empty (a spare would be one more hop each). It applies its workers' footprint
+//!   ([`footprint`]) just before cloning a spare, and keeps one: two waiting spares were measured slower. If a
+//!   spare cannot be cloned, the zygote reads the queue itself until the next request is served (then tries
+//!   again), so no request waits for nobody.
 //! - The master never learns of a spare before it reports: a spare is only ever a child it reaps without
-//!   knowing (debug log "reaped an adopted orphan"). It dies with its zygote (its socket closes: `_exit`,
-//!   running none of the plugin's exit handlers, as it ran none of its code) and is discarded when a task's
-//!   template arrives (its copy of the templates would lack it). The orphan scan leaves it alone (its
-//!   environment area holds its title, no worker mark); a stop ends it with every other adopted process.
-//! - Not while requests are queued (a start or a rollout asking for many workers): those are cloned
-//!   directly, and a spare would be one more hop each.
+//!   knowing (debug log "reaped an adopted orphan"). The orphan scan leaves it alone (its environment area holds
+//!   its title, no worker mark); a stop ends it with every other adopted process.
 //!
-//! Measured (`pmhost-bench`, pmhost's own request → first call measure, one slot turning over): 0.37 →
-//! 0.21–0.23 ms median; the pre-request setup accounts for ~40 µs of that, the title for ~15 µs. With two
-//! slots on two cores the same measure is 0.30–0.42 ms (depending on the hour: the VM's host): a request then
-//! often waits for a core (the zygote cloning the next spare, two workers, and the master share them), and
-//! slot churn stays CPU-bound.
-//! Tried and not kept: handing every request to a spare even with requests queued (one more hop per worker on
-//! a saturated machine: 0.31 → 0.34 ms), yielding the CPU to the woken spare before cloning the next (it
+//! Measured, first version (the zygote received each request and handed it to its spare over a socket pair of
+//! the spare's own; `pmhost-bench`, pmhost's own request → first call measure, one slot turning over): 0.37 →
+//! 0.21–0.23 ms median; the pre-request setup accounts for ~40 µs of that, the title for ~15 µs.
+//! Tried and not kept then: handing every request to a spare even with requests queued (one more hop per worker
+//! on a saturated machine: 0.31 → 0.34 ms), yielding the CPU to the woken spare before cloning the next (it
 //! delayed the next spare past the next request: 0.21 → 0.25 ms with one slot), moving the task's template
 //! into the worker's spec instead of cloning it (the page faults moved to the next allocation).
+//!
+//! That hand-over cost the zygote, per worker, a `recvmsg` and a `sendmsg` with descriptors, a `socketpair`
+//! and its closes, and put one more wake-up (master → zygote → spare) on every spawn's path. With the queue
+//! (counted with `perf stat -i -e 'syscalls:sys_enter_*'` on the zygote over 2 s of churn, 2 slots,
+//! `--execute-times 1 --execute-usleep 0`, bench plugin): before, 7 650 requests took 7 650 `clone`, 7 651
+//! `recvmsg`, 7 650 `recvfrom` (the peek for queued requests), 5 557 `sendmsg` + `socketpair` (hand-overs),
+//! 26 415 `close`: ~7.9 syscalls per worker; after, 8 158 workers, 5 237 of them taken by a spare and 2 921
+//! cloned directly (two slots ending together: the second request finds the spare taken), took 5 237 `clone3`
+//! and as many `poll`, 2 921 `clone`, 14 126 `recvmsg`, 11 079 `close` (the capture ends of direct clones, the
+//! pidfds): ~4.7 per worker. The zygote's CPU per worker stays ~150 µs: its `clone`, copying its page tables, is ~88 %
+//! of it either way. Churn, interleaved A/B (`ab.sh`: 5 rounds of 3 s, medians; 2 cores shared with other
+//! work, load 1–3; six series over 15 minutes, before → after):
+//!
+//! | series | workers/s     | spawn latency (median, ms) | CPU per worker, all (µs) |
+//! |--------|---------------|----------------------------|--------------------------|
+//! | 1      | 4 146 → 4 288 | 0.261 → 0.239              | 407 → 380                |
+//! | 2      | 4 177 → 3 992 | 0.268 → 0.214              | 413 → 399                |
+//! | 3      | 3 935 → 4 203 | 0.281 → 0.215              | 418 → 379                |
+//! | 4      | 4 094 → 4 347 | 0.272 → 0.204              | 411 → 377                |
+//! | 5      | 4 043 → 4 126 | 0.274 → 0.220              | 413 → 388                |
+//! | 6      | 3 901 → 4 104 | 0.276 → 0.255              | 420 → 394                |
+//!
+//! The spawn latency (pmhost's own, request → first call) and the CPU per worker went down in every series
+//! (workers 200–207 → 176–189 µs: a spare's wait is one `poll` and one `recvmsg` on a shared socket, no
+//! socket pair of its own; the master 55–59 → 48–54 µs); workers/s rose in five of six, by ~4 % in the
+//! median, within the ±3 % two identical binaries showed against each other. 5 000 workers/s is not reached:
+//! two slots on two cores stay bound by the CPU of a worker's life (~385 µs for all processes), of which the
+//! zygote's clone is ~150. A start of 1 024 workers (`pmhost start -d`, 9 interleaved runs): 186–260 →
+//! 177–207 ms; `pmhost restart` of 1 024: 687–895 → 649–734 ms: no slower.
+//! Tried and not kept: the taken spare telling the zygote after its `Spawned` report rather than before (the
+//! master first, the next spare's clone later): 4 126 → 4 210 workers/s, 0.220 → 0.224 ms, within noise.
+//! Without spares (as without `clone3`), one run: 2 874 workers/s, 0.454 ms.
 //!
 //! Also measured and not kept, against the CPU of a worker's life (churn of 2 slots, interleaved A/B): giving the
 //! zygote's code mappings an anon_vma (one byte rewritten through `/proc/self/mem`) so that each clone copies
@@ -138,6 +195,7 @@
 //! the fork itself (its page tables), measured in that module's docs.
 
 pub mod footprint;
+mod spare;
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -156,6 +214,8 @@ pub const READY: u8 = b'R';
 const SPAWN: u8 = b'S';
 /// The first byte of a task's template (JSON of [`TaskTemplate`] follows).
 const TEMPLATE: u8 = b'T';
+/// The first byte of a spare's "taken" message (see [`spare`]).
+const TAKEN: u8 = b'K';
 
 /// A spawn request: the task (by its index in the master, whose template the zygote was given before), slot,
 /// scoreboard cell, and whether two capture descriptors are attached.
@@ -240,18 +300,26 @@ impl TaskTemplate {
     }
 }
 
-/// One message from the master.
+/// One message from the master (templates, requests) or from a spare (taken; a request given back).
 enum Message {
+    /// A spare took a request of `task` and becomes its worker.
+    Taken {
+        pid: i32,
+        task: u32,
+    },
     Template(Box<TaskTemplate>),
-    /// A template that did not parse: its task's requests fail (the master then spawns it cold).
+    /// A template that did not parse (its task's requests fail: the master then spawns it cold), or a message
+    /// of no known kind (ignored).
     Unreadable,
     Spawn(Request, Vec<OwnedFd>),
 }
 
 /// Runs a zygote for the build of `template` (its slot and output are per request, and its task settings are
-/// those of the task a request names, see [`TaskTemplate`]); never returns. `index` is `template`'s task.
-pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket: OwnedFd) -> ! {
-    let mut keep = vec![template.report_fd, template.plugin.raw_fd(), socket.as_raw_fd()];
+/// those of the task a request names, see [`TaskTemplate`]); never returns. `index` is `template`'s task;
+/// `control` carries the ready byte and templates, `queue` the master's requests (read by the zygote's spare,
+/// or by the zygote itself when it has none).
+pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, control: OwnedFd, queue: OwnedFd) -> ! {
+    let mut keep = vec![template.report_fd, template.plugin.raw_fd(), control.as_raw_fd(), queue.as_raw_fd()];
     keep.extend(crate::logging::open_fds());
     crate::worker::close_all_but(&keep);
     if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
@@ -281,50 +349,192 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, socket:
     // SAFETY: the zygote is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var(crate::master::WORKER_MARK, crate::worker::MARK_PLACEHOLDER) };
     footprint::prepare();
-    if nix::unistd::write(&socket, &[READY]).is_err() {
+    let channel = spare::Channel::new();
+    if nix::unistd::write(&control, &[READY]).is_err() {
         std::process::exit(code::OK);
     }
-    let mut tasks = vec![TaskTemplate::of(index, &template)];
     let build = Loaded { template: &template, module, board };
-    let mut buffer = vec![0u8; MAX_MESSAGE];
-    let mut spare: Option<Spare> = None;
+    let mut zygote = Zygote {
+        build: &build,
+        tasks: vec![TaskTemplate::of(index, &template)],
+        control,
+        queue,
+        channel,
+        spare: None,
+        expected: index,
+        want_spare: false,
+        buffer: vec![0u8; MAX_MESSAGE],
+    };
     loop {
-        let (request, fds) = match receive(&socket, &mut buffer) {
-            Some(Message::Spawn(request, fds)) => (request, fds),
-            Some(Message::Template(task)) => {
-                tasks.retain(|t| t.index != task.index);
-                tasks.push(*task);
-                // The spare's copy of the templates lacks this one: closing its socket ends it.
-                spare = None;
-                continue;
-            }
-            Some(Message::Unreadable) => continue,
-            None => std::process::exit(code::OK),
-        };
-        if !tasks.iter().any(|t| t.index == request.task) {
-            // The master sends a task's template before its first request; without one, no worker.
-            crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell });
-            continue;
+        zygote.serve();
+    }
+}
+
+/// A zygote's state between wake-ups.
+struct Zygote<'a> {
+    build: &'a Loaded<'a>,
+    /// The templates of the tasks it serves (its own first).
+    tasks: Vec<TaskTemplate>,
+    control: OwnedFd,
+    queue: OwnedFd,
+    /// What spares tell it on; `None` (it could not be made): no spares, every request is cloned directly.
+    channel: Option<spare::Channel>,
+    /// The spare waiting on the queue, if any: while there is one, the zygote leaves the queue to it.
+    spare: Option<spare::Spare>,
+    /// The task whose request the next spare most likely gets (the last one's).
+    expected: u32,
+    /// A request was served since the last spare was cloned (or the spare ended): clone the next one once
+    /// the queue is empty. Cleared by each attempt, so a clone that fails is retried after the next request,
+    /// not in a loop.
+    want_spare: bool,
+    buffer: Vec<u8>,
+}
+
+impl Zygote<'_> {
+    /// One wake-up: templates first (a request's template was sent before it), then what spares said (taken,
+    /// bounced), then a spare's end; with no spare, the queue, and the next spare once it is empty.
+    fn serve(&mut self) {
+        let [control, channel, spare, queue] = self.wait();
+        if control {
+            self.read_templates();
         }
-        let handed = spare.take().is_some_and(|spare| spare.hand(request, &fds));
-        if !handed {
-            match clone_for_master() {
-                0 => become_worker(&build, &tasks, request, &fds, None),
-                pid if pid < 0 => {
-                    crate::report::send(template.report_fd, &crate::report::Report::SpawnFailed { cell: request.cell })
+        if channel {
+            // One message per wake-up (the poll wakes again while more wait): the usual one, "taken", costs no
+            // second read that would find the channel empty.
+            self.read_channel(false);
+        }
+        if spare {
+            // What it said before it ended is in the channel already: all of it is read before it is dropped.
+            self.read_channel(true);
+            self.spare = None;
+            self.want_spare = true;
+        }
+        if self.spare.is_none() {
+            if queue || self.want_spare {
+                self.read_queue();
+            }
+            if self.want_spare {
+                self.want_spare = false;
+                // The next worker's clone, made now rather than on its request; not while requests are queued
+                // (a start or a rollout asking for many): those are cloned directly, and a spare would only be
+                // one more hop.
+                if let Some(applied) = footprint::apply_if_learned() {
+                    tracing::debug!(?applied, "zygote applied its workers' footprint");
                 }
-                _ => {}
+                if let Some(channel) = &self.channel {
+                    let (build, tasks, expected) = (self.build, &self.tasks, self.expected);
+                    self.spare = spare::Spare::clone(build, tasks, expected, &self.queue, channel, &mut self.buffer);
+                }
             }
         }
-        drop(fds);
-        // The next worker's clone, made now rather than on its request; not while requests are queued (a
-        // start or a rollout asking for many): those are cloned directly, and a spare would only be one more hop.
-        if !message_waiting(&socket) {
-            if let Some(applied) = footprint::apply_if_learned() {
-                tracing::debug!(?applied, "zygote applied its workers' footprint");
+    }
+
+    /// Waits for the control socket, the spares' channel, the spare's end, or (with no spare) the queue; which
+    /// of them woke it.
+    fn wait(&self) -> [bool; 4] {
+        let poll_fd = |fd: RawFd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut fds = [
+            poll_fd(self.control.as_raw_fd()),
+            poll_fd(self.channel.as_ref().map_or(-1, |c| c.zygote.as_raw_fd())),
+            poll_fd(self.spare.as_ref().map_or(-1, |s| s.pidfd.as_raw_fd())),
+            poll_fd(if self.spare.is_some() { -1 } else { self.queue.as_raw_fd() }),
+        ];
+        // SAFETY: poll on an array of pollfds this frame owns; negative descriptors are ignored.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            if nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+                // Nothing to wait on (never seen): the master spawns cold once it has reaped this zygote.
+                std::process::exit(code::OK);
             }
-            spare = Spare::clone(&build, &tasks, request.task, &mut buffer);
+            return [false; 4];
         }
+        fds.map(|fd| fd.revents != 0)
+    }
+
+    /// Reads every template the master sent; ends the zygote when the master closed the socket.
+    fn read_templates(&mut self) {
+        loop {
+            match receive(&self.control, &mut self.buffer) {
+                Received::Message(Message::Template(task)) => {
+                    let replaced = self.tasks.iter().any(|t| t.index == task.index);
+                    self.tasks.retain(|t| t.index != task.index);
+                    self.tasks.push(*task);
+                    if replaced && let Some(spare) = &self.spare {
+                        // Its copy of that template is stale (a new task's it lacks, and gives its request back,
+                        // see `spare`). The master sends each task's template once, so this is not reached
+                        // today; a request the spare had just taken would be lost to the answer deadline.
+                        spare.kill();
+                    }
+                }
+                Received::Message(_) => {}
+                Received::Nothing => return,
+                Received::Closed => std::process::exit(code::OK),
+            }
+        }
+    }
+
+    /// Reads what spares said (all of it if `drain`, else one message): taken (the next spare is then due), or
+    /// a request given back (served here).
+    fn read_channel(&mut self, drain: bool) {
+        let Some(channel) = &self.channel else { return };
+        let channel = channel.zygote.as_raw_fd();
+        loop {
+            // SAFETY: the channel stays open for the zygote's life; borrowed for this read only.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel) };
+            match receive(&socket, &mut self.buffer) {
+                Received::Message(Message::Taken { pid, task }) => {
+                    if self.spare.as_ref().is_some_and(|s| s.pid == pid) {
+                        self.spare = None;
+                    }
+                    self.expected = task;
+                    self.want_spare = true;
+                }
+                Received::Message(Message::Spawn(request, fds)) => {
+                    // The spare lacked the request's task (its template came after the clone) and ends.
+                    tracing::debug!(task = request.task, "a spare gave back a request of a task it had no template of");
+                    self.spare = None;
+                    self.clone_worker(request, &fds);
+                }
+                Received::Message(_) => {}
+                Received::Nothing | Received::Closed => return,
+            }
+            if !drain {
+                return;
+            }
+        }
+    }
+
+    /// Clones a worker for every request queued (the zygote has no spare); ends the zygote when the master
+    /// closed the queue.
+    fn read_queue(&mut self) {
+        loop {
+            match receive(&self.queue, &mut self.buffer) {
+                Received::Message(Message::Spawn(request, fds)) => self.clone_worker(request, &fds),
+                Received::Message(_) => {}
+                Received::Nothing => return,
+                Received::Closed => std::process::exit(code::OK),
+            }
+        }
+    }
+
+    /// Clones the worker of `request` directly (or reports that it cannot).
+    fn clone_worker(&mut self, request: Request, fds: &[OwnedFd]) {
+        if !self.tasks.iter().any(|t| t.index == request.task) {
+            // The master sends a task's template (on the control socket) before its first request.
+            self.read_templates();
+        }
+        let report = self.build.template.report_fd;
+        if !self.tasks.iter().any(|t| t.index == request.task) {
+            // Without a template, no worker.
+            crate::report::send(report, &crate::report::Report::SpawnFailed { cell: request.cell });
+            return;
+        }
+        match clone_for_master() {
+            0 => become_worker(self.build, &self.tasks, request, fds, None),
+            pid if pid < 0 => crate::report::send(report, &crate::report::Report::SpawnFailed { cell: request.cell }),
+            _ => {}
+        }
+        self.expected = request.task;
+        self.want_spare = true;
     }
 }
 
@@ -360,7 +570,7 @@ fn become_worker(
     crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
     footprint::claim_learning();
     let Some(task) = tasks.iter().find(|t| t.index == request.task) else {
-        // Checked by the zygote before the clone or the hand-over.
+        // Checked by the zygote before the clone, or by the spare before it took the request.
         std::process::exit(code::LOAD_FAILED)
     };
     let output = capture_ends(request, fds).map(|[stdout, stderr]| (stdout, stderr));
@@ -373,55 +583,6 @@ fn become_worker(
     crate::worker::run(spec, cell, Some(build.module))
 }
 
-/// A worker cloned ahead of its request, waiting on its own socket for it (see the module docs): a request
-/// handed to it skips the `clone` that would otherwise stand between the master's request and the worker.
-struct Spare {
-    /// The zygote's end; closing it (dropping the spare) makes the waiting process exit.
-    socket: OwnedFd,
-}
-
-impl Spare {
-    /// Clones a spare; `None` if the socket pair or the clone failed (the next request is then cloned directly).
-    /// `expected`: the task whose request it most likely gets (the last one's).
-    fn clone(build: &Loaded<'_>, tasks: &[TaskTemplate], expected: u32, buffer: &mut [u8]) -> Option<Spare> {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
-        match clone_for_master() {
-            0 => {
-                drop(ours);
-                // While it waits, a spare does what the path from request to first call would otherwise do:
-                // the setup that does not depend on the task, the expected task's spec and title (measured in
-                // the module docs). A failure is left for the worker's own setup to meet and report.
-                let _ = crate::worker::prepare_signals_and_group(build.template.master);
-                let prepared = tasks.iter().find(|t| t.index == expected).map(|task| {
-                    let spec = task.apply(build.template);
-                    // Its own title, so `ps` never counts a spare as a worker (it takes the worker's on its
-                    // request, a cheap second write once the first touched the title's memory).
-                    crate::title::set(&spec.title.replace(":Worker:", ":Spare:"));
-                    (expected, spec)
-                });
-                match wait_for_request(&theirs, buffer) {
-                    Some(Message::Spawn(request, fds)) => {
-                        drop(theirs);
-                        become_worker(build, tasks, request, &fds, prepared)
-                    }
-                    // The zygote dropped this spare (a new template, or it ended), or the spare was told to stop:
-                    // nothing of the plugin ran here.
-                    // SAFETY: _exit ends this process at once, running no exit handler of the zygote's plugin.
-                    _ => unsafe { libc::_exit(code::OK) },
-                }
-            }
-            pid if pid < 0 => None,
-            _ => Some(Spare { socket: ours }),
-        }
-    }
-
-    /// Hands `request` (and its capture descriptors) to the spare; `false` if it is gone.
-    fn hand(self, request: Request, fds: &[OwnedFd]) -> bool {
-        send(&self.socket, request, capture_ends(request, fds)).is_ok()
-    }
-}
-
 /// The worker's capture pipe ends (stdout, stderr) that came with `request`, when it says it has them.
 fn capture_ends(request: Request, fds: &[OwnedFd]) -> Option<[RawFd; 2]> {
     match (request.output, fds) {
@@ -430,77 +591,46 @@ fn capture_ends(request: Request, fds: &[OwnedFd]) -> Option<[RawFd; 2]> {
     }
 }
 
-/// A spare's wait for its request: `None` when the zygote dropped it, or when a stop signal (SIGTERM, SIGINT)
-/// reached it. Its handler (installed by `worker::prepare_signals_and_group`) only records the request, so a
-/// bare `recvmsg` would carry on waiting, and the worker the spare became would begin stopped: `init`, no call,
-/// an exit the master never asked for. The stop event wakes this wait instead; the spare then refuses further
-/// requests (the zygote's hand-over fails and it clones the request directly) and ends, unless a request was
-/// already in its socket (the zygote counts that one handed): that one it serves, stopped, as before.
-fn wait_for_request(socket: &OwnedFd, buffer: &mut [u8]) -> Option<Message> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::{AsFd, BorrowedFd};
-    if let Some(event) = crate::worker::stop_event() {
-        // SAFETY: the stop event stays open for the process's whole life (the handler may write to it).
-        let event = unsafe { BorrowedFd::borrow_raw(event) };
-        loop {
-            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN), PollFd::new(event, PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
-            }
-            if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-                let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-                return receive_with(socket, buffer, MsgFlags::MSG_DONTWAIT);
-            }
-            break;
-        }
-    }
-    receive(socket, buffer)
+/// What one non-blocking read of a socket found.
+enum Received {
+    Message(Message),
+    /// Nothing queued (or another reader took it first).
+    Nothing,
+    /// The other end closed (or the read failed).
+    Closed,
 }
 
-/// Whether another message from the master is already queued (or the socket closed).
-fn message_waiting(socket: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    !matches!(nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags), Err(nix::errno::Errno::EAGAIN))
-}
-
-/// The next message; `None` when the master closed the socket (or sent garbage).
-fn receive(socket: &OwnedFd, bytes: &mut [u8]) -> Option<Message> {
-    receive_with(socket, bytes, MsgFlags::empty())
-}
-
-/// [`receive`] with extra `recvmsg` flags (`MSG_DONTWAIT`: `None` also when nothing is queued).
-fn receive_with(socket: &OwnedFd, bytes: &mut [u8], flags: MsgFlags) -> Option<Message> {
+/// The next message queued on `socket`, without waiting (every reader polls first).
+fn receive(socket: &impl AsRawFd, bytes: &mut [u8]) -> Received {
     let mut space = nix::cmsg_space!([RawFd; 2]);
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut *bytes)];
-        let received =
-            recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC | flags).map(
-                |msg| {
-                    let mut fds = Vec::new();
-                    for cmsg in msg.cmsgs().into_iter().flatten() {
-                        if let ControlMessageOwned::ScmRights(received) = cmsg {
-                            // SAFETY: the kernel just installed these descriptors in this process for us.
-                            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                        }
-                    }
-                    (msg.bytes, fds)
-                },
-            );
-        match received {
-            Ok((0, _)) => return None,
-            Ok((len, _)) if bytes.first() == Some(&TEMPLATE) => {
-                return Some(
-                    serde_json::from_slice(&bytes[1..len])
-                        .map_or(Message::Unreadable, |t| Message::Template(Box::new(t))),
-                );
+        let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+        let received = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), flags).map(|msg| {
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs().into_iter().flatten() {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    // SAFETY: the kernel just installed these descriptors in this process for us.
+                    fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
             }
-            Ok((len, fds)) => return Some(Message::Spawn(Request::decode(&bytes[..len])?, fds)),
+            (msg.bytes, fds)
+        });
+        let message = match received {
+            Ok((0, _)) => return Received::Closed,
+            Ok((len, _)) if bytes.first() == Some(&TEMPLATE) => {
+                serde_json::from_slice(&bytes[1..len]).map_or(Message::Unreadable, |t| Message::Template(Box::new(t)))
+            }
+            Ok((spare::TAKEN_LEN, _)) if bytes.first() == Some(&TAKEN) => Message::Taken {
+                pid: i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]),
+                task: u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]),
+            },
+            Ok((len, fds)) => Request::decode(&bytes[..len]).map_or(Message::Unreadable, |r| Message::Spawn(r, fds)),
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return None,
-        }
+            Err(nix::errno::Errno::EAGAIN) => return Received::Nothing,
+            Err(_) => return Received::Closed,
+        };
+        return Received::Message(message);
     }
 }
 
@@ -517,8 +647,13 @@ pub fn send_template(socket: &OwnedFd, template: &TaskTemplate) -> nix::Result<(
     send(socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL).map(|_| ())
 }
 
-/// Sends a request (the master's side); the capture ends go along when given.
+/// Sends a request (the master's side, on the queue); the capture ends go along when given.
 pub fn send(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>) -> nix::Result<()> {
+    send_with(socket, request, output, MsgFlags::empty())
+}
+
+/// [`send`] with extra `sendmsg` flags (a spare giving a request back never waits: `MSG_DONTWAIT`).
+fn send_with(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>, flags: MsgFlags) -> nix::Result<()> {
     use nix::sys::socket::{ControlMessage, sendmsg};
     let bytes = request.encode();
     let iov = [IoSlice::new(&bytes)];
@@ -530,7 +665,7 @@ pub fn send(socket: &OwnedFd, request: Request, output: Option<[RawFd; 2]>) -> n
         }
         None => Vec::new(),
     };
-    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
+    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL | flags, None).map(|_| ())
 }
 
 #[cfg(test)]

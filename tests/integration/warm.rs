@@ -280,7 +280,7 @@ fn a_spare_told_to_stop_ends_instead_of_becoming_a_stopped_worker() {
     let mentioned = format!("pid={spare} ");
     assert!(!sb.log_text("run.").contains(&mentioned), "the spare became a worker:\n{}", sb.log_text("run."));
     assert!(!sb.log_text("process.").contains(&mentioned), "the spare became a worker:\n{}", sb.log_text("process."));
-    // The slots go on (the request meant for the spare is cloned directly), with no warning.
+    // The slots go on (the zygote notices the spare's end and clones another), with no warning.
     sb.wait_for("a spare again", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
     let process_log = sb.log_text("process.");
     assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
@@ -575,5 +575,100 @@ fn a_zygote_whose_learners_are_killed_stops_handing_the_claim_on_after_three() {
         None
     });
     assert!(!sb.log_text("process.").contains("applied its workers' footprint"));
+    sb.stop();
+}
+
+/// A spare killed by hand is noticed at once (its zygote watches it through a pidfd) and replaced before the
+/// next request comes; that request is served by the replacement, none waits for the zygote to be given up on.
+#[test]
+fn a_spare_killed_by_hand_is_replaced_and_no_request_is_lost() {
+    let sb = Sandbox::new("sparekill");
+    // One slot whose workers pause 5 s after their call: the spare below is killed and replaced while the
+    // slot's worker still pauses, so no request is in flight meanwhile.
+    sb.start_daemon(&fixtures().hello, &["--workers", "1", "--execute-times", "1", "--execute-usleep", "5s"]);
+    // Its worker pauses as "retiring", not ready.
+    let workers = |sb: &Sandbox| sb.workers().iter().map(|w| w.pid).collect::<Vec<_>>();
+    let (spare, worker) = sb.wait_for("a spare beside the slot's worker", SOON, || {
+        let spare = spares(&sb).first().copied()?;
+        let worker = workers(&sb).into_iter().find(|pid| *pid != spare)?;
+        Some((spare, worker))
+    });
+    signal(spare, Signal::SIGKILL);
+    let next = sb.wait_for("another spare", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
+    assert_eq!(workers(&sb), [worker], "a request came meanwhile");
+    // The worker's retirement asks for the next one: the replacement takes that request and becomes it.
+    sb.wait_for("the replacement serving the slot", SOON, || workers(&sb).contains(&next).then_some(()));
+    let process_log = sb.log_text("process.");
+    assert!(!process_log.contains("[Warn]") && !process_log.contains("[Error]"), "{process_log}");
+    sb.stop();
+}
+
+/// The ready worker of the task named `task`, if any.
+fn ready_worker_of(sb: &Sandbox, task: &str) -> Option<i32> {
+    use crate::harness::{SnapshotExt, is_ready};
+    sb.snapshot()?.task_workers(task).iter().find(|w| is_ready(w)).map(|w| w.pid)
+}
+
+/// A spare holds the templates its zygote had when it was cloned. A task's first request to the zygote comes
+/// with the task's template (on the zygote's control socket) and reaches the spare (on the request queue)
+/// without it: the spare gives the request back and the zygote, which has the template by then, serves it,
+/// with that task's settings.
+#[test]
+fn a_request_a_spare_has_no_template_for_is_given_back_and_served() {
+    let mut sb = Sandbox::new("sparebounce");
+    // Two tasks of one plugin (one zygote), a worker each that never retires: a zygote knows only the task it
+    // was started for until another task asks it for a worker.
+    let task = |suffix: &str| {
+        format!(
+            "\n[[task]]\nname = \"{name}-{suffix}\"\nplugin = \"{plugin}\"\nworkers = 1\nexecute_times = 0\n\
+             execute_usleep = \"50ms\"\n[task.config]\nmarker_file = \"{marker}\"\nlabel = \"{suffix}\"\n",
+            name = sb.name,
+            plugin = fixtures().faulty.display(),
+            marker = sb.path(&format!("marks-{suffix}")).display(),
+        )
+    };
+    let config = sb.path("pmhost.toml");
+    std::fs::write(&config, format!("[host]\nname = \"{}\"\n{}{}", sb.name, task("a"), task("b"))).unwrap();
+    let fg = sb.start_foreground(["--config", config.to_str().unwrap(), "--log-level", "debug"]);
+    let task_name = |suffix: &str| format!("{}-{suffix}", sb.name);
+    let (own, other) = ("a", "b");
+    // Whichever task's spawn started the first zygote, and whatever templates it was given since: once it is
+    // killed, the next spawn (task a's, below) starts one that knows only task a, as b's worker never retires.
+    let first = sb.wait_for("a zygote", SOON, || zygotes(&sb).first().copied());
+    sb.wait_for("both tasks' workers", SOON, || {
+        (ready_worker_of(&sb, &task_name(own)).is_some() && ready_worker_of(&sb, &task_name(other)).is_some())
+            .then_some(())
+    });
+    signal(first, Signal::SIGKILL);
+    assert!(ProcessWaiter::new(first).wait(SOON) || crate::harness::is_zombie(first), "the zygote lived on");
+    // Kill task a's worker until its replacement comes warm from the new zygote and leaves a spare behind.
+    let mut killed = Vec::new();
+    let spare = sb.wait_for("a spare of task a", SOON, || {
+        let worker = ready_worker_of(&sb, &task_name(own))?;
+        let spare = processes_mentioning(&format!(":Spare:{}", task_name(own)))
+            .into_iter()
+            .find(|pid| !crate::harness::is_zombie(*pid) && *pid != worker);
+        if spare.is_some() && !killed.contains(&worker) {
+            return spare;
+        }
+        if !killed.contains(&worker) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+            killed.push(worker);
+        }
+        None
+    });
+    // Task b's first request to the new zygote: its worker is replaced.
+    let cold = ready_worker_of(&sb, &task_name(other)).expect("task b's worker");
+    signal(cold, Signal::SIGKILL);
+    let warm = sb.wait_for("task b's worker replaced, warm, with its own settings", SOON, || {
+        let warm = warm_pids(&stderr_of(&fg));
+        read_markers(&sb.path(&format!("marks-{other}"))).into_iter().find(|m| m.pid != cold && warm.contains(&m.pid))
+    });
+    assert_eq!(warm.label, other, "{warm:?}");
+    assert_ne!(warm.pid, spare, "the spare served a task it had no template of");
+    let log = stderr_of(&fg);
+    assert!(log.contains("a spare gave back a request"), "{log}");
+    // The spare ended: it gives a request back only to end.
+    assert!(ProcessWaiter::new(spare).wait(SOON) || crate::harness::is_zombie(spare), "the spare lived on");
     sb.stop();
 }

@@ -3,8 +3,8 @@
 //! The master keeps at most one zygote per build: a generation and a staged plugin (its sha256), shared by every
 //! task that runs it (each task's settings reach it as a [`TaskTemplate`] before its first request, see
 //! [`crate::zygote`]). A spawn asks the build's zygote when it is ready
-//! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or its socket full): a zygote is
-//! a cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a
+//! and falls back to a cold fork otherwise (no zygote yet, still loading, dead, or its request queue full): a
+//! zygote is a cache, never a dependency. A zygote whose build no task or slot runs any more (after a rollout or a
 //! rollback) is killed; one that dies is forgotten when it is reaped and started again by the next spawn of its
 //! build. Tasks that run as another user (`user`, `group`) never use a zygote: it would run their plugin's code
 //! as the master's user.
@@ -13,8 +13,9 @@
 //!
 //! Until this release the master sent a request and then waited (up to a second) for the zygote's answer, the
 //! new pid: a zygote that was stopped (SIGSTOP), starved or hung stalled the whole master, every other worker's
-//! supervision included, for that second per spawn. Now a request is only sent (`sendmsg` on a non-blocking
-//! socket) and recorded as a *pending spawn*, keyed by the scoreboard cell claimed for it
+//! supervision included, for that second per spawn. Now a request is only sent (`sendmsg` on the zygote's
+//! non-blocking request queue, read by the zygote's waiting spare or by the zygote itself, see
+//! [`crate::zygote`]) and recorded as a *pending spawn*, keyed by the scoreboard cell claimed for it
 //! ([`PendingSpawn`]); the master goes back to its loop. The new worker's first act is a
 //! `Report::Spawned { pid, cell }` on the shared report pipe, which the master reads first on every wake-up:
 //! only then does the worker exist for the master (its slot, its output streams, its `init` deadline).
@@ -26,11 +27,13 @@
 //!   rollout's surge and keeps a start undecided, exactly like a worker that is starting.
 //! - **A zygote that does not answer.** Each pending spawn has a deadline ([`ANSWER_DEADLINE`]). When it
 //!   passes, the zygote is killed and its pending spawns are *abandoned*: their slots are free again and filled
-//!   at once, forked cold (the zygote is gone), so a stopped zygote costs at most that delay for the slots it was
-//!   asked for and nothing for any other slot. A zygote that dies is handled the same way when it is reaped. A
-//!   worker it may still have cloned for an abandoned spawn reports itself later and is killed on the spot; its
-//!   scoreboard cell stays reserved until then (a cell whose worker never appears stays reserved: one 64-byte
-//!   cell per request a dying zygote swallowed, out of 4096).
+//!   at once, forked cold (the zygote is gone), so a stopped zygote (or a stopped spare, which leaves the queue
+//!   unread) costs at most that delay for the slots it was asked for and nothing for any other slot. A zygote
+//!   that dies is handled the same way when it is reaped. The master's ends of its sockets close with its
+//!   record (killed, forgotten, or all of them at a stop): its spares see the queue hang up and end unread.
+//!   A worker it (or its spare) may still have started for an abandoned spawn reports itself later and is
+//!   killed on the spot; its scoreboard cell stays reserved until then (a cell whose worker never appears stays
+//!   reserved: one 64-byte cell per request a dying zygote or spare swallowed, out of 4096).
 //! - **A failed clone** is a `Report::SpawnFailed { cell }` from the zygote: the slot backs off like a failed
 //!   fork.
 //!
@@ -74,7 +77,8 @@ pub(super) struct PendingSpawn {
     pub(super) abandoned: bool,
 }
 
-/// One zygote process and the master's end of its socket.
+/// One zygote process and the master's ends of its two sockets. Dropping it (when the zygote is killed or
+/// forgotten) closes both: its spares, which read the queue, see it hang up and end.
 pub(super) struct Zygote {
     pub(super) pid: Pid,
     /// The build it serves: a generation and a staged plugin, for every task that runs that build.
@@ -82,7 +86,10 @@ pub(super) struct Zygote {
     sha256: String,
     /// The tasks whose template it was given (the first one at its fork).
     tasks: Vec<usize>,
-    socket: OwnedFd,
+    /// The ready byte and the templates.
+    control: OwnedFd,
+    /// The requests, read by the zygote's spare or the zygote itself.
+    queue: OwnedFd,
     ready: bool,
 }
 
@@ -126,7 +133,7 @@ impl Master {
             let title = self.host.worker_title(&self.tasks[task].settings.name);
             let template = TaskTemplate::of(task as u32, &self.worker_spec(task, 0, build, title, None));
             let zygote = &mut self.zygotes[index];
-            if let Err(e) = zygote::send_template(&zygote.socket, &template) {
+            if let Err(e) = zygote::send_template(&zygote.control, &template) {
                 debug!(pid = zygote.pid.as_raw(), "cannot give the zygote a task's settings: {e}; spawning cold");
                 return false;
             }
@@ -135,7 +142,7 @@ impl Master {
         let zygote = &self.zygotes[index];
         let request = Request { task: task as u32, slot, cell: cell.0 as u32, output: output.is_some() };
         let ends = output.map(|ends| [ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd()]);
-        match zygote::send(&zygote.socket, request, ends) {
+        match zygote::send(&zygote.queue, request, ends) {
             Ok(()) => true,
             Err(e) => {
                 // Full (it stopped reading) or gone: spawn cold now; the answer deadlines of what it was already
@@ -304,31 +311,29 @@ impl Master {
 
     /// Forks a zygote for `build` of `task` (it becomes usable once it says it loaded the plugin).
     fn start_zygote(&mut self, task: usize, build: &Build) {
-        let (ours, theirs) = match socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        ) {
-            Ok(pair) => pair,
+        let pair = || {
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+        };
+        let ((control, their_control), (queue, their_queue)) = match pair().and_then(|c| Ok((c, pair()?))) {
+            Ok(pairs) => pairs,
             Err(e) => {
-                debug!("cannot make a zygote's socket: {e}");
+                debug!("cannot make a zygote's sockets: {e}");
                 return;
             }
         };
-        // The zygote blocks on its end; ours stays non-blocking (answers are awaited with poll).
-        let _ = nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+        // Non-blocking: the master never waits for a zygote (a full queue means "spawn cold"), and the zygote and
+        // its spares read their ends after a poll, without waiting.
         let title = self.host.worker_title(&self.tasks[task].settings.name);
         let template = self.worker_spec(task, 0, build, title, None);
         // SAFETY: as for a worker (see `spawn_worker`): the master is single-threaded and the child runs only
         // `zygote::run`, which never returns into the master's code.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                drop(ours);
+                drop((control, queue));
                 let board: *const crate::scoreboard::Scoreboard = &self.board;
                 // SAFETY: the scoreboard lives in the master's memory image, which this child owns a copy of
                 // for its whole life: `zygote::run` never returns, so nothing drops it.
-                zygote::run(task as u32, template, unsafe { &*board }, theirs)
+                zygote::run(task as u32, template, unsafe { &*board }, their_control, their_queue)
             }
             Ok(ForkResult::Parent { child }) => {
                 let _ = nix::unistd::setpgid(child, child);
@@ -338,7 +343,8 @@ impl Master {
                     generation: build.generation,
                     sha256: build.plugin.sha256.clone(),
                     tasks: vec![task],
-                    socket: ours,
+                    control,
+                    queue,
                     ready: false,
                 });
             }
@@ -402,7 +408,7 @@ impl Zygote {
     /// Whether the zygote said it loaded its plugin (reads its ready byte without waiting).
     fn check_ready(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        if let Ok(1) = nix::unistd::read(&self.socket, &mut byte) {
+        if let Ok(1) = nix::unistd::read(&self.control, &mut byte) {
             self.ready = byte[0] == zygote::READY;
         }
         self.ready

@@ -1,0 +1,192 @@
+//! A zygote's spare: the next worker, cloned ahead, that takes its request from the master's request queue
+//! itself (see the module docs of [`crate::zygote`], "Spares"). This file holds the spare's side (its clone,
+//! its wait, what it tells the zygote) and the channel it tells it on.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
+
+use super::{Loaded, Message, Received, Request, TAKEN, TaskTemplate, become_worker, capture_ends, receive};
+use crate::exit::worker as code;
+
+/// Cleared when the kernel has no `clone3` (before 5.3): without a pidfd the zygote could not notice a spare
+/// that died, and requests would wait in the queue for nobody; it then clones every request itself.
+static CLONE3: AtomicBool = AtomicBool::new(true);
+
+/// The channel spares tell the zygote on: that one was taken (its pid and the task it serves), or a request
+/// given back (a "bounce": a task the spare has no template for). One `SOCK_SEQPACKET` pair made once per
+/// zygote: the zygote reads one end; spares keep the other and close the zygote's right after their clone, so
+/// that the zygote's death hangs their end up (`POLLHUP`) and ends them.
+pub(super) struct Channel {
+    /// The zygote's end, read (non-blocking) when the zygote's poll says so.
+    pub(super) zygote: OwnedFd,
+    /// The spares' end (the zygote holds it only to pass it on).
+    spares: OwnedFd,
+}
+
+impl Channel {
+    /// `None` if the socket pair cannot be made (the zygote then clones every request itself).
+    pub(super) fn new() -> Option<Channel> {
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let (zygote, spares) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags).ok()?;
+        Some(Channel { zygote, spares })
+    }
+}
+
+/// A spare waiting on the queue, as the zygote sees it: its pid, and a pidfd that becomes readable when it ends
+/// (killed by hand, told to stop, or ended after a bounce), so that it is replaced at once.
+pub(super) struct Spare {
+    pub(super) pid: i32,
+    pub(super) pidfd: OwnedFd,
+}
+
+impl Spare {
+    /// Clones a spare expecting a request of task `expected` (the last one's); `None` if it cannot be cloned
+    /// (the zygote then reads the queue itself).
+    pub(super) fn clone(
+        build: &Loaded<'_>,
+        tasks: &[TaskTemplate],
+        expected: u32,
+        queue: &OwnedFd,
+        channel: &Channel,
+        buffer: &mut [u8],
+    ) -> Option<Spare> {
+        if !CLONE3.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (pid, pidfd) = match clone_with_pidfd() {
+            Ok(Some(child)) => child,
+            Ok(None) => run_spare(build, tasks, expected, queue, channel, buffer),
+            Err(nix::errno::Errno::ENOSYS) => {
+                CLONE3.store(false, Ordering::Relaxed);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        Some(Spare { pid, pidfd })
+    }
+
+    /// Kills the spare (a template replaced one it holds a copy of); its end is noticed on its pidfd.
+    pub(super) fn kill(&self) {
+        // SAFETY: pidfd_send_signal on a pidfd this process owns, with no siginfo.
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+        };
+    }
+}
+
+/// The arguments of `clone3` up to `tls` (`CLONE_ARGS_SIZE_VER0`), as `linux/sched.h` defines them.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// Clones this single-threaded process as a child of the master (`CLONE_PARENT`, as `clone_for_master`) with
+/// a pidfd for the zygote: `Ok(None)` in the child, `Ok(Some((pid, pidfd)))` in the zygote.
+fn clone_with_pidfd() -> nix::Result<Option<(i32, OwnedFd)>> {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64,
+        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+        // No exit signal of its own: with CLONE_PARENT the kernel refuses one (EINVAL) and gives the child the
+        // zygote's, SIGCHLD (the master forked the zygote).
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM or a stack behaves like fork (the child gets a copy of this
+    // single-threaded process and returns 0 here); the kernel writes the pidfd into `pidfd`, which outlives
+    // the call.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
+    match pid {
+        0 => Ok(None),
+        pid if pid < 0 => Err(nix::errno::Errno::last()),
+        // SAFETY: the kernel installed the pidfd in this process for us (CLONE_PIDFD).
+        pid => Ok(Some((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))),
+    }
+}
+
+/// In a spare just cloned: waits for a request and becomes its worker, or ends (never returns).
+fn run_spare(
+    build: &Loaded<'_>,
+    tasks: &[TaskTemplate],
+    expected: u32,
+    queue: &OwnedFd,
+    channel: &Channel,
+    buffer: &mut [u8],
+) -> ! {
+    // Only the zygote may hold its end: its death must hang this spare's end up.
+    let _ = nix::unistd::close(channel.zygote.as_raw_fd());
+    // While it waits, a spare does what the path from request to first call would otherwise do: the setup that
+    // does not depend on the task, the expected task's spec and title (measured in the module docs). A failure
+    // is left for the worker's own setup to meet and report.
+    let _ = crate::worker::prepare_signals_and_group(build.template.master);
+    let prepared = tasks.iter().find(|t| t.index == expected).map(|task| {
+        let spec = task.apply(build.template);
+        // Its own title, so `ps` never counts a spare as a worker (it takes the worker's on its request, a cheap
+        // second write once the first touched the title's memory).
+        crate::title::set(&spec.title.replace(":Worker:", ":Spare:"));
+        (expected, spec)
+    });
+    let Some((request, fds)) = wait_for_request(queue, &channel.spares, buffer) else {
+        // The zygote or the master is gone, or the spare was told to stop: nothing of the plugin ran here.
+        // SAFETY: _exit ends this process at once, running no exit handler of the zygote's plugin.
+        unsafe { libc::_exit(code::OK) }
+    };
+    if tasks.iter().any(|t| t.index == request.task) {
+        let mut taken = [0u8; TAKEN_LEN];
+        taken[0] = TAKEN;
+        taken[1..5].copy_from_slice(&(std::process::id() as i32).to_le_bytes());
+        taken[5..9].copy_from_slice(&request.task.to_le_bytes());
+        // Never blocks: a zygote that stopped reading is the master's to give up on, not this worker's.
+        let _ =
+            nix::sys::socket::send(channel.spares.as_raw_fd(), &taken, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
+        become_worker(build, tasks, request, &fds, prepared)
+    }
+    // The task's template reached the zygote after this spare was cloned: the zygote serves the request.
+    let _ = super::send_with(&channel.spares, request, capture_ends(request, &fds), MsgFlags::MSG_DONTWAIT);
+    // SAFETY: as above.
+    unsafe { libc::_exit(code::OK) }
+}
+
+/// The length of a "taken" message: [`TAKEN`], the spare's pid, the task of its request.
+pub(super) const TAKEN_LEN: usize = 9;
+
+/// A spare's wait for its request on the queue: `None` when the zygote died (the channel hangs up), the master
+/// closed the queue, or a stop signal (SIGTERM, SIGINT) reached the spare. The stop handler (installed by
+/// `worker::prepare_signals_and_group`) only records the request, so the stop event wakes this wait: the spare
+/// ends without reading, rather than becoming a worker that begins stopped (`init`, no call, an exit the master
+/// never asked for). A request another reader took first (`EAGAIN`) is waited past.
+fn wait_for_request(queue: &OwnedFd, channel: &OwnedFd, buffer: &mut [u8]) -> Option<(Request, Vec<OwnedFd>)> {
+    let poll_fd = |fd: RawFd, events: libc::c_short| libc::pollfd { fd, events, revents: 0 };
+    let stop = crate::worker::stop_event().unwrap_or(-1);
+    loop {
+        let mut fds =
+            [poll_fd(queue.as_raw_fd(), libc::POLLIN), poll_fd(channel.as_raw_fd(), 0), poll_fd(stop, libc::POLLIN)];
+        // SAFETY: poll on an array of pollfds this frame owns; negative descriptors are ignored.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+                continue;
+            }
+            return None;
+        }
+        let ended = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+        if fds[1].revents != 0 || fds[2].revents != 0 || fds[0].revents & ended != 0 {
+            return None;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            match receive(queue, buffer) {
+                Received::Message(Message::Spawn(request, fds)) => return Some((request, fds)),
+                Received::Message(_) | Received::Nothing => continue,
+                Received::Closed => return None,
+            }
+        }
+    }
+}
