@@ -174,3 +174,26 @@ fn with_capture_off_output_goes_where_the_masters_goes() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let _ = child.wait();
 }
+
+/// The master holds each worker's write ends until it reaps the worker (so a worker's exit wakes it once, not
+/// once more per stream): over a churn of hundreds of one-call workers, it keeps no descriptor of a worker it
+/// reaped, and every worker's line still reaches the run log.
+#[test]
+fn the_master_keeps_no_descriptor_of_a_worker_it_reaped() {
+    let sb = Sandbox::new("capfds");
+    let config = task_config(json!({"println": "printed by a one-call worker"}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "2", "--execute-times", "1", "--execute-usleep", "0", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let master = sb.master_pid();
+    let descriptors = || std::fs::read_dir(format!("/proc/{master}/fd")).unwrap().count();
+    let printed = || run_log(&sb).matches("printed by a one-call worker").count();
+    sb.wait_for("50 workers", SOON, || (printed() >= 50).then_some(()));
+    let before = descriptors();
+    let seen = printed();
+    sb.wait_for("300 more workers", Duration::from_secs(60), || (printed() >= seen + 300).then_some(()));
+    let after = descriptors();
+    // Two slots, each with a worker or a request in flight (four pipe ends each), either time.
+    assert!(after <= before + 8, "the master's descriptors went from {before} to {after} over 300 workers");
+    sb.stop();
+}

@@ -155,16 +155,12 @@ impl Master {
         } else {
             None
         };
-        if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|(_, ends)| ends)) {
+        if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|pipes| &pipes.writes)) {
             // The write ends went to the zygote with the request; the worker reports its pid itself.
-            let reads = pipes.map(|(reads, ends)| {
-                drop(ends);
-                reads
-            });
-            self.await_warm_spawn(task, slot, build, cell, init_timeout, reads, title);
+            self.await_warm_spawn(task, slot, build, cell, init_timeout, pipes, title);
             return Some(Spawn::Requested(cell));
         }
-        let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|(_, ends)| ends));
+        let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|pipes| &pipes.writes));
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
         // `worker::run`, which never returns into the master's code.
         match unsafe { fork() } {
@@ -176,11 +172,7 @@ impl Master {
             }
             Ok(ForkResult::Parent { child }) => {
                 debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned cold");
-                let reads = pipes.map(|(reads, ends)| {
-                    drop(ends);
-                    reads
-                });
-                self.on_spawned(child, task, slot, build, cell, init_timeout, reads, title);
+                self.on_spawned(child, task, slot, build, cell, init_timeout, pipes, title);
                 Some(Spawn::Started(child))
             }
             Err(e) => {
@@ -202,15 +194,15 @@ impl Master {
         build: &Build,
         cell: CellIndex,
         init_timeout: Duration,
-        reads: Option<[std::os::fd::OwnedFd; 2]>,
+        pipes: Option<super::capture::Pipes>,
         title: String,
     ) {
         // Also set in the child: whichever runs first, the group exists before anyone signals it.
         let _ = setpgid(child, child);
-        if let Some(reads) = reads {
+        if let Some(pipes) = pipes {
             let name = self.tasks[task].settings.name.clone();
             let origin = super::capture::Origin { task: name, slot, pid: child, generation: build.generation, title };
-            if let Err(e) = self.captures.watch(reads, origin) {
+            if let Err(e) = self.captures.watch(pipes, origin) {
                 warn!(slot, pid = child.as_raw(), "cannot read the output of a new worker: {e}");
             }
         }

@@ -338,7 +338,7 @@ impl Master {
             // Asked of the new build's zygote: killed when it reports (see `warm`).
             if let Some(pending) = self.spawning.get_mut(&cell) {
                 pending.abandoned = true;
-                pending.reads = None;
+                pending.pipes = None;
                 let (task, slot) = (pending.task, pending.slot);
                 if let Some(state) = self.tasks[task].slots.get_mut(slot as usize) {
                     state.requested = state.requested.saturating_sub(1);

@@ -68,8 +68,8 @@ pub(super) struct PendingSpawn {
     pub(super) slot: u32,
     pub(super) build: Build,
     pub(super) init_timeout: Duration,
-    /// The read ends of its output pipes (the write ends went to the zygote).
-    pub(super) reads: Option<[OwnedFd; 2]>,
+    /// Its output pipes (the write ends also went to the zygote).
+    pub(super) pipes: Option<super::capture::Pipes>,
     pub(super) title: String,
     /// Given up (the zygote was killed or died) if it has not reported by then.
     pub(super) answer_by: Mono,
@@ -162,7 +162,7 @@ impl Master {
         build: &Build,
         cell: CellIndex,
         init_timeout: Duration,
-        reads: Option<[OwnedFd; 2]>,
+        pipes: Option<super::capture::Pipes>,
         title: String,
     ) {
         let zygote = self.zygotes.iter().find(|z| z.serves(build)).map_or(Pid::from_raw(0), |z| z.pid);
@@ -173,7 +173,7 @@ impl Master {
             slot,
             build: build.clone(),
             init_timeout,
-            reads,
+            pipes,
             title,
             answer_by,
             abandoned: false,
@@ -202,9 +202,9 @@ impl Master {
             self.settle_request(pending.task, pending.slot, cell);
         }
         debug!(slot = pending.slot, pid = pid.as_raw(), generation = pending.build.generation, "worker spawned warm");
-        let PendingSpawn { task, slot, build, init_timeout, reads, title, abandoned, .. } = pending;
+        let PendingSpawn { task, slot, build, init_timeout, pipes, title, abandoned, .. } = pending;
         let rollout_new = self.rollout.as_ref().is_some_and(|r| r.generation == build.generation);
-        self.on_spawned(pid, task, slot, &build, cell, init_timeout, reads, title);
+        self.on_spawned(pid, task, slot, &build, cell, init_timeout, pipes, title);
         let stopping = matches!(self.phase, super::core::HostPhase::Stopping { .. });
         // A stop ends the zygotes as it begins and gives up on their requests, but a worker already cloned
         // still reports: during a stop it is stopped gracefully below like every other worker (killing it
@@ -276,7 +276,7 @@ impl Master {
             let Some(pending) = self.spawning.get_mut(&cell) else { continue };
             pending.abandoned = true;
             // Its output pipes are closed: a worker that still reports is killed, never read.
-            pending.reads = None;
+            pending.pipes = None;
             let (task, slot) = (pending.task, pending.slot);
             self.settle_request(task, slot, cell);
             if let Some(rollout) = &mut self.rollout {
