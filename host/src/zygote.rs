@@ -124,7 +124,7 @@
 //!   costs one hop, once per task and zygote. (A template replacing one the spare holds, which the master never
 //!   sends, kills the spare; that race is then possible.)
 //! - **A spare that ends unasked** (killed by hand, told to stop) is noticed at once: the zygote clones spares
-//!   with raw `clone3` (`CLONE_PARENT | CLONE_PIDFD`) and polls the waiting spare's pidfd, then clones the
+//!   with raw `clone3` (`CLONE_PARENT | CLONE_PIDFD`) and polls each waiting spare's pidfd, then clones the
 //!   next. Requests queued meanwhile wait in the queue for the replacement, or for the zygote itself (below);
 //!   none is lost. A spare told to stop (SIGTERM, SIGINT) ends without reading (its stop event wakes its poll),
 //!   rather than becoming a worker that begins stopped. A spare stopped with SIGSTOP takes nothing and the
@@ -134,7 +134,9 @@
 //! - **Not while requests are queued** (a start or a rollout asking for many workers): with no spare waiting,
 //!   the zygote reads the queue itself and clones each request directly, and clones the next spare only once
 //!   the queue is empty (a spare would be one more hop each). It applies its workers' footprint
-//!   ([`footprint`]) just before cloning a spare, and keeps one: two waiting spares were measured slower. If a
+//!   ([`footprint`]) just before cloning spares, and keeps [`SPARES`] (two) waiting: with one, two slots that
+//!   ended together had the second request cloned directly (below). (In the first version, where each request
+//!   went through the zygote, a second spare was measured slower: its clone held up the next hand-over.) If a
 //!   spare cannot be cloned, the zygote reads the queue itself until the next request is served (then tries
 //!   again), so no request waits for nobody.
 //! - The master never learns of a spare before it reports: a spare is only ever a child it reaps without
@@ -360,7 +362,7 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, control
         control,
         queue,
         channel,
-        spare: None,
+        spares: Vec::with_capacity(SPARES),
         expected: index,
         want_spare: false,
         buffer: vec![0u8; MAX_MESSAGE],
@@ -369,6 +371,13 @@ pub fn run(index: u32, template: WorkerSpec, board: &'static Scoreboard, control
         zygote.serve();
     }
 }
+
+/// How many spares a zygote keeps waiting. With one, two slots that ended together had their second request
+/// cloned directly by the zygote (36 % of a 2-slot churn's workers): measured (2 slots, `--execute-times 1
+/// --execute-usleep 0`, interleaved A/B, 6 runs of 3 s), one spare 4 404 workers/s, two 4 570, three 4 560. A
+/// spare costs a process in the master's table (its kernel stack, page tables and the pages it wrote waiting,
+/// ~100 KiB) while it waits.
+const SPARES: usize = 2;
 
 /// A zygote's state between wake-ups.
 struct Zygote<'a> {
@@ -379,8 +388,9 @@ struct Zygote<'a> {
     queue: OwnedFd,
     /// What spares tell it on; `None` (it could not be made): no spares, every request is cloned directly.
     channel: Option<spare::Channel>,
-    /// The spare waiting on the queue, if any: while there is one, the zygote leaves the queue to it.
-    spare: Option<spare::Spare>,
+    /// The spares waiting on the queue (at most [`SPARES`]): while there is one, the zygote leaves the queue to
+    /// them.
+    spares: Vec<spare::Spare>,
     /// The task whose request the next spare most likely gets (the last one's).
     expected: u32,
     /// A request was served since the last spare was cloned (or the spare ended): clone the next one once
@@ -406,39 +416,43 @@ impl Zygote<'_> {
         if spare {
             // What it said before it ended is in the channel already: all of it is read before it is dropped.
             self.read_channel(true);
-            self.spare = None;
+            self.spares.retain(|spare| !spare.ended());
             self.want_spare = true;
         }
-        if self.spare.is_none() {
-            if queue || self.want_spare {
-                self.read_queue();
+        if self.spares.is_empty() && (queue || self.want_spare) {
+            self.read_queue();
+        }
+        if self.want_spare {
+            self.want_spare = false;
+            // The next workers' clones, made now rather than on their requests; not while requests are queued
+            // (a start or a rollout asking for many): those are cloned directly, and a spare would only be one
+            // more hop.
+            if let Some(applied) = footprint::apply_if_learned() {
+                tracing::debug!(?applied, "zygote applied its workers' footprint");
             }
-            if self.want_spare {
-                self.want_spare = false;
-                // The next worker's clone, made now rather than on its request; not while requests are queued
-                // (a start or a rollout asking for many): those are cloned directly, and a spare would only be
-                // one more hop.
-                if let Some(applied) = footprint::apply_if_learned() {
-                    tracing::debug!(?applied, "zygote applied its workers' footprint");
-                }
-                if let Some(channel) = &self.channel {
-                    let (build, tasks, expected) = (self.build, &self.tasks, self.expected);
-                    self.spare = spare::Spare::clone(build, tasks, expected, &self.queue, channel, &mut self.buffer);
+            if let Some(channel) = &self.channel {
+                let (build, tasks, expected) = (self.build, &self.tasks, self.expected);
+                while self.spares.len() < SPARES {
+                    match spare::Spare::clone(build, tasks, expected, &self.queue, channel, &mut self.buffer) {
+                        Some(spare) => self.spares.push(spare),
+                        None => break,
+                    }
                 }
             }
         }
     }
 
-    /// Waits for the control socket, the spares' channel, the spare's end, or (with no spare) the queue; which
-    /// of them woke it.
+    /// Waits for the control socket, the spares' channel, the queue (with no spare) or a spare's end; which of
+    /// them woke it (a spare's end: any spare's).
     fn wait(&self) -> [bool; 4] {
         let poll_fd = |fd: RawFd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        let mut fds = [
-            poll_fd(self.control.as_raw_fd()),
-            poll_fd(self.channel.as_ref().map_or(-1, |c| c.zygote.as_raw_fd())),
-            poll_fd(self.spare.as_ref().map_or(-1, |s| s.pidfd.as_raw_fd())),
-            poll_fd(if self.spare.is_some() { -1 } else { self.queue.as_raw_fd() }),
-        ];
+        let mut fds = [poll_fd(-1); 3 + SPARES];
+        fds[0] = poll_fd(self.control.as_raw_fd());
+        fds[1] = poll_fd(self.channel.as_ref().map_or(-1, |c| c.zygote.as_raw_fd()));
+        fds[2] = poll_fd(if self.spares.is_empty() { self.queue.as_raw_fd() } else { -1 });
+        for (fd, spare) in fds[3..].iter_mut().zip(&self.spares) {
+            *fd = poll_fd(spare.pidfd.as_raw_fd());
+        }
         // SAFETY: poll on an array of pollfds this frame owns; negative descriptors are ignored.
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
             if nix::errno::Errno::last() != nix::errno::Errno::EINTR {
@@ -447,7 +461,8 @@ impl Zygote<'_> {
             }
             return [false; 4];
         }
-        fds.map(|fd| fd.revents != 0)
+        let woke = |fd: &libc::pollfd| fd.revents != 0;
+        [woke(&fds[0]), woke(&fds[1]), fds[3..].iter().any(woke), woke(&fds[2])]
     }
 
     /// Reads every template the master sent; ends the zygote when the master closed the socket.
@@ -458,11 +473,11 @@ impl Zygote<'_> {
                     let replaced = self.tasks.iter().any(|t| t.index == task.index);
                     self.tasks.retain(|t| t.index != task.index);
                     self.tasks.push(*task);
-                    if replaced && let Some(spare) = &self.spare {
-                        // Its copy of that template is stale (a new task's it lacks, and gives its request back,
+                    if replaced {
+                        // Their copy of that template is stale (a new task's they lack, and give its request back,
                         // see `spare`). The master sends each task's template once, so this is not reached
-                        // today; a request the spare had just taken would be lost to the answer deadline.
-                        spare.kill();
+                        // today; a request a spare had just taken would be lost to the answer deadline.
+                        self.spares.iter().for_each(spare::Spare::kill);
                     }
                 }
                 Received::Message(_) => {}
@@ -482,16 +497,14 @@ impl Zygote<'_> {
             let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel) };
             match receive(&socket, &mut self.buffer) {
                 Received::Message(Message::Taken { pid, task }) => {
-                    if self.spare.as_ref().is_some_and(|s| s.pid == pid) {
-                        self.spare = None;
-                    }
+                    self.spares.retain(|spare| spare.pid != pid);
                     self.expected = task;
                     self.want_spare = true;
                 }
                 Received::Message(Message::Spawn(request, fds)) => {
                     // The spare lacked the request's task (its template came after the clone) and ends.
+                    // (Its pidfd tells of its end.)
                     tracing::debug!(task = request.task, "a spare gave back a request of a task it had no template of");
-                    self.spare = None;
                     self.clone_worker(request, &fds);
                 }
                 Received::Message(_) => {}
@@ -564,6 +577,11 @@ fn become_worker(
     prepared: Option<(u32, WorkerSpec)>,
 ) -> ! {
     let template = build.template;
+    // Its own process group before the master learns of it, so that the master may signal the group at once
+    // and need not set it too (a spare set it while it waited).
+    if crate::worker::stop_event().is_none() {
+        let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    }
     // First of all: the master learns this worker's pid from the worker itself, so the report is in the pipe
     // before any other report of this worker and before its exit (see `master::warm`).
     let me = std::process::id() as i32;

@@ -172,6 +172,9 @@ impl Master {
             }
             Ok(ForkResult::Parent { child }) => {
                 debug!(slot, pid = child.as_raw(), generation = build.generation, "worker spawned cold");
+                // Also set in the child: whichever runs first, the group exists before anyone signals it. (A warm
+                // worker sets its own before it reports itself.)
+                let _ = setpgid(child, child);
                 self.on_spawned(child, task, slot, build, cell, init_timeout, pipes, title);
                 Some(Spawn::Started(child))
             }
@@ -183,8 +186,7 @@ impl Master {
         }
     }
 
-    /// Takes a new worker (forked here or by its build's zygote) under supervision: its process group, its
-    /// output, its slot.
+    /// Takes a new worker (forked here or by its build's zygote) under supervision: its output, its slot.
     #[expect(clippy::too_many_arguments, reason = "the parts of one spawn, passed on from spawn_worker")]
     pub(super) fn on_spawned(
         &mut self,
@@ -197,8 +199,6 @@ impl Master {
         pipes: Option<super::capture::Pipes>,
         title: String,
     ) {
-        // Also set in the child: whichever runs first, the group exists before anyone signals it.
-        let _ = setpgid(child, child);
         if let Some(pipes) = pipes {
             let name = self.tasks[task].settings.name.clone();
             let origin = super::capture::Origin { task: name, slot, pid: child, generation: build.generation, title };

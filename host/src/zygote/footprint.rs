@@ -339,8 +339,13 @@ fn own_mappings(kind: Kind) -> Vec<Mapping> {
 extern "C" fn record_at_exit() {
     // Not in a child the learner's plugin forked: it inherited the flag, but its footprint is not a worker's
     // life, and the learner itself records later (the zygote could apply a footprint being rewritten).
-    let learner = header(1).map(|pid| pid.load(Ordering::Relaxed));
-    if LEARNER.swap(false, Ordering::Relaxed) && learner == Some(std::process::id()) {
+    // The flag first, and only read: every other worker then neither touches the shared region nor writes a
+    // page of its own here (either was a page fault in each worker's exit).
+    if !LEARNER.load(Ordering::Relaxed) {
+        return;
+    }
+    LEARNER.store(false, Ordering::Relaxed);
+    if header(1).map(|pid| pid.load(Ordering::Relaxed)) == Some(std::process::id()) {
         record();
     }
 }

@@ -67,6 +67,13 @@ impl Spare {
         Some(Spare { pid, pidfd })
     }
 
+    /// Whether the spare has ended (its pidfd is readable).
+    pub(super) fn ended(&self) -> bool {
+        let mut fd = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one pollfd this frame owns, without waiting.
+        unsafe { libc::poll(&mut fd, 1, 0) == 1 }
+    }
+
     /// Kills the spare (a template replaced one it holds a copy of); its end is noticed on its pidfd.
     pub(super) fn kill(&self) {
         // SAFETY: pidfd_send_signal on a pidfd this process owns, with no siginfo.
