@@ -50,8 +50,8 @@
 //!
 //! # Costs
 //!
-//! - Each clone copies ~850 more page table entries and ~37 pages, so a zygote's `clone` costs more (~95 →
-//!   ~175 µs per worker in the churn below) and a worker's whole life much less (~280 → ~175–190 µs).
+//! - Each clone copies ~450–560 more page table entries and ~37 pages, so a zygote's `clone` costs more (~95
+//!   → ~140 µs per worker in the churn below) and a worker's whole life much less (~280 → ~175–185 µs).
 //! - The zygote keeps its code mappings `MADV_RANDOM` and its children inherit it: a worker faults a code page
 //!   outside the footprint alone rather than with its 64 KiB window.
 //! - The pinned pages (~150 KiB) stay resident for the zygote's life and count against `RLIMIT_MEMLOCK` when
@@ -68,7 +68,12 @@
 //! binary and this one interleaved, 3 runs of 3 s each, medians; the machine in its fast state, a bare `fork`
 //! of a small C program at 139 µs): page faults per worker 69 → 9; CPU per worker (master + zygote + worker)
 //! 432 → 420 µs; workers/s 3 677 → 3 952; pmhost's own request → first call median 0.308 → 0.260 ms. In
-//! release, the footprint is ~850 code pages in 7 mappings and ~37 written pages.
+//! release, the footprint was then ~1 100 code pages in 7 mappings and ~37 written pages.
+//!
+//! Learning exactly the pages (split code mappings, the zygote dropping what populating mapped between them),
+//! measured the same way (5 runs of 3 s each, a bare `fork` of a small C program at 147 µs): code pages
+//! 1 105 → 456–558; CPU per worker 421 → 383 µs (the worker's 209 → 186, the zygote's 155 → 144); workers/s
+//! 3 976 → 4 398; pmhost's request → first call 0.276 → 0.251 ms; page faults per worker 12 either way.
 //!
 //! # What is left: the fork itself
 //!
