@@ -85,9 +85,12 @@
 //! is the floor of a warm spawn here, before the master's share (~55 µs per worker) and anything the worker
 //! does; the churn target of 5 000 workers/s on 2 cores leaves 400 µs for all of it.
 
-use std::io::Read;
+mod maps;
+
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use maps::{Kind, Mapping, Scratch, join_split_code, mappings, own_mappings, page_runs};
 
 /// The shared page's states.
 const WANTED: u32 = 0;
@@ -188,157 +191,6 @@ pub fn forgo_learning() {
     LEARNER.store(false, Ordering::Relaxed);
 }
 
-/// The kinds of mapping a footprint covers.
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    /// File-backed, private, not writable, without a private page, in memory or swapped out (not a relocated
-    /// `RELRO`).
-    Code,
-    /// Writable and private: heap, stack, data, anonymous.
-    Written,
-}
-
-#[derive(Clone, Copy)]
-struct Mapping {
-    start: u64,
-    end: u64,
-}
-
-impl Mapping {
-    /// Advice on the whole mapping; a failure leaves it as it was (each step is an optimisation).
-    fn advise(self, advice: i32) {
-        if self.end <= self.start {
-            return;
-        }
-        // SAFETY: advice on this process's own mapping; none that is used here changes memory contents.
-        unsafe { libc::madvise(self.start as *mut libc::c_void, (self.end - self.start) as usize, advice) };
-    }
-
-    /// Splits the mapping into mappings of one page each (every other page marked `MADV_DONTDUMP`, which
-    /// changes nothing but what a core dump holds), spending at most `budget` of the mappings it adds; returns
-    /// the budget left. A read fault maps the whole page-cache folio around the page it needs (up to 32 pages
-    /// of a large folio on Linux 6.18's ext4, `MADV_RANDOM` or not), but never beyond the faulting mapping.
-    fn split(self, mut budget: u64) -> u64 {
-        let mut page = self.start + PAGE;
-        while page < self.end && budget >= 2 {
-            // SAFETY: advice on one page of this process's own mapping; it changes no memory contents.
-            if unsafe { libc::madvise(page as *mut libc::c_void, PAGE as usize, libc::MADV_DONTDUMP) } != 0 {
-                // Out of mappings (`vm.max_map_count`): the rest stays as it is.
-                return 0;
-            }
-            budget -= 2;
-            page += 2 * PAGE;
-        }
-        budget
-    }
-
-    fn contains(self, address: u64) -> bool {
-        (self.start..self.end).contains(&address)
-    }
-}
-
-/// Memory the learner reads `/proc/self/smaps` into: a mapping of its own, so that learning writes no page of
-/// its heap (which it would then record as a page every worker writes).
-struct Scratch {
-    base: *mut u8,
-    len: usize,
-}
-
-impl Scratch {
-    /// Room for the smaps of a few thousand mappings (~1 KiB each; the learner's split code mappings are joined
-    /// again before it reads them, see `join_split_code`).
-    const LEN: usize = 4 << 20;
-
-    fn new() -> Option<Scratch> {
-        // SAFETY: a fresh private anonymous mapping, unmapped on drop.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        (base != libc::MAP_FAILED).then_some(Scratch { base: base.cast(), len: Self::LEN })
-    }
-
-    /// This process's `/proc/self/smaps`, read into the scratch memory (cut at its end).
-    fn smaps(&mut self) -> &str {
-        self.read("/proc/self/smaps")
-    }
-
-    /// A text file of `/proc`, read into the scratch memory (cut at its end).
-    fn read(&mut self, path: &str) -> &str {
-        // SAFETY: the mapping is `len` bytes, readable and writable, and only this borrow uses it.
-        let buffer = unsafe { std::slice::from_raw_parts_mut(self.base, self.len) };
-        let mut filled = 0;
-        if let Ok(mut file) = std::fs::File::open(path) {
-            while filled < buffer.len() {
-                match file.read(&mut buffer[filled..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => filled += n,
-                }
-            }
-        }
-        // A line cut by the end of the buffer is dropped with the rest of what did not fit.
-        let text = &buffer[..filled];
-        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        std::str::from_utf8(&text[..whole]).unwrap_or("")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made by `new` and nothing borrows it any more.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
-}
-
-/// The mappings of `kind` in `smaps` (the text of `/proc/self/smaps`).
-fn mappings(kind: Kind, smaps: &str) -> impl Iterator<Item = Mapping> + '_ {
-    let mut current: Option<Mapping> = None;
-    smaps.lines().filter_map(move |line| {
-        // A private page swapped out counts under `Swap`, not `Anonymous`: a relocated RELRO page the zygote
-        // wrote and the kernel swapped out is as much its own as one in memory, and `MADV_DONTNEED` would drop it
-        // (the next read would see the file's unrelocated bytes).
-        if let Some(amount) = line.strip_prefix("Anonymous:").or_else(|| line.strip_prefix("Swap:")) {
-            if kind == Kind::Code && amount.trim().trim_end_matches("kB").trim() != "0" {
-                current = None;
-            }
-            return None;
-        }
-        if line.starts_with("VmFlags:") {
-            return current.take();
-        }
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { return None };
-        let (start, end) = range.split_once('-')?;
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else {
-            return None;
-        };
-        let path = fields.nth(3).unwrap_or("");
-        let perms = perms.as_bytes();
-        let fits = match kind {
-            Kind::Code => path.starts_with('/') && perms.get(1) == Some(&b'-') && perms.get(3) == Some(&b'p'),
-            Kind::Written => perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b'p'),
-        };
-        current = fits.then_some(Mapping { start, end });
-        None
-    })
-}
-
-/// This process's mappings of `kind` (in the zygote, which may use its heap; not through a [`Scratch`], whose
-/// own mapping would be listed, then unmapped, under the pages to pin).
-fn own_mappings(kind: Kind) -> Vec<Mapping> {
-    let mut smaps = String::new();
-    if std::fs::File::open("/proc/self/smaps").and_then(|mut f| f.read_to_string(&mut smaps)).is_err() {
-        return Vec::new();
-    }
-    mappings(kind, &smaps).collect()
-}
-
 /// Runs among the executable's ELF destructors, near the very end of `exit`: the learner records there, after
 /// the plugin's exit handlers and destructors ran (their pages belong to a worker's life too).
 extern "C" fn record_at_exit() {
@@ -392,63 +244,6 @@ fn record() {
         count.store(n as u32, Ordering::Relaxed);
     }
     state.store(READY, Ordering::Release);
-}
-
-/// Undoes `Mapping::split` before the learner reads its smaps and pagemap: thousands of one-page mappings
-/// took ~15 ms to list and walk. `maps` (the text of `/proc/self/maps`, which unlike smaps costs no page table
-/// walk) gives the runs of adjacent read-only private file mappings; clearing `MADV_DONTDUMP` over each run
-/// lets the kernel merge its pieces back.
-fn join_split_code(maps: &str) {
-    let mut run: Option<Mapping> = None;
-    let pieces = maps.lines().filter_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (range, perms) = (fields.next()?, fields.next()?.as_bytes());
-        let (start, end) = range.split_once('-')?;
-        let code = fields.nth(3).is_some_and(|path| path.starts_with('/'))
-            && perms.get(1) == Some(&b'-')
-            && perms.get(3) == Some(&b'p');
-        Some((code, Mapping { start: u64::from_str_radix(start, 16).ok()?, end: u64::from_str_radix(end, 16).ok()? }))
-    });
-    for (code, piece) in pieces.chain([(false, Mapping { start: 0, end: 0 })]) {
-        match &mut run {
-            Some(joined) if code && joined.end == piece.start => joined.end = piece.end,
-            _ => {
-                if let Some(joined) = run.take() {
-                    joined.advise(libc::MADV_DODUMP);
-                }
-                run = code.then_some(piece);
-            }
-        }
-    }
-}
-
-/// Calls `run(start, length)` for each run of pages of `mapping` whose pagemap entries have all the bits of
-/// `wanted`.
-fn page_runs(pagemap: &std::fs::File, mapping: Mapping, wanted: u64, mut run: impl FnMut(u64, u64)) {
-    let mut entries = [0u8; 4096];
-    let mut open: Option<u64> = None;
-    let mut address = mapping.start;
-    while address < mapping.end {
-        let chunk = (((mapping.end - address) / PAGE) as usize * 8).min(entries.len());
-        if pagemap.read_exact_at(&mut entries[..chunk], address / PAGE * 8).is_err() {
-            break;
-        }
-        for entry in entries[..chunk].chunks_exact(8) {
-            let entry = u64::from_le_bytes(entry.try_into().unwrap_or_default());
-            match (entry & wanted == wanted, open) {
-                (true, None) => open = Some(address),
-                (false, Some(from)) => {
-                    run(from, address - from);
-                    open = None;
-                }
-                _ => {}
-            }
-            address += PAGE;
-        }
-    }
-    if let Some(from) = open {
-        run(from, address - from);
-    }
 }
 
 /// What applying a footprint did, for the zygote's debug log.
@@ -610,28 +405,4 @@ fn pin(written: &[(u64, u64)]) -> u64 {
     // The ring stays open for the zygote's life (its pins with it); workers close it with every descriptor
     // they do not keep.
     pages
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One smaps entry: a private read-only mapping of a file with `anonymous` and `swap` kB of private pages.
-    fn entry(start: &str, anonymous: u32, swap: u32) -> String {
-        format!(
-            "{start}-7f0000010000 r--p 00000000 08:01 42 /usr/lib/libx.so\nSize: 64 kB\nRss: 8 kB\n\
-             Anonymous: {anonymous} kB\nAnonHugePages: 0 kB\nSwap: {swap} kB\nSwapPss: {swap} kB\n\
-             Locked: 0 kB\nVmFlags: rd mr mw me\n"
-        )
-    }
-
-    #[test]
-    fn code_is_a_read_only_file_mapping_without_private_pages_in_memory_or_swapped_out() {
-        for (anonymous, swap, code) in [(0, 0, true), (4, 0, false), (0, 8, false), (4, 8, false)] {
-            let smaps = entry("7f0000000000", anonymous, swap);
-            let found: Vec<(u64, u64)> = mappings(Kind::Code, &smaps).map(|m| (m.start, m.end)).collect();
-            let expected = if code { vec![(0x7f00_0000_0000, 0x7f00_0001_0000)] } else { Vec::new() };
-            assert_eq!(found, expected, "Anonymous {anonymous} kB, Swap {swap} kB");
-        }
-    }
 }
