@@ -225,3 +225,21 @@ fn held_write_ends_leave_the_master_descriptors_under_a_low_open_file_limit() {
     assert!(!log.contains("Too many open files"), "{log}");
     sb.stop();
 }
+
+/// A helper that left its worker's process group and writes without pause while the worker is reaped: the
+/// master reads what the pipe held at the reap, not until the helper stops, so it goes on supervising (the slot
+/// is refilled, `status` answers) and the helper, orphaned, is ended.
+#[test]
+fn a_helper_flooding_a_reaped_workers_pipe_never_stalls_the_master() {
+    let sb = Sandbox::new("capreapflood");
+    let config = task_config(json!({"work": "spawn", "spawn": "exec setsid yes flooding helper"}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "1", "--execute-times", "2", "--execute-usleep", "200ms", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let first = sb.wait_for("a ready worker", SOON, || sb.ready_workers().values().next().copied());
+    sb.wait_for("the flood", SOON, || run_log(&sb).contains("flooding helper").then_some(()));
+    sb.wait_for("the slot refilled", SOON, || sb.ready_workers().values().copied().find(|pid| *pid != first));
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
+}

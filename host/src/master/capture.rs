@@ -256,13 +256,22 @@ impl Captures {
     /// Reads everything the streams of `pid` hold now (a worker just reaped: its last words come before its
     /// exit line), after closing the master's copies of their write ends: a stream no child of the worker holds
     /// ends here.
+    ///
+    /// Only what the pipe holds now is read (and one read more, which finds its end if no child of the worker
+    /// holds it): a helper that left the worker's process group and keeps writing would otherwise keep the
+    /// master in this loop for as long as it outpaced the log, every other event waiting (a `yes` so started
+    /// did, until it was killed by hand). What follows is read as any stream's, [`READ_BUDGET`] per wake-up.
     pub fn read_all_of(&mut self, pid: Pid) {
         let fds = self.by_pid.get(&pid).cloned().unwrap_or_default();
         for fd in fds {
-            if let Some(stream) = self.streams.get_mut(&fd) {
-                stream.held = None;
+            let Some(stream) = self.streams.get_mut(&fd) else { continue };
+            stream.held = None;
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD on a pipe this table owns writes one int, into a local.
+            if unsafe { libc::ioctl(stream.fd.as_raw_fd(), libc::FIONREAD, &mut queued) } < 0 {
+                queued = 0;
             }
-            self.read_stream(fd, usize::MAX);
+            self.read_stream(fd, usize::try_from(queued).unwrap_or(0) + 1);
         }
     }
 
