@@ -197,3 +197,49 @@ fn the_master_keeps_no_descriptor_of_a_worker_it_reaped() {
     assert!(after <= before + 8, "the master's descriptors went from {before} to {after} over 300 workers");
     sb.stop();
 }
+
+/// The write ends the master holds for its workers take at most a quarter of its open-file limit: 64 workers
+/// under a limit of 320 (five descriptors each when every end was held, with the worker's `statm`) all run,
+/// their output is captured, and the master still writes its status.
+#[test]
+fn held_write_ends_leave_the_master_descriptors_under_a_low_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new("capnofile");
+    let hello = fixtures().hello.to_str().unwrap().to_owned();
+    let mut cmd = sb.pmhost(["start", "-d", "--name", &sb.name, "--plugin", &hello]);
+    cmd.args(["--workers", "64", "--execute-times", "0", "--execute-usleep", "1s"]);
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's state.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 320, 320)
+                .map_err(std::io::Error::from)
+        });
+    }
+    eprintln!("$ {cmd:?}");
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().expect("run pmhost start");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.wait_for("64 ready workers", SOON, || (sb.ready_workers().len() == 64).then_some(()));
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let log = sb.log_text("process.");
+    assert!(!log.contains("Too many open files"), "{log}");
+    sb.stop();
+}
+
+/// A helper that left its worker's process group and writes without pause while the worker is reaped: the
+/// master reads what the pipe held at the reap, not until the helper stops, so it goes on supervising (the slot
+/// is refilled, `status` answers) and the helper, orphaned, is ended.
+#[test]
+fn a_helper_flooding_a_reaped_workers_pipe_never_stalls_the_master() {
+    let sb = Sandbox::new("capreapflood");
+    let config = task_config(json!({"work": "spawn", "spawn": "exec setsid yes flooding helper"}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "1", "--execute-times", "2", "--execute-usleep", "200ms", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let first = sb.wait_for("a ready worker", SOON, || sb.ready_workers().values().next().copied());
+    sb.wait_for("the flood", SOON, || run_log(&sb).contains("flooding helper").then_some(()));
+    sb.wait_for("the slot refilled", SOON, || sb.ready_workers().values().copied().find(|pid| *pid != first));
+    let out = sb.run(["status", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    sb.stop();
+}

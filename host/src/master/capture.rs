@@ -18,10 +18,14 @@
 //! worker's 189 → 178); workers/s 4 474 → 4 821. The cost is two more descriptors per worker in the master
 //! (its `RLIMIT_NOFILE` is raised to the hard limit at start). They are close-on-exec: a master that
 //! re-executes itself (`pmhost upgrade`) hands over the read ends only, and its workers' exits close the
-//! pipes as before. Lines longer than
+//! pipes as before. The copies are held only while they take at most a quarter of the master's
+//! `RLIMIT_NOFILE` ([`holds_write_ends`]): beyond it a worker's write ends are closed after its spawn, as before
+//! (held for every worker, 64 workers under a limit of 320 left the master no descriptor for its status file).
+//! Lines longer than
 //! [`LINE_LIMIT`] bytes are split, never dropped; bytes that are not UTF-8 and control characters are escaped
 //! (`\xNN`), so output can neither garble nor forge a log line.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -66,7 +70,7 @@ pub struct Origin {
 struct Stream {
     fd: OwnedFd,
     /// The master's copy of the write end, until the worker is reaped.
-    held: Option<OwnedFd>,
+    held: Option<HeldEnd>,
     kind: StreamKind,
     /// Shared by a worker's two streams (at 1024 workers, a copy per stream was 2 × 64 bytes in the table plus
     /// 2 strings per worker).
@@ -101,9 +105,37 @@ pub struct Pipes {
     pub writes: WorkerEnds,
 }
 
+/// A new worker's pipes once spawned: the read ends, and the write ends if the master holds them.
+pub struct Watched {
+    reads: [OwnedFd; 2],
+    held: Option<[HeldEnd; 2]>,
+}
+
+/// The master's copy of a worker's write end, counted while it is open.
+struct HeldEnd {
+    _fd: OwnedFd,
+    count: Rc<Cell<usize>>,
+}
+
+impl Drop for HeldEnd {
+    fn drop(&mut self) {
+        self.count.set(self.count.get().saturating_sub(1));
+    }
+}
+
+/// Whether the master holds two more write ends, `held` being held, under an open-file limit of `nofile`: at
+/// most a quarter of it goes to them, the rest stays for the read ends, the workers' `statm` and everything else.
+fn holds_write_ends(held: usize, nofile: u64) -> bool {
+    (held as u64).saturating_add(2) <= nofile / 4
+}
+
 /// The read ends of the worker pipes, in one epoll set.
 pub struct Captures {
     epoll: Epoll,
+    /// Write ends held (see [`holds_write_ends`]).
+    held: Rc<Cell<usize>>,
+    /// The soft `RLIMIT_NOFILE`, read at the first spawn (after the master raised it).
+    nofile: Option<u64>,
     streams: HashMap<RawFd, Stream>,
     /// The streams of each worker still open, so reaping one reads its own without a look at every stream.
     by_pid: HashMap<Pid, Vec<RawFd>>,
@@ -115,6 +147,8 @@ impl Captures {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             streams: HashMap::new(),
             by_pid: HashMap::new(),
+            held: Rc::new(Cell::new(0)),
+            nofile: None,
         })
     }
 
@@ -135,15 +169,34 @@ impl Captures {
         Ok(Pipes { reads: [out_read, err_read], writes: WorkerEnds { stdout: out_write, stderr: err_write } })
     }
 
-    /// Starts reading a new worker's streams (and holds their write ends until it is reaped).
-    pub fn watch(&mut self, pipes: Pipes, origin: Origin) -> io::Result<()> {
-        let origin = Rc::new(origin);
+    /// A new worker's pipes once their write ends reached it (forked, or sent with its request): the master
+    /// keeps its copies of the write ends while [`holds_write_ends`] allows, else closes them now.
+    pub fn hold(&mut self, pipes: Pipes) -> Watched {
+        let nofile = *self.nofile.get_or_insert_with(|| {
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
+        });
         let Pipes { reads, writes } = pipes;
-        let ends = [(StreamKind::Stdout, writes.stdout), (StreamKind::Stderr, writes.stderr)];
+        let held = holds_write_ends(self.held.get(), nofile).then(|| {
+            self.held.set(self.held.get() + 2);
+            [writes.stdout, writes.stderr].map(|fd| HeldEnd { _fd: fd, count: Rc::clone(&self.held) })
+        });
+        Watched { reads, held }
+    }
+
+    /// Starts reading a new worker's streams (and holds their write ends, if [`Captures::hold`] kept them,
+    /// until it is reaped).
+    pub fn watch(&mut self, watched: Watched, origin: Origin) -> io::Result<()> {
+        let origin = Rc::new(origin);
+        let Watched { reads, held } = watched;
+        let held = match held {
+            Some([stdout, stderr]) => [Some(stdout), Some(stderr)],
+            None => [None, None],
+        };
+        let ends = [StreamKind::Stdout, StreamKind::Stderr].into_iter().zip(held);
         for (fd, (kind, held)) in reads.into_iter().zip(ends) {
             let raw = fd.as_raw_fd();
             self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
-            let stream = Stream { fd, held: Some(held), kind, origin: Rc::clone(&origin), partial: Vec::new() };
+            let stream = Stream { fd, held, kind, origin: Rc::clone(&origin), partial: Vec::new() };
             self.streams.insert(raw, stream);
             self.by_pid.entry(origin.pid).or_default().push(raw);
         }
@@ -203,13 +256,22 @@ impl Captures {
     /// Reads everything the streams of `pid` hold now (a worker just reaped: its last words come before its
     /// exit line), after closing the master's copies of their write ends: a stream no child of the worker holds
     /// ends here.
+    ///
+    /// Only what the pipe holds now is read (and one read more, which finds its end if no child of the worker
+    /// holds it): a helper that left the worker's process group and keeps writing would otherwise keep the
+    /// master in this loop for as long as it outpaced the log, every other event waiting (a `yes` so started
+    /// did, until it was killed by hand). What follows is read as any stream's, [`READ_BUDGET`] per wake-up.
     pub fn read_all_of(&mut self, pid: Pid) {
         let fds = self.by_pid.get(&pid).cloned().unwrap_or_default();
         for fd in fds {
-            if let Some(stream) = self.streams.get_mut(&fd) {
-                stream.held = None;
+            let Some(stream) = self.streams.get_mut(&fd) else { continue };
+            stream.held = None;
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD on a pipe this table owns writes one int, into a local.
+            if unsafe { libc::ioctl(stream.fd.as_raw_fd(), libc::FIONREAD, &mut queued) } < 0 {
+                queued = 0;
             }
-            self.read_stream(fd, usize::MAX);
+            self.read_stream(fd, usize::try_from(queued).unwrap_or(0) + 1);
         }
     }
 
@@ -329,6 +391,21 @@ pub fn escape(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_ends_are_held_within_a_quarter_of_the_open_file_limit() {
+        for (held, nofile, holds) in [
+            (0, 20_000, true),
+            (4_998, 20_000, true),
+            (4_999, 20_000, false),
+            (78, 320, true),
+            (80, 320, false),
+            (0, 4, false),
+            (0, 0, false),
+        ] {
+            assert_eq!(holds_write_ends(held, nofile), holds, "{held} held, limit {nofile}");
+        }
+    }
 
     #[test]
     fn output_is_escaped_not_garbled() {

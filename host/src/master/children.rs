@@ -157,7 +157,8 @@ impl Master {
         };
         if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|pipes| &pipes.writes)) {
             // The write ends went to the zygote with the request; the worker reports its pid itself.
-            self.await_warm_spawn(task, slot, build, cell, init_timeout, pipes, title);
+            let watched = pipes.map(|pipes| self.captures.hold(pipes));
+            self.await_warm_spawn(task, slot, build, cell, init_timeout, watched, title);
             return Some(Spawn::Requested(cell));
         }
         let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|pipes| &pipes.writes));
@@ -175,7 +176,8 @@ impl Master {
                 // Also set in the child: whichever runs first, the group exists before anyone signals it. (A warm
                 // worker sets its own before it reports itself.)
                 let _ = setpgid(child, child);
-                self.on_spawned(child, task, slot, build, cell, init_timeout, pipes, title);
+                let watched = pipes.map(|pipes| self.captures.hold(pipes));
+                self.on_spawned(child, task, slot, build, cell, init_timeout, watched, title);
                 Some(Spawn::Started(child))
             }
             Err(e) => {
@@ -196,7 +198,7 @@ impl Master {
         build: &Build,
         cell: CellIndex,
         init_timeout: Duration,
-        pipes: Option<super::capture::Pipes>,
+        pipes: Option<super::capture::Watched>,
         title: String,
     ) {
         if let Some(pipes) = pipes {

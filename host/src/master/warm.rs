@@ -69,7 +69,7 @@ pub(super) struct PendingSpawn {
     pub(super) build: Build,
     pub(super) init_timeout: Duration,
     /// Its output pipes (the write ends also went to the zygote).
-    pub(super) pipes: Option<super::capture::Pipes>,
+    pub(super) pipes: Option<super::capture::Watched>,
     pub(super) title: String,
     /// Given up (the zygote was killed or died) if it has not reported by then.
     pub(super) answer_by: Mono,
@@ -162,7 +162,7 @@ impl Master {
         build: &Build,
         cell: CellIndex,
         init_timeout: Duration,
-        pipes: Option<super::capture::Pipes>,
+        pipes: Option<super::capture::Watched>,
         title: String,
     ) {
         let zygote = self.zygotes.iter().find(|z| z.serves(build)).map_or(Pid::from_raw(0), |z| z.pid);

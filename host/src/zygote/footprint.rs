@@ -40,7 +40,8 @@
 //! pages add ~44 µs to a fork-exit cycle of 137 µs; perf put ~35 % of all CPU in a churn in copying and
 //! zapping page table entries). A fault never maps beyond its mapping, so the learner marks every other page of
 //! its code mappings `MADV_DONTDUMP` (it changes only what a core dump holds): each page becomes a mapping of
-//! its own, at most [`SPLIT_LIMIT`] of them. Its footprint is then 533–558 pages. The learner joins them again
+//! its own, at most [`SPLIT_LIMIT`] of them and a quarter of the room `vm.max_map_count` leaves it (`split_budget`).
+//! Its footprint is then 456–558 pages. The learner joins them again
 //! before it records (`join_split_code`): listing and walking ~2 000 mappings took ~15 ms. The zygote's
 //! populating maps whole folios again, so it drops what lies between the footprint's pages afterwards.
 //!
@@ -176,12 +177,23 @@ pub fn claim_learning() {
     // Exactly the pages it runs: no fault-around, and one mapping per page so that a fault maps no more than
     // its own page (see `Mapping::split`).
     if let Some(mut scratch) = Scratch::new() {
-        let mut budget = SPLIT_LIMIT;
+        let mapped = scratch.read("/proc/self/maps").lines().count() as u64;
+        let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok());
+        let mut budget = split_budget(max, mapped);
         for mapping in mappings(Kind::Code, scratch.smaps()) {
             mapping.advise(libc::MADV_RANDOM);
             budget = mapping.split(budget);
         }
     }
+}
+
+/// How many mappings a learner may add by splitting its code (`Mapping::split`), given the kernel's
+/// `vm.max_map_count` (`None`: unknown) and the mappings it has: at most [`SPLIT_LIMIT`] and a quarter of the
+/// room left, so that the worker itself (its plugin's threads, allocations, `mprotect`s) never meets the
+/// limit because it learns. Spending the room up to the limit made a plugin that starts threads in `init` fail
+/// (`EAGAIN`) in the learner only, with `vm.max_map_count` at 200.
+fn split_budget(max_map_count: Option<u64>, mapped: u64) -> u64 {
+    max_map_count.map_or(0, |max| (max.saturating_sub(mapped) / 4).min(SPLIT_LIMIT))
 }
 
 /// In a worker told to stop: if it is the learner, it records nothing. Its zygote is most likely going too (a
@@ -405,4 +417,22 @@ fn pin(written: &[(u64, u64)]) -> u64 {
     // The ring stays open for the zygote's life (its pins with it); workers close it with every descriptor
     // they do not keep.
     pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learner_splits_its_code_within_a_quarter_of_the_mappings_left() {
+        for (max, mapped, budget) in [
+            (Some(65_530), 60, SPLIT_LIMIT),
+            (Some(200), 60, 35),
+            (Some(200), 199, 0),
+            (Some(200), 400, 0),
+            (None, 60, 0),
+        ] {
+            assert_eq!(split_budget(max, mapped), budget, "max_map_count {max:?}, {mapped} mappings");
+        }
+    }
 }
