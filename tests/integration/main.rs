@@ -11,6 +11,7 @@ mod config;
 mod control;
 mod ecosystem;
 mod engine;
+mod footprint;
 mod hardening;
 mod identity;
 mod logs;
