@@ -140,7 +140,15 @@ impl ReportReader {
         loop {
             match nix::unistd::read(&self.fd, &mut buf) {
                 Ok(0) => break,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    // A pipe's read returns all it holds up to the buffer's size: a shorter read emptied it, and
+                    // a read more would only meet EAGAIN (one syscall per wake-up; what comes later wakes the
+                    // master's poll again).
+                    if n < buf.len() {
+                        break;
+                    }
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break, // EAGAIN: nothing more now
             }
