@@ -345,9 +345,9 @@ fn apply_code(code: &[(u64, u64)]) -> Applied {
     for mapping in &mappings {
         // Populating maps whole page-cache folios around each learned page: what lies between goes again.
         let mut from = mapping.start;
-        for (start, len) in code.iter().filter(|(start, _)| mapping.contains(*start)) {
-            Mapping { start: from, end: *start }.advise(libc::MADV_DONTNEED);
-            from = from.max(start + len);
+        for learned in within(*mapping, code) {
+            Mapping { start: from, end: learned.start }.advise(libc::MADV_DONTNEED);
+            from = from.max(learned.end);
         }
         Mapping { start: from, end: mapping.end }.advise(libc::MADV_DONTNEED);
     }
@@ -355,15 +355,23 @@ fn apply_code(code: &[(u64, u64)]) -> Applied {
         return applied;
     };
     for mapping in &mappings {
-        let Some((first, _)) = code.iter().find(|(start, _)| mapping.contains(*start)) else { continue };
+        let Some(first) = within(*mapping, code).next() else { continue };
         // The same byte written back: the kernel copies that page privately (so the mapping gets an anon_vma)
         // and the contents are unchanged.
         let mut byte = [0u8; 1];
-        if memory.read_exact_at(&mut byte, *first).is_ok() && memory.write_all_at(&byte, *first).is_ok() {
+        if memory.read_exact_at(&mut byte, first.start).is_ok() && memory.write_all_at(&byte, first.start).is_ok() {
             applied.code_mappings += 1;
         }
     }
     applied
+}
+
+/// The learned runs (sorted) that overlap `mapping`, clipped to it: a run the learner recorded across two
+/// adjacent code mappings (it joins a run that goes on where the last one ended) counts in each.
+fn within(mapping: Mapping, code: &[(u64, u64)]) -> impl Iterator<Item = Mapping> + '_ {
+    code.iter()
+        .map(move |(start, len)| Mapping { start: (*start).max(mapping.start), end: (start + len).min(mapping.end) })
+        .filter(|clipped| clipped.start < clipped.end)
 }
 
 /// Most pages pinned, whatever `RLIMIT_MEMLOCK` allows (a zygote running as root has no limit): a worker
@@ -422,6 +430,17 @@ fn pin(written: &[(u64, u64)]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learned_run_across_two_mappings_counts_in_each() {
+        let code = [(0x1000, 0x2000), (0x4000, 0x3000), (0x9000, 0x1000)];
+        let clipped = |start, end| -> Vec<(u64, u64)> {
+            within(Mapping { start, end }, &code).map(|m| (m.start, m.end)).collect()
+        };
+        assert_eq!(clipped(0x0, 0x5000), [(0x1000, 0x3000), (0x4000, 0x5000)]);
+        assert_eq!(clipped(0x5000, 0x8000), [(0x5000, 0x7000)]);
+        assert_eq!(clipped(0x7000, 0x9000), []);
+    }
 
     #[test]
     fn a_learner_splits_its_code_within_a_quarter_of_the_mappings_left() {

@@ -50,10 +50,6 @@ impl Mapping {
         }
         budget
     }
-
-    pub(super) fn contains(self, address: u64) -> bool {
-        (self.start..self.end).contains(&address)
-    }
 }
 
 /// Memory the learner reads `/proc/self/smaps` into: a mapping of its own, so that learning writes no page of
