@@ -40,6 +40,9 @@ use nix::unistd::Pid;
 pub const LINE_LIMIT: usize = 16 * 1024;
 /// Most bytes read from one stream per wake-up of the master.
 const READ_BUDGET: usize = 32 * 1024;
+/// Most bytes read from one stream of a worker just reaped: what a pipe holds at most (the kernel's default
+/// `fs.pipe-max-size`, the largest an unprivileged worker can make its pipe).
+const REAP_BUDGET: usize = 1024 * 1024;
 
 /// Which of a worker's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,21 +260,18 @@ impl Captures {
     /// exit line), after closing the master's copies of their write ends: a stream no child of the worker holds
     /// ends here.
     ///
-    /// Only what the pipe holds now is read (and one read more, which finds its end if no child of the worker
-    /// holds it): a helper that left the worker's process group and keeps writing would otherwise keep the
-    /// master in this loop for as long as it outpaced the log, every other event waiting (a `yes` so started
-    /// did, until it was killed by hand). What follows is read as any stream's, [`READ_BUDGET`] per wake-up.
+    /// At most what a pipe can hold is read ([`REAP_BUDGET`]), until its end if no child of the worker holds
+    /// it: a helper that left the worker's process group and keeps writing would otherwise keep the master in
+    /// this loop for as long as it outpaced the log, every other event waiting (a `yes` so started did, until
+    /// it was killed by hand). What follows is read as any stream's, [`READ_BUDGET`] per wake-up. (A bound, not
+    /// a `FIONREAD` of what is queued: that was one more syscall per stream on every worker's exit.)
     pub fn read_all_of(&mut self, pid: Pid) {
         let fds = self.by_pid.get(&pid).cloned().unwrap_or_default();
         for fd in fds {
-            let Some(stream) = self.streams.get_mut(&fd) else { continue };
-            stream.held = None;
-            let mut queued: libc::c_int = 0;
-            // SAFETY: FIONREAD on a pipe this table owns writes one int, into a local.
-            if unsafe { libc::ioctl(stream.fd.as_raw_fd(), libc::FIONREAD, &mut queued) } < 0 {
-                queued = 0;
+            if let Some(stream) = self.streams.get_mut(&fd) {
+                stream.held = None;
             }
-            self.read_stream(fd, usize::try_from(queued).unwrap_or(0) + 1);
+            self.read_stream(fd, REAP_BUDGET);
         }
     }
 
