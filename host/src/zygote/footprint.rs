@@ -15,11 +15,12 @@
 //!
 //! 1. **Learn.** The zygote maps a shared page before its first clone. The first warm worker to start
 //!    claims it and becomes the learner: its code mappings get `MADV_RANDOM` (no fault-around) and are split
-//!    into mappings of one page each, so that it maps exactly the pages it runs (see below). From among the
-//!    executable's ELF destructors, near the very end of its `exit` (after the plugin's destructors), it joins
-//!    its code mappings again, reads its own `/proc/self/pagemap` and writes the footprint into the shared
-//!    page: the present pages of its file-backed read-only mappings, and the pages of its writable private
-//!    mappings that it maps alone (it wrote them since the clone).
+//!    into mappings of one page each, so that it maps exactly the pages it runs (see below). Near the very
+//!    end of its `exit` (after the plugin's exit handlers and the executable's destructors; see
+//!    `record_last`), it maps the first page of each destructor still to run, joins its code mappings again,
+//!    reads its own `/proc/self/pagemap` and writes the footprint into the shared page: the present pages of
+//!    its file-backed read-only mappings, and the pages of its writable private mappings that it maps alone
+//!    (it wrote them since the clone).
 //! 2. **Apply.** The zygote, when idle (before its next spare), reads the footprint once:
 //!    - it drops its own code page table entries (`MADV_DONTNEED`: they come back from the page cache) and
 //!      maps exactly the footprint's (`MADV_POPULATE_READ` under `MADV_RANDOM`, then `MADV_DONTNEED` on what
@@ -76,6 +77,16 @@
 //! 1 105 → 456–558; CPU per worker 421 → 383 µs (the worker's 209 → 186, the zygote's 155 → 144); workers/s
 //! 3 976 → 4 398; pmhost's request → first call 0.276 → 0.251 ms; page faults per worker 12 either way.
 //!
+//! Recording last (after the executable's destructors, from an exit handler registered there) and mapping
+//! the first page of each library destructor still to run, measured the same way (6 runs of 3 s each, a bare
+//! `fork` at 142–149 µs): page faults per worker 12 → 7–8 (libc's exit path, libgcc_s's destructors); the
+//! worker's CPU 203 → 187 µs, the zygote's 151 → 154 µs (code pages learned: 447–542 → 556–600, most of
+//! the difference being how the two builds happen to lay out the same code over pages); workers/s within
+//! noise (4 259 → 4 281). What still faults: the scoreboard cell and the vDSO (neither is copied at a clone),
+//! two copy-on-write writes of the heap and libc's data, libgcc_s's `.bss` flag and its call through the PLT
+//! into libc's `__cxa_finalize`, and libc's stdio cleanup: pages only `exit` itself reaches, after the last
+//! point a process can run code of its own.
+//!
 //! # What is left: the fork itself
 //!
 //! The zygote timed 2 000 bare `fork` + `_exit` + `waitpid` of itself, footprint applied: 253–260 µs of CPU
@@ -91,7 +102,7 @@ mod maps;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use maps::{Kind, Mapping, Scratch, join_split_code, mappings, own_mappings, page_runs};
+use maps::{Destructors, Kind, Mapping, Scratch, join_split_code, mappings, own_mappings, page_runs};
 
 /// The shared page's states.
 const WANTED: u32 = 0;
@@ -141,8 +152,15 @@ pub fn prepare() {
     };
     if base != libc::MAP_FAILED {
         SHARED.store(base.cast(), Ordering::Relaxed);
+        // Here, not in the learner: finding them reads each object's program headers and dynamic section,
+        // pages no worker needs, which the learner would record.
+        // SAFETY: the zygote is single-threaded and has not cloned yet: nothing reads DESTRUCTORS meanwhile.
+        unsafe { (*std::ptr::addr_of_mut!(DESTRUCTORS)).find() };
     }
 }
+
+/// The ELF destructors of the zygote's loaded objects, found by `prepare` and inherited by its clones.
+static mut DESTRUCTORS: Destructors = Destructors::new();
 
 /// The header word `index` (0 state, 1 learner's pid, 2 count) of the shared region, if it is mapped.
 fn header(index: usize) -> Option<&'static AtomicU32> {
@@ -203,8 +221,8 @@ pub fn forgo_learning() {
     LEARNER.store(false, Ordering::Relaxed);
 }
 
-/// Runs among the executable's ELF destructors, near the very end of `exit`: the learner records there, after
-/// the plugin's exit handlers and destructors ran (their pages belong to a worker's life too).
+/// Runs among the executable's ELF destructors, near the end of `exit`, after the plugin's exit handlers ran
+/// (their pages belong to a worker's life too): the learner records from here (`record_last`).
 extern "C" fn record_at_exit() {
     // Not in a child the learner's plugin forked: it inherited the flag, but its footprint is not a worker's
     // life, and the learner itself records later (the zygote could apply a footprint being rewritten).
@@ -215,6 +233,21 @@ extern "C" fn record_at_exit() {
     }
     LEARNER.store(false, Ordering::Relaxed);
     if header(1).map(|pid| pid.load(Ordering::Relaxed)) == Some(std::process::id()) {
+        record_last();
+    }
+}
+
+/// Records as late as the C library lets a process run its own code: the libraries' destructors that run
+/// after this executable's (libgcc_s's frame deregistration) and libc's exit handlers touch pages too, ~7
+/// faults in every worker's exit when the learner recorded here. glibc runs an exit handler registered while
+/// it runs them (`_dl_fini`, which calls the ELF destructors, is the last of them), so one registered now runs
+/// after every destructor, just before stdio's cleanup and `_exit`. Elsewhere the record is made at once.
+fn record_last() {
+    extern "C" fn record_at_last() {
+        record();
+    }
+    // SAFETY: registering a plain function with no argument; glibc allows it while exit handlers run.
+    if !cfg!(target_env = "gnu") || unsafe { libc::atexit(record_at_last) } != 0 {
         record();
     }
 }
@@ -230,8 +263,11 @@ fn record() {
     // SAFETY: this process is the learner (it won WANTED → LEARNING) and has not yet stored READY.
     let slots = unsafe { ranges() };
     let mut n = 0;
+    // SAFETY: written once by `prepare` in the zygote before it cloned this process; only read since.
+    let destructors = unsafe { &*std::ptr::addr_of!(DESTRUCTORS) };
     if let (Ok(pagemap), Some(mut scratch)) = (std::fs::File::open("/proc/self/pagemap"), Scratch::new()) {
         let own = scratch.base as u64;
+        destructors.touch();
         join_split_code(scratch.read("/proc/self/maps"));
         let smaps = scratch.smaps();
         for (kind, wanted, flag) in [(Kind::Code, PRESENT, 0), (Kind::Written, PRESENT | EXCLUSIVE, WRITTEN)] {
@@ -430,6 +466,16 @@ fn pin(written: &[(u64, u64)]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_destructors_found_include_this_executables_own() {
+        let mut found = Destructors::new();
+        found.find();
+        let own = record_at_exit as extern "C" fn() as usize;
+        assert!(found.entries().contains(&own), "{own:#x} not among {:#x?}", found.entries());
+        // Every one of them is code: reading a byte of each must not fault.
+        found.touch();
+    }
 
     #[test]
     fn a_learned_run_across_two_mappings_counts_in_each() {

@@ -182,6 +182,92 @@ pub(super) fn join_split_code(maps: &str) {
     }
 }
 
+/// The entry points of the ELF destructors of the loaded objects (`DT_FINI` and the `DT_FINI_ARRAY` entries),
+/// at most [`Destructors::CAPACITY`]. A learner records before `exit` runs the libraries' destructors, so it
+/// maps their first pages itself (`touch`): libgcc_s's were two faults in every worker's exit.
+pub(super) struct Destructors {
+    entries: [usize; Self::CAPACITY],
+    len: usize,
+}
+
+impl Destructors {
+    const CAPACITY: usize = 64;
+
+    pub(super) const fn new() -> Self {
+        Destructors { entries: [0; Self::CAPACITY], len: 0 }
+    }
+
+    /// Lists them, from the loader's list of loaded objects.
+    pub(super) fn find(&mut self) {
+        unsafe extern "C" fn each(
+            info: *mut libc::dl_phdr_info,
+            _: libc::size_t,
+            found: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader passes a valid `dl_phdr_info` whose program headers and dynamic section are
+            // mapped while the callback runs; DT_FINI and DT_FINI_ARRAY are offsets from the load address (the
+            // loader relocates neither tag in place) and the array holds relocated function addresses. `found`
+            // is the `Destructors` that `find` passed.
+            unsafe {
+                let (info, found) = (&*info, &mut *found.cast::<Destructors>());
+                let base = info.dlpi_addr as usize;
+                let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
+                let Some(dynamic) = headers.iter().find(|h| h.p_type == libc::PT_DYNAMIC) else { return 0 };
+                let mut entry = (base + dynamic.p_vaddr as usize) as *const Dyn;
+                let (mut array, mut array_len) = (0usize, 0usize);
+                while (*entry).tag != 0 {
+                    let value = (*entry).value as usize;
+                    match (*entry).tag {
+                        DT_FINI => found.push(base + value),
+                        DT_FINI_ARRAY => array = base + value,
+                        DT_FINI_ARRAYSZ => array_len = value / std::mem::size_of::<usize>(),
+                        _ => {}
+                    }
+                    entry = entry.add(1);
+                }
+                if array != 0 {
+                    for function in std::slice::from_raw_parts(array as *const usize, array_len) {
+                        found.push(*function);
+                    }
+                }
+            }
+            0
+        }
+        /// An entry of an ELF64 dynamic section.
+        #[repr(C)]
+        struct Dyn {
+            tag: i64,
+            value: u64,
+        }
+        const DT_FINI: i64 = 13;
+        const DT_FINI_ARRAY: i64 = 26;
+        const DT_FINI_ARRAYSZ: i64 = 28;
+        // SAFETY: `each` only reads what the loader hands it and writes to `self`, which outlives the call.
+        unsafe { libc::dl_iterate_phdr(Some(each), (self as *mut Self).cast()) };
+    }
+
+    fn push(&mut self, address: usize) {
+        // glibc's `_dl_fini` skips the entries 0 and -1 (unused slots); anything else is code it will call.
+        if address != 0 && address != usize::MAX && self.len < Self::CAPACITY {
+            self.entries[self.len] = address;
+            self.len += 1;
+        }
+    }
+
+    /// Reads one byte at each entry point: maps that page (alone, while the learner's code mappings are split).
+    pub(super) fn touch(&self) {
+        for address in &self.entries[..self.len] {
+            // SAFETY: the address of a function the loader is still to call: mapped, readable code.
+            unsafe { std::ptr::read_volatile(*address as *const u8) };
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn entries(&self) -> &[usize] {
+        &self.entries[..self.len]
+    }
+}
+
 /// Calls `run(start, length)` for each run of pages of `mapping` whose pagemap entries have all the bits of
 /// `wanted`.
 pub(super) fn page_runs(pagemap: &std::fs::File, mapping: Mapping, wanted: u64, mut run: impl FnMut(u64, u64)) {
