@@ -94,7 +94,25 @@ impl Events {
         woken.output = readable(&fds[3]);
         woken.plugin_files = plugin_files.is_some() && readable(&fds[4]);
         if readable(&fds[0]) {
-            while let Ok(Some(info)) = self.signals.read_signal() {
+            self.read_signals(&mut woken);
+        }
+        Ok(woken)
+    }
+
+    /// Reads the pending signals, several at a time: a short read emptied the queue (reading one at a time
+    /// until `EAGAIN` cost a read more on every wake-up, one per worker in a churn).
+    fn read_signals(&mut self, woken: &mut Woken) {
+        const RECORD: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+        let mut buf = [0u8; 16 * RECORD];
+        loop {
+            let n = match nix::unistd::read(&self.signals, &mut buf) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            for record in buf[..n].chunks_exact(RECORD) {
+                // SAFETY: the kernel writes whole `signalfd_siginfo` records; read unaligned from the bytes.
+                let info: libc::signalfd_siginfo = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
                 let sender = Pid::from_raw(info.ssi_pid as i32);
                 if info.ssi_signo as i32 == crate::control::stop_signal() {
                     woken.stop_requests.push(sender);
@@ -103,7 +121,9 @@ impl Events {
                     woken.signals.push((signal, sender));
                 }
             }
+            if n < buf.len() {
+                break;
+            }
         }
-        Ok(woken)
     }
 }

@@ -70,13 +70,14 @@ impl Master {
         killed
     }
 
-    /// The master's children that are not its workers: processes it adopted.
+    /// The master's children that are not its workers or zygotes: processes it adopted (and zygotes' spares).
     fn adopted_children(&self) -> Vec<Pid> {
         let me = std::process::id();
-        let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{me}/children")) else { return Vec::new() };
-        text.split_whitespace()
+        let Some(text) = read_proc(&format!("/proc/self/task/{me}/children"), 8 * 1024) else { return Vec::new() };
+        String::from_utf8_lossy(&text)
+            .split_whitespace()
             .filter_map(|pid| pid.parse().ok().map(Pid::from_raw))
-            .filter(|pid| !self.workers.contains_key(pid))
+            .filter(|pid| !self.workers.contains_key(pid) && !self.zygotes.iter().any(|z| z.pid == *pid))
             .collect()
     }
 }
@@ -97,9 +98,33 @@ pub(super) fn reap_killed(pids: &[Pid], limit: std::time::Duration) {
     }
 }
 
+/// A file of `/proc` read whole, into a buffer of `capacity` bytes to begin with: one read and one at its end
+/// when it fits. (`std::fs::read` sizes its buffer from the file's length, which `/proc` gives as 0: a scan
+/// took ~35 syscalls, most of them reads of a few dozen bytes, and a churn of thousands of workers a second
+/// scans up to every [`ORPHAN_SCAN_GAP`].)
+fn read_proc(path: &str, capacity: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    // Not `read_to_end`: it asks the file's length and position first (two syscalls that say nothing here).
+    let (mut bytes, mut len) = (vec![0u8; capacity], 0);
+    loop {
+        if len == bytes.len() {
+            bytes.resize(len * 2, 0);
+        }
+        match file.read(&mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    bytes.truncate(len);
+    Some(bytes)
+}
+
 /// The worker a process descends from, from the mark in its environment.
 fn worker_mark(pid: Pid) -> Option<Pid> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let environ = read_proc(&format!("/proc/{pid}/environ"), 16 * 1024)?;
     let prefix = format!("{WORKER_MARK}=");
     environ
         .split(|b| *b == 0)
