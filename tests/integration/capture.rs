@@ -54,6 +54,42 @@ fn worker_output_reaches_the_run_log_line_by_line_and_tagged() {
 }
 
 #[test]
+fn a_slots_next_worker_writes_into_its_pipes_and_each_line_keeps_its_writer() {
+    // One-call workers in one slot: each takes over the pipes its predecessor wrote into (the master keeps them
+    // for the slot). Each writes a line and a line without its newline; every line logged must carry the pid
+    // of the worker that wrote it, and the unfinished one must stand alone rather than run into the next
+    // worker's first line.
+    let sb = Sandbox::new("reuse");
+    let config = task_config(
+        json!({"println": "line of {pid}", "raw_stdout": "unfinished of {pid}", "raw_stderr": "err of {pid}\n"}),
+    );
+    let faulty = fixtures().faulty.to_str().unwrap();
+    sb.start_daemon(
+        faulty,
+        &["--workers", "1", "--execute-times", "1", "--execute-usleep", "0", "--task-config", &config],
+    );
+    let written_by = |line: &str, what: &str| -> Option<(String, String)> {
+        let text = line.split("]: ").nth(1)?;
+        let pid = text.strip_prefix(what)?.split_whitespace().next()?.to_owned();
+        let tag = line.split_whitespace().find_map(|field| field.strip_prefix("pid="))?.to_owned();
+        Some((pid, tag))
+    };
+    let log = sb.wait_for("40 workers' unfinished lines", SOON, || {
+        let log = run_log(&sb);
+        (log.lines().filter(|l| written_by(l, "unfinished of ").is_some()).count() >= 40).then_some(log)
+    });
+    sb.stop();
+    let mut checked = 0;
+    for line in log.lines().filter(|l| l.contains("stream=")) {
+        let found = ["line of ", "unfinished of ", "err of "].iter().find_map(|what| written_by(line, what));
+        let (pid, tag) = found.unwrap_or_else(|| panic!("a line that is not one a worker wrote whole: {line}"));
+        assert_eq!(pid, tag, "a line logged under another worker's pid: {line}");
+        checked += 1;
+    }
+    assert!(checked >= 120, "only {checked} lines checked");
+}
+
+#[test]
 fn what_a_worker_wrote_right_before_kill_9_is_kept() {
     let sb = Sandbox::new("lastwords");
     let marker = sb.path("marks");

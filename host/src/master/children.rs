@@ -149,19 +149,21 @@ impl Master {
         let title = self.host.worker_title(&settings.name);
         // Output capture: a failure to make the pipes costs the capture, not the worker.
         let pipes = if settings.capture_output {
-            super::capture::Captures::pipes()
+            let name = &self.tasks[task].settings.name;
+            self.captures
+                .pipes(name, slot)
                 .map_err(|e| warn!(slot, "cannot capture the output of a new worker: {e}"))
                 .ok()
         } else {
             None
         };
-        if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|pipes| &pipes.writes)) {
+        if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|pipes| pipes.ends())) {
             // The write ends went to the zygote with the request; the worker reports its pid itself.
             let watched = pipes.map(|pipes| self.captures.hold(pipes));
             self.await_warm_spawn(task, slot, build, cell, init_timeout, watched, title);
             return Some(Spawn::Requested(cell));
         }
-        let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|pipes| &pipes.writes));
+        let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|pipes| pipes.ends()));
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
         // `worker::run`, which never returns into the master's code.
         match unsafe { fork() } {
@@ -218,7 +220,7 @@ impl Master {
         slot: u32,
         build: &Build,
         title: String,
-        output: Option<&super::capture::WorkerEnds>,
+        output: Option<[std::os::fd::RawFd; 2]>,
     ) -> WorkerSpec {
         WorkerSpec {
             task: self.tasks[task].settings.name.clone(),
@@ -232,7 +234,7 @@ impl Master {
             master: Pid::this(),
             report_fd: self.report_tx.as_raw_fd(),
             keep_fds: vec![self.report_tx.as_raw_fd(), build.plugin.raw_fd()],
-            output: output.map(|ends| (ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd())),
+            output: output.map(|[stdout, stderr]| (stdout, stderr)),
             inherited_nofile: self.inherited_nofile,
             plugin_log_level: self.plugin_log_level,
         }
@@ -385,14 +387,15 @@ impl Master {
 
     /// Records a worker's end, logs it, and schedules the slot's refill (at once, or after a crash backoff).
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
-        // What the worker wrote last is logged before its exit (its pipes stay open while a child holds them).
-        self.captures.read_all_of(pid);
         // A worker writes its report (ready, or why it failed) before it exits, but the report may have come in
         // after this wake-up read them: read again, so a worker that was ready is never taken for one that ended
-        // during its start (which fails a start or a rollout).
+        // during its start (which fails a start or a rollout). First: a warm worker's output streams become its
+        // own when its spawn report is read.
         if self.workers.get(&pid).is_none_or(|w| !w.ready()) {
             self.read_reports();
         }
+        // What the worker wrote last is logged before its exit.
+        self.captures.read_all_of(pid);
         let Some(worker) = self.workers.remove(&pid) else {
             if self.forget_zygote(pid) {
                 return;

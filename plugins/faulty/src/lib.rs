@@ -55,7 +55,7 @@ struct Config {
     /// A file `init` creates (with the default mode, so the umask shows) and fills with how the worker runs:
     /// `uid U`, `gid G`, `cwd DIR`, then `env NAME=VALUE` per variable, sorted.
     probe_file: Option<String>,
-    /// Printed with `println!` on every call (`{call}` is replaced by the call number).
+    /// Printed with `println!` on every call (`{call}` is replaced by the call number, `{pid}` by the worker's pid).
     println: Option<String>,
     /// Written as is to file descriptor 1 with `write(2)` on every call (no newline added).
     raw_stdout: Option<String>,
@@ -104,14 +104,16 @@ fn raw_write(fd: i32, mut bytes: &[u8]) {
 impl Faulty {
     /// The output each call writes (see the `println`, `raw_*` and `long_line` settings).
     fn print(&self, call: u64) {
+        let fill =
+            |text: &str| text.replace("{call}", &call.to_string()).replace("{pid}", &std::process::id().to_string());
         if let Some(text) = &self.config.println {
-            println!("{}", text.replace("{call}", &call.to_string()));
+            println!("{}", fill(text));
         }
         if let Some(text) = &self.config.raw_stdout {
-            raw_write(1, text.replace("{call}", &call.to_string()).as_bytes());
+            raw_write(1, fill(text).as_bytes());
         }
         if let Some(text) = &self.config.raw_stderr {
-            raw_write(2, text.replace("{call}", &call.to_string()).as_bytes());
+            raw_write(2, fill(text).as_bytes());
         }
         if self.config.long_line > 0 && call == 1 {
             let mut line = vec![b'x'; self.config.long_line];
