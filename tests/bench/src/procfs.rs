@@ -20,6 +20,27 @@ pub fn cpu_ticks(pid: i32) -> Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
+/// Whether `pid` is asleep (state `S`, interruptible sleep: for a master, its `poll`), from `/proc/PID/stat`.
+pub fn asleep(pid: i32) -> Result<bool> {
+    let stat = read(pid, "stat")?;
+    let rest = stat.rfind(')').map(|i| &stat[i + 1..]).context("malformed /proc/PID/stat")?;
+    Ok(rest.split_whitespace().next() == Some("S"))
+}
+
+/// Waits, at most `limit`, until `pid` is asleep (see [`asleep`]); whether it was.
+pub fn wait_asleep(pid: i32, limit: std::time::Duration) -> Result<bool> {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if asleep(pid)? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// Voluntary plus involuntary context switches of `pid`: every time it went to sleep or was preempted, so a
 /// process that sleeps in one `poll` gains one per wake-up.
 pub fn context_switches(pid: i32) -> Result<u64> {
