@@ -234,6 +234,39 @@ fn the_master_keeps_no_descriptor_of_a_worker_it_reaped() {
     sb.stop();
 }
 
+/// A reaped worker's pipes are kept for its slot's next worker only while the slot will have one: scaled down
+/// from 4 workers to 1, the master closes the pipes of the three slots it no longer fills (four descriptors
+/// each).
+#[test]
+fn scaling_down_closes_the_pipes_kept_for_the_slots_it_empties() {
+    let sb = Sandbox::new("capscale");
+    let config = task_config(json!({"println": "printed by a one-call worker"}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "4", "--execute-times", "1", "--execute-usleep", "0", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let master = sb.master_pid();
+    let pipes = || {
+        std::fs::read_dir(format!("/proc/{master}/fd"))
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+            .count()
+    };
+    let printed = || run_log(&sb).matches("printed by a one-call worker").count();
+    sb.wait_for("40 workers", SOON, || (printed() >= 40).then_some(()));
+    let before = pipes();
+    let out = sb.run(["scale", "--name", &sb.name, "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let seen = printed();
+    sb.wait_for("20 more workers", SOON, || (printed() >= seen + 20).then_some(()));
+    let mut after = pipes();
+    sb.wait_for("the pipes of three slots closed", SOON, || {
+        after = pipes();
+        (after + 12 <= before).then_some(())
+    });
+    sb.stop();
+}
+
 /// The write ends the master holds for its workers take at most a quarter of its open-file limit: 64 workers
 /// under a limit of 320 (five descriptors each when every end was held, with the worker's `statm`) all run,
 /// their output is captured, and the master still writes its status.

@@ -423,6 +423,21 @@ impl Captures {
         }
     }
 
+    /// Closes the streams kept for the slots `wanted` turns down (a task removed or scaled down, its capture
+    /// turned off): no next worker will borrow them, and kept they would hold four descriptors a slot (and a
+    /// share of the [`holds_write_ends`] budget) for as long as the master runs.
+    pub fn retain_idle(&mut self, mut wanted: impl FnMut(&str, u32) -> bool) {
+        let unwanted: Vec<(String, u32)> =
+            self.idle.keys().filter(|(task, slot)| !wanted(task, *slot)).cloned().collect();
+        for key in unwanted {
+            if let Some(streams) = self.idle.remove(&key) {
+                for fd in streams {
+                    self.close_stream(fd);
+                }
+            }
+        }
+    }
+
     /// Stops reading a stream and closes it (and the master's copy of its write end).
     fn close_stream(&mut self, fd: RawFd) {
         let Some(mut stream) = self.streams.remove(&fd) else { return };
