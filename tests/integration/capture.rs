@@ -89,6 +89,33 @@ fn a_slots_next_worker_writes_into_its_pipes_and_each_line_keeps_its_writer() {
     assert!(checked >= 120, "only {checked} lines checked");
 }
 
+/// A helper that left its worker's process group (and its mark, so no look for orphans ends it) writes after
+/// the worker was reaped and the slot refilled: its lines are its worker's, never the slot's next worker's.
+#[test]
+fn a_helper_writing_after_its_worker_was_reaped_is_logged_under_that_worker() {
+    let sb = Sandbox::new("capstray");
+    let helper = format!("exec setsid env -u {} sh -c 'sleep 0.3; echo helper of $PPID'", "PMHOST_WORKER");
+    let config = task_config(json!({"work": "spawn", "spawn": helper}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "1", "--execute-times", "2", "--execute-usleep", "100ms", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let lines = || -> Vec<(String, String)> {
+        run_log(&sb)
+            .lines()
+            .filter_map(|line| {
+                let worker = line.split("helper of ").nth(1)?.split_whitespace().next()?.to_owned();
+                let tag = line.split_whitespace().find_map(|field| field.strip_prefix("pid="))?.to_owned();
+                Some((worker, tag))
+            })
+            .collect()
+    };
+    let lines = sb.wait_for("5 helpers' lines", SOON, || Some(lines()).filter(|l| l.len() >= 5));
+    sb.stop();
+    for (worker, tag) in lines {
+        assert_eq!(worker, tag, "a helper of worker {worker} logged under pid {tag}");
+    }
+}
+
 #[test]
 fn what_a_worker_wrote_right_before_kill_9_is_kept() {
     let sb = Sandbox::new("lastwords");
