@@ -267,8 +267,9 @@ fn record() {
     let destructors = unsafe { &*std::ptr::addr_of!(DESTRUCTORS) };
     if let (Ok(pagemap), Some(mut scratch)) = (std::fs::File::open("/proc/self/pagemap"), Scratch::new()) {
         let own = scratch.base as u64;
-        destructors.touch();
-        join_split_code(scratch.read("/proc/self/maps"));
+        let maps = scratch.read("/proc/self/maps");
+        destructors.touch(maps);
+        join_split_code(maps);
         let smaps = scratch.smaps();
         for (kind, wanted, flag) in [(Kind::Code, PRESENT, 0), (Kind::Written, PRESENT | EXCLUSIVE, WRITTEN)] {
             // Not the scratch mapping itself: its pages are the learner's work, not the worker's.
@@ -474,7 +475,32 @@ mod tests {
         let own = record_at_exit as extern "C" fn() as usize;
         assert!(found.entries().contains(&own), "{own:#x} not among {:#x?}", found.entries());
         // Every one of them is code: reading a byte of each must not fault.
-        found.touch();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        found.touch(&maps);
+    }
+
+    #[test]
+    fn a_destructor_whose_object_was_unloaded_is_not_touched() {
+        // The address of a page no longer mapped, as an object unloaded after the zygote listed it leaves.
+        // SAFETY: maps a fresh anonymous page and unmaps it again; nothing else refers to it.
+        let gone = unsafe {
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(page, libc::MAP_FAILED);
+            libc::munmap(page, 4096);
+            page as usize
+        };
+        let mut found = Destructors::new();
+        found.find();
+        found.push_for_test(gone);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        found.touch(&maps);
     }
 
     #[test]
