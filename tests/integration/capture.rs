@@ -116,6 +116,23 @@ fn a_helper_writing_after_its_worker_was_reaped_is_logged_under_that_worker() {
     }
 }
 
+/// A worker that makes its stdout non-blocking changes its own open file only: the slot's next worker, which
+/// writes into the same pipe, finds its stdout blocking (non-blocking, a full pipe would fail its writes).
+#[test]
+fn a_slots_next_worker_finds_its_stdout_as_a_new_worker_would() {
+    let sb = Sandbox::new("capflags");
+    let config = task_config(json!({"nonblocking_stdout": true}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "1", "--execute-times", "1", "--execute-usleep", "0", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let log = sb.wait_for("20 workers' lines", SOON, || {
+        let log = run_log(&sb);
+        (log.matches("stdout was ").count() >= 20).then_some(log)
+    });
+    sb.stop();
+    assert!(!log.contains("stdout was non-blocking"), "{log}");
+}
+
 #[test]
 fn what_a_worker_wrote_right_before_kill_9_is_kept() {
     let sb = Sandbox::new("lastwords");

@@ -64,6 +64,9 @@ struct Config {
     raw_stderr: Option<String>,
     /// A line of this many bytes (`x`s and a newline) written to stdout on the first call.
     long_line: usize,
+    /// Every call writes `stdout was blocking` or `stdout was non-blocking` (how it found its stdout), then makes
+    /// its stdout non-blocking, as a program that polls its output would.
+    nonblocking_stdout: bool,
     /// While this file exists, every call asks to retire its worker (after whatever the call does).
     retire_file: Option<String>,
 }
@@ -115,6 +118,14 @@ impl Faulty {
         }
         if let Some(text) = &self.config.raw_stderr {
             raw_write(2, fill(text).as_bytes());
+        }
+        if self.config.nonblocking_stdout {
+            // SAFETY: reads and sets the status flags of descriptor 1; no memory is involved.
+            let flags = unsafe { libc::fcntl(1, libc::F_GETFL) };
+            let found = if flags & libc::O_NONBLOCK == 0 { "blocking" } else { "non-blocking" };
+            raw_write(1, format!("stdout was {found}\n").as_bytes());
+            // SAFETY: as above.
+            unsafe { libc::fcntl(1, libc::F_SETFL, flags | libc::O_NONBLOCK) };
         }
         if self.config.long_line > 0 && call == 1 {
             let mut line = vec![b'x'; self.config.long_line];
