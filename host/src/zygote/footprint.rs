@@ -154,13 +154,14 @@ pub fn prepare() {
         SHARED.store(base.cast(), Ordering::Relaxed);
         // Here, not in the learner: finding them reads each object's program headers and dynamic section,
         // pages no worker needs, which the learner would record.
-        // SAFETY: the zygote is single-threaded and has not cloned yet: nothing reads DESTRUCTORS meanwhile.
-        unsafe { (*std::ptr::addr_of_mut!(DESTRUCTORS)).find() };
+        let mut found = Destructors::new();
+        found.find();
+        let _ = DESTRUCTORS.set(found);
     }
 }
 
 /// The ELF destructors of the zygote's loaded objects, found by `prepare` and inherited by its clones.
-static mut DESTRUCTORS: Destructors = Destructors::new();
+static DESTRUCTORS: std::sync::OnceLock<Destructors> = std::sync::OnceLock::new();
 
 /// The header word `index` (0 state, 1 learner's pid, 2 count) of the shared region, if it is mapped.
 fn header(index: usize) -> Option<&'static AtomicU32> {
@@ -263,12 +264,12 @@ fn record() {
     // SAFETY: this process is the learner (it won WANTED → LEARNING) and has not yet stored READY.
     let slots = unsafe { ranges() };
     let mut n = 0;
-    // SAFETY: written once by `prepare` in the zygote before it cloned this process; only read since.
-    let destructors = unsafe { &*std::ptr::addr_of!(DESTRUCTORS) };
     if let (Ok(pagemap), Some(mut scratch)) = (std::fs::File::open("/proc/self/pagemap"), Scratch::new()) {
         let own = scratch.base as u64;
         let maps = scratch.read("/proc/self/maps");
-        destructors.touch(maps);
+        if let Some(destructors) = DESTRUCTORS.get() {
+            destructors.touch(maps);
+        }
         join_split_code(maps);
         let smaps = scratch.smaps();
         for (kind, wanted, flag) in [(Kind::Code, PRESENT, 0), (Kind::Written, PRESENT | EXCLUSIVE, WRITTEN)] {
