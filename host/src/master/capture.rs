@@ -29,13 +29,15 @@
 //! it), with write ends opened anew through `/proc/self/fd` (a fresh open file: the flags the last worker set
 //! on its stdout stay with it), instead of closing them and making two new pipes. A one-call worker cost the
 //! master 14 syscalls for its pipes (2 `pipe2`, 2 `fcntl`, 2 epoll additions, 2 removals, 4 `close`, 2 reads
-//! of the end) and now costs four (2 `close`, 2 `open`). What the next worker writes before the master knows
-//! its pid waits in the pipe (the stream leaves the epoll set meanwhile), so every line is logged under the
-//! worker that wrote it. A pipe some process still writes into after the reap (a helper that escaped the
+//! of the end) and now costs four (2 `close`, 2 `openat`), though the reopens are not cheap (see
+//! `open_own_fds`). What the next worker writes before the master knows its pid waits in the pipe (the stream
+//! leaves the epoll set meanwhile), so every line is logged under the worker that wrote it. A pipe some process still writes into after the reap (a helper that escaped the
 //! worker's process group) is not lent: it is read to its end under the reaped worker's name, as any stream
 //! whose worker is gone, and the slot's next worker gets new pipes. Measured on the churn above (interleaved
 //! A/B, 4 runs of 3 s, with the master's `/proc` and signal reads trimmed in the same change, before the
-//! write ends were reopened): the master's CPU per worker 52.6 → 43.6 µs, workers/s 4 718 → 4 925.
+//! write ends were reopened): the master's CPU per worker 52.6 → 43.6 µs, workers/s 4 718 → 4 925. The
+//! reopens cost most of that back (the master's on-CPU time from `schedstat`, 4 runs of 3 s each, on a busy
+//! machine: lent with the held write ends 55–60 µs per worker, reopened 64–71 µs, new pipes 63–86 µs).
 //!
 //! Lines longer than
 //! [`LINE_LIMIT`] bytes are split, never dropped; bytes that are not UTF-8 and control characters are escaped
@@ -195,6 +197,8 @@ pub struct Captures {
     idle: HashMap<(String, u32), [RawFd; 2]>,
     /// Lent streams given back (see [`Lent`]), to close.
     given_back: Rc<RefCell<Vec<RawFd>>>,
+    /// `/proc/self/fd`, opened at the first reopen of a write end (see [`reopen_write_end`]).
+    own_fds: Option<OwnedFd>,
 }
 
 impl Captures {
@@ -207,6 +211,7 @@ impl Captures {
             nofile: None,
             idle: HashMap::new(),
             given_back: Rc::new(RefCell::new(Vec::new())),
+            own_fds: None,
         })
     }
 
@@ -403,8 +408,13 @@ impl Captures {
                 || self.read_some(*fd, REAP_BUDGET) == Read::End;
             let Some(stream) = self.streams.get_mut(fd) else { continue };
             stream.flush();
-            let reopened = ended.then(|| reopen_write_end(*fd)).and_then(Result::ok);
-            if let Some(end) = reopened {
+            if !ended {
+                continue;
+            }
+            if self.own_fds.is_none() {
+                self.own_fds = open_own_fds().ok();
+            }
+            if let Some(end) = self.own_fds.as_ref().and_then(|dir| reopen_write_end(dir, *fd).ok()) {
                 self.held.set(self.held.get() + 1);
                 stream.held = Some(HeldEnd { _fd: end, count: Rc::clone(&self.held) });
                 kept.push(*fd);
@@ -516,11 +526,21 @@ enum Read {
     Failed,
 }
 
+/// The directory of this process's descriptors, through which [`reopen_write_end`] opens a pipe anew by a name
+/// of one component (an `open` of `/proc/self/fd/N` and its `close` took 4.4 µs, an `openat` of `N` 3.2–3.7 µs;
+/// a `pipe2` and its two `close`s 4.6 µs).
+fn open_own_fds() -> io::Result<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::open("/proc/self/fd", flags, nix::sys::stat::Mode::empty())?)
+}
+
 /// A new write end of the pipe whose read end is `read` (blocking, close-on-exec), as a fresh open file: the
-/// flags a last worker set on its own (`O_NONBLOCK`, `O_APPEND`) do not reach the next one.
-fn reopen_write_end(read: RawFd) -> io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{read}");
-    Ok(nix::fcntl::open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?)
+/// flags a last worker set on its own (`O_NONBLOCK`, `O_APPEND`) do not reach the next one. `own_fds` is this
+/// process's `/proc/self/fd`.
+fn reopen_write_end(own_fds: &OwnedFd, read: RawFd) -> io::Result<OwnedFd> {
+    let name = read.to_string();
+    let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(own_fds, name.as_str(), flags, nix::sys::stat::Mode::empty())?)
 }
 
 impl Stream {
