@@ -298,7 +298,8 @@ fn scaling_down_closes_the_pipes_kept_for_the_slots_it_empties() {
     };
     let printed = || run_log(&sb).matches("printed by a one-call worker").count();
     sb.wait_for("40 workers", SOON, || (printed() >= 40).then_some(()));
-    let before = pipes();
+    // The most of several looks: one taken while the master swaps a reaped worker's write ends sees fewer.
+    let before = (0..20).map(|_| pipes()).max().unwrap();
     let out = sb.run(["scale", "--name", &sb.name, "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let seen = printed();
