@@ -31,9 +31,10 @@
 //! master 14 syscalls for its pipes (2 `pipe2`, 2 `fcntl`, 2 epoll additions, 2 removals, 4 `close`, 2 reads
 //! of the end) and now costs four (2 `close`, 2 `openat`), though the reopens are not cheap (see
 //! `open_own_fds`). What the next worker writes before the master knows its pid waits in the pipe (the stream
-//! leaves the epoll set meanwhile), so every line is logged under the worker that wrote it. A pipe some process still writes into after the reap (a helper that escaped the
-//! worker's process group) is not lent: it is read to its end under the reaped worker's name, as any stream
-//! whose worker is gone, and the slot's next worker gets new pipes. Measured on the churn above (interleaved
+//! leaves the epoll set meanwhile), so every line is logged under the worker that wrote it. A pipe some
+//! process still writes into after the reap (a helper that escaped the worker's process group) is not lent:
+//! it is read to its end under the reaped worker's name, as any stream whose worker is gone, and the slot's
+//! next worker gets new pipes. Measured on the churn above (interleaved
 //! A/B, 4 runs of 3 s, with the master's `/proc` and signal reads trimmed in the same change, before the
 //! write ends were reopened): the master's CPU per worker 52.6 → 43.6 µs, workers/s 4 718 → 4 925. The
 //! reopens cost most of that back (the master's on-CPU time from `schedstat`, 4 runs of 3 s each, on a busy
@@ -383,8 +384,14 @@ impl Captures {
     /// syscall per stream on every worker's exit.)
     pub fn read_all_of(&mut self, pid: Pid) {
         let fds = self.by_pid.remove(&pid).unwrap_or_default();
-        let held = fds.iter().map(|fd| self.streams.get_mut(fd).and_then(|s| s.held.take().map(|_| s.kind)));
-        let pair = matches!(held.collect::<Vec<_>>()[..], [Some(StreamKind::Stdout), Some(StreamKind::Stderr)]);
+        let mut held = [None; 2];
+        for (index, fd) in fds.iter().enumerate() {
+            let kind = self.streams.get_mut(fd).and_then(|s| s.held.take().map(|_| s.kind));
+            if let Some(slot) = held.get_mut(index) {
+                *slot = kind;
+            }
+        }
+        let pair = fds.len() == 2 && held == [Some(StreamKind::Stdout), Some(StreamKind::Stderr)];
         // One look at what is ready instead of a read of each stream (most workers end with nothing unread); a
         // full answer may have left these out, so then both are read, and kept for no one.
         let mut events = [EpollEvent::empty(); 64];
@@ -402,7 +409,7 @@ impl Captures {
         }
         // No process writes into these pipes any more: what they hold is all there is, and a line read from
         // them later can only be the next worker's.
-        let mut kept = Vec::with_capacity(2);
+        let mut kept = 0;
         for fd in &fds {
             let ended = !ready(*fd).is_some_and(|e| e.contains(EpollFlags::EPOLLIN))
                 || self.read_some(*fd, REAP_BUDGET) == Read::End;
@@ -417,13 +424,13 @@ impl Captures {
             if let Some(end) = self.own_fds.as_ref().and_then(|dir| reopen_write_end(dir, *fd).ok()) {
                 self.held.set(self.held.get() + 1);
                 stream.held = Some(HeldEnd { _fd: end, count: Rc::clone(&self.held) });
-                kept.push(*fd);
+                kept += 1;
             }
         }
         let Some(origin) = fds.first().and_then(|fd| self.streams.get(fd)).map(|s| Rc::clone(&s.origin)) else {
             return;
         };
-        if kept.len() < 2 {
+        if kept < 2 {
             // Not all read (a pipe made larger than a reap reads), or no write end to lend: read to the end
             // as any stream whose worker is gone.
             for fd in fds {
