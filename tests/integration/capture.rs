@@ -89,6 +89,50 @@ fn a_slots_next_worker_writes_into_its_pipes_and_each_line_keeps_its_writer() {
     assert!(checked >= 120, "only {checked} lines checked");
 }
 
+/// A helper that left its worker's process group (and its mark, so no look for orphans ends it) writes after
+/// the worker was reaped and the slot refilled: its lines are its worker's, never the slot's next worker's.
+#[test]
+fn a_helper_writing_after_its_worker_was_reaped_is_logged_under_that_worker() {
+    let sb = Sandbox::new("capstray");
+    let helper = format!("exec setsid env -u {} sh -c 'sleep 0.3; echo helper of $PPID'", "PMHOST_WORKER");
+    let config = task_config(json!({"work": "spawn", "spawn": helper}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "1", "--execute-times", "2", "--execute-usleep", "100ms", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let lines = || -> Vec<(String, String)> {
+        run_log(&sb)
+            .lines()
+            .filter_map(|line| {
+                let worker = line.split("helper of ").nth(1)?.split_whitespace().next()?.to_owned();
+                let tag = line.split_whitespace().find_map(|field| field.strip_prefix("pid="))?.to_owned();
+                Some((worker, tag))
+            })
+            .collect()
+    };
+    let lines = sb.wait_for("5 helpers' lines", SOON, || Some(lines()).filter(|l| l.len() >= 5));
+    sb.stop();
+    for (worker, tag) in lines {
+        assert_eq!(worker, tag, "a helper of worker {worker} logged under pid {tag}");
+    }
+}
+
+/// A worker that makes its stdout non-blocking changes its own open file only: the slot's next worker, which
+/// writes into the same pipe, finds its stdout blocking (non-blocking, a full pipe would fail its writes).
+#[test]
+fn a_slots_next_worker_finds_its_stdout_as_a_new_worker_would() {
+    let sb = Sandbox::new("capflags");
+    let config = task_config(json!({"nonblocking_stdout": true}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "1", "--execute-times", "1", "--execute-usleep", "0", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let log = sb.wait_for("20 workers' lines", SOON, || {
+        let log = run_log(&sb);
+        (log.matches("stdout was ").count() >= 20).then_some(log)
+    });
+    sb.stop();
+    assert!(!log.contains("stdout was non-blocking"), "{log}");
+}
+
 #[test]
 fn what_a_worker_wrote_right_before_kill_9_is_kept() {
     let sb = Sandbox::new("lastwords");
@@ -231,6 +275,40 @@ fn the_master_keeps_no_descriptor_of_a_worker_it_reaped() {
     let after = descriptors();
     // Two slots, each with a worker or a request in flight (four pipe ends each), either time.
     assert!(after <= before + 8, "the master's descriptors went from {before} to {after} over 300 workers");
+    sb.stop();
+}
+
+/// A reaped worker's pipes are kept for its slot's next worker only while the slot will have one: scaled down
+/// from 4 workers to 1, the master closes the pipes of the three slots it no longer fills (four descriptors
+/// each).
+#[test]
+fn scaling_down_closes_the_pipes_kept_for_the_slots_it_empties() {
+    let sb = Sandbox::new("capscale");
+    let config = task_config(json!({"println": "printed by a one-call worker"}));
+    let faulty = fixtures().faulty.to_str().unwrap();
+    let args = ["--workers", "4", "--execute-times", "1", "--execute-usleep", "0", "--task-config", &config];
+    sb.start_daemon(faulty, &args);
+    let master = sb.master_pid();
+    let pipes = || {
+        std::fs::read_dir(format!("/proc/{master}/fd"))
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+            .count()
+    };
+    let printed = || run_log(&sb).matches("printed by a one-call worker").count();
+    sb.wait_for("40 workers", SOON, || (printed() >= 40).then_some(()));
+    // The most of several looks: one taken while the master swaps a reaped worker's write ends sees fewer.
+    let before = (0..20).map(|_| pipes()).max().unwrap();
+    let out = sb.run(["scale", "--name", &sb.name, "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let seen = printed();
+    sb.wait_for("20 more workers", SOON, || (printed() >= seen + 20).then_some(()));
+    let mut after = pipes();
+    sb.wait_for("the pipes of three slots closed", SOON, || {
+        after = pipes();
+        (after + 12 <= before).then_some(())
+    });
     sb.stop();
 }
 

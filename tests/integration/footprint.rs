@@ -297,3 +297,29 @@ fn a_zygote_whose_learners_are_killed_stops_handing_the_claim_on_after_three() {
     assert!(!sb.log_text("process.").contains("applied its workers' footprint"));
     sb.stop();
 }
+
+/// The learner maps the first page of each library destructor its zygote listed: a library the plugin loaded
+/// as it was loaded (in the zygote) and its workers unload left addresses that are no longer mapped, and the
+/// learner must skip them rather than crash at the end of its exit.
+#[test]
+fn a_learner_that_unloaded_a_library_its_zygote_loaded_records_without_crashing() {
+    let sb = Sandbox::new("fpunload");
+    let config = crate::harness::task_config(json!({"work": "unload"}));
+    let faulty = fixtures().faulty.to_str().unwrap().to_owned();
+    let mut cmd = sb.pmhost(["start", "-d", "--name", &sb.name, "--plugin", &faulty, "--log-level", "debug"]);
+    cmd.args(["--workers", "2", "--execute-times", "1", "--execute-usleep", "0", "--task-config", &config]);
+    // A library with ELF destructors that nothing else keeps loaded.
+    cmd.env("FAULTY_LOAD_AT_START", &fixtures().not_a_plugin);
+    eprintln!("$ {cmd:?}");
+    let out = cmd.output().expect("run pmhost start");
+    assert_eq!(out.status.code(), Some(0), "{}", crate::harness::describe(&out));
+    sb.wait_for("the footprint applied", SOON, || {
+        sb.log_text("process.").contains("applied its workers' footprint").then_some(())
+    });
+    sb.wait_for("the library unloaded", SOON, || {
+        sb.log_text("run.").contains("unloaded the library loaded at start").then_some(())
+    });
+    let log = sb.log_text("process.");
+    assert!(!log.contains("worker crashed"), "{log}");
+    sb.stop();
+}

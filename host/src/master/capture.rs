@@ -22,19 +22,23 @@
 //! `RLIMIT_NOFILE` ([`holds_write_ends`]): beyond it a worker's write ends are closed after its spawn, as before
 //! (held for every worker, 64 workers under a limit of 320 left the master no descriptor for its status file).
 //!
-//! **A slot's pipes outlive its worker.** When the master reaps a worker whose write ends it holds, it reads
-//! what the pipes hold (one `epoll_wait` tells whether there is anything), logs an unfinished last line as a
-//! line, and keeps both streams for the slot's next worker ([`Captures::pipes`] lends them, [`Captures::watch`]
-//! names them after it), instead of closing them and making two new pipes. A one-call worker cost the master
-//! 14 syscalls for its pipes (2 `pipe2`, 2 `fcntl`, 2 epoll additions, 2 removals, 4 `close`, 2 reads of the
-//! end) and now costs one. What the next worker writes before the master knows its pid waits in the pipe (the
-//! stream leaves the epoll set meanwhile), so every line is logged under the worker that wrote it. The one
-//! change: a helper that escaped the worker's process group and still writes after the reap writes into
-//! the slot's pipe, and its lines are logged under the slot's next worker once that one is named (with
-//! fresh pipes they kept the dead worker's pid); the master ends such helpers at its next look for orphans
-//! (see `orphans`), within 10 ms. Measured on the churn above (interleaved A/B, 4 runs of 3 s, with the
-//! master's `/proc` and signal reads trimmed in the same change): the master's CPU per worker 52.6 → 43.6 µs,
-//! workers/s 4 718 → 4 925.
+//! **A slot's pipes outlive its worker.** When the master reaps a worker whose write ends it holds, it closes
+//! its copies and reads what the pipes hold (one `epoll_wait` tells whether there is anything, and whether any
+//! process still holds a write end); if none does, it logs an unfinished last line as a line and keeps both
+//! streams for the slot's next worker ([`Captures::pipes`] lends them, [`Captures::watch`] names them after
+//! it), with write ends opened anew through `/proc/self/fd` (a fresh open file: the flags the last worker set
+//! on its stdout stay with it), instead of closing them and making two new pipes. A one-call worker cost the
+//! master 14 syscalls for its pipes (2 `pipe2`, 2 `fcntl`, 2 epoll additions, 2 removals, 4 `close`, 2 reads
+//! of the end) and now costs four (2 `close`, 2 `openat`), though the reopens are not cheap (see
+//! `open_own_fds`). What the next worker writes before the master knows its pid waits in the pipe (the stream
+//! leaves the epoll set meanwhile), so every line is logged under the worker that wrote it. A pipe some
+//! process still writes into after the reap (a helper that escaped the worker's process group) is not lent:
+//! it is read to its end under the reaped worker's name, as any stream whose worker is gone, and the slot's
+//! next worker gets new pipes. Measured on the churn above (interleaved
+//! A/B, 4 runs of 3 s, with the master's `/proc` and signal reads trimmed in the same change, before the
+//! write ends were reopened): the master's CPU per worker 52.6 → 43.6 µs, workers/s 4 718 → 4 925. The
+//! reopens cost most of that back (the master's on-CPU time from `schedstat`, 4 runs of 3 s each, on a busy
+//! machine: lent with the held write ends 55–60 µs per worker, reopened 64–71 µs, new pipes 63–86 µs).
 //!
 //! Lines longer than
 //! [`LINE_LIMIT`] bytes are split, never dropped; bytes that are not UTF-8 and control characters are escaped
@@ -194,6 +198,8 @@ pub struct Captures {
     idle: HashMap<(String, u32), [RawFd; 2]>,
     /// Lent streams given back (see [`Lent`]), to close.
     given_back: Rc<RefCell<Vec<RawFd>>>,
+    /// `/proc/self/fd`, opened at the first reopen of a write end (see [`reopen_write_end`]).
+    own_fds: Option<OwnedFd>,
 }
 
 impl Captures {
@@ -206,6 +212,7 @@ impl Captures {
             nofile: None,
             idle: HashMap::new(),
             given_back: Rc::new(RefCell::new(Vec::new())),
+            own_fds: None,
         })
     }
 
@@ -366,9 +373,9 @@ impl Captures {
     }
 
     /// Reads everything the streams of `pid` hold now (a worker just reaped: its last words come before its
-    /// exit line), then keeps them for the slot's next worker if the master holds their write ends (see the
-    /// module docs); else closes its copies of the write ends first, so that a stream no child of the worker
-    /// holds ends here.
+    /// exit line), after closing the master's copies of their write ends: a stream no child of the worker
+    /// holds ends here. If the master held both ends and no process holds them any more, the two streams are
+    /// kept for the slot's next worker instead, with write ends opened anew (see the module docs).
     ///
     /// At most what a pipe can hold is read ([`REAP_BUDGET`]): a helper that left the worker's process group
     /// and keeps writing would otherwise keep the master in this loop for as long as it outpaced the log, every
@@ -377,32 +384,55 @@ impl Captures {
     /// syscall per stream on every worker's exit.)
     pub fn read_all_of(&mut self, pid: Pid) {
         let fds = self.by_pid.remove(&pid).unwrap_or_default();
-        let kept = match fds[..] {
-            [a, b] => {
-                [a, b].map(|fd| self.streams.get(&fd).filter(|s| s.held.is_some()).map(|s| (s.kind, s.origin.clone())))
+        let mut held = [None; 2];
+        for (index, fd) in fds.iter().enumerate() {
+            let kind = self.streams.get_mut(fd).and_then(|s| s.held.take().map(|_| s.kind));
+            if let Some(slot) = held.get_mut(index) {
+                *slot = kind;
             }
-            _ => [None, None],
-        };
-        let [Some((StreamKind::Stdout, origin)), Some((StreamKind::Stderr, _))] = kept else {
-            for fd in fds {
-                if let Some(stream) = self.streams.get_mut(&fd) {
-                    stream.held = None;
-                }
-                self.read_stream(fd, REAP_BUDGET);
-            }
-            return;
-        };
-        // One look at what is ready instead of a read of each stream (most workers end with nothing unread);
-        // a full answer may have left these out, so then both are read.
+        }
+        let pair = fds.len() == 2 && held == [Some(StreamKind::Stdout), Some(StreamKind::Stderr)];
+        // One look at what is ready instead of a read of each stream (most workers end with nothing unread); a
+        // full answer may have left these out, so then both are read, and kept for no one.
         let mut events = [EpollEvent::empty(); 64];
         let n = self.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(events.len());
+        let full = n == events.len();
+        let ready = |fd: RawFd| events[..n].iter().find(|e| e.data() == fd as u64).map(|e| e.events());
+        let hung_up = |fd: RawFd| ready(fd).is_some_and(|e| e.contains(EpollFlags::EPOLLHUP));
+        if !pair || full || !fds.iter().all(|fd| hung_up(*fd)) {
+            for fd in fds {
+                if full || ready(fd).is_some() {
+                    self.read_stream(fd, REAP_BUDGET);
+                }
+            }
+            return;
+        }
+        // No process writes into these pipes any more: what they hold is all there is, and a line read from
+        // them later can only be the next worker's.
+        let mut kept = 0;
         for fd in &fds {
-            if n == events.len() || events[..n].iter().any(|e| e.data() == *fd as u64) {
-                self.read_stream(*fd, REAP_BUDGET);
+            let ended = !ready(*fd).is_some_and(|e| e.contains(EpollFlags::EPOLLIN))
+                || self.read_some(*fd, REAP_BUDGET) == Read::End;
+            let Some(stream) = self.streams.get_mut(fd) else { continue };
+            stream.flush();
+            if !ended {
+                continue;
+            }
+            if self.own_fds.is_none() {
+                self.own_fds = open_own_fds().ok();
+            }
+            if let Some(end) = self.own_fds.as_ref().and_then(|dir| reopen_write_end(dir, *fd).ok()) {
+                self.held.set(self.held.get() + 1);
+                stream.held = Some(HeldEnd { _fd: end, count: Rc::clone(&self.held) });
+                kept += 1;
             }
         }
-        if !fds.iter().all(|fd| self.streams.contains_key(fd)) {
-            // One ended (a read error): the other goes its old way.
+        let Some(origin) = fds.first().and_then(|fd| self.streams.get(fd)).map(|s| Rc::clone(&s.origin)) else {
+            return;
+        };
+        if kept < 2 {
+            // Not all read (a pipe made larger than a reap reads), or no write end to lend: read to the end
+            // as any stream whose worker is gone.
             for fd in fds {
                 if let Some(stream) = self.streams.get_mut(&fd) {
                     stream.held = None;
@@ -410,15 +440,25 @@ impl Captures {
                 self.read_stream(fd, REAP_BUDGET);
             }
             return;
-        }
-        for fd in &fds {
-            if let Some(stream) = self.streams.get_mut(fd) {
-                stream.flush();
-            }
         }
         if let Some(replaced) = self.idle.insert((origin.task.clone(), origin.slot), [fds[0], fds[1]]) {
             for fd in replaced {
                 self.close_stream(fd);
+            }
+        }
+    }
+
+    /// Closes the streams kept for the slots `wanted` turns down (a task removed or scaled down, its capture
+    /// turned off): no next worker will borrow them, and kept they would hold four descriptors a slot (and a
+    /// share of the [`holds_write_ends`] budget) for as long as the master runs.
+    pub fn retain_idle(&mut self, mut wanted: impl FnMut(&str, u32) -> bool) {
+        let unwanted: Vec<(String, u32)> =
+            self.idle.keys().filter(|(task, slot)| !wanted(task, *slot)).cloned().collect();
+        for key in unwanted {
+            if let Some(streams) = self.idle.remove(&key) {
+                for fd in streams {
+                    self.close_stream(fd);
+                }
             }
         }
     }
@@ -444,36 +484,70 @@ impl Captures {
         }
     }
 
+    /// Reads a stream (at most `budget` bytes) and closes it at its end.
     fn read_stream(&mut self, fd: RawFd, budget: usize) {
-        let Some(stream) = self.streams.get_mut(&fd) else { return };
+        if self.read_some(fd, budget) == Read::Open {
+            return;
+        }
+        self.close_stream(fd);
+        // Kept for a slot's next worker: both go (they are lent as a pair).
+        let pair = self.idle.iter().find(|(_, streams)| streams.contains(&fd)).map(|(key, _)| key.clone());
+        if let Some(streams) = pair.and_then(|key| self.idle.remove(&key)) {
+            for other in streams {
+                self.close_stream(other);
+            }
+        }
+    }
+
+    /// Reads at most `budget` bytes of a stream and logs them.
+    fn read_some(&mut self, fd: RawFd, budget: usize) -> Read {
+        let Some(stream) = self.streams.get_mut(&fd) else { return Read::Failed };
         let mut buf = [0u8; 16 * 1024];
         let mut read = 0;
-        let ended = loop {
+        loop {
             if read >= budget {
-                break false;
+                return Read::Open;
             }
             match nix::unistd::read(&stream.fd, &mut buf) {
-                Ok(0) => break true,
+                Ok(0) => return Read::End,
                 Ok(n) => {
                     read += n;
                     stream.take(&buf[..n]);
                 }
                 Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => break false,
-                Err(_) => break true,
-            }
-        };
-        if ended {
-            self.close_stream(fd);
-            // Kept for a slot's next worker: both go (they are lent as a pair).
-            let pair = self.idle.iter().find(|(_, streams)| streams.contains(&fd)).map(|(key, _)| key.clone());
-            if let Some(streams) = pair.and_then(|key| self.idle.remove(&key)) {
-                for other in streams {
-                    self.close_stream(other);
-                }
+                Err(Errno::EAGAIN) => return Read::Open,
+                Err(_) => return Read::Failed,
             }
         }
     }
+}
+
+/// How a read of a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Nothing more to read now, or the budget was spent.
+    Open,
+    /// End of file: no process holds a write end.
+    End,
+    /// A read error, or no such stream.
+    Failed,
+}
+
+/// The directory of this process's descriptors, through which [`reopen_write_end`] opens a pipe anew by a name
+/// of one component (an `open` of `/proc/self/fd/N` and its `close` took 4.4 µs, an `openat` of `N` 3.2–3.7 µs;
+/// a `pipe2` and its two `close`s 4.6 µs).
+fn open_own_fds() -> io::Result<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::open("/proc/self/fd", flags, nix::sys::stat::Mode::empty())?)
+}
+
+/// A new write end of the pipe whose read end is `read` (blocking, close-on-exec), as a fresh open file: the
+/// flags a last worker set on its own (`O_NONBLOCK`, `O_APPEND`) do not reach the next one. `own_fds` is this
+/// process's `/proc/self/fd`.
+fn reopen_write_end(own_fds: &OwnedFd, read: RawFd) -> io::Result<OwnedFd> {
+    let name = read.to_string();
+    let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(own_fds, name.as_str(), flags, nix::sys::stat::Mode::empty())?)
 }
 
 impl Stream {

@@ -79,6 +79,10 @@ impl Master {
     /// the number of tasks.
     fn manage_all_workers(&mut self) {
         let now = Mono::now();
+        // The pipes kept for slots that lost their next worker (their task was scaled down or removed while
+        // they were empty, or stopped capturing) are closed here.
+        let tasks = &self.tasks;
+        self.captures.retain_idle(|name, slot| tasks.iter().any(|t| t.settings.name == name && lends_pipes(t, slot)));
         let batch = self.host.check_interval.is_none();
         let wanted: Vec<u32> = self.tasks.iter().map(|t| if t.retired { 0 } else { t.settings.workers }).collect();
         let wanted_workers = self.workers.values().filter(|w| !w.life.stop_sent()).map(|w| (w.task, w.slot, w.pid));
@@ -407,6 +411,11 @@ impl Master {
         if let Some(slot) = self.tasks[worker.task].slots.get_mut(worker.slot as usize) {
             slot.pids.retain(|p| *p != pid);
         }
+        if !lends_pipes(&self.tasks[worker.task], worker.slot) {
+            // A surplus worker stopped by a scale-down, one of a removed task: its slot has no next worker.
+            let (task, slot) = (&self.tasks[worker.task].settings.name, worker.slot);
+            self.captures.retain_idle(|name, s| name != task || s != slot);
+        }
         self.recheck_slot(worker.task, worker.slot);
         let executions = self.board.cell(worker.cell).executions();
         if let Some(latency) = self.board.cell(worker.cell).spawn_latency() {
@@ -540,4 +549,10 @@ fn signal_group(pid: Pid, signal: Signal) {
     if killpg(pid, signal).is_err() {
         let _ = kill(pid, signal);
     }
+}
+
+/// Whether a slot of `task` lends a reaped worker's output pipes to its next worker: it will have one, and
+/// that one's output is captured.
+fn lends_pipes(task: &super::state::Task, slot: u32) -> bool {
+    !task.retired && slot < task.settings.workers && task.settings.capture_output
 }

@@ -154,13 +154,14 @@ pub fn prepare() {
         SHARED.store(base.cast(), Ordering::Relaxed);
         // Here, not in the learner: finding them reads each object's program headers and dynamic section,
         // pages no worker needs, which the learner would record.
-        // SAFETY: the zygote is single-threaded and has not cloned yet: nothing reads DESTRUCTORS meanwhile.
-        unsafe { (*std::ptr::addr_of_mut!(DESTRUCTORS)).find() };
+        let mut found = Destructors::new();
+        found.find();
+        let _ = DESTRUCTORS.set(found);
     }
 }
 
 /// The ELF destructors of the zygote's loaded objects, found by `prepare` and inherited by its clones.
-static mut DESTRUCTORS: Destructors = Destructors::new();
+static DESTRUCTORS: std::sync::OnceLock<Destructors> = std::sync::OnceLock::new();
 
 /// The header word `index` (0 state, 1 learner's pid, 2 count) of the shared region, if it is mapped.
 fn header(index: usize) -> Option<&'static AtomicU32> {
@@ -263,12 +264,13 @@ fn record() {
     // SAFETY: this process is the learner (it won WANTED → LEARNING) and has not yet stored READY.
     let slots = unsafe { ranges() };
     let mut n = 0;
-    // SAFETY: written once by `prepare` in the zygote before it cloned this process; only read since.
-    let destructors = unsafe { &*std::ptr::addr_of!(DESTRUCTORS) };
     if let (Ok(pagemap), Some(mut scratch)) = (std::fs::File::open("/proc/self/pagemap"), Scratch::new()) {
         let own = scratch.base as u64;
-        destructors.touch();
-        join_split_code(scratch.read("/proc/self/maps"));
+        let maps = scratch.read("/proc/self/maps");
+        if let Some(destructors) = DESTRUCTORS.get() {
+            destructors.touch(maps);
+        }
+        join_split_code(maps);
         let smaps = scratch.smaps();
         for (kind, wanted, flag) in [(Kind::Code, PRESENT, 0), (Kind::Written, PRESENT | EXCLUSIVE, WRITTEN)] {
             // Not the scratch mapping itself: its pages are the learner's work, not the worker's.
@@ -474,7 +476,32 @@ mod tests {
         let own = record_at_exit as extern "C" fn() as usize;
         assert!(found.entries().contains(&own), "{own:#x} not among {:#x?}", found.entries());
         // Every one of them is code: reading a byte of each must not fault.
-        found.touch();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        found.touch(&maps);
+    }
+
+    #[test]
+    fn a_destructor_whose_object_was_unloaded_is_not_touched() {
+        // The address of a page no longer mapped, as an object unloaded after the zygote listed it leaves.
+        // SAFETY: maps a fresh anonymous page and unmaps it again; nothing else refers to it.
+        let gone = unsafe {
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(page, libc::MAP_FAILED);
+            libc::munmap(page, 4096);
+            page as usize
+        };
+        let mut found = Destructors::new();
+        found.find();
+        found.push_for_test(gone);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        found.touch(&maps);
     }
 
     #[test]

@@ -22,7 +22,8 @@ struct Config {
     init_ms: u64,
     /// `ok`, `panic`, `abort`, `segfault`, `exit`, `hang`, `retire`, `fail`, `grow`, `spawn`, `flood`, `block`
     /// (wait for the stop descriptor with no timeout, as a blocking read would), `nap` (`ctx.sleep` for an hour),
-    /// `fork` (once per worker: a child that calls `exit` at once, waited for).
+    /// `fork` (once per worker: a child that calls `exit` at once, waited for), `unload` (unloads the library
+    /// named by `$FAULTY_LOAD_AT_START`, which the plugin loaded as it was itself loaded).
     work: Option<String>,
     /// The misbehaviour starts at this call (1 = the first).
     from_call: u64,
@@ -63,6 +64,9 @@ struct Config {
     raw_stderr: Option<String>,
     /// A line of this many bytes (`x`s and a newline) written to stdout on the first call.
     long_line: usize,
+    /// Every call writes `stdout was blocking` or `stdout was non-blocking` (how it found its stdout), then makes
+    /// its stdout non-blocking, as a program that polls its output would.
+    nonblocking_stdout: bool,
     /// While this file exists, every call asks to retire its worker (after whatever the call does).
     retire_file: Option<String>,
 }
@@ -114,6 +118,14 @@ impl Faulty {
         }
         if let Some(text) = &self.config.raw_stderr {
             raw_write(2, fill(text).as_bytes());
+        }
+        if self.config.nonblocking_stdout {
+            // SAFETY: reads and sets the status flags of descriptor 1; no memory is involved.
+            let flags = unsafe { libc::fcntl(1, libc::F_GETFL) };
+            let found = if flags & libc::O_NONBLOCK == 0 { "blocking" } else { "non-blocking" };
+            raw_write(1, format!("stdout was {found}\n").as_bytes());
+            // SAFETY: as above.
+            unsafe { libc::fcntl(1, libc::F_SETFL, flags | libc::O_NONBLOCK) };
         }
         if self.config.long_line > 0 && call == 1 {
             let mut line = vec![b'x'; self.config.long_line];
@@ -261,6 +273,15 @@ impl Job for Faulty {
                 }
                 Outcome::Continue
             }
+            Some("unload") => {
+                let handle = LOADED_AT_START.swap(std::ptr::null_mut(), std::sync::atomic::Ordering::Relaxed);
+                if !handle.is_null() {
+                    // SAFETY: a handle `dlopen` returned, closed once (it was swapped out).
+                    unsafe { libc::dlclose(handle) };
+                    info!("unloaded the library loaded at start");
+                }
+                Outcome::Continue
+            }
             Some("fork") if !self.spawned => {
                 self.spawned = true;
                 // SAFETY: the worker is single-threaded; the child only calls `exit` (running the process's exit
@@ -292,3 +313,20 @@ impl Job for Faulty {
 }
 
 export_job!(Faulty);
+
+/// The library named by `$FAULTY_LOAD_AT_START`, loaded by this plugin's constructor (in the process that loads
+/// the plugin, before any `init`) and unloaded by `work = "unload"`.
+static LOADED_AT_START: std::sync::atomic::AtomicPtr<libc::c_void> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn load_at_start() {
+    let Some(path) = std::env::var_os("FAULTY_LOAD_AT_START") else { return };
+    let Ok(path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())) else { return };
+    // SAFETY: loads a library the test named, with a valid path string.
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    LOADED_AT_START.store(handle, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LOAD_AT_START: extern "C" fn() = load_at_start;

@@ -254,12 +254,30 @@ impl Destructors {
         }
     }
 
-    /// Reads one byte at each entry point: maps that page (alone, while the learner's code mappings are split).
-    pub(super) fn touch(&self) {
-        for address in &self.entries[..self.len] {
-            // SAFETY: the address of a function the loader is still to call: mapped, readable code.
-            unsafe { std::ptr::read_volatile(*address as *const u8) };
+    /// Reads one byte at each entry point still in executable code, as `maps` (the text of `/proc/self/maps`)
+    /// lists it: maps that page (alone, while the learner's code mappings are split). The list was made in
+    /// the zygote: an object the worker unloaded since (`dlclose`) left addresses that are no longer mapped,
+    /// or mapped as something else.
+    pub(super) fn touch(&self, maps: &str) {
+        let code = maps.lines().filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?.as_bytes());
+            let (start, end) = range.split_once('-')?;
+            let readable_code = perms.first() == Some(&b'r') && perms.get(2) == Some(&b'x');
+            readable_code.then_some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+        });
+        for (start, end) in code {
+            for address in self.entries[..self.len].iter().filter(|a| (start..end).contains(*a)) {
+                // SAFETY: inside a readable mapping of this process (the learner is single-threaded here: it
+                // is exiting, and nothing unmaps code meanwhile).
+                unsafe { std::ptr::read_volatile(*address as *const u8) };
+            }
         }
+    }
+
+    #[cfg(test)]
+    pub(super) fn push_for_test(&mut self, address: usize) {
+        self.push(address);
     }
 
     #[cfg(test)]
