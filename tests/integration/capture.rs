@@ -54,11 +54,10 @@ fn worker_output_reaches_the_run_log_line_by_line_and_tagged() {
 }
 
 #[test]
-fn a_slots_next_worker_writes_into_its_pipes_and_each_line_keeps_its_writer() {
-    // One-call workers in one slot: each takes over the pipes its predecessor wrote into (the master keeps them
-    // for the slot). Each writes a line and a line without its newline; every line logged must carry the pid
-    // of the worker that wrote it, and the unfinished one must stand alone rather than run into the next
-    // worker's first line.
+fn consecutive_workers_of_a_slot_each_keep_their_own_lines() {
+    // One-call workers in one slot, one after the other. Each writes a line and a line without its newline;
+    // every line logged must carry the pid of the worker that wrote it, and the unfinished one must stand
+    // alone rather than run into the next worker's first line.
     let sb = Sandbox::new("reuse");
     let config = task_config(
         json!({"println": "line of {pid}", "raw_stdout": "unfinished of {pid}", "raw_stderr": "err of {pid}\n"}),
@@ -116,8 +115,8 @@ fn a_helper_writing_after_its_worker_was_reaped_is_logged_under_that_worker() {
     }
 }
 
-/// A worker that makes its stdout non-blocking changes its own open file only: the slot's next worker, which
-/// writes into the same pipe, finds its stdout blocking (non-blocking, a full pipe would fail its writes).
+/// A worker that makes its stdout non-blocking changes its own open file only: the slot's next worker finds
+/// its stdout blocking (non-blocking, a full pipe would fail its writes).
 #[test]
 fn a_slots_next_worker_finds_its_stdout_as_a_new_worker_would() {
     let sb = Sandbox::new("capflags");
@@ -278,11 +277,10 @@ fn the_master_keeps_no_descriptor_of_a_worker_it_reaped() {
     sb.stop();
 }
 
-/// A reaped worker's pipes are kept for its slot's next worker only while the slot will have one: scaled down
-/// from 4 workers to 1, the master closes the pipes of the three slots it no longer fills (four descriptors
-/// each).
+/// The master keeps no pipe of a slot it no longer fills: scaled down from 4 one-call workers to 1, it holds
+/// four descriptors fewer per slot it emptied.
 #[test]
-fn scaling_down_closes_the_pipes_kept_for_the_slots_it_empties() {
+fn scaling_down_leaves_the_master_no_pipe_of_the_slots_it_empties() {
     let sb = Sandbox::new("capscale");
     let config = task_config(json!({"println": "printed by a one-call worker"}));
     let faulty = fixtures().faulty.to_str().unwrap();
@@ -298,7 +296,7 @@ fn scaling_down_closes_the_pipes_kept_for_the_slots_it_empties() {
     };
     let printed = || run_log(&sb).matches("printed by a one-call worker").count();
     sb.wait_for("40 workers", SOON, || (printed() >= 40).then_some(()));
-    // The most of several looks: one taken while the master swaps a reaped worker's write ends sees fewer.
+    // The most of several looks: one taken between a reap and the next spawn sees fewer.
     let before = (0..20).map(|_| pipes()).max().unwrap();
     let out = sb.run(["scale", "--name", &sb.name, "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));

@@ -22,29 +22,20 @@
 //! `RLIMIT_NOFILE` ([`holds_write_ends`]): beyond it a worker's write ends are closed after its spawn, as before
 //! (held for every worker, 64 workers under a limit of 320 left the master no descriptor for its status file).
 //!
-//! **A slot's pipes outlive its worker.** When the master reaps a worker whose write ends it holds, it closes
-//! its copies and reads what the pipes hold (one `epoll_wait` tells whether there is anything, and whether any
-//! process still holds a write end); if none does, it logs an unfinished last line as a line and keeps both
-//! streams for the slot's next worker ([`Captures::pipes`] lends them, [`Captures::watch`] names them after
-//! it), with write ends opened anew through `/proc/self/fd` (a fresh open file: the flags the last worker set
-//! on its stdout stay with it), instead of closing them and making two new pipes. A one-call worker cost the
-//! master 14 syscalls for its pipes (2 `pipe2`, 2 `fcntl`, 2 epoll additions, 2 removals, 4 `close`, 2 reads
-//! of the end) and now costs four (2 `close`, 2 `openat`), though the reopens are not cheap (see
-//! `open_own_fds`). What the next worker writes before the master knows its pid waits in the pipe (the stream
-//! leaves the epoll set meanwhile), so every line is logged under the worker that wrote it. A pipe some
-//! process still writes into after the reap (a helper that escaped the worker's process group) is not lent:
-//! it is read to its end under the reaped worker's name, as any stream whose worker is gone, and the slot's
-//! next worker gets new pipes. Measured on the churn above (interleaved
-//! A/B, 4 runs of 3 s, with the master's `/proc` and signal reads trimmed in the same change, before the
-//! write ends were reopened): the master's CPU per worker 52.6 → 43.6 µs, workers/s 4 718 → 4 925. The
-//! reopens cost most of that back (the master's on-CPU time from `schedstat`, 4 runs of 3 s each, on a busy
-//! machine: lent with the held write ends 55–60 µs per worker, reopened 64–71 µs, new pipes 63–86 µs).
+//! Tried and not kept: lending a reaped worker's pipes to its slot's next worker instead of making two new
+//! ones (14 syscalls of the master per one-call worker for its pipes). Lent with the write ends the master
+//! held, a worker's `O_NONBLOCK` on its stdout reached the next one (the open file is shared), and a helper
+//! that escaped the worker's group and wrote after the reap had its lines logged under the next worker. Done
+//! right (the master closes its copies at the reap, lends the pipes only when epoll reports them hung up, and
+//! opens new write ends through `/proc/self/fd`), it saved nothing measurable: 2 slots turning over,
+//! interleaved, 5 and 6 runs of 3 s, the master's CPU per worker 53.8 / 58.1 µs with new pipes against 58.9 /
+//! 52.8 µs lent, workers/s 4 584 / 4 553 against 4 479 / 4 423.
 //!
 //! Lines longer than
 //! [`LINE_LIMIT`] bytes are split, never dropped; bytes that are not UTF-8 and control characters are escaped
 //! (`\xNN`), so output can neither garble nor forge a log line.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -99,11 +90,6 @@ struct Stream {
     origin: Rc<Origin>,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
-    /// Lent to a new worker the master does not know yet ([`Captures::pipes`] to [`Captures::watch`]): what
-    /// it writes is read once it has a name (see [`Captures::read_ready`]).
-    lent: bool,
-    /// Taken out of the epoll set's interest while lent, because it had something to read.
-    paused: bool,
 }
 
 /// One captured stream as a master hands it over to its new image.
@@ -119,55 +105,27 @@ pub struct HandedStream {
     pub partial: Vec<u8>,
 }
 
-/// A new worker's output pipes: made for it, or lent from its slot's last worker (see the module docs).
+/// The write ends a worker gets as its stdout and stderr (the master keeps its copies until it reaps the
+/// worker, see the module docs).
+pub struct WorkerEnds {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// A new worker's two pipes: the read ends the master watches, the write ends the worker gets.
 pub struct Pipes {
-    source: Source,
+    reads: [OwnedFd; 2],
+    pub writes: WorkerEnds,
 }
 
-enum Source {
-    /// Made for this worker: the read ends the master will watch, the write ends the worker gets.
-    Fresh { reads: [OwnedFd; 2], writes: [OwnedFd; 2] },
-    /// The streams of the slot's last worker, which the master still reads and holds the write ends of.
-    Lent(Lent),
-}
-
-/// Streams lent to a new worker until [`Captures::watch`] gives them its name. If the spawn does not get
-/// that far (a failed fork, a request given up on), dropping this gives them back: they are closed at the
-/// master's next look at its streams.
-pub struct Lent {
-    reads: [RawFd; 2],
-    writes: [RawFd; 2],
-    given_back: Rc<RefCell<Vec<RawFd>>>,
-    taken: bool,
-}
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        if !self.taken {
-            self.given_back.borrow_mut().extend(self.reads);
-        }
-    }
-}
-
-impl Pipes {
-    /// The write ends the worker gets as its stdout and stderr.
-    pub fn ends(&self) -> [RawFd; 2] {
-        match &self.source {
-            Source::Fresh { writes, .. } => writes.each_ref().map(|fd| fd.as_raw_fd()),
-            Source::Lent(lent) => lent.writes,
-        }
-    }
-}
-
-/// A new worker's pipes once spawned: the read ends, and the write ends if the master holds them; or the
-/// streams lent to it.
-pub enum Watched {
-    Fresh { reads: [OwnedFd; 2], held: Option<[HeldEnd; 2]> },
-    Lent(Lent),
+/// A new worker's pipes once spawned: the read ends, and the write ends if the master holds them.
+pub struct Watched {
+    reads: [OwnedFd; 2],
+    held: Option<[HeldEnd; 2]>,
 }
 
 /// The master's copy of a worker's write end, counted while it is open.
-pub struct HeldEnd {
+struct HeldEnd {
     _fd: OwnedFd,
     count: Rc<Cell<usize>>,
 }
@@ -194,12 +152,6 @@ pub struct Captures {
     streams: HashMap<RawFd, Stream>,
     /// The streams of each worker still open, so reaping one reads its own without a look at every stream.
     by_pid: HashMap<Pid, Vec<RawFd>>,
-    /// Per task and slot, the streams (stdout, stderr) of its last worker, reaped: lent to its next one.
-    idle: HashMap<(String, u32), [RawFd; 2]>,
-    /// Lent streams given back (see [`Lent`]), to close.
-    given_back: Rc<RefCell<Vec<RawFd>>>,
-    /// `/proc/self/fd`, opened at the first reopen of a write end (see [`reopen_write_end`]).
-    own_fds: Option<OwnedFd>,
 }
 
 impl Captures {
@@ -210,9 +162,6 @@ impl Captures {
             by_pid: HashMap::new(),
             held: Rc::new(Cell::new(0)),
             nofile: None,
-            idle: HashMap::new(),
-            given_back: Rc::new(RefCell::new(Vec::new())),
-            own_fds: None,
         })
     }
 
@@ -221,78 +170,37 @@ impl Captures {
         self.epoll.0.as_fd()
     }
 
-    /// The two pipes of a worker of `task` about to start in `slot`: lent from the slot's last worker if the
-    /// master kept them, else made (their read ends are watched by [`Captures::watch`] once the worker's pid
-    /// is known; the write ends become the worker's stdout and stderr).
-    pub fn pipes(&mut self, task: &str, slot: u32) -> io::Result<Pipes> {
-        self.close_given_back();
-        if let Some(reads) = self.idle.remove(&(task.to_owned(), slot)) {
-            let writes = reads.map(|fd| self.streams.get(&fd).and_then(|s| s.held.as_ref()).map(|h| h._fd.as_raw_fd()));
-            if let [Some(stdout), Some(stderr)] = writes {
-                for fd in reads {
-                    if let Some(stream) = self.streams.get_mut(&fd) {
-                        stream.lent = true;
-                    }
-                }
-                let given_back = Rc::clone(&self.given_back);
-                return Ok(Pipes {
-                    source: Source::Lent(Lent { reads, writes: [stdout, stderr], given_back, taken: false }),
-                });
-            }
-            for fd in reads {
-                self.close_stream(fd);
-            }
-        }
+    /// Creates the two pipes of a worker about to be forked: the read ends (for [`Captures::watch`] once the
+    /// worker's pid is known) and the write ends (the worker's stdout and stderr).
+    pub fn pipes() -> io::Result<Pipes> {
         // Read ends: non-blocking and close-on-exec; write ends: blocking (a worker that outpaces the log waits).
         let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         for fd in [&out_read, &err_read] {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         }
-        Ok(Pipes { source: Source::Fresh { reads: [out_read, err_read], writes: [out_write, err_write] } })
+        Ok(Pipes { reads: [out_read, err_read], writes: WorkerEnds { stdout: out_write, stderr: err_write } })
     }
 
     /// A new worker's pipes once their write ends reached it (forked, or sent with its request): the master
     /// keeps its copies of the write ends while [`holds_write_ends`] allows, else closes them now.
     pub fn hold(&mut self, pipes: Pipes) -> Watched {
-        let (reads, writes) = match pipes.source {
-            Source::Fresh { reads, writes } => (reads, writes),
-            Source::Lent(lent) => return Watched::Lent(lent),
-        };
         let nofile = *self.nofile.get_or_insert_with(|| {
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
         });
+        let Pipes { reads, writes } = pipes;
         let held = holds_write_ends(self.held.get(), nofile).then(|| {
             self.held.set(self.held.get() + 2);
-            writes.map(|fd| HeldEnd { _fd: fd, count: Rc::clone(&self.held) })
+            [writes.stdout, writes.stderr].map(|fd| HeldEnd { _fd: fd, count: Rc::clone(&self.held) })
         });
-        Watched::Fresh { reads, held }
+        Watched { reads, held }
     }
 
     /// Starts reading a new worker's streams (and holds their write ends, if [`Captures::hold`] kept them,
     /// until it is reaped).
     pub fn watch(&mut self, watched: Watched, origin: Origin) -> io::Result<()> {
         let origin = Rc::new(origin);
-        let (reads, held) = match watched {
-            Watched::Fresh { reads, held } => (reads, held),
-            Watched::Lent(mut lent) => {
-                lent.taken = true;
-                for fd in lent.reads {
-                    if let Some(stream) = self.streams.get_mut(&fd) {
-                        // A line a stray writer left unfinished after the reap (see the module docs) is not
-                        // the new worker's.
-                        stream.flush();
-                        stream.origin = Rc::clone(&origin);
-                        stream.lent = false;
-                        if std::mem::take(&mut stream.paused) {
-                            self.epoll.modify(&stream.fd, &mut EpollEvent::new(EpollFlags::EPOLLIN, fd as u64))?;
-                        }
-                        self.by_pid.entry(origin.pid).or_default().push(fd);
-                    }
-                }
-                return Ok(());
-            }
-        };
+        let Watched { reads, held } = watched;
         let held = match held {
             Some([stdout, stderr]) => [Some(stdout), Some(stderr)],
             None => [None, None],
@@ -301,8 +209,7 @@ impl Captures {
         for (fd, (kind, held)) in reads.into_iter().zip(ends) {
             let raw = fd.as_raw_fd();
             self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
-            let stream =
-                Stream { fd, held, kind, origin: Rc::clone(&origin), partial: Vec::new(), lent: false, paused: false };
+            let stream = Stream { fd, held, kind, origin: Rc::clone(&origin), partial: Vec::new() };
             self.streams.insert(raw, stream);
             self.by_pid.entry(origin.pid).or_default().push(raw);
         }
@@ -345,209 +252,71 @@ impl Captures {
                 title: stream.title,
             });
             self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, raw as u64))?;
-            self.streams.insert(
-                raw,
-                Stream { fd, held: None, kind, origin, partial: stream.partial, lent: false, paused: false },
-            );
+            self.streams.insert(raw, Stream { fd, held: None, kind, origin, partial: stream.partial });
         }
         Ok(())
     }
 
     /// Reads what the streams that are ready hold, at most [`READ_BUDGET`] each, and logs it line by line.
     pub fn read_ready(&mut self) {
-        self.close_given_back();
         let mut events = [EpollEvent::empty(); 64];
         let Ok(n) = self.epoll.wait(&mut events, EpollTimeout::ZERO) else { return };
         for event in &events[..n] {
-            let fd = event.data() as RawFd;
-            if let Some(stream) = self.streams.get_mut(&fd).filter(|s| s.lent) {
-                // Its new worker wrote before the master heard of it: read once it is named (`watch`), so each
-                // line goes under its writer. Out of the set till then, or it would wake the master in a loop.
-                if self.epoll.modify(&stream.fd, &mut EpollEvent::new(EpollFlags::empty(), fd as u64)).is_ok() {
-                    stream.paused = true;
-                }
-                continue;
-            }
-            self.read_stream(fd, READ_BUDGET);
+            self.read_stream(event.data() as RawFd, READ_BUDGET);
         }
     }
 
     /// Reads everything the streams of `pid` hold now (a worker just reaped: its last words come before its
-    /// exit line), after closing the master's copies of their write ends: a stream no child of the worker
-    /// holds ends here. If the master held both ends and no process holds them any more, the two streams are
-    /// kept for the slot's next worker instead, with write ends opened anew (see the module docs).
+    /// exit line), after closing the master's copies of their write ends: a stream no child of the worker holds
+    /// ends here.
     ///
-    /// At most what a pipe can hold is read ([`REAP_BUDGET`]): a helper that left the worker's process group
-    /// and keeps writing would otherwise keep the master in this loop for as long as it outpaced the log, every
-    /// other event waiting (a `yes` so started did, until it was killed by hand). What follows is read as any
-    /// stream's, [`READ_BUDGET`] per wake-up. (A bound, not a `FIONREAD` of what is queued: that was one more
-    /// syscall per stream on every worker's exit.)
+    /// At most what a pipe can hold is read ([`REAP_BUDGET`]), until its end if no child of the worker holds
+    /// it: a helper that left the worker's process group and keeps writing would otherwise keep the master in
+    /// this loop for as long as it outpaced the log, every other event waiting (a `yes` so started did, until
+    /// it was killed by hand). What follows is read as any stream's, [`READ_BUDGET`] per wake-up. (A bound, not
+    /// a `FIONREAD` of what is queued: that was one more syscall per stream on every worker's exit.)
     pub fn read_all_of(&mut self, pid: Pid) {
-        let fds = self.by_pid.remove(&pid).unwrap_or_default();
-        let mut held = [None; 2];
-        for (index, fd) in fds.iter().enumerate() {
-            let kind = self.streams.get_mut(fd).and_then(|s| s.held.take().map(|_| s.kind));
-            if let Some(slot) = held.get_mut(index) {
-                *slot = kind;
+        let fds = self.by_pid.get(&pid).cloned().unwrap_or_default();
+        for fd in fds {
+            if let Some(stream) = self.streams.get_mut(&fd) {
+                stream.held = None;
             }
-        }
-        let pair = fds.len() == 2 && held == [Some(StreamKind::Stdout), Some(StreamKind::Stderr)];
-        // One look at what is ready instead of a read of each stream (most workers end with nothing unread); a
-        // full answer may have left these out, so then both are read, and kept for no one.
-        let mut events = [EpollEvent::empty(); 64];
-        let n = self.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(events.len());
-        let full = n == events.len();
-        let ready = |fd: RawFd| events[..n].iter().find(|e| e.data() == fd as u64).map(|e| e.events());
-        let hung_up = |fd: RawFd| ready(fd).is_some_and(|e| e.contains(EpollFlags::EPOLLHUP));
-        if !pair || full || !fds.iter().all(|fd| hung_up(*fd)) {
-            for fd in fds {
-                if full || ready(fd).is_some() {
-                    self.read_stream(fd, REAP_BUDGET);
-                }
-            }
-            return;
-        }
-        // No process writes into these pipes any more: what they hold is all there is, and a line read from
-        // them later can only be the next worker's.
-        let mut kept = 0;
-        for fd in &fds {
-            let ended = !ready(*fd).is_some_and(|e| e.contains(EpollFlags::EPOLLIN))
-                || self.read_some(*fd, REAP_BUDGET) == Read::End;
-            let Some(stream) = self.streams.get_mut(fd) else { continue };
-            stream.flush();
-            if !ended {
-                continue;
-            }
-            if self.own_fds.is_none() {
-                self.own_fds = open_own_fds().ok();
-            }
-            if let Some(end) = self.own_fds.as_ref().and_then(|dir| reopen_write_end(dir, *fd).ok()) {
-                self.held.set(self.held.get() + 1);
-                stream.held = Some(HeldEnd { _fd: end, count: Rc::clone(&self.held) });
-                kept += 1;
-            }
-        }
-        let Some(origin) = fds.first().and_then(|fd| self.streams.get(fd)).map(|s| Rc::clone(&s.origin)) else {
-            return;
-        };
-        if kept < 2 {
-            // Not all read (a pipe made larger than a reap reads), or no write end to lend: read to the end
-            // as any stream whose worker is gone.
-            for fd in fds {
-                if let Some(stream) = self.streams.get_mut(&fd) {
-                    stream.held = None;
-                }
-                self.read_stream(fd, REAP_BUDGET);
-            }
-            return;
-        }
-        if let Some(replaced) = self.idle.insert((origin.task.clone(), origin.slot), [fds[0], fds[1]]) {
-            for fd in replaced {
-                self.close_stream(fd);
-            }
+            self.read_stream(fd, REAP_BUDGET);
         }
     }
 
-    /// Closes the streams kept for the slots `wanted` turns down (a task removed or scaled down, its capture
-    /// turned off): no next worker will borrow them, and kept they would hold four descriptors a slot (and a
-    /// share of the [`holds_write_ends`] budget) for as long as the master runs.
-    pub fn retain_idle(&mut self, mut wanted: impl FnMut(&str, u32) -> bool) {
-        let unwanted: Vec<(String, u32)> =
-            self.idle.keys().filter(|(task, slot)| !wanted(task, *slot)).cloned().collect();
-        for key in unwanted {
-            if let Some(streams) = self.idle.remove(&key) {
-                for fd in streams {
-                    self.close_stream(fd);
-                }
-            }
-        }
-    }
-
-    /// Stops reading a stream and closes it (and the master's copy of its write end).
-    fn close_stream(&mut self, fd: RawFd) {
-        let Some(mut stream) = self.streams.remove(&fd) else { return };
-        stream.flush();
-        let _ = self.epoll.delete(&stream.fd);
-        if let Some(fds) = self.by_pid.get_mut(&stream.origin.pid) {
-            fds.retain(|open| *open != fd);
-            if fds.is_empty() {
-                self.by_pid.remove(&stream.origin.pid);
-            }
-        }
-    }
-
-    /// Closes the lent streams that were given back (their spawn did not happen).
-    fn close_given_back(&mut self) {
-        let given_back = std::mem::take(&mut *self.given_back.borrow_mut());
-        for fd in given_back {
-            self.close_stream(fd);
-        }
-    }
-
-    /// Reads a stream (at most `budget` bytes) and closes it at its end.
     fn read_stream(&mut self, fd: RawFd, budget: usize) {
-        if self.read_some(fd, budget) == Read::Open {
-            return;
-        }
-        self.close_stream(fd);
-        // Kept for a slot's next worker: both go (they are lent as a pair).
-        let pair = self.idle.iter().find(|(_, streams)| streams.contains(&fd)).map(|(key, _)| key.clone());
-        if let Some(streams) = pair.and_then(|key| self.idle.remove(&key)) {
-            for other in streams {
-                self.close_stream(other);
-            }
-        }
-    }
-
-    /// Reads at most `budget` bytes of a stream and logs them.
-    fn read_some(&mut self, fd: RawFd, budget: usize) -> Read {
-        let Some(stream) = self.streams.get_mut(&fd) else { return Read::Failed };
+        let Some(stream) = self.streams.get_mut(&fd) else { return };
         let mut buf = [0u8; 16 * 1024];
         let mut read = 0;
-        loop {
+        let ended = loop {
             if read >= budget {
-                return Read::Open;
+                break false;
             }
             match nix::unistd::read(&stream.fd, &mut buf) {
-                Ok(0) => return Read::End,
+                Ok(0) => break true,
                 Ok(n) => {
                     read += n;
                     stream.take(&buf[..n]);
                 }
                 Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return Read::Open,
-                Err(_) => return Read::Failed,
+                Err(Errno::EAGAIN) => break false,
+                Err(_) => break true,
+            }
+        };
+        if ended {
+            stream.flush();
+            let _ = self.epoll.delete(&stream.fd);
+            let pid = stream.origin.pid;
+            self.streams.remove(&fd);
+            if let Some(fds) = self.by_pid.get_mut(&pid) {
+                fds.retain(|open| *open != fd);
+                if fds.is_empty() {
+                    self.by_pid.remove(&pid);
+                }
             }
         }
     }
-}
-
-/// How a read of a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Read {
-    /// Nothing more to read now, or the budget was spent.
-    Open,
-    /// End of file: no process holds a write end.
-    End,
-    /// A read error, or no such stream.
-    Failed,
-}
-
-/// The directory of this process's descriptors, through which [`reopen_write_end`] opens a pipe anew by a name
-/// of one component (an `open` of `/proc/self/fd/N` and its `close` took 4.4 µs, an `openat` of `N` 3.2–3.7 µs;
-/// a `pipe2` and its two `close`s 4.6 µs).
-fn open_own_fds() -> io::Result<OwnedFd> {
-    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    Ok(nix::fcntl::open("/proc/self/fd", flags, nix::sys::stat::Mode::empty())?)
-}
-
-/// A new write end of the pipe whose read end is `read` (blocking, close-on-exec), as a fresh open file: the
-/// flags a last worker set on its own (`O_NONBLOCK`, `O_APPEND`) do not reach the next one. `own_fds` is this
-/// process's `/proc/self/fd`.
-fn reopen_write_end(own_fds: &OwnedFd, read: RawFd) -> io::Result<OwnedFd> {
-    let name = read.to_string();
-    let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
-    Ok(nix::fcntl::openat(own_fds, name.as_str(), flags, nix::sys::stat::Mode::empty())?)
 }
 
 impl Stream {

@@ -79,10 +79,6 @@ impl Master {
     /// the number of tasks.
     fn manage_all_workers(&mut self) {
         let now = Mono::now();
-        // The pipes kept for slots that lost their next worker (their task was scaled down or removed while
-        // they were empty, or stopped capturing) are closed here.
-        let tasks = &self.tasks;
-        self.captures.retain_idle(|name, slot| tasks.iter().any(|t| t.settings.name == name && lends_pipes(t, slot)));
         let batch = self.host.check_interval.is_none();
         let wanted: Vec<u32> = self.tasks.iter().map(|t| if t.retired { 0 } else { t.settings.workers }).collect();
         let wanted_workers = self.workers.values().filter(|w| !w.life.stop_sent()).map(|w| (w.task, w.slot, w.pid));
@@ -153,21 +149,19 @@ impl Master {
         let title = self.host.worker_title(&settings.name);
         // Output capture: a failure to make the pipes costs the capture, not the worker.
         let pipes = if settings.capture_output {
-            let name = &self.tasks[task].settings.name;
-            self.captures
-                .pipes(name, slot)
+            super::capture::Captures::pipes()
                 .map_err(|e| warn!(slot, "cannot capture the output of a new worker: {e}"))
                 .ok()
         } else {
             None
         };
-        if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|pipes| pipes.ends())) {
+        if self.request_warm_spawn(task, slot, build, cell, pipes.as_ref().map(|pipes| &pipes.writes)) {
             // The write ends went to the zygote with the request; the worker reports its pid itself.
             let watched = pipes.map(|pipes| self.captures.hold(pipes));
             self.await_warm_spawn(task, slot, build, cell, init_timeout, watched, title);
             return Some(Spawn::Requested(cell));
         }
-        let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|pipes| pipes.ends()));
+        let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|pipes| &pipes.writes));
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
         // `worker::run`, which never returns into the master's code.
         match unsafe { fork() } {
@@ -224,7 +218,7 @@ impl Master {
         slot: u32,
         build: &Build,
         title: String,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        output: Option<&super::capture::WorkerEnds>,
     ) -> WorkerSpec {
         WorkerSpec {
             task: self.tasks[task].settings.name.clone(),
@@ -238,7 +232,7 @@ impl Master {
             master: Pid::this(),
             report_fd: self.report_tx.as_raw_fd(),
             keep_fds: vec![self.report_tx.as_raw_fd(), build.plugin.raw_fd()],
-            output: output.map(|[stdout, stderr]| (stdout, stderr)),
+            output: output.map(|ends| (ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd())),
             inherited_nofile: self.inherited_nofile,
             plugin_log_level: self.plugin_log_level,
         }
@@ -393,12 +387,12 @@ impl Master {
     fn on_worker_exit(&mut self, pid: Pid, ended: Ended) {
         // A worker writes its report (ready, or why it failed) before it exits, but the report may have come in
         // after this wake-up read them: read again, so a worker that was ready is never taken for one that ended
-        // during its start (which fails a start or a rollout). First: a warm worker's output streams become its
-        // own when its spawn report is read.
+        // during its start (which fails a start or a rollout). First: a warm worker's output streams are watched
+        // from when its spawn report is read, and only watched streams are read below.
         if self.workers.get(&pid).is_none_or(|w| !w.ready()) {
             self.read_reports();
         }
-        // What the worker wrote last is logged before its exit.
+        // What the worker wrote last is logged before its exit (its pipes stay open while a child holds them).
         self.captures.read_all_of(pid);
         let Some(worker) = self.workers.remove(&pid) else {
             if self.forget_zygote(pid) {
@@ -410,11 +404,6 @@ impl Master {
         };
         if let Some(slot) = self.tasks[worker.task].slots.get_mut(worker.slot as usize) {
             slot.pids.retain(|p| *p != pid);
-        }
-        if !lends_pipes(&self.tasks[worker.task], worker.slot) {
-            // A surplus worker stopped by a scale-down, one of a removed task: its slot has no next worker.
-            let (task, slot) = (&self.tasks[worker.task].settings.name, worker.slot);
-            self.captures.retain_idle(|name, s| name != task || s != slot);
         }
         self.recheck_slot(worker.task, worker.slot);
         let executions = self.board.cell(worker.cell).executions();
@@ -549,10 +538,4 @@ fn signal_group(pid: Pid, signal: Signal) {
     if killpg(pid, signal).is_err() {
         let _ = kill(pid, signal);
     }
-}
-
-/// Whether a slot of `task` lends a reaped worker's output pipes to its next worker: it will have one, and
-/// that one's output is captured.
-fn lends_pipes(task: &super::state::Task, slot: u32) -> bool {
-    !task.retired && slot < task.settings.workers && task.settings.capture_output
 }

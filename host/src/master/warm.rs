@@ -40,7 +40,7 @@
 //! Measured (2 cores, `--execute-times 1 --execute-usleep 0`, 2 slots): the master's blocking wait was two
 //! context switches per spawn while the zygote cloned; without it the master handles other events meanwhile.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -109,7 +109,7 @@ impl Master {
         slot: u32,
         build: &Build,
         cell: CellIndex,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        output: Option<&super::capture::WorkerEnds>,
     ) -> bool {
         if build.process.user.is_some() || build.process.group.is_some() {
             // A zygote loads the plugin (running its constructors) as the master's user: a task that runs as
@@ -141,7 +141,8 @@ impl Master {
         }
         let zygote = &self.zygotes[index];
         let request = Request { task: task as u32, slot, cell: cell.0 as u32, output: output.is_some() };
-        match zygote::send(&zygote.queue, request, output) {
+        let ends = output.map(|ends| [ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd()]);
+        match zygote::send(&zygote.queue, request, ends) {
             Ok(()) => true,
             Err(e) => {
                 // Full (it stopped reading) or gone: spawn cold now; the answer deadlines of what it was already
