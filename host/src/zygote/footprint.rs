@@ -238,11 +238,12 @@ extern "C" fn record_at_exit() {
     }
 }
 
-/// Records as late as the C library lets a process run its own code: the libraries' destructors that run
-/// after this executable's (libgcc_s's frame deregistration) and libc's exit handlers touch pages too, ~7
-/// faults in every worker's exit when the learner recorded here. glibc runs an exit handler registered while
-/// it runs them (`_dl_fini`, which calls the ELF destructors, is the last of them), so one registered now runs
-/// after every destructor, just before stdio's cleanup and `_exit`. Elsewhere the record is made at once.
+/// Records later than this executable's destructors: what runs after them (the rest of this executable's
+/// exit path, libc's exit handler loop) touched pages that were faults in every worker's exit when the learner
+/// recorded here (12 → 7–8 per worker with what `record` maps of the libraries' destructors). glibc runs an
+/// exit handler registered while it runs them; measured with a small C program, one registered from the
+/// executable's destructor runs after it and before `_dl_fini` calls the libraries' destructors, whose first
+/// pages `record` therefore maps itself (`Destructors::touch`). Elsewhere than glibc the record is made at once.
 fn record_last() {
     extern "C" fn record_at_last() {
         record();
