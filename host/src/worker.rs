@@ -377,8 +377,16 @@ extern "C" fn on_stop_signal(_signal: libc::c_int) {
     }
 }
 
+/// Ends the worker as `exit(3)` does: the plugin's exit handlers, ELF destructors and thread-local destructors
+/// run, and C stdio is flushed. Rust's own clean-up in `std::process::exit` is done by hand where it matters:
+/// this program's buffered `stdout` is flushed. What is skipped is taking down the main thread's alternate
+/// signal stack (`sigaltstack` and a `munmap`, with its TLB flush), which the address space's teardown does
+/// anyway: measured in a churn of one-call workers, that clean-up was ~1.3 % of all CPU, ~5 µs per worker.
 fn exit(code: i32) -> ! {
-    std::process::exit(code)
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: exit is what std::process::exit ends with, after the same flush of this program's stdout.
+    unsafe { libc::exit(code) }
 }
 
 /// Receives the plugin's `tracing` events (through the bridge) and records them in the host's subscriber, under
