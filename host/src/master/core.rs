@@ -124,6 +124,9 @@ pub struct Master {
     pub(super) ready: Option<ReadyNotifier>,
     pub(super) phase: HostPhase,
     pub(super) startup: Option<Startup>,
+    /// While set and not passed, the master's wait leaves the report pipe out (see `warm`, "Reports ride on
+    /// other wake-ups").
+    pub(super) reports_held_until: Option<Mono>,
     /// The newest generation every slot was moved to (1 after start).
     pub(super) generation: u32,
     /// The number the next rollout gets.
@@ -134,9 +137,12 @@ pub struct Master {
     pub(super) last_scale: Option<crate::status::ScaleStatus>,
     pub(super) started_wall: SystemTime,
     pub(super) next_tick: Option<Mono>,
+    /// Something the status file shows changed since it was last written.
     pub(super) dirty: bool,
-    /// Changes are written no earlier than this (see `publish_status`).
-    pub(super) next_publish: Option<Mono>,
+    /// Among those changes, one a command may be waiting for (see [`Master::host_changed`]).
+    pub(super) dirty_host: bool,
+    /// When the last status write began and how long it took: the pace of the next (see `publish_status`).
+    pub(super) last_publish: Option<(Mono, std::time::Duration)>,
     /// A look for orphans is due (see `orphans`), and when the last one was.
     pub(super) orphan_scan_at: Option<Mono>,
     pub(super) last_orphan_scan: Option<Mono>,
@@ -237,6 +243,7 @@ impl Master {
             ready: parts.ready,
             phase: HostPhase::Running,
             startup: Some(Startup::default()),
+            reports_held_until: None,
             generation: 1,
             next_generation: 2,
             rollout: None,
@@ -245,7 +252,8 @@ impl Master {
             last_scale: None,
             started_wall: SystemTime::now(),
             dirty: true,
-            next_publish: None,
+            dirty_host: true,
+            last_publish: None,
             orphan_scan_at: None,
             last_orphan_scan: None,
             snapshot_wanted: true,
@@ -293,13 +301,14 @@ impl Master {
             if let Some(outcome) = self.finished() {
                 return self.exit(outcome);
             }
+            // Before the deadline: a hold that has passed ends here rather than arm the timer for the past.
+            let watch_reports = self.reports_watched();
             let deadline = self.next_deadline();
             let plugin_files = self.plugin_watch.as_ref().map(|watch| watch.as_fd());
-            let woken = match self
-                .events
-                .arm(deadline)
-                .and_then(|()| self.events.wait(&self.reports, self.captures.as_fd(), plugin_files))
-            {
+            let woken = match self.events.arm(deadline).and_then(|()| {
+                let reports = watch_reports.then_some(&self.reports);
+                self.events.wait(reports, self.captures.as_fd(), plugin_files)
+            }) {
                 Ok(woken) => woken,
                 Err(e) => {
                     error!(target: crate::logging::FATAL_TARGET, "event loop failed: {e}; killing workers");
@@ -414,6 +423,7 @@ impl Master {
             self.status_due(),
             self.orphan_scan_at,
             self.watch_deadline(),
+            self.reports_held_until,
         ];
         host.into_iter().flatten().chain(self.next_worker_deadline()).min()
     }

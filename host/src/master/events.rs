@@ -1,5 +1,6 @@
-//! The master's only wait: one `poll` on the signalfd, the timerfd, the worker report pipe, the epoll set of
-//! worker output and, when a task is watched, the inotify descriptor of its plugin file's directory.
+//! The master's only wait: one `poll` on the signalfd, the timerfd, the epoll set of worker output, the worker
+//! report pipe (unless its reports are held, see `master::warm`, "Reports ride on other wake-ups") and, when a
+//! task is watched, the inotify descriptor of its plugin file's directory.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -60,23 +61,34 @@ impl Events {
         Ok(())
     }
 
-    /// Blocks until a signal, the timer, a worker report, worker output or (with `plugin_files`, the watch on
-    /// plugin files) a file event; returns the signals and which sources are readable.
+    /// Blocks until a signal, the timer, worker output, (with `reports`) a worker report or (with
+    /// `plugin_files`, the watch on plugin files) a file event; returns the signals and which sources are
+    /// readable. Reports are read by the caller on every wake-up, whatever woke it.
     pub fn wait(
         &mut self,
-        reports: &ReportReader,
+        reports: Option<&ReportReader>,
         output: BorrowedFd<'_>,
         plugin_files: Option<BorrowedFd<'_>>,
     ) -> io::Result<Woken> {
+        const OUTPUT: usize = 2;
         let mut fds = [
             PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
-            PollFd::new(reports.as_fd(), PollFlags::POLLIN),
             PollFd::new(output, PollFlags::POLLIN),
-            // Polled only when some task is watched (the slice below leaves it out otherwise).
-            PollFd::new(plugin_files.unwrap_or(output), PollFlags::POLLIN),
+            // The optional ones last, in this order; `polled` leaves out what is not asked for.
+            PollFd::new(output, PollFlags::POLLIN),
+            PollFd::new(output, PollFlags::POLLIN),
         ];
-        let polled = if plugin_files.is_some() { fds.len() } else { fds.len() - 1 };
+        let mut polled = OUTPUT + 1;
+        if let Some(reports) = reports {
+            fds[polled] = PollFd::new(reports.as_fd(), PollFlags::POLLIN);
+            polled += 1;
+        }
+        let plugin_files_at = plugin_files.map(|fd| {
+            fds[polled] = PollFd::new(fd, PollFlags::POLLIN);
+            polled += 1;
+            polled - 1
+        });
         loop {
             match poll(&mut fds[..polled], PollTimeout::NONE) {
                 Ok(_) => break,
@@ -91,8 +103,8 @@ impl Events {
             let _ = self.timer.wait();
             self.armed = None;
         }
-        woken.output = readable(&fds[3]);
-        woken.plugin_files = plugin_files.is_some() && readable(&fds[4]);
+        woken.output = readable(&fds[OUTPUT]);
+        woken.plugin_files = plugin_files_at.is_some_and(|at| readable(&fds[at]));
         if readable(&fds[0]) {
             self.read_signals(&mut woken);
         }

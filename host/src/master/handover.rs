@@ -95,7 +95,7 @@ impl Master {
         warn!("upgrade refused, the master carries on with the same workers: {error}");
         status.error = Some(error);
         self.last_upgrade = Some(status);
-        self.dirty = true;
+        self.host_changed();
         self.snapshot_wanted = true;
     }
 
@@ -427,6 +427,7 @@ fn take_over(mut state: State, rolled_back: Option<String>) -> Result<Master, St
         plugins,
         ready: None,
         phase: HostPhase::Running,
+        reports_held_until: None,
         startup: None,
         generation: state.generation,
         next_generation: state.next_generation,
@@ -455,7 +456,8 @@ fn take_over(mut state: State, rolled_back: Option<String>) -> Result<Master, St
         binary: state.binary,
         upgrade_wanted: None,
         last_upgrade: Some(upgrade),
-        next_publish: None,
+        dirty_host: true,
+        last_publish: None,
         orphan_scan_at: None,
         last_orphan_scan: None,
         // The previous image's zygotes were ended before the exec (a zygote is a cache); new ones start on demand.

@@ -95,7 +95,7 @@ impl Master {
             slots_total: 0,
             watched_file: watched_file.map(|file| file.display().to_string()),
         });
-        self.dirty = true;
+        self.host_changed();
         generation
     }
 
@@ -303,7 +303,7 @@ impl Master {
         if let Some(record) = &mut self.last_restart {
             record.slots_done = done;
         }
-        self.dirty = true;
+        self.host_changed();
     }
 
     /// A worker ended; if it was a new worker not ready yet, the rollout fails. Returns whether it was one.
@@ -410,6 +410,6 @@ impl Master {
             record.error = error;
             record.finished_at = Some(sysinfo::unix_seconds(SystemTime::now()));
         }
-        self.dirty = true;
+        self.host_changed();
     }
 }

@@ -41,7 +41,7 @@ impl Master {
                 }
             }
         }
-        self.dirty = true;
+        self.host_changed();
     }
 
     /// TTIN/TTOU: one worker more or fewer (never below one) for every task. A burst of these signals within
@@ -86,7 +86,7 @@ impl Master {
             }
         }
         self.recheck_all = true;
-        self.dirty = true;
+        self.host_changed();
         Ok(())
     }
 }

@@ -21,6 +21,10 @@ pub const SNAPSHOT_WRITTEN: Signal = Signal::SIGURG;
 /// that write's start: writes then take at most 1/20 of the master's time (see [`Master::publish_status`]).
 const PUBLISH_COST_SHARE: u32 = 20;
 
+/// A status write for workers' changes alone (spawns, exits, readiness) waits at least this long after the
+/// previous write's start (see [`Master::publish_status`]).
+const WORKER_CHANGES_PACE: Duration = Duration::from_millis(100);
+
 impl Master {
     /// USR1: write a fresh snapshot, then tell the sender.
     pub(super) fn handle_snapshot_request(&mut self, sender: Pid) {
@@ -34,9 +38,17 @@ impl Master {
     ///
     /// A snapshot is a copy of every worker, so writing one per worker event would make each spawn and exit cost
     /// O(workers) (about 300 KB of JSON at 1024 workers). Changes alone are therefore written at most once per
-    /// [`PUBLISH_COST_SHARE`] times the cost of the previous write: an isolated change is written at once, a
-    /// churn of thousands of workers a second is written a few dozen times a second, and status writes never take
-    /// more than about 5 % of the master's time. A snapshot someone asked for (`pmhost status`) is never held back.
+    /// [`PUBLISH_COST_SHARE`] times the cost of the previous write: an isolated change is written at once, and
+    /// status writes never take more than about 5 % of the master's time. A snapshot someone asked for
+    /// (`pmhost status`) is never held back.
+    ///
+    /// Workers' changes alone wait at least [`WORKER_CHANGES_PACE`] as well: a churn of thousands of workers a
+    /// second is written ten times a second. The cost share alone let a churn of one-call workers (2 slots,
+    /// `--execute-times 1 --execute-usleep 0`) write ~150 times a second, each write a new file renamed over the
+    /// old: on a disk file system (ext4 here) that was ~6 µs of the master's CPU per worker, besides the
+    /// journal's work. A change a command waits for ([`Master::host_changed`]: a restart's, a scale's or an
+    /// upgrade's record, a rollout's progress, a stop) keeps the cost share alone; `scale`, which then waits for
+    /// its workers, may see them up to that pace later.
     pub(super) fn publish_status(&mut self) {
         self.publish(false);
     }
@@ -47,9 +59,22 @@ impl Master {
         self.publish(true);
     }
 
-    /// When the changes held back since the last write are due (see [`Master::publish_status`]).
+    /// When the changes held back since the last write are due (see [`Master::publish_status`]); `None` with no
+    /// change, or none written yet (then at once).
     pub(super) fn status_due(&self) -> Option<Mono> {
-        self.next_publish.filter(|_| self.dirty)
+        if !self.dirty {
+            return None;
+        }
+        let (began, took) = self.last_publish?;
+        let pace = took.saturating_mul(PUBLISH_COST_SHARE);
+        Some(began + if self.dirty_host { pace } else { pace.max(WORKER_CHANGES_PACE) })
+    }
+
+    /// Marks a change a command may be waiting for (see [`Master::publish_status`]); workers' own changes set
+    /// `dirty` alone.
+    pub(super) fn host_changed(&mut self) {
+        self.dirty = true;
+        self.dirty_host = true;
     }
 
     fn publish(&mut self, force: bool) {
@@ -57,7 +82,7 @@ impl Master {
             return;
         }
         let began = Mono::now();
-        if !force && !self.snapshot_wanted && self.next_publish.is_some_and(|at| at > began) {
+        if !force && !self.snapshot_wanted && self.status_due().is_some_and(|at| at > began) {
             return;
         }
         if self.snapshot_wanted {
@@ -113,8 +138,9 @@ impl Master {
         drop(metrics);
         super::footprint::trim_heap_after_snapshot(self.workers.len());
         self.dirty = false;
+        self.dirty_host = false;
         self.snapshot_wanted = false;
-        self.next_publish = Some(began + Mono::now().since(began).saturating_mul(PUBLISH_COST_SHARE));
+        self.last_publish = Some((began, Mono::now().since(began)));
     }
 
     /// The status directory, re-created first if someone removed it (a tmp cleaner, a person): the master then

@@ -69,6 +69,6 @@ impl Master {
         for pid in pids {
             self.stop_worker(pid);
         }
-        self.dirty = true;
+        self.host_changed();
     }
 }
