@@ -127,6 +127,32 @@ pub fn send(fd: RawFd, report: &Report) {
     let _ = nix::unistd::write(fd, &record);
 }
 
+/// The size of a [`ReadBuffer`].
+pub(crate) const READ_BUFFER: usize = 16 * 1024;
+
+/// A buffer on the stack for one `read` of a pipe, left uninitialised: the master reads its pipes on every
+/// wake-up (the report pipe, a worker's two streams at its reaping), and zeroing 16 KiB for each read was three
+/// `memset`s of 16 KiB per worker in a churn of one-call workers, for reads that mostly return a few bytes.
+pub(crate) struct ReadBuffer(std::mem::MaybeUninit<[u8; READ_BUFFER]>);
+
+impl ReadBuffer {
+    pub(crate) fn new() -> ReadBuffer {
+        ReadBuffer(std::mem::MaybeUninit::uninit())
+    }
+
+    /// One `read(2)` of `fd` into the buffer: the bytes read (empty at end of file).
+    pub(crate) fn read(&mut self, fd: BorrowedFd<'_>) -> nix::Result<&[u8]> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: read writes at most READ_BUFFER bytes into the buffer this value owns.
+        let n = unsafe { libc::read(fd.as_raw_fd(), self.0.as_mut_ptr().cast(), READ_BUFFER) };
+        if n < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        // SAFETY: the kernel initialised the first n (≤ READ_BUFFER) bytes.
+        Ok(unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), n as usize) })
+    }
+}
+
 /// The master's end: collects whole records from what the pipe delivers.
 pub struct ReportReader {
     fd: OwnedFd,
@@ -136,16 +162,17 @@ pub struct ReportReader {
 impl ReportReader {
     /// Reads everything available and returns the complete reports.
     pub fn drain(&mut self) -> Vec<Report> {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = ReadBuffer::new();
         loop {
-            match nix::unistd::read(&self.fd, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.pending.extend_from_slice(&buf[..n]);
+            match buf.read(self.fd.as_fd()) {
+                Ok([]) => break,
+                Ok(bytes) => {
+                    let n = bytes.len();
+                    self.pending.extend_from_slice(bytes);
                     // A pipe's read returns all it holds up to the buffer's size: a shorter read emptied it, and
                     // a read more would only meet EAGAIN (one syscall per wake-up; what comes later wakes the
                     // master's poll again).
-                    if n < buf.len() {
+                    if n < READ_BUFFER {
                         break;
                     }
                 }

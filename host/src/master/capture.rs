@@ -287,17 +287,17 @@ impl Captures {
 
     fn read_stream(&mut self, fd: RawFd, budget: usize) {
         let Some(stream) = self.streams.get_mut(&fd) else { return };
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = crate::report::ReadBuffer::new();
         let mut read = 0;
         let ended = loop {
             if read >= budget {
                 break false;
             }
-            match nix::unistd::read(&stream.fd, &mut buf) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    read += n;
-                    stream.take(&buf[..n]);
+            match buf.read(stream.fd.as_fd()) {
+                Ok([]) => break true,
+                Ok(bytes) => {
+                    read += bytes.len();
+                    stream.take(bytes);
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => break false,
