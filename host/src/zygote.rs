@@ -121,16 +121,19 @@
 //!   request directly, or reports `SpawnFailed` if the task is still unknown. So a new template no longer
 //!   discards the waiting spare: killing it could lose a request it had just taken (a `SIGKILL` ends a process
 //!   between its `recvmsg` and its next step), which would cost that slot the answer deadline; giving back
-//!   costs one hop, once per task and zygote. (A template replacing one the spare holds, which the master never
-//!   sends, kills the spare; that race is then possible.)
-//! - **A spare that ends unasked** (killed by hand, told to stop) is noticed at once: the zygote clones spares
-//!   with raw `clone3` (`CLONE_PARENT | CLONE_PIDFD`) and polls each waiting spare's pidfd, then clones the
-//!   next. Requests queued meanwhile wait in the queue for the replacement, or for the zygote itself (below);
-//!   none is lost. A spare told to stop (SIGTERM, SIGINT) ends without reading (its stop event wakes its poll),
-//!   rather than becoming a worker that begins stopped. A spare stopped with SIGSTOP takes nothing and the
-//!   zygote, which leaves the queue to it, reads nothing: the zygote is given up on after `master::warm`'s
-//!   answer deadline, as one stopped itself would be. Without `clone3` (before Linux 5.3) there is no pidfd:
-//!   no spares then, the zygote clones every request.
+//!   costs one hop, once per task and zygote. (A template replacing one the spares hold, which the master never
+//!   sends, ends the zygote and so its spares, unread.)
+//! - **A spare that ends unasked** (killed by hand, told to stop, or after a bounce) is noticed at once: a
+//!   spare is the master's child, so the master reaps it, as a child it does not know of, and tells every
+//!   zygote so on its control socket (a *gone* notice with the pid); the zygote whose spare it was drops it
+//!   and clones the next. Requests queued meanwhile wait in the queue for the replacement, or for the zygote
+//!   itself (below); none is lost. A spare told to stop (SIGTERM, SIGINT) ends without reading (its stop event
+//!   wakes its poll), rather than becoming a worker that begins stopped. A spare stopped with SIGSTOP takes
+//!   nothing and the zygote, which leaves the queue to it, reads nothing: the zygote is given up on after
+//!   `master::warm`'s answer deadline, as one stopped itself would be.
+//!   Until this release each spare was cloned with a pidfd (`clone3` with `CLONE_PIDFD`) that the zygote
+//!   polled. A C probe on this machine timed that pidfd at 4–7 µs more per `clone3` and 3.2 µs per `close`,
+//!   for every worker a spare became; a spare ending unasked is rare, and the master sees it anyway.
 //! - **Not while requests are queued** (a start or a rollout asking for many workers): with no spare waiting,
 //!   the zygote reads the queue itself and clones each request directly, and clones the next spare only once
 //!   the queue is empty (a spare would be one more hop each). It applies its workers' footprint
@@ -206,7 +209,7 @@ use crate::exit::worker as code;
 use crate::scoreboard::{CellIndex, Scoreboard};
 use crate::worker::WorkerSpec;
 use pmhost_plugin_api::ffi::PluginModuleRef;
-pub use protocol::{MAX_MESSAGE, READY, Request, TaskTemplate, send, send_template};
+pub use protocol::{MAX_MESSAGE, READY, Request, TaskTemplate, send, send_gone, send_template};
 use protocol::{Message, Received, TAKEN, capture_ends, receive, send_with};
 
 /// Runs a zygote for the build of `template` (its slot and output are per request, and its task settings are
@@ -294,23 +297,17 @@ struct Zygote<'a> {
 }
 
 impl Zygote<'_> {
-    /// One wake-up: templates first (a request's template was sent before it), then what spares said (taken,
-    /// bounced), then a spare's end; with no spare, the queue, and the next spare once it is empty.
+    /// One wake-up: the master's messages first (a request's template was sent before it; a spare's end),
+    /// then what spares said (taken, bounced); with no spare, the queue, and the next spare once it is empty.
     fn serve(&mut self) {
-        let [control, channel, spare, queue] = self.wait();
+        let [control, channel, queue] = self.wait();
         if control {
-            self.read_templates();
+            self.read_control();
         }
         if channel {
             // One message per wake-up (the poll wakes again while more wait): the usual one, "taken", costs no
             // second read that would find the channel empty.
             self.read_channel(false);
-        }
-        if spare {
-            // What it said before it ended is in the channel already: all of it is read before it is dropped.
-            self.read_channel(true);
-            self.spares.retain(|spare| !spare.ended());
-            self.want_spare = true;
         }
         if self.spares.is_empty() && (queue || self.want_spare) {
             self.read_queue();
@@ -335,42 +332,47 @@ impl Zygote<'_> {
         }
     }
 
-    /// Waits for the control socket, the spares' channel, the queue (with no spare) or a spare's end; which of
-    /// them woke it (a spare's end: any spare's).
-    fn wait(&self) -> [bool; 4] {
+    /// Waits for the control socket, the spares' channel or the queue (with no spare); which of them woke it.
+    fn wait(&self) -> [bool; 3] {
         let poll_fd = |fd: RawFd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        let mut fds = [poll_fd(-1); 3 + SPARES];
-        fds[0] = poll_fd(self.control.as_raw_fd());
-        fds[1] = poll_fd(self.channel.as_ref().map_or(-1, |c| c.zygote.as_raw_fd()));
-        fds[2] = poll_fd(if self.spares.is_empty() { self.queue.as_raw_fd() } else { -1 });
-        for (fd, spare) in fds[3..].iter_mut().zip(&self.spares) {
-            *fd = poll_fd(spare.pidfd.as_raw_fd());
-        }
+        let mut fds = [
+            poll_fd(self.control.as_raw_fd()),
+            poll_fd(self.channel.as_ref().map_or(-1, |c| c.zygote.as_raw_fd())),
+            poll_fd(if self.spares.is_empty() { self.queue.as_raw_fd() } else { -1 }),
+        ];
         // SAFETY: poll on an array of pollfds this frame owns; negative descriptors are ignored.
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
             if nix::errno::Errno::last() != nix::errno::Errno::EINTR {
                 // Nothing to wait on (never seen): the master spawns cold once it has reaped this zygote.
                 std::process::exit(code::OK);
             }
-            return [false; 4];
+            return [false; 3];
         }
-        let woke = |fd: &libc::pollfd| fd.revents != 0;
-        [woke(&fds[0]), woke(&fds[1]), fds[3..].iter().any(woke), woke(&fds[2])]
+        fds.map(|fd| fd.revents != 0)
     }
 
-    /// Reads every template the master sent; ends the zygote when the master closed the socket.
-    fn read_templates(&mut self) {
+    /// Reads every message the master sent on the control socket (templates, notices of ends); ends the zygote
+    /// when the master closed the socket.
+    fn read_control(&mut self) {
         loop {
             match receive(&self.control, &mut self.buffer) {
                 Received::Message(Message::Template(task)) => {
-                    let replaced = self.tasks.iter().any(|t| t.index == task.index);
-                    self.tasks.retain(|t| t.index != task.index);
+                    if self.tasks.iter().any(|t| t.index == task.index) {
+                        // The spares' copy of that template would be stale (a new task's they lack, and give its
+                        // request back, see `spare`). The master sends each task's template once, so this is
+                        // not reached today; should it be, this zygote ends (and its spares with it, unread):
+                        // the master spawns cold and starts another.
+                        tracing::debug!(task = task.index, "zygote given a task's template twice: ending");
+                        std::process::exit(code::OK);
+                    }
                     self.tasks.push(*task);
-                    if replaced {
-                        // Their copy of that template is stale (a new task's they lack, and give its request back,
-                        // see `spare`). The master sends each task's template once, so this is not reached
-                        // today; a request a spare had just taken would be lost to the answer deadline.
-                        self.spares.iter().for_each(spare::Spare::kill);
+                }
+                Received::Message(Message::Gone { pid }) => {
+                    if self.spares.iter().any(|spare| spare.pid == pid) {
+                        // What it said before it ended is in the channel already: all of it is read first.
+                        self.read_channel(true);
+                        self.spares.retain(|spare| spare.pid != pid);
+                        self.want_spare = true;
                     }
                 }
                 Received::Message(_) => {}
@@ -396,7 +398,7 @@ impl Zygote<'_> {
                 }
                 Received::Message(Message::Spawn(request, fds)) => {
                     // The spare lacked the request's task (its template came after the clone) and ends.
-                    // (Its pidfd tells of its end.)
+                    // (The master's notice tells of its end.)
                     tracing::debug!(task = request.task, "a spare gave back a request of a task it had no template of");
                     self.clone_worker(request, &fds);
                 }
@@ -426,7 +428,7 @@ impl Zygote<'_> {
     fn clone_worker(&mut self, request: Request, fds: &[OwnedFd]) {
         if !self.tasks.iter().any(|t| t.index == request.task) {
             // The master sends a task's template (on the control socket) before its first request.
-            self.read_templates();
+            self.read_control();
         }
         let report = self.build.template.report_fd;
         if !self.tasks.iter().any(|t| t.index == request.task) {

@@ -297,7 +297,7 @@ fn a_spare_told_to_stop_ends_instead_of_becoming_a_stopped_worker() {
     sb.stop();
 }
 
-/// A spare killed by hand is noticed at once (its zygote watches it through a pidfd) and replaced before the
+/// A spare killed by hand is noticed at once (the master reaps it and tells its zygote) and replaced before the
 /// next request comes; that request is served by the replacement, none waits for the zygote to be given up on.
 #[test]
 fn a_spare_killed_by_hand_is_replaced_and_no_request_is_lost() {

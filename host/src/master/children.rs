@@ -398,8 +398,10 @@ impl Master {
             if self.forget_zygote(pid) {
                 return;
             }
-            // An orphaned descendant adopted as subreaper (or as PID 1).
+            // An orphaned descendant adopted as subreaper (or as PID 1), or a zygote's spare that ended unasked:
+            // its zygote learns of it here (see `zygote`, "Spares").
             debug!(pid = pid.as_raw(), ended = ?ended, "reaped an adopted orphan");
+            self.tell_zygotes_of_an_end(pid);
             return;
         };
         if let Some(slot) = self.tasks[worker.task].slots.get_mut(worker.slot as usize) {

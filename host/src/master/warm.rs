@@ -177,6 +177,15 @@ impl Master {
         }
     }
 
+    /// Tells every zygote that `pid`, a child this master did not know of, ended: a zygote whose spare it was
+    /// clones the next one (see `zygote`, "Spares"). A notice that does not fit (a zygote not reading) is
+    /// dropped: that zygote's requests then meet the answer deadline.
+    pub(super) fn tell_zygotes_of_an_end(&self, pid: Pid) {
+        for zygote in &self.zygotes {
+            let _ = zygote::send_gone(&zygote.control, pid.as_raw());
+        }
+    }
+
     /// Starts a hold on reports unless one runs, or a start or a rollout waits for them (see the module docs).
     fn hold_reports(&mut self) {
         if self.reports_held_until.is_none() && self.startup.is_none() && self.rollout.is_none() {

@@ -18,6 +18,11 @@ const SPAWN: u8 = b'S';
 const TEMPLATE: u8 = b'T';
 /// The first byte of a spare's "taken" message (see `zygote::spare`).
 pub(super) const TAKEN: u8 = b'K';
+/// The first byte of the master's notice that a child it did not know of ended (its pid follows): perhaps one
+/// of the zygote's spares (see `zygote`, "Spares").
+const GONE: u8 = b'G';
+/// The length of a [`GONE`] notice.
+const GONE_LEN: usize = 5;
 
 /// A spawn request: the task (by its index in the master, whose template the zygote was given before), slot,
 /// scoreboard cell, and whether two capture descriptors are attached.
@@ -110,6 +115,10 @@ pub(super) enum Message {
         task: u32,
     },
     Template(Box<TaskTemplate>),
+    /// A child of the master it did not know of ended (the master's notice; the pid may be a spare's).
+    Gone {
+        pid: i32,
+    },
     /// A template that did not parse (its task's requests fail: the master then spawns it cold), or a message
     /// of no known kind (ignored).
     Unreadable,
@@ -154,6 +163,9 @@ pub(super) fn receive(socket: &impl AsRawFd, bytes: &mut [u8]) -> Received {
             Ok((len, _)) if bytes.first() == Some(&TEMPLATE) => {
                 serde_json::from_slice(&bytes[1..len]).map_or(Message::Unreadable, |t| Message::Template(Box::new(t)))
             }
+            Ok((GONE_LEN, _)) if bytes.first() == Some(&GONE) => {
+                Message::Gone { pid: i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) }
+            }
             Ok((super::spare::TAKEN_LEN, _)) if bytes.first() == Some(&TAKEN) => Message::Taken {
                 pid: i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]),
                 task: u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]),
@@ -178,6 +190,16 @@ pub fn send_template(socket: &OwnedFd, template: &TaskTemplate) -> nix::Result<(
         return Err(nix::errno::Errno::EMSGSIZE);
     }
     send(socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL).map(|_| ())
+}
+
+/// Tells a zygote (the master's side, on its control socket) that a child of the master it did not know of
+/// ended: `pid` may have been one of the zygote's spares. Never waits (the master's end is non-blocking).
+pub fn send_gone(socket: &OwnedFd, pid: i32) -> nix::Result<()> {
+    use nix::sys::socket::{MsgFlags, send};
+    let mut bytes = [0u8; GONE_LEN];
+    bytes[0] = GONE;
+    bytes[1..].copy_from_slice(&pid.to_le_bytes());
+    send(socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT).map(|_| ())
 }
 
 /// Sends a request (the master's side, on the queue); the capture ends go along when given.
@@ -222,5 +244,23 @@ mod tests {
         let mut template_like = Request { task: 1, slot: 2, cell: 3, output: false }.encode();
         template_like[0] = TEMPLATE;
         assert_eq!(Request::decode(&template_like), None, "a template is never read as a request");
+    }
+
+    #[test]
+    fn a_gone_notice_names_the_pid_and_is_never_read_as_a_request() {
+        let (master, zygote) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        send_gone(&master, 4_194_303).unwrap();
+        let mut buffer = vec![0u8; MAX_MESSAGE];
+        match receive(&zygote, &mut buffer) {
+            Received::Message(Message::Gone { pid }) => assert_eq!(pid, 4_194_303),
+            _ => panic!("not read as a notice"),
+        }
+        assert!(matches!(receive(&zygote, &mut buffer), Received::Nothing));
     }
 }

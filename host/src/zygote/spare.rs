@@ -2,17 +2,14 @@
 //! itself (see the module docs of [`crate::zygote`], "Spares"). This file holds the spare's side (its clone,
 //! its wait, what it tells the zygote) and the channel it tells it on.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 
-use super::{Loaded, Message, Received, Request, TAKEN, TaskTemplate, become_worker, capture_ends, receive};
+use super::{
+    Loaded, Message, Received, Request, TAKEN, TaskTemplate, become_worker, capture_ends, clone_for_master, receive,
+};
 use crate::exit::worker as code;
-
-/// Cleared when the kernel has no `clone3` (before 5.3): without a pidfd the zygote could not notice a spare
-/// that died, and requests would wait in the queue for nobody; it then clones every request itself.
-static CLONE3: AtomicBool = AtomicBool::new(true);
 
 /// The channel spares tell the zygote on: that one was taken (its pid and the task it serves), or a request
 /// given back (a "bounce": a task the spare has no template for). One `SOCK_SEQPACKET` pair made once per
@@ -34,11 +31,10 @@ impl Channel {
     }
 }
 
-/// A spare waiting on the queue, as the zygote sees it: its pid, and a pidfd that becomes readable when it ends
-/// (killed by hand, told to stop, or ended after a bounce), so that it is replaced at once.
+/// A spare waiting on the queue, as the zygote sees it: its pid. Its end (killed by hand, told to stop, or
+/// ended after a bounce) reaches the zygote as the master's notice (see `zygote`, "Spares").
 pub(super) struct Spare {
     pub(super) pid: i32,
-    pub(super) pidfd: OwnedFd,
 }
 
 impl Spare {
@@ -52,71 +48,11 @@ impl Spare {
         channel: &Channel,
         buffer: &mut [u8],
     ) -> Option<Spare> {
-        if !CLONE3.load(Ordering::Relaxed) {
-            return None;
+        match clone_for_master() {
+            0 => run_spare(build, tasks, expected, queue, channel, buffer),
+            pid if pid < 0 => None,
+            pid => Some(Spare { pid: pid as i32 }),
         }
-        let (pid, pidfd) = match clone_with_pidfd() {
-            Ok(Some(child)) => child,
-            Ok(None) => run_spare(build, tasks, expected, queue, channel, buffer),
-            Err(nix::errno::Errno::ENOSYS) => {
-                CLONE3.store(false, Ordering::Relaxed);
-                return None;
-            }
-            Err(_) => return None,
-        };
-        Some(Spare { pid, pidfd })
-    }
-
-    /// Whether the spare has ended (its pidfd is readable).
-    pub(super) fn ended(&self) -> bool {
-        let mut fd = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: poll on one pollfd this frame owns, without waiting.
-        unsafe { libc::poll(&mut fd, 1, 0) == 1 }
-    }
-
-    /// Kills the spare (a template replaced one it holds a copy of); its end is noticed on its pidfd.
-    pub(super) fn kill(&self) {
-        // SAFETY: pidfd_send_signal on a pidfd this process owns, with no siginfo.
-        unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
-        };
-    }
-}
-
-/// The arguments of `clone3` up to `tls` (`CLONE_ARGS_SIZE_VER0`), as `linux/sched.h` defines them.
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-}
-
-/// Clones this single-threaded process as a child of the master (`CLONE_PARENT`, as `clone_for_master`) with
-/// a pidfd for the zygote: `Ok(None)` in the child, `Ok(Some((pid, pidfd)))` in the zygote.
-fn clone_with_pidfd() -> nix::Result<Option<(i32, OwnedFd)>> {
-    let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
-        flags: (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64,
-        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
-        // No exit signal of its own: with CLONE_PARENT the kernel refuses one (EINVAL) and gives the child the
-        // zygote's, SIGCHLD (the master forked the zygote).
-        ..CloneArgs::default()
-    };
-    // SAFETY: clone3 without CLONE_VM or a stack behaves like fork (the child gets a copy of this
-    // single-threaded process and returns 0 here); the kernel writes the pidfd into `pidfd`, which outlives
-    // the call.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
-    match pid {
-        0 => Ok(None),
-        pid if pid < 0 => Err(nix::errno::Errno::last()),
-        // SAFETY: the kernel installed the pidfd in this process for us (CLONE_PIDFD).
-        pid => Ok(Some((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))),
     }
 }
 
