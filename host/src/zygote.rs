@@ -437,7 +437,8 @@ impl Zygote<'_> {
             return;
         }
         match clone_for_master() {
-            0 => become_worker(self.build, &self.tasks, request, fds, None),
+            // With spares, a spare learns the footprint (see `spare::run_spare`): most workers are spares.
+            0 => become_worker(self.build, &self.tasks, request, fds, None, self.channel.is_none()),
             pid if pid < 0 => crate::report::send(report, &crate::report::Report::SpawnFailed { cell: request.cell }),
             _ => {}
         }
@@ -464,12 +465,15 @@ struct Loaded<'a> {
 
 /// In a child just cloned for `request`: becomes its worker (never returns).
 /// `prepared`: a spare's spec made ahead for the task it expected (used if the request is for that task).
+/// `learn`: it may become the learner of its zygote's footprint (see [`footprint`]; a spare claims that at its
+/// own start).
 fn become_worker(
     build: &Loaded<'_>,
     tasks: &[TaskTemplate],
     request: Request,
     fds: &[OwnedFd],
     prepared: Option<(u32, WorkerSpec)>,
+    learn: bool,
 ) -> ! {
     let template = build.template;
     // Its own process group before the master learns of it, so that the master may signal the group at once
@@ -481,7 +485,9 @@ fn become_worker(
     // before any other report of this worker and before its exit (see `master::warm`).
     let me = std::process::id() as i32;
     crate::report::send(template.report_fd, &crate::report::Report::Spawned { pid: me, cell: request.cell });
-    footprint::claim_learning();
+    if learn {
+        footprint::claim_learning();
+    }
     let Some(task) = tasks.iter().find(|t| t.index == request.task) else {
         // Checked by the zygote before the clone, or by the spare before it took the request.
         std::process::exit(code::LOAD_FAILED)

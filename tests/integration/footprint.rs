@@ -86,13 +86,35 @@ fn a_learner_maps_its_code_a_page_per_mapping() {
     let sb = Sandbox::new("footprint-split");
     start_two_slots(&sb, "0", "50ms", &[]);
     kill_until_a_spare(&sb, None);
+    // The learner: a spare (it learns from its clone on), or the worker it became.
     let learner = sb.wait_for("a learner", SOON, || {
-        sb.ready_workers().values().copied().find(|pid| random_code_mappings(*pid) > 0)
+        let waiting = spares(&sb).into_iter();
+        waiting.chain(sb.ready_workers().into_values()).find(|pid| random_code_mappings(*pid) > 0)
     });
     let mappings = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().lines().count();
     let (learner_maps, zygote_maps) = (mappings(learner), mappings(zygotes(&sb)[0]));
     assert!(learner_maps > zygote_maps + 500, "learner: {learner_maps} mappings, its zygote: {zygote_maps}");
     sb.stop();
+}
+
+/// The learner once it serves as a ready worker. A spare claims the learning as it is cloned (see
+/// `zygote::footprint`), so workers are killed, one at a time and the two slots in turn, until the learning
+/// spare has taken a request.
+fn learner_serving(sb: &Sandbox) -> i32 {
+    let mut killed: Vec<i32> = Vec::new();
+    sb.wait_for("the learner serving", SOON, || {
+        let ready = sb.ready_workers();
+        if let Some(pid) = ready.values().copied().find(|pid| random_code_mappings(*pid) > 0) {
+            return Some(pid);
+        }
+        if ready.len() == 2 && ready.values().all(|pid| !killed.contains(pid)) {
+            let pid = ready.values().copied().nth(killed.len() % 2)?;
+            // It may have ended meanwhile: nothing to kill then.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            killed.push(pid);
+        }
+        None
+    })
 }
 
 /// The zygote's code mappings given `MADV_RANDOM` (`rr` in their smaps `VmFlags`).
@@ -187,11 +209,10 @@ fn a_child_forked_by_the_learner_records_no_footprint() {
         ],
     );
     let applied = || sb.log_text("process.").lines().any(|l| l.contains("applied its workers' footprint"));
-    let spare = kill_until_a_spare(&sb, None);
+    kill_until_a_spare(&sb, None);
     // The learner: the ready worker with its code mappings under MADV_RANDOM, once its child has exited.
+    let learner = learner_serving(&sb);
     let learner = sb.wait_for("the learner's forked child exited", SOON, || {
-        let ready = sb.ready_workers();
-        let learner = ready.values().copied().find(|pid| random_code_mappings(*pid) > 0)?;
         let run_log = sb.log_text("run.");
         run_log
             .lines()
@@ -200,8 +221,9 @@ fn a_child_forked_by_the_learner_records_no_footprint() {
     });
     // A request after the child's exit: the zygote looks for a footprint before it clones the next spare.
     let other = sb.ready_workers().values().copied().find(|pid| *pid != learner).unwrap();
+    let before = spares(&sb);
     signal(other, Signal::SIGKILL);
-    let next = sb.wait_for("the next spare", SOON, || spares(&sb).into_iter().find(|pid| *pid != spare));
+    let next = sb.wait_for("the next spare", SOON, || spares(&sb).into_iter().find(|pid| !before.contains(pid)));
     assert!(!applied(), "a footprint applied while its learner {learner} runs (spare {next})");
     // The learner's own exit is what the zygote learns from: a retirement (one told to stop records nothing).
     std::fs::write(&retire, "").unwrap();
@@ -221,11 +243,10 @@ fn a_child_forked_by_the_learner_records_no_footprint() {
 fn a_learner_told_to_stop_leaves_the_learning_to_a_later_worker() {
     let sb = Sandbox::new("footprint-stop");
     start_two_slots(&sb, "0", "50ms", &[]);
-    // Warm replacements (the start's first workers may be cold), one of which claims the learning.
+    // Warm replacements (the start's first workers may be cold): a spare claims the learning; it serves once it
+    // has taken a request.
     kill_until_a_spare(&sb, None);
-    let learner = sb.wait_for("a learner", SOON, || {
-        sb.ready_workers().values().copied().find(|pid| random_code_mappings(*pid) > 0)
-    });
+    let learner = learner_serving(&sb);
     signal(learner, Signal::SIGTERM);
     assert!(ProcessWaiter::new(learner).wait(SOON), "the learner did not stop");
     // Replace a worker at a time until one of them has the claim.

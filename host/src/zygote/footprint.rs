@@ -13,8 +13,11 @@
 //!
 //! # How
 //!
-//! 1. **Learn.** The zygote maps a shared page before its first clone. The first warm worker to start
-//!    claims it and becomes the learner: its code mappings get `MADV_RANDOM` (no fault-around) and are split
+//! 1. **Learn.** The zygote maps a shared page before its first clone. The first spare it clones claims it as
+//!    it starts (a zygote without spares: the first worker it clones) and becomes the learner, so the
+//!    footprint covers a spare's whole life, its wait for a request included, as most workers live it (one
+//!    learned from a worker cloned directly left the spare's own pages to fault in every spare's worker: 1–3
+//!    of its 7–9 faults): its code mappings get `MADV_RANDOM` (no fault-around) and are split
 //!    into mappings of one page each, so that it maps exactly the pages it runs (see below). Near the very
 //!    end of its `exit` (after the plugin's exit handlers and the executable's destructors; see
 //!    `record_last`), it maps the first page of each destructor still to run, joins its code mappings again,
@@ -182,7 +185,8 @@ unsafe fn ranges() -> &'static mut [[u64; 2]] {
     unsafe { std::slice::from_raw_parts_mut(base.add(HEADER).cast::<[u64; 2]>(), CAPACITY) }
 }
 
-/// In a warm worker at its start: the first one since the zygote's start becomes the learner.
+/// In a spare as it starts (or a worker cloned for its request, when its zygote has no spares): the first one
+/// since the zygote's start becomes the learner.
 pub fn claim_learning() {
     if SETTLED.load(Ordering::Relaxed) {
         return;

@@ -67,6 +67,10 @@ fn run_spare(
 ) -> ! {
     // Only the zygote may hold its end: its death must hang this spare's end up.
     let _ = nix::unistd::close(channel.zygote.as_raw_fd());
+    // The footprint is learned from a spare's whole life, its wait included: most workers were spares, and a
+    // worker cloned directly for its request never runs the code and data of that wait, which a footprint
+    // learned from one left to fault in every spare's worker (1–3 faults each).
+    super::footprint::claim_learning();
     // While it waits, a spare does what the path from request to first call would otherwise do: the setup that
     // does not depend on the task, the expected task's spec and title (measured in the module docs). A failure
     // is left for the worker's own setup to meet and report.
@@ -91,7 +95,7 @@ fn run_spare(
         // Never blocks: a zygote that stopped reading is the master's to give up on, not this worker's.
         let _ =
             nix::sys::socket::send(channel.spares.as_raw_fd(), &taken, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
-        become_worker(build, tasks, request, &fds, prepared)
+        become_worker(build, tasks, request, &fds, prepared, false)
     }
     // The task's template reached the zygote after this spare was cloned: the zygote serves the request.
     let _ = super::send_with(&channel.spares, request, capture_ends(request, &fds), MsgFlags::MSG_DONTWAIT);
