@@ -350,6 +350,38 @@ fn scale_changes_the_worker_count_without_touching_the_others() {
     sb.stop();
 }
 
+/// The milliseconds `pmhost scale` says it took, asked once the status file is 50 ms old: its own record is then
+/// written at once (the pace of status writes after a cheap write is well under that).
+fn scale_ms(sb: &Sandbox, workers: &str) -> u64 {
+    sb.wait_for("a 50 ms old status file", SOON, || {
+        let written = sb.snapshot()?.written_at_mono_ns;
+        (pmhost::sysinfo::monotonic_ns().saturating_sub(written) >= 50_000_000).then_some(())
+    });
+    let out = sb.run(["scale", "--name", &sb.name, workers]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ms = stdout.rsplit_once('(').and_then(|(_, rest)| rest.split_once(" ms")).map(|(ms, _)| ms.parse().ok());
+    ms.flatten().unwrap_or_else(|| panic!("no duration in {stdout:?}"))
+}
+
+#[test]
+fn scale_sees_its_workers_without_waiting_for_the_pace_of_workers_changes() {
+    let sb = Sandbox::new("scalepace");
+    // `init` takes 40 ms: the scale's record is written before its new worker is ready, and the status file must
+    // then follow the worker at once, not at the 100 ms pace of changes nobody waits for.
+    start(&sb, "1", json!({"init_ms": 40}), &[]);
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        up.push(scale_ms(&sb, "2"));
+        down.push(scale_ms(&sb, "1"));
+    }
+    // Held to the pace, none of these could take less than 100 ms; the best of three stays well under it.
+    let (best_up, best_down) = (*up.iter().min().unwrap(), *down.iter().min().unwrap());
+    assert!(best_up < 95, "scale up took {up:?} ms: the workers' changes were held back");
+    assert!(best_down < 95, "scale down took {down:?} ms: the workers' changes were held back");
+    sb.stop();
+}
+
 #[test]
 fn ttin_and_ttou_add_and_remove_one_worker() {
     let sb = Sandbox::new("ttin");

@@ -135,6 +135,9 @@ pub struct Master {
     pub(super) restart_queue: std::collections::VecDeque<super::rollout::RestartOrder>,
     pub(super) last_restart: Option<crate::status::RestartStatus>,
     pub(super) last_scale: Option<crate::status::ScaleStatus>,
+    /// A `pmhost scale` waits for its task (`None`: every task) to settle, until its request expires: workers'
+    /// changes are written at the pace of the changes a command waits for meanwhile (see `publish_status`).
+    pub(super) scale_waited: Option<(Option<String>, Mono)>,
     pub(super) started_wall: SystemTime,
     pub(super) next_tick: Option<Mono>,
     /// Something the status file shows changed since it was last written.
@@ -250,6 +253,7 @@ impl Master {
             restart_queue: std::collections::VecDeque::new(),
             last_restart: None,
             last_scale: None,
+            scale_waited: None,
             started_wall: SystemTime::now(),
             dirty: true,
             dirty_host: true,

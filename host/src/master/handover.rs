@@ -435,6 +435,7 @@ fn take_over(mut state: State, rolled_back: Option<String>) -> Result<Master, St
         restart_queue: Default::default(),
         last_restart: state.last_restart,
         last_scale: state.last_scale,
+        scale_waited: None,
         started_wall: state.started_wall,
         next_tick: state.next_tick,
         dirty: true,

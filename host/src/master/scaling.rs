@@ -35,8 +35,12 @@ impl Master {
                     info!(request = %id, "upgrade requested");
                     self.upgrade_wanted = Some(super::handover::UpgradeOrder { request_id: Some(id), binary });
                 }
-                crate::requests::Request::Scale { id, task, workers, .. } => {
+                crate::requests::Request::Scale { id, task, workers, expires_at_mono_ns } => {
                     let error = self.scale_to(task.as_deref(), workers).err();
+                    if let (None, Some(ns)) = (&error, expires_at_mono_ns) {
+                        // Its command now waits for the workers: their changes are written without delay.
+                        self.scale_waited = Some((task.clone(), Mono(Duration::from_nanos(ns))));
+                    }
                     self.last_scale = Some(crate::status::ScaleStatus { request_id: id, error });
                 }
             }

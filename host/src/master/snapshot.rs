@@ -47,8 +47,9 @@ impl Master {
     /// `--execute-times 1 --execute-usleep 0`) write ~150 times a second, each write a new file renamed over the
     /// old: on a disk file system (ext4 here) that was ~6 µs of the master's CPU per worker, besides the
     /// journal's work. A change a command waits for ([`Master::host_changed`]: a restart's, a scale's or an
-    /// upgrade's record, a rollout's progress, a stop) keeps the cost share alone; `scale`, which then waits for
-    /// its workers, may see them up to that pace later.
+    /// upgrade's record, a rollout's progress, a stop) keeps the cost share alone, and so do workers' changes
+    /// while a `pmhost scale` waits for them (`scale_waited`, until the status shows its tasks settled or its
+    /// request expires): held to the pace, every scale took 100 ms more.
     pub(super) fn publish_status(&mut self) {
         self.publish(false);
     }
@@ -67,7 +68,8 @@ impl Master {
         }
         let (began, took) = self.last_publish?;
         let pace = took.saturating_mul(PUBLISH_COST_SHARE);
-        Some(began + if self.dirty_host { pace } else { pace.max(WORKER_CHANGES_PACE) })
+        let waited_for = self.dirty_host || self.scale_waited.is_some();
+        Some(began + if waited_for { pace } else { pace.max(WORKER_CHANGES_PACE) })
     }
 
     /// Marks a change a command may be waiting for (see [`Master::publish_status`]); workers' own changes set
@@ -101,6 +103,11 @@ impl Master {
             }
         }
         let snapshot = self.snapshot();
+        if let Some((task, until)) = &self.scale_waited
+            && (began >= *until || scale_settled(&snapshot, task.as_deref()))
+        {
+            self.scale_waited = None;
+        }
         let exits: Vec<(String, Vec<(&'static str, u64)>)> = self
             .tasks
             .iter()
@@ -297,4 +304,14 @@ fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> WorkerState 
         Phase::Running if cell.busy() => WorkerState::Busy,
         Phase::Running => WorkerState::Idle,
     }
+}
+
+/// Whether `snapshot` shows what `pmhost scale` waits for in `task` (`None`: every task): each wanted slot
+/// served, no worker above them.
+fn scale_settled(snapshot: &Snapshot, task: Option<&str>) -> bool {
+    snapshot
+        .tasks
+        .iter()
+        .filter(|t| task.is_none_or(|name| t.name == name))
+        .all(|t| t.served_slots() == t.workers_wanted as usize && t.workers.iter().all(|w| w.slot < t.workers_wanted))
 }
