@@ -323,6 +323,14 @@ impl Snapshot {
     pub fn healthy(&self) -> bool {
         self.state == HostState::Running && self.tasks.iter().all(|t| t.served_slots() == t.workers_wanted as usize)
     }
+
+    /// What `pmhost scale` waits for in the task named `task` (`None`: every task): each wanted slot served, no
+    /// worker above them.
+    pub fn scale_settled(&self, task: Option<&str>) -> bool {
+        self.tasks.iter().filter(|t| task.is_none_or(|name| t.name == name)).all(|t| {
+            t.served_slots() == t.workers_wanted as usize && t.workers.iter().all(|w| w.slot < t.workers_wanted)
+        })
+    }
 }
 
 fn mib(bytes: Option<u64>) -> String {

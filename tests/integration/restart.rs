@@ -371,11 +371,16 @@ fn scale_sees_its_workers_without_waiting_for_the_pace_of_workers_changes() {
     // then follow the worker at once, not at the 100 ms pace of changes nobody waits for.
     start(&sb, "1", json!({"init_ms": 40}), &[]);
     let (mut up, mut down) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    // Held to the pace, none of these could take less than 100 ms; unheld, most take about half that. Rounds go
+    // on (at most ten) until each way has had one well under it, so a loaded machine's slow rounds do not fail
+    // the test.
+    for _ in 0..10 {
         up.push(scale_ms(&sb, "2"));
         down.push(scale_ms(&sb, "1"));
+        if up.iter().any(|ms| *ms < 95) && down.iter().any(|ms| *ms < 95) {
+            break;
+        }
     }
-    // Held to the pace, none of these could take less than 100 ms; the best of three stays well under it.
     let (best_up, best_down) = (*up.iter().min().unwrap(), *down.iter().min().unwrap());
     assert!(best_up < 95, "scale up took {up:?} ms: the workers' changes were held back");
     assert!(best_down < 95, "scale down took {down:?} ms: the workers' changes were held back");

@@ -39,14 +39,7 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
     if let Some(error) = answer.error {
         return Err(CommandError::Refused { name: target.name.clone(), reason: error });
     }
-    let wanted = args.workers as usize;
-    let settled = watch.wait_for(&master, deadline, |s| {
-        s.tasks
-            .iter()
-            .filter(|t| args.task.as_ref().is_none_or(|name| &t.name == name))
-            .all(|t| t.served_slots() == wanted && t.workers.iter().all(|w| (w.slot as usize) < wanted))
-            .then_some(())
-    })?;
+    let settled = watch.wait_for(&master, deadline, |s| s.scale_settled(args.task.as_deref()).then_some(()))?;
     match settled {
         Some(()) => {
             println!(

@@ -104,7 +104,7 @@ impl Master {
         }
         let snapshot = self.snapshot();
         if let Some((task, until)) = &self.scale_waited
-            && (began >= *until || scale_settled(&snapshot, task.as_deref()))
+            && (began >= *until || snapshot.scale_settled(task.as_deref()))
         {
             self.scale_waited = None;
         }
@@ -304,14 +304,4 @@ fn worker_state(worker: &Worker, cell: &crate::scoreboard::Cell) -> WorkerState 
         Phase::Running if cell.busy() => WorkerState::Busy,
         Phase::Running => WorkerState::Idle,
     }
-}
-
-/// Whether `snapshot` shows what `pmhost scale` waits for in `task` (`None`: every task): each wanted slot
-/// served, no worker above them.
-fn scale_settled(snapshot: &Snapshot, task: Option<&str>) -> bool {
-    snapshot
-        .tasks
-        .iter()
-        .filter(|t| task.is_none_or(|name| t.name == name))
-        .all(|t| t.served_slots() == t.workers_wanted as usize && t.workers.iter().all(|w| w.slot < t.workers_wanted))
 }
