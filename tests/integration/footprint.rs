@@ -344,3 +344,28 @@ fn a_learner_that_unloaded_a_library_its_zygote_loaded_records_without_crashing(
     assert!(!log.contains("worker crashed"), "{log}");
     sb.stop();
 }
+
+/// A learning spare that ends without becoming a worker (here told to stop, as `kill` or a service manager
+/// does) gives the claim back uncounted: it ran nothing of a worker's life, so it is not one of the three lost
+/// learners after which a zygote stops handing the claim on. Four such spares in a row leave a fifth learning.
+#[test]
+fn a_learning_spare_that_ends_unread_hands_the_claim_on_uncounted() {
+    let sb = Sandbox::new("footprint-spare");
+    start_two_slots(&sb, "0", "50ms", &[]);
+    kill_until_a_spare(&sb, None);
+    let mut stopped: Vec<i32> = Vec::new();
+    for round in 0..5 {
+        let learner = sb.wait_for("a learning spare", SOON, || {
+            spares(&sb).into_iter().find(|pid| !stopped.contains(pid) && random_code_mappings(*pid) > 0)
+        });
+        if round == 4 {
+            break;
+        }
+        signal(learner, Signal::SIGTERM);
+        assert!(ProcessWaiter::new(learner).wait(SOON), "the spare did not end");
+        stopped.push(learner);
+    }
+    let process_log = sb.log_text("process.");
+    assert!(!process_log.contains("learners ended before recording"), "{process_log}");
+    sb.stop();
+}

@@ -219,6 +219,20 @@ fn split_budget(max_map_count: Option<u64>, mapped: u64) -> u64 {
     max_map_count.map_or(0, |max| (max.saturating_sub(mapped) / 4).min(SPLIT_LIMIT))
 }
 
+/// In a spare that ends without becoming a worker (told to stop, its request given back, its zygote or master
+/// gone): if it holds the claim, it gives it back uncounted. It ran nothing of a worker's life, so it is not one
+/// of the learners a zygote stops handing the claim on after (see [`MAX_LEARNERS_LOST`]).
+pub fn give_back_claim() {
+    if !LEARNER.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    if let (Some(state), Some(learner)) = (header(0), header(1))
+        && learner.load(Ordering::Relaxed) == std::process::id()
+    {
+        let _ = state.compare_exchange(LEARNING, WANTED, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
 /// In a worker told to stop: if it is the learner, it records nothing. Its zygote is most likely going too (a
 /// stop, a rollout), and reading its own smaps and pagemap at exit would only delay the stop; a zygote that
 /// stays hands the claim to a later worker once this one is gone.

@@ -84,6 +84,7 @@ fn run_spare(
     });
     let Some((request, fds)) = wait_for_request(queue, &channel.spares, buffer) else {
         // The zygote or the master is gone, or the spare was told to stop: nothing of the plugin ran here.
+        super::footprint::give_back_claim();
         // SAFETY: _exit ends this process at once, running no exit handler of the zygote's plugin.
         unsafe { libc::_exit(code::OK) }
     };
@@ -98,6 +99,7 @@ fn run_spare(
         become_worker(build, tasks, request, &fds, prepared, false)
     }
     // The task's template reached the zygote after this spare was cloned: the zygote serves the request.
+    super::footprint::give_back_claim();
     let _ = super::send_with(&channel.spares, request, capture_ends(request, &fds), MsgFlags::MSG_DONTWAIT);
     // SAFETY: as above.
     unsafe { libc::_exit(code::OK) }
