@@ -324,11 +324,12 @@ impl Snapshot {
         self.state == HostState::Running && self.tasks.iter().all(|t| t.served_slots() == t.workers_wanted as usize)
     }
 
-    /// What `pmhost scale` waits for in the task named `task` (`None`: every task): each wanted slot served, no
-    /// worker above them.
-    pub fn scale_settled(&self, task: Option<&str>) -> bool {
+    /// What `pmhost scale` waits for in the task named `task` (`None`: every task): `workers` slots (`None`: the
+    /// task's wanted count) each served, no worker above them.
+    pub fn scale_settled(&self, task: Option<&str>, workers: Option<u32>) -> bool {
         self.tasks.iter().filter(|t| task.is_none_or(|name| t.name == name)).all(|t| {
-            t.served_slots() == t.workers_wanted as usize && t.workers.iter().all(|w| w.slot < t.workers_wanted)
+            let wanted = workers.unwrap_or(t.workers_wanted);
+            t.served_slots() == wanted as usize && t.workers.iter().all(|w| w.slot < wanted)
         })
     }
 }

@@ -39,7 +39,8 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CommandError> {
     if let Some(error) = answer.error {
         return Err(CommandError::Refused { name: target.name.clone(), reason: error });
     }
-    let settled = watch.wait_for(&master, deadline, |s| s.scale_settled(args.task.as_deref()).then_some(()))?;
+    let settled = watch
+        .wait_for(&master, deadline, |s| s.scale_settled(args.task.as_deref(), Some(args.workers)).then_some(()))?;
     match settled {
         Some(()) => {
             println!(

@@ -104,7 +104,7 @@ impl Master {
         }
         let snapshot = self.snapshot();
         if let Some((task, until)) = &self.scale_waited
-            && (began >= *until || snapshot.scale_settled(task.as_deref()))
+            && (began >= *until || snapshot.scale_settled(task.as_deref(), None))
         {
             self.scale_waited = None;
         }
