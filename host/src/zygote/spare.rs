@@ -88,17 +88,20 @@ fn run_spare(
         // SAFETY: _exit ends this process at once, running no exit handler of the zygote's plugin.
         unsafe { libc::_exit(code::OK) }
     };
+    // "Taken" either way: the zygote stops counting this spare as waiting and clones the next one.
+    let mut taken = [0u8; TAKEN_LEN];
+    taken[0] = TAKEN;
+    taken[1..5].copy_from_slice(&(std::process::id() as i32).to_le_bytes());
+    taken[5..9].copy_from_slice(&request.task.to_le_bytes());
+    // Never blocks: a zygote that stopped reading is the master's to give up on, not this worker's.
+    let _ = nix::sys::socket::send(channel.spares.as_raw_fd(), &taken, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
     if tasks.iter().any(|t| t.index == request.task) {
-        let mut taken = [0u8; TAKEN_LEN];
-        taken[0] = TAKEN;
-        taken[1..5].copy_from_slice(&(std::process::id() as i32).to_le_bytes());
-        taken[5..9].copy_from_slice(&request.task.to_le_bytes());
-        // Never blocks: a zygote that stopped reading is the master's to give up on, not this worker's.
-        let _ =
-            nix::sys::socket::send(channel.spares.as_raw_fd(), &taken, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
         become_worker(build, tasks, request, &fds, prepared, false)
     }
-    // The task's template reached the zygote after this spare was cloned: the zygote serves the request.
+    // The task's template reached the zygote after this spare was cloned: the zygote serves the request. (Had
+    // the zygote to wait for the master's notice of this spare's end, it would leave the queue unread
+    // meanwhile, counting this spare as waiting: a restart of 64 tasks sharing a zygote meets one such request
+    // per task.)
     super::footprint::give_back_claim();
     let _ = super::send_with(&channel.spares, request, capture_ends(request, &fds), MsgFlags::MSG_DONTWAIT);
     // SAFETY: as above.
