@@ -116,14 +116,14 @@
 //!   running none of the plugin's exit handlers, as it ran none of its code.
 //! - **A template newer than the spare.** The master sends a task's template (control socket) before that
 //!   task's first request (queue), but the spare was cloned with the templates of its time: a request for a
-//!   task it has no template of it gives back (the same message, descriptors attached, on the spare channel)
-//!   and ends. The zygote reads its control socket first (the template is there by then) and clones that
+//!   task it has no template of it gives back (the same message, descriptors attached, on the spare channel,
+//!   after a "taken" of its own so the zygote stops counting it as waiting) and ends. The zygote reads its control socket first (the template is there by then) and clones that
 //!   request directly, or reports `SpawnFailed` if the task is still unknown. So a new template no longer
 //!   discards the waiting spare: killing it could lose a request it had just taken (a `SIGKILL` ends a process
 //!   between its `recvmsg` and its next step), which would cost that slot the answer deadline; giving back
 //!   costs one hop, once per task and zygote. (A template replacing one the spares hold, which the master never
 //!   sends, ends the zygote and so its spares, unread.)
-//! - **A spare that ends unasked** (killed by hand, told to stop, or after a bounce) is noticed at once: a
+//! - **A spare that ends unasked** (killed by hand, told to stop) is noticed at once: a
 //!   spare is the master's child, so the master reaps it, as a child it does not know of, and tells every
 //!   zygote so on its control socket (a *gone* notice with the pid); the zygote whose spare it was drops it
 //!   and clones the next. Requests queued meanwhile wait in the queue for the replacement, or for the zygote

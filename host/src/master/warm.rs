@@ -179,7 +179,8 @@ impl Master {
 
     /// Tells every zygote that `pid`, a child this master did not know of, ended: a zygote whose spare it was
     /// clones the next one (see `zygote`, "Spares"). A notice that does not fit (a zygote not reading) is
-    /// dropped: that zygote's requests then meet the answer deadline.
+    /// dropped: that zygote counts a spare too many until it is replaced, and if that leaves it no spare alive,
+    /// its requests meet the answer deadline.
     pub(super) fn tell_zygotes_of_an_end(&self, pid: Pid) {
         for zygote in &self.zygotes {
             let _ = zygote::send_gone(&zygote.control, pid.as_raw());

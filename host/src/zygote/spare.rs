@@ -31,8 +31,9 @@ impl Channel {
     }
 }
 
-/// A spare waiting on the queue, as the zygote sees it: its pid. Its end (killed by hand, told to stop, or
-/// ended after a bounce) reaches the zygote as the master's notice (see `zygote`, "Spares").
+/// A spare waiting on the queue, as the zygote sees it: its pid. A spare that takes a request says so ("taken",
+/// also before it gives one back); one that ends unasked (killed by hand, told to stop) reaches the zygote as
+/// the master's notice (see `zygote`, "Spares").
 pub(super) struct Spare {
     pub(super) pid: i32,
 }
