@@ -320,6 +320,7 @@ impl Zygote<'_> {
             if let Some(applied) = footprint::apply_if_learned() {
                 tracing::debug!(?applied, "zygote applied its workers' footprint");
             }
+            footprint::warming_round();
             if let Some(channel) = &self.channel {
                 let (build, tasks, expected) = (self.build, &self.tasks, self.expected);
                 while self.spares.len() < SPARES {

@@ -105,7 +105,7 @@ mod maps;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use maps::{Destructors, Kind, Mapping, Scratch, join_split_code, mappings, own_mappings, page_runs};
+use maps::{Destructors, Kind, Mapping, Scratch, code_runs, join_split_code, mappings, own_mappings, page_runs};
 
 /// The shared page's states.
 const WANTED: u32 = 0;
@@ -124,6 +124,8 @@ const WRITTEN: u64 = 1 << 63;
 /// pagemap bits: the page is present; it is mapped by this process alone.
 const PRESENT: u64 = 1 << 63;
 const EXCLUSIVE: u64 = 1 << 56;
+/// pagemap bit: a page of a file (or shared memory), not a private copy.
+const FILE_PAGE: u64 = 1 << 61;
 
 /// The most mappings a learner adds by splitting its code mappings page by page (`Mapping::split`): a release
 /// build's ~1 950 code pages fit, well under the kernel's default `vm.max_map_count` (65 530); a larger
@@ -202,11 +204,22 @@ pub fn claim_learning() {
     if let Some(mut scratch) = Scratch::new() {
         let mapped = scratch.read("/proc/self/maps").lines().count() as u64;
         let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok());
-        let mut budget = split_budget(max, mapped);
-        for mapping in mappings(Kind::Code, scratch.smaps()) {
-            mapping.advise(libc::MADV_RANDOM);
-            budget = mapping.split(budget);
-        }
+        let smaps = scratch.smaps();
+        map_page_by_page(|| mappings(Kind::Code, smaps), split_budget(max, mapped));
+    }
+}
+
+/// Splits the `code` mappings into a mapping per page (within `budget`), then drops every entry they have: from
+/// then on they map exactly the pages this process runs. A clone inherits the entries of whatever its zygote
+/// (and the master before it) ran, and the splitting itself runs before its mappings are split (see "Only what
+/// a worker runs").
+fn map_page_by_page<I: Iterator<Item = Mapping>>(code: impl Fn() -> I, mut budget: u64) {
+    for mapping in code() {
+        mapping.advise(libc::MADV_RANDOM);
+        budget = mapping.split(budget);
+    }
+    for mapping in code() {
+        mapping.advise(libc::MADV_DONTNEED);
     }
 }
 
@@ -283,30 +296,31 @@ fn record() {
     // SAFETY: this process is the learner (it won WANTED → LEARNING) and has not yet stored READY.
     let slots = unsafe { ranges() };
     let mut n = 0;
+    let mut push = |start: u64, len: u64, flag: u64| {
+        // A run that goes on where the last one ended (the next page of a split mapping) extends it.
+        if n > 0 && slots[n - 1][0] + (slots[n - 1][1] & !WRITTEN) == start && slots[n - 1][1] & WRITTEN == flag {
+            slots[n - 1][1] += len;
+        } else if n < CAPACITY {
+            slots[n] = [start, len | flag];
+            n += 1;
+        }
+    };
     if let (Ok(pagemap), Some(mut scratch)) = (std::fs::File::open("/proc/self/pagemap"), Scratch::new()) {
         let own = scratch.base as u64;
         let maps = scratch.read("/proc/self/maps");
         if let Some(destructors) = DESTRUCTORS.get() {
             destructors.touch(maps);
         }
+        // The code pages first, while its code is still split page by page: what this process runs from here
+        // on, recording, then maps a page (not a 64 KiB window) and is not read. Only pages of the file: a
+        // relocated RELRO's are private copies, which a clone copies anyway.
+        for run in code_runs(maps) {
+            page_runs(&pagemap, run, PRESENT | FILE_PAGE, |start, len| push(start, len, 0));
+        }
         join_split_code(maps);
-        let smaps = scratch.smaps();
-        for (kind, wanted, flag) in [(Kind::Code, PRESENT, 0), (Kind::Written, PRESENT | EXCLUSIVE, WRITTEN)] {
-            // Not the scratch mapping itself: its pages are the learner's work, not the worker's.
-            for mapping in mappings(kind, smaps).filter(|m| m.start != own) {
-                page_runs(&pagemap, mapping, wanted, |start, len| {
-                    // A run that goes on where the last one ended (the next page of a split mapping) extends it.
-                    if n > 0
-                        && slots[n - 1][0] + (slots[n - 1][1] & !WRITTEN) == start
-                        && slots[n - 1][1] & WRITTEN == flag
-                    {
-                        slots[n - 1][1] += len;
-                    } else if n < CAPACITY {
-                        slots[n] = [start, len | flag];
-                        n += 1;
-                    }
-                });
-            }
+        // Not the scratch mapping itself: its pages are the learner's work, not the worker's.
+        for mapping in mappings(Kind::Written, scratch.smaps()).filter(|m| m.start != own) {
+            page_runs(&pagemap, mapping, PRESENT | EXCLUSIVE, |start, len| push(start, len, WRITTEN));
         }
     }
     if let Some(count) = header(2) {
@@ -324,6 +338,8 @@ pub struct Applied {
     pub code_mappings: usize,
     /// Written pages pinned (copied at fork).
     pub pinned_pages: u64,
+    /// Code pages split into mappings of their own while the zygote warms (see "The zygote's own pages").
+    pub split_pages: u64,
 }
 
 /// Learners that may end without recording (killed, or told to stop) before a zygote stops handing the claim
@@ -378,18 +394,22 @@ pub fn apply_if_learned() -> Option<Applied> {
     code.sort_unstable();
     let written: Vec<(u64, u64)> =
         learned.iter().filter(|[_, len]| len & WRITTEN != 0).map(|[start, len]| (*start, len & !WRITTEN)).collect();
-    let mut applied = apply_code(&code);
-    applied.pinned_pages = pin(&written);
-    Some(applied)
+    let mappings = own_mappings(Kind::Code);
+    let pinned_pages = pin(&written);
+    let code_mappings = give_anon_vmas(&mappings, &code);
+    // Split before the footprint is mapped: from then on, what the zygote runs (the rest of this, then its
+    // rounds) maps a page at a time (see "The zygote's own pages").
+    let split_pages = split_while_warming(&mappings);
+    Some(Applied { pinned_pages, split_pages, code_mappings, ..apply_code(&mappings, &code) })
 }
 
-/// Maps exactly the learned code pages and gives their mappings an anon_vma.
-fn apply_code(code: &[(u64, u64)]) -> Applied {
+/// Maps exactly the learned code pages (and nothing else of the code mappings).
+fn apply_code(mappings: &[Mapping], code: &[(u64, u64)]) -> Applied {
     let mut applied = Applied::default();
-    let mappings = own_mappings(Kind::Code);
-    for mapping in &mappings {
-        // The zygote's own entries go (they come back page by page as it runs): a clone then copies the
-        // footprint and what the zygote itself runs, not every 64 KiB window either ever touched.
+    for mapping in mappings {
+        // The zygote's own entries go (they come back page by page as it runs, see "The zygote's own pages"):
+        // a clone then copies the footprint and what the zygote itself runs, not every 64 KiB window either
+        // ever touched.
         mapping.advise(libc::MADV_DONTNEED);
         mapping.advise(libc::MADV_RANDOM);
     }
@@ -399,7 +419,7 @@ fn apply_code(code: &[(u64, u64)]) -> Applied {
             applied.code_pages += len / PAGE;
         }
     }
-    for mapping in &mappings {
+    for mapping in mappings {
         // Populating maps whole page-cache folios around each learned page: what lies between goes again.
         let mut from = mapping.start;
         for learned in within(*mapping, code) {
@@ -408,19 +428,72 @@ fn apply_code(code: &[(u64, u64)]) -> Applied {
         }
         Mapping { start: from, end: mapping.end }.advise(libc::MADV_DONTNEED);
     }
-    let Ok(memory) = std::fs::OpenOptions::new().read(true).write(true).open("/proc/self/mem") else {
-        return applied;
-    };
-    for mapping in &mappings {
+    applied
+}
+
+/// Gives each code mapping that holds learned pages an anon_vma (a fork copies the page table entries of a
+/// mapping that has one); how many. Before the split: its pieces share it, and the clones made while the
+/// zygote warms copy the footprint too.
+fn give_anon_vmas(mappings: &[Mapping], code: &[(u64, u64)]) -> usize {
+    let Ok(memory) = std::fs::OpenOptions::new().read(true).write(true).open("/proc/self/mem") else { return 0 };
+    let mut given = 0;
+    for mapping in mappings {
         let Some(first) = within(*mapping, code).next() else { continue };
-        // The same byte written back: the kernel copies that page privately (so the mapping gets an anon_vma)
-        // and the contents are unchanged.
+        // The same byte written back: the kernel copies that page privately, so the mapping gets an anon_vma,
+        // which it keeps when `apply_code` drops the copy again (the page is the file's once more).
         let mut byte = [0u8; 1];
         if memory.read_exact_at(&mut byte, first.start).is_ok() && memory.write_all_at(&byte, first.start).is_ok() {
-            applied.code_mappings += 1;
+            given += 1;
         }
     }
-    applied
+    given
+}
+
+/// Spare rounds the zygote serves with its code mappings split after applying a footprint (see "The
+/// zygote's own pages"), within [`WARMING_TIME`]: enough for its steady round (a spare's "taken" read, the
+/// next spare cloned) and the rarer ones (a request cloned directly, a spare's end), few enough that the
+/// clones made meanwhile, each of which copies the ~2 000 mappings, are a handful once per zygote.
+const WARMING_ROUNDS: u32 = 64;
+
+/// The longest the zygote stays split: a task whose workers live long clones a spare now and then, and each
+/// such worker would keep the split mappings for its life.
+const WARMING_TIME: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// In the zygote: spare rounds left before it joins its split code mappings again (0: not split), and since
+/// when it is split.
+static WARMING: AtomicU32 = AtomicU32::new(0);
+static WARMING_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Splits the zygote's code mappings into pages, as a learner does, until [`warming_round`] joins them again;
+/// the pages split.
+fn split_while_warming(mappings: &[Mapping]) -> u64 {
+    // Read into a scratch mapping: what the zygote's heap keeps, every clone copies.
+    let Some(mut scratch) = Scratch::new() else { return 0 };
+    let mapped = scratch.read("/proc/self/maps").lines().count() as u64;
+    // Not through the scratch mapping: a sysctl read of megabytes fails (the kernel allocates what is asked).
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok());
+    let budget = split_budget(max, mapped);
+    let left = mappings.iter().fold(budget, |budget, mapping| mapping.split(budget));
+    if left < budget {
+        WARMING.store(WARMING_ROUNDS, Ordering::Relaxed);
+        let _ = WARMING_SINCE.set(std::time::Instant::now());
+    }
+    budget - left
+}
+
+/// In the zygote, before the spares of a round are cloned: once [`WARMING_ROUNDS`] rounds or [`WARMING_TIME`]
+/// have passed since it split its code mappings, it joins them again (a clone then copies a few dozen mappings,
+/// not thousands).
+pub fn warming_round() {
+    let left = WARMING.load(Ordering::Relaxed);
+    if left == 0 {
+        return;
+    }
+    let over = left == 1 || WARMING_SINCE.get().is_none_or(|since| since.elapsed() >= WARMING_TIME);
+    WARMING.store(if over { 0 } else { left - 1 }, Ordering::Relaxed);
+    if over && let Some(mut scratch) = Scratch::new() {
+        join_split_code(scratch.read("/proc/self/maps"));
+    }
 }
 
 /// The learned runs (sorted) that overlap `mapping`, clipped to it: a run the learner recorded across two
@@ -532,6 +605,50 @@ mod tests {
         assert_eq!(clipped(0x0, 0x5000), [(0x1000, 0x3000), (0x4000, 0x5000)]);
         assert_eq!(clipped(0x5000, 0x8000), [(0x5000, 0x7000)]);
         assert_eq!(clipped(0x7000, 0x9000), []);
+    }
+
+    /// A learner's clone inherits the entries of the code its zygote ran; it must record only what it runs
+    /// itself, a page at a time (a fault maps the 64 KiB around the page it needs in a mapping of many pages).
+    #[test]
+    fn a_learner_maps_only_the_code_pages_it_runs_once_it_starts() {
+        use std::io::Write;
+        const PAGES: usize = 64;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[7u8; PAGES * PAGE as usize]).unwrap();
+        // SAFETY: a fresh read-only private mapping of a file this test owns, unmapped at the end.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGES * PAGE as usize,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let page = |index: usize| base as u64 + index as u64 * PAGE;
+        // SAFETY: inside the mapping above.
+        let touch = |index: usize| unsafe { std::ptr::read_volatile(page(index) as *const u8) };
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let present = || {
+            let mut pages = Vec::new();
+            let mapping = Mapping { start: page(0), end: page(PAGES) };
+            page_runs(&pagemap, mapping, PRESENT, |start, len| {
+                pages.extend((start..start + len).step_by(PAGE as usize).map(|at| ((at - page(0)) / PAGE) as usize));
+            });
+            pages
+        };
+        (0..PAGES).for_each(|index| assert_eq!(touch(index), 7));
+        assert_eq!(present().len(), PAGES, "the mapping as a clone inherits it");
+
+        map_page_by_page(|| std::iter::once(Mapping { start: page(0), end: page(PAGES) }), 2 * PAGES as u64);
+        assert_eq!(present(), Vec::<usize>::new(), "what the clone inherited is forgotten");
+        touch(10);
+        touch(37);
+        assert_eq!(present(), [10, 37], "each page run maps alone");
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base, PAGES * PAGE as usize) };
     }
 
     #[test]

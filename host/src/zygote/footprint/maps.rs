@@ -154,12 +154,10 @@ pub(super) fn own_mappings(kind: Kind) -> Vec<Mapping> {
     mappings(kind, &smaps).collect()
 }
 
-/// Undoes `Mapping::split` before the learner reads its smaps and pagemap: thousands of one-page mappings
-/// took ~15 ms to list and walk. `maps` (the text of `/proc/self/maps`, which unlike smaps costs no page table
-/// walk) gives the runs of adjacent read-only private file mappings; clearing `MADV_DONTDUMP` over each run
-/// lets the kernel merge its pieces back.
-pub(super) fn join_split_code(maps: &str) {
-    let mut run: Option<Mapping> = None;
+/// The runs of adjacent read-only private file mappings in `maps` (the text of `/proc/self/maps`, which unlike
+/// smaps costs no page table walk): the code mappings, each joined again with the pieces `Mapping::split` cut
+/// it into.
+pub(super) fn code_runs(maps: &str) -> impl Iterator<Item = Mapping> + '_ {
     let pieces = maps.lines().filter_map(|line| {
         let mut fields = line.split_whitespace();
         let (range, perms) = (fields.next()?, fields.next()?.as_bytes());
@@ -169,16 +167,22 @@ pub(super) fn join_split_code(maps: &str) {
             && perms.get(3) == Some(&b'p');
         Some((code, Mapping { start: u64::from_str_radix(start, 16).ok()?, end: u64::from_str_radix(end, 16).ok()? }))
     });
-    for (code, piece) in pieces.chain([(false, Mapping { start: 0, end: 0 })]) {
-        match &mut run {
-            Some(joined) if code && joined.end == piece.start => joined.end = piece.end,
-            _ => {
-                if let Some(joined) = run.take() {
-                    joined.advise(libc::MADV_DODUMP);
-                }
-                run = code.then_some(piece);
-            }
+    let mut run: Option<Mapping> = None;
+    pieces.chain([(false, Mapping { start: 0, end: 0 })]).filter_map(move |(code, piece)| match &mut run {
+        Some(joined) if code && joined.end == piece.start => {
+            joined.end = piece.end;
+            None
         }
+        _ => std::mem::replace(&mut run, code.then_some(piece)),
+    })
+}
+
+/// Undoes `Mapping::split` once the learner has read its code pages: thousands of one-page mappings took
+/// ~15 ms to list and walk in its smaps. Clearing `MADV_DONTDUMP` over each run of [`code_runs`] lets the
+/// kernel merge its pieces back.
+pub(super) fn join_split_code(maps: &str) {
+    for run in code_runs(maps) {
+        run.advise(libc::MADV_DODUMP);
     }
 }
 
