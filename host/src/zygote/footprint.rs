@@ -17,22 +17,54 @@
 //!    it starts (a zygote without spares: the first worker it clones) and becomes the learner, so the
 //!    footprint covers a spare's whole life, its wait for a request included, as most workers live it (one
 //!    learned from a worker cloned directly left the spare's own pages to fault in every spare's worker: 1–3
-//!    of its 7–9 faults): its code mappings get `MADV_RANDOM` (no fault-around) and are split
-//!    into mappings of one page each, so that it maps exactly the pages it runs (see below). Near the very
-//!    end of its `exit` (after the plugin's exit handlers and the executable's destructors; see
-//!    `record_last`), it maps the first page of each destructor still to run, joins its code mappings again,
-//!    reads its own `/proc/self/pagemap` and writes the footprint into the shared page: the present pages of
-//!    its file-backed read-only mappings, and the pages of its writable private mappings that it maps alone
-//!    (it wrote them since the clone).
+//!    of its 7–9 faults): its code mappings get `MADV_RANDOM` and are split into mappings of one page each,
+//!    then it drops every entry they had (see "Only what a worker runs"), so that it maps exactly the pages it
+//!    runs from then on (see below). Near the very end of its `exit` (after the plugin's exit handlers and the
+//!    executable's destructors; see `record_last`), it maps the first page of each destructor still to run,
+//!    reads its own `/proc/self/pagemap` for the file pages present in its read-only file mappings (still split,
+//!    so that the recording's own code maps a page at a time), joins its code mappings again, and reads it for
+//!    the pages of its writable private mappings that it maps alone (it wrote them since the clone); it writes
+//!    both into the shared page.
 //! 2. **Apply.** The zygote, when idle (before its next spare), reads the footprint once:
-//!    - it drops its own code page table entries (`MADV_DONTNEED`: they come back from the page cache) and
-//!      maps exactly the footprint's (`MADV_POPULATE_READ` under `MADV_RANDOM`, then `MADV_DONTNEED` on what
-//!      lies between the footprint's pages, which populating mapped with them), then rewrites one byte of
-//!      each such mapping through `/proc/self/mem` with the same value: the mapping gets an anon_vma, and a
-//!      fork copies the page table entries of a mapping that has one;
 //!    - it pins the written pages that lie in its own writable mappings as `io_uring` fixed buffers: the kernel
 //!      gives each child of a process holding pinned pages its own copy of those pages at fork, instead of
-//!      sharing them copy-on-write.
+//!      sharing them copy-on-write;
+//!    - it rewrites one byte of each code mapping that holds footprint pages through `/proc/self/mem` with the
+//!      same value: the mapping gets an anon_vma, and a fork copies the page table entries of a mapping that
+//!      has one;
+//!    - it splits its code mappings a page per mapping for a while (see "The zygote's own pages"), drops its
+//!      own code page table entries (`MADV_DONTNEED`: they come back from the page cache; the rewritten page
+//!      is the file's again, the anon_vma stays) and maps exactly the footprint's (`MADV_POPULATE_READ`, then
+//!      `MADV_DONTNEED` on what lies between the footprint's pages, for the pages beyond the split's budget).
+//!
+//! # Only what a worker runs
+//!
+//! The zygote's code mappings have an anon_vma long before any footprint is applied: the master's have one
+//! (a clone of it inherits it), so every clone copies the entries of the code its zygote and master had run:
+//! argument parsing, `pmhost.toml`, the plugin's staging and checks, logging's set-up. The learner kept them
+//! and recorded them as its own, and its recording ran before its code was split again: it read files and
+//! parsed text on 64 KiB windows of code. A tracer that single-stepped workers of a release build (every
+//! distinct instruction address, mapped to pages) found that a worker and its zygote run 52–58 pages of
+//! pmhost's code, while the zygote mapped 363 (and 93 of libc's, of which they run 31): every clone copied
+//! ~370 entries more than it needed and every worker tore them down at exit. The learner now drops what it
+//! inherited once its code is split, and records its code pages before it joins them.
+//!
+//! # The zygote's own pages
+//!
+//! What the zygote runs after applying the footprint (its rounds: a spare's "taken", the next spare's clone;
+//! more rarely a request cloned directly, a spare's end) is in its page tables too, and so in every clone. Its
+//! code mappings are whole again by then, and each first run of a page mapped the 64 KiB around it: ~20 such
+//! windows, ~200 pages. So the zygote splits its code mappings as the learner does before it maps the
+//! footprint, and joins them after [`WARMING_ROUNDS`] rounds or [`WARMING_TIME`], whichever comes first: what
+//! it ran meanwhile, it mapped a page at a time. A rarer path run later still maps its window. The clones made
+//! while it is split copy ~2 000 mappings each (~1–2 ms more per clone) and keep them for their life: at most
+//! 64 workers per zygote, in its first 200 ms after learning.
+//!
+//! Measured (the zygote's present pages of a release build, 2 slots, `--execute-times 1 --execute-usleep 0`):
+//! pmhost's code 363 → 72 pages, libc's 93 → 29, pmhost's read-only data 106 → 49, all of the zygote's
+//! 684–725 → ~310. Side by side with the previous commit's binary (10 interleaved runs of 3 s, medians, a bare
+//! `fork` at 140 µs): CPU per worker (master + zygote + worker) 345 → 327 µs (the worker's 169 → 157, the
+//! zygote's 132 → 123), workers/s 5 226 → 5 485, page faults per worker 10 → 7.
 //!
 //! # Exactly the pages, not the folios around them
 //!
@@ -45,9 +77,11 @@
 //! zapping page table entries). A fault never maps beyond its mapping, so the learner marks every other page of
 //! its code mappings `MADV_DONTDUMP` (it changes only what a core dump holds): each page becomes a mapping of
 //! its own, at most [`SPLIT_LIMIT`] of them and a quarter of the room `vm.max_map_count` leaves it (`split_budget`).
-//! Its footprint is then 456–558 pages. The learner joins them again
-//! before it records (`join_split_code`): listing and walking ~2 000 mappings took ~15 ms. The zygote's
-//! populating maps whole folios again, so it drops what lies between the footprint's pages afterwards.
+//! Its footprint is then 456–558 pages (~180–210 since "Only what a worker runs"). The learner joins them
+//! again before it reads its smaps (`join_split_code`), having read its code pages from the cheaper
+//! `/proc/self/maps`: listing and walking ~2 000 mappings in smaps took ~15 ms. The zygote's populating maps
+//! whole folios again where its split ran out, so it drops what lies between the footprint's pages
+//! afterwards.
 //!
 //! Each step is an optimisation and may fail on its own (an old kernel without `MADV_POPULATE_READ`,
 //! `/proc/PID/mem` writes forbidden, `io_uring` disabled or `RLIMIT_MEMLOCK` too low): the worker is then
@@ -55,10 +89,11 @@
 //!
 //! # Costs
 //!
-//! - Each clone copies ~450–560 more page table entries and ~37 pages, so a zygote's `clone` costs more (~95
-//!   → ~140 µs per worker in the churn below) and a worker's whole life much less (~280 → ~175–185 µs).
-//! - The zygote keeps its code mappings `MADV_RANDOM` and its children inherit it: a worker faults a code page
-//!   outside the footprint alone rather than with its 64 KiB window.
+//! - Each clone copies the footprint's page table entries (~130 of code, ~50 of read-only data in release
+//!   since "Only what a worker runs"; 450–560 of code before) and ~37 pinned pages, so a zygote's `clone`
+//!   costs more (~95 → ~140 µs per worker when first measured below, ~123 µs now) and a worker's whole life
+//!   much less (~280 → ~175–185 µs then, ~157 µs now).
+//! - The zygote keeps its code mappings `MADV_RANDOM` (no readahead) and its children inherit it.
 //! - The pinned pages (~150 KiB) stay resident for the zygote's life and count against `RLIMIT_MEMLOCK` when
 //!   it runs unprivileged; at most half of that limit is pinned, and never more than `PIN_LIMIT` pages.
 //! - A worker's private pages that the footprint names are copied at its clone rather than at its first
