@@ -45,9 +45,27 @@
 //! zapping page table entries). A fault never maps beyond its mapping, so the learner marks every other page of
 //! its code mappings `MADV_DONTDUMP` (it changes only what a core dump holds): each page becomes a mapping of
 //! its own, at most [`SPLIT_LIMIT`] of them and a quarter of the room `vm.max_map_count` leaves it (`split_budget`).
-//! Its footprint is then 456–558 pages. The learner joins them again
-//! before it records (`join_split_code`): listing and walking ~2 000 mappings took ~15 ms. The zygote's
-//! populating maps whole folios again, so it drops what lies between the footprint's pages afterwards.
+//! Its footprint is then 456–558 pages. At exit it reads its code pages from `/proc/self/maps` and its pagemap
+//! while still split (`code_runs`; only pages of the file, not a relocated RELRO's private copies), then joins
+//! them again (`join_split_code`) before it reads its smaps for the written pages: listing and walking ~2 000
+//! mappings there took ~15 ms. The zygote's populating maps whole folios again, so it drops what lies between
+//! the footprint's pages afterwards.
+//!
+//! # Only what a worker runs
+//!
+//! A learner is a clone: it inherits the page table entries of every code page its zygote (and the master
+//! before it) ran, and its own splitting runs before its mappings are split. Once split, it drops all the
+//! entries of its code mappings (`MADV_DONTNEED`, only on mappings without a private page: nothing but file
+//! pages goes), so that what it records is what its worker's life ran, a page at a time.
+//!
+//! # The zygote's own pages
+//!
+//! What the zygote runs after applying (the rest of applying, its first rounds) would map each page's 64 KiB
+//! window again, and every clone would copy those entries. So it splits its code mappings too before it maps the
+//! footprint (`split_while_warming`), within a sixteenth of the room `vm.max_map_count` leaves it
+//! (`warming_budget`: the clones made meanwhile inherit the split and need room of their own), and joins them
+//! again after [`WARMING_CLONES`] clones or [`WARMING_TIME`], whichever comes first, idle or not (its wait ends
+//! then). Each clone made meanwhile copies the ~2 000 mappings and keeps them for its life.
 //!
 //! Each step is an optimisation and may fail on its own (an old kernel without `MADV_POPULATE_READ`,
 //! `/proc/PID/mem` writes forbidden, `io_uring` disabled or `RLIMIT_MEMLOCK` too low): the worker is then
@@ -212,7 +230,7 @@ pub fn claim_learning() {
 /// Splits the `code` mappings into a mapping per page (within `budget`), then drops every entry they have: from
 /// then on they map exactly the pages this process runs. A clone inherits the entries of whatever its zygote
 /// (and the master before it) ran, and the splitting itself runs before its mappings are split (see "Only what
-/// a worker runs").
+/// a worker runs" in the module's docs).
 fn map_page_by_page<I: Iterator<Item = Mapping>>(code: impl Fn() -> I, mut budget: u64) {
     for mapping in code() {
         mapping.advise(libc::MADV_RANDOM);
