@@ -301,6 +301,7 @@ impl Zygote<'_> {
     /// then what spares said (taken, bounced); with no spare, the queue, and the next spare once it is empty.
     fn serve(&mut self) {
         let [control, channel, queue] = self.wait();
+        footprint::warming_tick();
         if control {
             self.read_control();
         }
@@ -320,10 +321,10 @@ impl Zygote<'_> {
             if let Some(applied) = footprint::apply_if_learned() {
                 tracing::debug!(?applied, "zygote applied its workers' footprint");
             }
-            footprint::warming_round();
             if let Some(channel) = &self.channel {
                 let (build, tasks, expected) = (self.build, &self.tasks, self.expected);
                 while self.spares.len() < SPARES {
+                    footprint::warming_clone();
                     match spare::Spare::clone(build, tasks, expected, &self.queue, channel, &mut self.buffer) {
                         Some(spare) => self.spares.push(spare),
                         None => break,
@@ -341,8 +342,10 @@ impl Zygote<'_> {
             poll_fd(self.channel.as_ref().map_or(-1, |c| c.zygote.as_raw_fd())),
             poll_fd(if self.spares.is_empty() { self.queue.as_raw_fd() } else { -1 }),
         ];
+        // While it warms, no longer than that lasts: an idle zygote joins its split code mappings then.
+        let timeout = footprint::warming_left().map_or(-1, |left| left.as_millis().min(1_000) as i32 + 1);
         // SAFETY: poll on an array of pollfds this frame owns; negative descriptors are ignored.
-        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) } < 0 {
             if nix::errno::Errno::last() != nix::errno::Errno::EINTR {
                 // Nothing to wait on (never seen): the master spawns cold once it has reaped this zygote.
                 std::process::exit(code::OK);
@@ -437,6 +440,7 @@ impl Zygote<'_> {
             crate::report::send(report, &crate::report::Report::SpawnFailed { cell: request.cell });
             return;
         }
+        footprint::warming_clone();
         match clone_for_master() {
             // With spares, a spare learns the footprint (see `spare::run_spare`): most workers are spares.
             0 => become_worker(self.build, &self.tasks, request, fds, None, self.channel.is_none()),

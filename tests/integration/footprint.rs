@@ -374,3 +374,25 @@ fn a_learning_spare_that_ends_unread_hands_the_claim_on_uncounted() {
     assert!(!process_log.contains("learners ended before recording"), "{process_log}");
     sb.stop();
 }
+
+/// A zygote that split its code mappings to apply its footprint joins them once its warming time is over, even
+/// when nothing wakes it: an idle zygote stayed split until its next spare round (hours, for long-lived workers),
+/// and what it cloned directly on the burst of requests that woke it (slots whose workers retired together) kept
+/// the ~2 000 mappings for life.
+#[test]
+fn an_idle_zygote_joins_its_code_mappings_once_it_has_warmed() {
+    let sb = Sandbox::new("footprint-idle");
+    // One slot whose workers live ~2 s: once the footprint is applied, the zygote waits that long for a request.
+    let args = ["--workers", "1", "--execute-times", "20", "--execute-usleep", "100ms", "--log-level", "debug"];
+    sb.start_daemon(&fixtures().hello, &args);
+    let applied = sb.wait_for("the footprint applied", SOON, || {
+        sb.log_text("process.").lines().find(|l| l.contains("applied its workers' footprint")).map(str::to_owned)
+    });
+    assert!(!applied.contains("split_pages: 0 "), "{applied}");
+    let zygote = zygotes(&sb)[0];
+    let mappings = || std::fs::read_to_string(format!("/proc/{zygote}/maps")).map_or(0, |maps| maps.lines().count());
+    // Warming lasts 200 ms; the next request comes ~2 s after the footprint was applied.
+    sb.wait_for("the idle zygote joined", std::time::Duration::from_millis(1_000), || (mappings() < 200).then_some(()));
+    assert!(!sb.log_text("process.").contains("[Error]"));
+    sb.stop();
+}

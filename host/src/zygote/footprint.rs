@@ -55,10 +55,12 @@
 //! more rarely a request cloned directly, a spare's end) is in its page tables too, and so in every clone. Its
 //! code mappings are whole again by then, and each first run of a page mapped the 64 KiB around it: ~20 such
 //! windows, ~200 pages. So the zygote splits its code mappings as the learner does before it maps the
-//! footprint, and joins them after [`WARMING_ROUNDS`] rounds or [`WARMING_TIME`], whichever comes first: what
-//! it ran meanwhile, it mapped a page at a time. A rarer path run later still maps its window. The clones made
-//! while it is split copy ~2 000 mappings each (~1–2 ms more per clone) and keep them for their life: at most
-//! 64 workers per zygote, in its first 200 ms after learning.
+//! footprint (`split_while_warming`), within a sixteenth of the room `vm.max_map_count` leaves it
+//! (`warming_budget`: the clones made meanwhile inherit the split and need room of their own), and joins them
+//! after [`WARMING_CLONES`] clones or [`WARMING_TIME`], whichever comes first, idle or not (its wait ends
+//! then): what it ran meanwhile, it mapped a page at a time. A rarer path run later still maps its window. The
+//! clones made while it is split copy ~2 000 mappings each (~1–2 ms more per clone) and keep them for their
+//! life: at most 64 workers per zygote, in its first 200 ms after learning.
 //!
 //! Measured (the zygote's present pages of a release build, 2 slots, `--execute-times 1 --execute-usleep 0`):
 //! pmhost's code 363 → 72 pages, libc's 93 → 29, pmhost's read-only data 106 → 49, all of the zygote's
@@ -247,7 +249,7 @@ pub fn claim_learning() {
 /// Splits the `code` mappings into a mapping per page (within `budget`), then drops every entry they have: from
 /// then on they map exactly the pages this process runs. A clone inherits the entries of whatever its zygote
 /// (and the master before it) ran, and the splitting itself runs before its mappings are split (see "Only what
-/// a worker runs").
+/// a worker runs" in the module's docs).
 fn map_page_by_page<I: Iterator<Item = Mapping>>(code: impl Fn() -> I, mut budget: u64) {
     for mapping in code() {
         mapping.advise(libc::MADV_RANDOM);
@@ -484,49 +486,91 @@ fn give_anon_vmas(mappings: &[Mapping], code: &[(u64, u64)]) -> usize {
     given
 }
 
-/// Spare rounds the zygote serves with its code mappings split after applying a footprint (see "The
-/// zygote's own pages"), within [`WARMING_TIME`]: enough for its steady round (a spare's "taken" read, the
-/// next spare cloned) and the rarer ones (a request cloned directly, a spare's end), few enough that the
-/// clones made meanwhile, each of which copies the ~2 000 mappings, are a handful once per zygote.
-const WARMING_ROUNDS: u32 = 64;
+/// Clones the zygote makes with its code mappings split after applying a footprint (see "The zygote's own
+/// pages"), within [`WARMING_TIME`]: enough for its steady rounds (a spare's "taken" read, the next spare
+/// cloned) and the rarer ones (a request cloned directly, a spare's end), few enough that the clones made
+/// meanwhile, each of which copies the ~2 000 mappings (and keeps them for its life), stay a bounded few once
+/// per zygote. Counted per clone, spares and requests cloned directly alike: a burst of requests (the slots of
+/// workers that retired together) is cloned directly, and counted per round it once left 26 of 32 workers
+/// split for their whole life.
+const WARMING_CLONES: u32 = 64;
 
 /// The longest the zygote stays split: a task whose workers live long clones a spare now and then, and each
-/// such worker would keep the split mappings for its life.
+/// such worker would keep the split mappings for its life. The zygote's wait ends by then (see
+/// [`warming_left`]), so an idle zygote joins too.
 const WARMING_TIME: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// In the zygote: spare rounds left before it joins its split code mappings again (0: not split), and since
-/// when it is split.
+/// The most of the room `vm.max_map_count` leaves that the zygote spends on splitting: each clone made while it
+/// warms inherits the split mappings, then needs room of its own (its plugin's threads, allocations, `dlopen`s).
+/// A quarter, as a learner spends, made a plugin that maps ~180 of its own fail in the clones made while the
+/// zygote warmed (14–26 failed inits in 4 s against 2, `vm.max_map_count` at 300); a sixteenth is 4 093 at the
+/// default limit (a release build's ~1 950 code pages all fit), 16 at that one.
+const WARMING_ROOM_SHARE: u64 = 16;
+
+/// In the zygote: clones left before it joins its split code mappings again (0: not split), and since when it
+/// is split.
 static WARMING: AtomicU32 = AtomicU32::new(0);
 static WARMING_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
-/// Splits the zygote's code mappings into pages, as a learner does, until [`warming_round`] joins them again;
-/// the pages split.
+/// How many mappings the zygote may add by splitting its code while it warms, given the kernel's
+/// `vm.max_map_count` (`None`: unknown) and the mappings it has: at most [`SPLIT_LIMIT`] and a
+/// [`WARMING_ROOM_SHARE`] of the room left, so that the clones made meanwhile keep nearly all of theirs.
+fn warming_budget(max_map_count: Option<u64>, mapped: u64) -> u64 {
+    max_map_count.map_or(0, |max| (max.saturating_sub(mapped) / WARMING_ROOM_SHARE).min(SPLIT_LIMIT))
+}
+
+/// Splits the zygote's code mappings into pages, as a learner does, until [`warming_clone`] or
+/// [`warming_tick`] joins them again; the pages split.
 fn split_while_warming(mappings: &[Mapping]) -> u64 {
     // Read into a scratch mapping: what the zygote's heap keeps, every clone copies.
     let Some(mut scratch) = Scratch::new() else { return 0 };
     let mapped = scratch.read("/proc/self/maps").lines().count() as u64;
     // Not through the scratch mapping: a sysctl read of megabytes fails (the kernel allocates what is asked).
     let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok());
-    let budget = split_budget(max, mapped);
+    let budget = warming_budget(max, mapped);
     let left = mappings.iter().fold(budget, |budget, mapping| mapping.split(budget));
     if left < budget {
-        WARMING.store(WARMING_ROUNDS, Ordering::Relaxed);
+        WARMING.store(WARMING_CLONES, Ordering::Relaxed);
         let _ = WARMING_SINCE.set(std::time::Instant::now());
     }
     budget - left
 }
 
-/// In the zygote, before the spares of a round are cloned: once [`WARMING_ROUNDS`] rounds or [`WARMING_TIME`]
-/// have passed since it split its code mappings, it joins them again (a clone then copies a few dozen mappings,
-/// not thousands).
-pub fn warming_round() {
+/// In the zygote, how long it may still wait before [`WARMING_TIME`] is over (`None`: not warming).
+pub fn warming_left() -> Option<std::time::Duration> {
+    if WARMING.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    Some(WARMING_SINCE.get().map_or(std::time::Duration::ZERO, |since| WARMING_TIME.saturating_sub(since.elapsed())))
+}
+
+/// In the zygote, after each wake-up: once [`WARMING_TIME`] has passed since it split its code mappings, it
+/// joins them again (an idle zygote too: its wait ends then, see [`warming_left`]).
+pub fn warming_tick() {
+    if warming_left().is_some_and(|left| left.is_zero()) {
+        end_warming();
+    }
+}
+
+/// In the zygote, before each clone (a spare, or a request cloned directly): once [`WARMING_CLONES`] clones or
+/// [`WARMING_TIME`] have passed since it split its code mappings, it joins them again (a clone then copies a
+/// few dozen mappings, not thousands).
+pub fn warming_clone() {
     let left = WARMING.load(Ordering::Relaxed);
     if left == 0 {
         return;
     }
-    let over = left == 1 || WARMING_SINCE.get().is_none_or(|since| since.elapsed() >= WARMING_TIME);
-    WARMING.store(if over { 0 } else { left - 1 }, Ordering::Relaxed);
-    if over && let Some(mut scratch) = Scratch::new() {
+    if left == 1 || warming_left().is_none_or(|left| left.is_zero()) {
+        end_warming();
+    } else {
+        WARMING.store(left - 1, Ordering::Relaxed);
+    }
+}
+
+/// Joins the zygote's split code mappings again.
+fn end_warming() {
+    WARMING.store(0, Ordering::Relaxed);
+    if let Some(mut scratch) = Scratch::new() {
         join_split_code(scratch.read("/proc/self/maps"));
     }
 }
@@ -684,6 +728,21 @@ mod tests {
         assert_eq!(present(), [10, 37], "each page run maps alone");
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(base, PAGES * PAGE as usize) };
+    }
+
+    /// The clones made while the zygote warms inherit its split mappings: it splits only within a sixteenth of
+    /// the room they have left.
+    #[test]
+    fn the_zygote_splits_its_code_within_a_sixteenth_of_the_mappings_left() {
+        for (max, mapped, budget) in [
+            (Some(65_530), 40, 4_093),
+            (Some(300), 44, 16),
+            (Some(300), 400, 0),
+            (Some(1_000_000), 40, SPLIT_LIMIT),
+            (None, 40, 0),
+        ] {
+            assert_eq!(warming_budget(max, mapped), budget, "max_map_count {max:?}, {mapped} mappings");
+        }
     }
 
     #[test]
