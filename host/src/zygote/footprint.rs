@@ -60,7 +60,15 @@
 //! after [`WARMING_CLONES`] clones or [`WARMING_TIME`], whichever comes first, idle or not (its wait ends
 //! then): what it ran meanwhile, it mapped a page at a time. A rarer path run later still maps its window. The
 //! clones made while it is split copy ~2 000 mappings each (~1–2 ms more per clone) and keep them for their
-//! life: at most 64 workers per zygote, in its first 200 ms after learning.
+//! life: at most 8 workers per zygote, in its first 200 ms after learning. They cannot join them: a clone gives
+//! each piece of a mapping with an anon_vma one of its own, and pieces with different ones never merge (tried:
+//! a worker's join left 4 089 of its 4 130 mappings). Giving the zygote's mappings their anon_vma only once it
+//! has joined lets its clones join theirs, but then what it runs to join and to give them maps its windows
+//! (+58 pages per clone), or, mapped exactly again afterwards, two heap pages per worker were written that the
+//! learner had not (not explained): measured worse than 8 split workers once per zygote.
+//!
+//! Eight clones are enough: with 64, the zygote's pages were the same (pmhost's code 72–75, read-only data
+//! 49–50, libc's 29).
 //!
 //! Measured (the zygote's present pages of a release build, 2 slots, `--execute-times 1 --execute-usleep 0`):
 //! pmhost's code 363 → 72 pages, libc's 93 → 29, pmhost's read-only data 106 → 49, all of the zygote's
@@ -490,10 +498,10 @@ fn give_anon_vmas(mappings: &[Mapping], code: &[(u64, u64)]) -> usize {
 /// pages"), within [`WARMING_TIME`]: enough for its steady rounds (a spare's "taken" read, the next spare
 /// cloned) and the rarer ones (a request cloned directly, a spare's end), few enough that the clones made
 /// meanwhile, each of which copies the ~2 000 mappings (and keeps them for its life), stay a bounded few once
-/// per zygote. Counted per clone, spares and requests cloned directly alike: a burst of requests (the slots of
-/// workers that retired together) is cloned directly, and counted per round it once left 26 of 32 workers
-/// split for their whole life.
-const WARMING_CLONES: u32 = 64;
+/// per zygote (the zygote's present pages were the same with 64). Counted per clone, spares and requests cloned
+/// directly alike: a burst of requests (the slots of workers that retired together) is cloned directly, and
+/// counted per round it once left 26 of 32 workers split for their whole life.
+const WARMING_CLONES: u32 = 8;
 
 /// The longest the zygote stays split: a task whose workers live long clones a spare now and then, and each
 /// such worker would keep the split mappings for its life. The zygote's wait ends by then (see
