@@ -511,3 +511,24 @@ fn a_rollout_replaces_the_zygote_of_the_old_build() {
     assert!(maps.contains(&sha), "the new zygote does not map build {sha}:\n{maps}");
     sb.stop();
 }
+
+/// Once its start is decided, the master maps its own code a page at a time (`master::footprint`: it splits
+/// its code mappings, so that a status request maps no 64 KiB windows of code), and joins them again before it
+/// forks (a new build's probe and zygote), each of which would otherwise copy every piece.
+#[test]
+fn the_master_splits_its_code_once_started_and_joins_it_before_it_forks() {
+    let sb = Sandbox::new("master-split");
+    let plugin = start(&sb, "2", json!({}), &["--execute-usleep", "50ms"]);
+    let master = sb.master_pid();
+    let mappings = || std::fs::read_to_string(format!("/proc/{master}/maps")).map_or(0, |maps| maps.lines().count());
+    sb.wait_for("the master's code split", SOON, || (mappings() > 500).then_some(()));
+    let out = sb.run(["status", "--name", &sb.name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    rebuild(&plugin, 2);
+    let out = sb.run(["restart", "--name", &sb.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let after = mappings();
+    assert!(after < 200, "the master has {after} mappings after a restart");
+    assert!(sb.snapshot().unwrap().tasks[0].workers.iter().all(|w| w.generation == 2));
+    sb.stop();
+}

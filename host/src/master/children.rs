@@ -162,6 +162,7 @@ impl Master {
             return Some(Spawn::Requested(cell));
         }
         let spec = self.worker_spec(task, slot, build, title.clone(), pipes.as_ref().map(|pipes| &pipes.writes));
+        super::footprint::join_own_code();
         // SAFETY: the master is single-threaded, so the child starts with consistent memory; it runs only
         // `worker::run`, which never returns into the master's code.
         match unsafe { fork() } {

@@ -5,7 +5,7 @@ mod children;
 mod core;
 mod deadlines;
 mod events;
-mod footprint;
+pub(crate) mod footprint;
 mod handed;
 mod handover;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};

@@ -378,6 +378,7 @@ impl Master {
         // its spares read their ends after a poll, without waiting.
         let title = self.host.worker_title(&self.tasks[task].settings.name);
         let template = self.worker_spec(task, 0, build, title, None);
+        super::footprint::join_own_code();
         // SAFETY: as for a worker (see `spawn_worker`): the master is single-threaded and the child runs only
         // `zygote::run`, which never returns into the master's code.
         match unsafe { fork() } {

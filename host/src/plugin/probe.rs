@@ -37,6 +37,8 @@ pub enum ProbeError {
 pub fn run<T: Serialize + DeserializeOwned>(timeout: Duration, work: impl FnOnce() -> T) -> Result<T, ProbeError> {
     let (read_end, write_end) = pipe().map_err(|e| ProbeError::Broken(format!("cannot create a pipe: {e}")))?;
     let parent = Pid::this();
+    // The master's split code, if the caller is a master (see `master::footprint`).
+    crate::master::footprint::join_own_code();
     // SAFETY: the calling command is single-threaded; the child only runs `work`, reports and leaves.
     match unsafe { fork() }.map_err(|e| ProbeError::Broken(format!("cannot fork: {e}")))? {
         ForkResult::Child => {
