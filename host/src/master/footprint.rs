@@ -24,8 +24,9 @@
 //!
 //! - unmaps the pages of pmhost's own code and read-only data from the master's page tables
 //!   (`madvise(MADV_DONTNEED)` on those mappings; they are clean file pages, so nothing is lost: the page cache
-//!   keeps them and whatever code the master runs later faults back in, a page at a time, see below). A mapping that holds
-//!   any private (anonymous) page, such as relocated data or a debugger's breakpoint, is left alone;
+//!   keeps them and whatever code the master runs later faults back in, a page at a time, see below). A
+//!   mapping that holds any private (anonymous) page, such as relocated data or a debugger's breakpoint, is
+//!   left alone;
 //! - returns the heap's free pages to the kernel (`malloc_trim`).
 //!
 //! It runs once, when a start is decided, never on a per-worker path: the code the master's loop runs (reaping,
