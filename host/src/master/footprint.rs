@@ -20,7 +20,8 @@
 //!
 //! # What is given back, once
 //!
-//! When the start is decided (all workers ready), [`release_startup_memory`]:
+//! When the start is decided (all workers ready), or at once in the new image of an upgrade (which has no start
+//! of its own, `handover::resume`), [`release_startup_memory`]:
 //!
 //! - unmaps the pages of pmhost's own code and read-only data from the master's page tables
 //!   (`madvise(MADV_DONTNEED)` on those mappings; they are clean file pages, so nothing is lost: the page cache
