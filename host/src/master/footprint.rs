@@ -20,7 +20,8 @@
 //!
 //! # What is given back, once
 //!
-//! When the start is decided (all workers ready), [`release_startup_memory`]:
+//! When the start is decided (all workers ready), or at once in the new image of an upgrade (which has no start
+//! of its own, `handover::resume`), [`release_startup_memory`]:
 //!
 //! - unmaps the pages of pmhost's own code and read-only data from the master's page tables
 //!   (`madvise(MADV_DONTNEED)` on those mappings; they are clean file pages, so nothing is lost: the page cache
@@ -200,6 +201,30 @@ pub(crate) fn join_own_code() {
         // contents.
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DODUMP) };
     }
+}
+
+/// Joins what [`split_own_code`] split when an allocation failed (the pmhost binary's allocator calls it, then
+/// tries again): the split holds ~1 300 more mappings, and once `vm.max_map_count` is lowered below what the
+/// master has, the kernel grows no heap and makes no mapping, so the next allocation aborted the master and
+/// took its workers with it. Joining needs no new mapping (the pieces merge back into the ranges split). Never
+/// allocates or blocks (it may run inside an allocation, or while the split holds the lock): whether it joined
+/// anything.
+pub fn join_on_allocation_failure() -> bool {
+    let mut split = match SPLIT.try_lock() {
+        Ok(split) => split,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return false,
+    };
+    if split.is_empty() {
+        return false;
+    }
+    for &(start, end) in split.iter() {
+        // SAFETY: as in `join_own_code`.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DODUMP) };
+    }
+    // Emptied in place: freeing its buffer here could re-enter the allocator.
+    split.clear();
+    true
 }
 
 const PAGE: usize = 4096;

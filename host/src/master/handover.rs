@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::core::{HostPhase, Master};
 use super::state::{Task, Worker};
@@ -362,6 +362,10 @@ pub fn resume(args: &[OsString]) -> i32 {
                 // SAFETY: handed over for this image, which holds nothing else under these numbers.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
+            // This image has no start of its own to decide: it gives back what the handover ran (and splits its
+            // code, see `footprint`) now, as a started master does once its start is decided.
+            let released = super::footprint::release_startup_memory();
+            debug!(released_kib = released / 1024, "handover code and free heap pages given back");
             match master.run() {
                 Ok(stopped) if stopped.forced => crate::exit::cli::STOPPED_FORCIBLY,
                 Ok(_) => crate::exit::cli::OK,

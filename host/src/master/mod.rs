@@ -8,6 +8,7 @@ mod events;
 pub(crate) mod footprint;
 mod handed;
 mod handover;
+pub use footprint::join_on_allocation_failure;
 pub use handover::{check_from_stdin as handover_check, resume as resume_handover};
 mod latency;
 mod life;
