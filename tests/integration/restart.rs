@@ -514,7 +514,7 @@ fn a_rollout_replaces_the_zygote_of_the_old_build() {
 
 /// Once its start is decided, the master maps its own code a page at a time (`master::footprint`: it splits
 /// its code mappings, so that a status request maps no 64 KiB windows of code), and joins them again before it
-/// forks (a new build's probe and zygote), each of which would otherwise copy every piece.
+/// forks (a new build's zygote), which would otherwise copy every piece.
 #[test]
 fn the_master_splits_its_code_once_started_and_joins_it_before_it_forks() {
     let sb = Sandbox::new("master-split");

@@ -49,7 +49,7 @@
 //! CPU per worker, the master's 49 against 50. Its ~1 300 mappings cost no wake-up and no per-event work; a
 //! fork would copy them all, and a zygote forked from a split master could never join the pieces (a child
 //! gives each its own anon_vma), so the master joins them again before its first fork after the release
-//! (`join_own_code`: a new build's probe or zygote, a cold worker), once: what it runs after that maps its
+//! (`join_own_code`: a new build's zygote, a cold worker), once: what it runs after that maps its
 //! windows again, as before.
 //!
 //! # Per-worker state, and status transients (1024 workers)
