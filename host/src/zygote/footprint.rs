@@ -57,7 +57,7 @@
 //! windows, ~200 pages. So the zygote splits its code mappings as the learner does before it maps the
 //! footprint (`split_while_warming`), within a sixteenth of the room `vm.max_map_count` leaves it
 //! (`warming_budget`: the clones made meanwhile inherit the split and need room of their own), and joins them
-//! after [`WARMING_CLONES`] clones or [`WARMING_TIME`], whichever comes first, idle or not (its wait ends
+//! after `WARMING_CLONES` clones or `WARMING_TIME` (`warming`), whichever comes first, idle or not (its wait ends
 //! then): what it ran meanwhile, it mapped a page at a time. A rarer path run later still maps its window. The
 //! clones made while it is split copy ~2 000 mappings each (~1–2 ms more per clone) and keep them for their
 //! life: at most 8 workers per zygote, in its first 200 ms after learning. They cannot join them: a clone gives
@@ -146,11 +146,14 @@
 //! does; the churn target of 5 000 workers/s on 2 cores leaves 400 µs for all of it.
 
 mod maps;
+mod warming;
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use maps::{Destructors, Kind, Mapping, Scratch, code_runs, join_split_code, mappings, own_mappings, page_runs};
+use warming::split_while_warming;
+pub use warming::{warming_clone, warming_left, warming_tick};
 
 /// The shared page's states.
 const WANTED: u32 = 0;
@@ -494,95 +497,6 @@ fn give_anon_vmas(mappings: &[Mapping], code: &[(u64, u64)]) -> usize {
     given
 }
 
-/// Clones the zygote makes with its code mappings split after applying a footprint (see "The zygote's own
-/// pages"), within [`WARMING_TIME`]: enough for its steady rounds (a spare's "taken" read, the next spare
-/// cloned) and the rarer ones (a request cloned directly, a spare's end), few enough that the clones made
-/// meanwhile, each of which copies the ~2 000 mappings (and keeps them for its life), stay a bounded few once
-/// per zygote (the zygote's present pages were the same with 64). Counted per clone, spares and requests cloned
-/// directly alike: a burst of requests (the slots of workers that retired together) is cloned directly, and
-/// counted per round it once left 26 of 32 workers split for their whole life.
-const WARMING_CLONES: u32 = 8;
-
-/// The longest the zygote stays split: a task whose workers live long clones a spare now and then, and each
-/// such worker would keep the split mappings for its life. The zygote's wait ends by then (see
-/// [`warming_left`]), so an idle zygote joins too.
-const WARMING_TIME: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The most of the room `vm.max_map_count` leaves that the zygote spends on splitting: each clone made while it
-/// warms inherits the split mappings, then needs room of its own (its plugin's threads, allocations, `dlopen`s).
-/// A quarter, as a learner spends, made a plugin that maps ~180 of its own fail in the clones made while the
-/// zygote warmed (14–26 failed inits in 4 s against 2, `vm.max_map_count` at 300); a sixteenth is 4 093 at the
-/// default limit (a release build's ~1 950 code pages all fit), 16 at that one.
-const WARMING_ROOM_SHARE: u64 = 16;
-
-/// In the zygote: clones left before it joins its split code mappings again (0: not split), and since when it
-/// is split.
-static WARMING: AtomicU32 = AtomicU32::new(0);
-static WARMING_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
-/// How many mappings the zygote may add by splitting its code while it warms, given the kernel's
-/// `vm.max_map_count` (`None`: unknown) and the mappings it has: at most [`SPLIT_LIMIT`] and a
-/// [`WARMING_ROOM_SHARE`] of the room left, so that the clones made meanwhile keep nearly all of theirs.
-fn warming_budget(max_map_count: Option<u64>, mapped: u64) -> u64 {
-    max_map_count.map_or(0, |max| (max.saturating_sub(mapped) / WARMING_ROOM_SHARE).min(SPLIT_LIMIT))
-}
-
-/// Splits the zygote's code mappings into pages, as a learner does, until [`warming_clone`] or
-/// [`warming_tick`] joins them again; the pages split.
-fn split_while_warming(mappings: &[Mapping]) -> u64 {
-    // Read into a scratch mapping: what the zygote's heap keeps, every clone copies.
-    let Some(mut scratch) = Scratch::new() else { return 0 };
-    let mapped = scratch.read("/proc/self/maps").lines().count() as u64;
-    // Not through the scratch mapping: a sysctl read of megabytes fails (the kernel allocates what is asked).
-    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok());
-    let budget = warming_budget(max, mapped);
-    let left = mappings.iter().fold(budget, |budget, mapping| mapping.split(budget));
-    if left < budget {
-        WARMING.store(WARMING_CLONES, Ordering::Relaxed);
-        let _ = WARMING_SINCE.set(std::time::Instant::now());
-    }
-    budget - left
-}
-
-/// In the zygote, how long it may still wait before [`WARMING_TIME`] is over (`None`: not warming).
-pub fn warming_left() -> Option<std::time::Duration> {
-    if WARMING.load(Ordering::Relaxed) == 0 {
-        return None;
-    }
-    Some(WARMING_SINCE.get().map_or(std::time::Duration::ZERO, |since| WARMING_TIME.saturating_sub(since.elapsed())))
-}
-
-/// In the zygote, after each wake-up: once [`WARMING_TIME`] has passed since it split its code mappings, it
-/// joins them again (an idle zygote too: its wait ends then, see [`warming_left`]).
-pub fn warming_tick() {
-    if warming_left().is_some_and(|left| left.is_zero()) {
-        end_warming();
-    }
-}
-
-/// In the zygote, before each clone (a spare, or a request cloned directly): once [`WARMING_CLONES`] clones or
-/// [`WARMING_TIME`] have passed since it split its code mappings, it joins them again (a clone then copies a
-/// few dozen mappings, not thousands).
-pub fn warming_clone() {
-    let left = WARMING.load(Ordering::Relaxed);
-    if left == 0 {
-        return;
-    }
-    if left == 1 || warming_left().is_none_or(|left| left.is_zero()) {
-        end_warming();
-    } else {
-        WARMING.store(left - 1, Ordering::Relaxed);
-    }
-}
-
-/// Joins the zygote's split code mappings again.
-fn end_warming() {
-    WARMING.store(0, Ordering::Relaxed);
-    if let Some(mut scratch) = Scratch::new() {
-        join_split_code(scratch.read("/proc/self/maps"));
-    }
-}
-
 /// The learned runs (sorted) that overlap `mapping`, clipped to it: a run the learner recorded across two
 /// adjacent code mappings (it joins a run that goes on where the last one ended) counts in each.
 fn within(mapping: Mapping, code: &[(u64, u64)]) -> impl Iterator<Item = Mapping> + '_ {
@@ -645,124 +559,4 @@ fn pin(written: &[(u64, u64)]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_destructors_found_include_this_executables_own() {
-        let mut found = Destructors::new();
-        found.find();
-        let own = record_at_exit as extern "C" fn() as usize;
-        assert!(found.entries().contains(&own), "{own:#x} not among {:#x?}", found.entries());
-        // Every one of them is code: reading a byte of each must not fault.
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        found.touch(&maps);
-    }
-
-    #[test]
-    fn a_destructor_whose_object_was_unloaded_is_not_touched() {
-        // The address of a page no longer mapped, as an object unloaded after the zygote listed it leaves.
-        // SAFETY: maps a fresh anonymous page and unmaps it again; nothing else refers to it.
-        let gone = unsafe {
-            let page = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(page, libc::MAP_FAILED);
-            libc::munmap(page, 4096);
-            page as usize
-        };
-        let mut found = Destructors::new();
-        found.find();
-        found.push_for_test(gone);
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        found.touch(&maps);
-    }
-
-    #[test]
-    fn a_learned_run_across_two_mappings_counts_in_each() {
-        let code = [(0x1000, 0x2000), (0x4000, 0x3000), (0x9000, 0x1000)];
-        let clipped = |start, end| -> Vec<(u64, u64)> {
-            within(Mapping { start, end }, &code).map(|m| (m.start, m.end)).collect()
-        };
-        assert_eq!(clipped(0x0, 0x5000), [(0x1000, 0x3000), (0x4000, 0x5000)]);
-        assert_eq!(clipped(0x5000, 0x8000), [(0x5000, 0x7000)]);
-        assert_eq!(clipped(0x7000, 0x9000), []);
-    }
-
-    /// A learner's clone inherits the entries of the code its zygote ran; it must record only what it runs
-    /// itself, a page at a time (a fault maps the 64 KiB around the page it needs in a mapping of many pages).
-    #[test]
-    fn a_learner_maps_only_the_code_pages_it_runs_once_it_starts() {
-        use std::io::Write;
-        const PAGES: usize = 64;
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&[7u8; PAGES * PAGE as usize]).unwrap();
-        // SAFETY: a fresh read-only private mapping of a file this test owns, unmapped at the end.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGES * PAGE as usize,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        let page = |index: usize| base as u64 + index as u64 * PAGE;
-        // SAFETY: inside the mapping above.
-        let touch = |index: usize| unsafe { std::ptr::read_volatile(page(index) as *const u8) };
-        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
-        let present = || {
-            let mut pages = Vec::new();
-            let mapping = Mapping { start: page(0), end: page(PAGES) };
-            page_runs(&pagemap, mapping, PRESENT, |start, len| {
-                pages.extend((start..start + len).step_by(PAGE as usize).map(|at| ((at - page(0)) / PAGE) as usize));
-            });
-            pages
-        };
-        (0..PAGES).for_each(|index| assert_eq!(touch(index), 7));
-        assert_eq!(present().len(), PAGES, "the mapping as a clone inherits it");
-
-        map_page_by_page(|| std::iter::once(Mapping { start: page(0), end: page(PAGES) }), 2 * PAGES as u64);
-        assert_eq!(present(), Vec::<usize>::new(), "what the clone inherited is forgotten");
-        touch(10);
-        touch(37);
-        assert_eq!(present(), [10, 37], "each page run maps alone");
-        // SAFETY: the mapping made above, no longer used.
-        unsafe { libc::munmap(base, PAGES * PAGE as usize) };
-    }
-
-    /// The clones made while the zygote warms inherit its split mappings: it splits only within a sixteenth of
-    /// the room they have left.
-    #[test]
-    fn the_zygote_splits_its_code_within_a_sixteenth_of_the_mappings_left() {
-        for (max, mapped, budget) in [
-            (Some(65_530), 40, 4_093),
-            (Some(300), 44, 16),
-            (Some(300), 400, 0),
-            (Some(1_000_000), 40, SPLIT_LIMIT),
-            (None, 40, 0),
-        ] {
-            assert_eq!(warming_budget(max, mapped), budget, "max_map_count {max:?}, {mapped} mappings");
-        }
-    }
-
-    #[test]
-    fn a_learner_splits_its_code_within_a_quarter_of_the_mappings_left() {
-        for (max, mapped, budget) in [
-            (Some(65_530), 60, SPLIT_LIMIT),
-            (Some(200), 60, 35),
-            (Some(200), 199, 0),
-            (Some(200), 400, 0),
-            (None, 60, 0),
-        ] {
-            assert_eq!(split_budget(max, mapped), budget, "max_map_count {max:?}, {mapped} mappings");
-        }
-    }
-}
+mod tests;
