@@ -175,19 +175,11 @@ fn split_own_code<'a>(mappings: impl Iterator<Item = &'a Mapping>, mapped: usize
     let mut budget = max.map_or(0, |max| (max.saturating_sub(mapped) / SPLIT_ROOM_SHARE).min(SPLIT_LIMIT));
     let mut split = SPLIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for mapping in mappings {
-        let mut page = mapping.start + PAGE;
-        while page < mapping.end && budget >= 2 {
-            // SAFETY: advice on one page of this process's own mapping; it changes no memory contents.
-            if unsafe { libc::madvise(page as *mut libc::c_void, PAGE, libc::MADV_DONTDUMP) } != 0 {
-                budget = 0;
-                break;
-            }
-            budget -= 2;
-            page += 2 * PAGE;
-        }
-        if page > mapping.start + PAGE {
+        let left = crate::zygote::footprint::split_into_pages(mapping.start as u64, mapping.end as u64, budget as u64);
+        if (left as usize) < budget {
             split.push((mapping.start, mapping.end));
         }
+        budget = left as usize;
     }
 }
 
@@ -226,8 +218,6 @@ pub fn join_on_allocation_failure() -> bool {
     split.clear();
     true
 }
-
-const PAGE: usize = 4096;
 
 /// Whether `mapping` may be released: pmhost's own file, never writable, and not a page of it copied.
 fn releasable(mapping: &Mapping, own_path: &str) -> bool {

@@ -271,6 +271,13 @@ fn map_page_by_page<I: Iterator<Item = Mapping>>(code: impl Fn() -> I, mut budge
     }
 }
 
+/// Splits `start..end`, pages of one of this process's own mappings, into a mapping per page (see
+/// `Mapping::split`), spending at most `budget` of the mappings it adds; the budget left. The master splits its
+/// own code with it too (`master::footprint`).
+pub(crate) fn split_into_pages(start: u64, end: u64, budget: u64) -> u64 {
+    Mapping { start, end }.split(budget)
+}
+
 /// How many mappings a learner may add by splitting its code (`Mapping::split`), given the kernel's
 /// `vm.max_map_count` (`None`: unknown) and the mappings it has: at most [`SPLIT_LIMIT`] and a quarter of the
 /// room left, so that the worker itself (its plugin's threads, allocations, `mprotect`s) never meets the
